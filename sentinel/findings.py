@@ -1,0 +1,158 @@
+"""Result types of the runtime half (probes and the loop monitor).
+
+Torch-free on purpose: the CLI, the pytest plugin and users' scripts can build, compare and print
+these without importing torch. The JSON shape is the contract of ``sentinel probe --format json``
+(see DESIGN.md): ``{"target", "device", "findings": [...], "probes": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.text import Text
+
+PROBE_RULES: dict[str, str] = {
+    "SEN101": "cannot-overfit-one-batch",
+    "SEN102": "parameter-not-updated",
+    "SEN103": "device-mismatch",
+    "SEN104": "dtype-mismatch",
+    "SEN105": "non-finite-value",
+    "SEN106": "gradients-accumulate",
+    "SEN107": "evaluation-in-train-mode",
+    "SEN108": "graph-retained-across-steps",
+}
+
+Status = Literal["pass", "fail", "error", "skipped"]
+
+
+@dataclass
+class Finding:
+    """One runtime finding: a contract code, its kebab-case name, a message and structured details."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = PROBE_RULES[self.code]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "name": self.name, "message": self.message, "details": self.details}
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        line = Text()
+        line.append(self.code, style="bold red")
+        line.append(f" [{self.name}] ", style="dim")
+        line.append(self.message)
+        yield line
+
+
+@dataclass
+class ProbeResult:
+    """The outcome of one probe (or of one monitored run).
+
+    ``status`` is ``pass`` (ran, no finding), ``fail`` (ran, findings), ``error`` (could not run:
+    ``message`` says why) or ``skipped`` (not applicable: ``message`` says why). ``data`` holds figures
+    a user may want to assert on (e.g. the loss curve of the overfit probe).
+    """
+
+    name: str
+    status: Status
+    seconds: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("pass", "skipped")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "status": self.status, "seconds": round(self.seconds, 6)}
+        if self.message:
+            out["message"] = self.message
+        return out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        style = {"pass": "green", "fail": "bold red", "error": "bold magenta", "skipped": "yellow"}[self.status]
+        head = Text()
+        head.append(f"{self.status.upper():<7}", style=style)
+        head.append(f" {self.name}")
+        head.append(f"  ({self.seconds:.2f}s)", style="dim")
+        if self.message:
+            head.append(f"  {self.message}", style="dim")
+        yield head
+        for finding in self.findings:
+            yield Text("  ") + _finding_text(finding)
+
+
+def _finding_text(finding: Finding) -> Text:
+    text = Text()
+    text.append(finding.code, style="bold red")
+    text.append(f" {finding.message}")
+    return text
+
+
+@dataclass
+class Report:
+    """Everything one ``sentinel probe`` run found: per-probe outcomes and their findings."""
+
+    target: str
+    device: str
+    probes: list[ProbeResult] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for p in self.probes for f in p.findings]
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings and all(p.status != "error" for p in self.probes)
+
+    def codes(self) -> list[str]:
+        return [f.code for f in self.findings]
+
+    def exit_code(self) -> int:
+        """0 no findings, 1 findings, 2 a probe could not run."""
+        if any(p.status == "error" for p in self.probes):
+            return 2
+        return 1 if self.findings else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "device": self.device,
+            "findings": [f.to_dict() for f in self.findings],
+            "probes": [p.to_dict() for p in self.probes],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_json_default)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text.assemble(("sentinel probe ", "bold"), self.target, (f"  on {self.device}", "dim"))
+        yield from self.probes
+        n = len(self.findings)
+        if n:
+            yield Text(f"Found {n} problem{'s' if n != 1 else ''}.", style="bold red")
+        elif self.ok:
+            yield Text("All probes passed.", style="bold green")
+
+
+def merge(target: str, device: str, results: Iterable[ProbeResult]) -> Report:
+    return Report(target=target, device=device, probes=list(results))
+
+
+def _json_default(obj: Any) -> Any:
+    # numbers that came from numpy/torch scalars, tuples of shapes, etc.
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
