@@ -1,0 +1,179 @@
+"""``pytest --sentinel-lint``: every Python file under the test paths becomes one lint test item.
+
+Registered by :mod:`sentinel.pytest_plugin` only when ``--sentinel-lint`` is given, so without the
+option neither this module nor the lint engine (and LibCST) is imported. ``[tool.sentinel]``
+(``exclude``, ``select``, ``per-file-ignores``, ...) and ``# noqa`` / ``# sentinel: ignore[...]``
+comments apply as they do for ``sentinel lint``, because the items call the same engine.
+
+Files that passed and have not changed since (same size and modification time, same configuration,
+same engine) are not linted again: the outcome is remembered in pytest's cache (``--cache-clear``
+forgets it), as pytest-ruff and pytest-flake8 do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr
+
+    from sentinel.lint import Settings
+
+ITEM_NAME = "sentinel-lint"
+MARKER = "sentinel_lint"
+CACHE_KEY = "sentinel/lint-passed"
+
+
+class LintError(Exception):
+    """A file has findings or cannot be linted; ``str()`` is the report to print."""
+
+
+class LintCollector:
+    """The collection hooks, active only under ``--sentinel-lint``."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._settings: dict[Path, Settings] = {}
+        self._fingerprints: dict[int, str] = {}
+        cache = getattr(config, "cache", None)
+        self._passed: dict[str, list[Any]] = dict(cache.get(CACHE_KEY, {})) if cache is not None else {}
+        self._dirty = False
+
+    def settings_for(self, path: Path) -> Settings:
+        from sentinel.lint import load_settings
+
+        directory = path.parent
+        if directory not in self._settings:
+            self._settings[directory] = load_settings(directory)
+        return self._settings[directory]
+
+    def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> LintFile | None:
+        if file_path.suffix != ".py":
+            return None
+        if self.settings_for(file_path).is_excluded(file_path):
+            return None
+        return LintFile.from_parent(parent, path=file_path, collector=self)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        cache = getattr(self.config, "cache", None)
+        if cache is not None and self._dirty:
+            cache.set(CACHE_KEY, self._passed)
+
+    # -- the "previously passed" memory ---------------------------------------------------------
+
+    def _stamp(self, path: Path, settings: Settings) -> list[Any] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        fingerprint = self._fingerprint(settings)
+        if fingerprint is None:
+            return None
+        return [st.st_mtime_ns, st.st_size, fingerprint]
+
+    def _fingerprint(self, settings: Settings) -> str | None:
+        """A digest of the configuration and the engine version, or None when it can't be trusted."""
+        key = id(settings)
+        if key not in self._fingerprints:
+            text = repr(settings)
+            if " at 0x" in text:  # no meaningful repr: don't cache results under it
+                self._fingerprints[key] = ""
+            else:
+                self._fingerprints[key] = hashlib.sha1(
+                    f"{text}\0{_engine_version()}".encode(), usedforsecurity=False
+                ).hexdigest()
+        return self._fingerprints[key] or None
+
+    def previously_passed(self, path: Path, settings: Settings) -> bool:
+        stamp = self._stamp(path, settings)
+        return stamp is not None and self._passed.get(str(path)) == stamp
+
+    def remember(self, path: Path, settings: Settings, passed: bool) -> None:
+        stamp = self._stamp(path, settings) if passed else None
+        if stamp is None:
+            if self._passed.pop(str(path), None) is not None:
+                self._dirty = True
+        elif self._passed.get(str(path)) != stamp:
+            self._passed[str(path)] = stamp
+            self._dirty = True
+
+
+def _engine_version() -> str:
+    """The sentinel version plus the newest modification time of the lint engine's sources, so a
+    developer editing a rule does not get stale "passed" results."""
+    import sentinel
+
+    root = Path(sentinel.__file__).parent
+    newest = 0
+    for pattern in ("lint.py", "rules/*.py", "analysis/*.py", "config.py", "suppress*.py"):
+        for source in root.glob(pattern):
+            try:
+                newest = max(newest, source.stat().st_mtime_ns)
+            except OSError:
+                pass
+    return f"{sentinel.__version__}:{newest}"
+
+
+class LintFile(pytest.File):
+    """One Python file; collects a single :class:`LintItem`."""
+
+    def __init__(self, *, collector: LintCollector, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lint_collector = collector
+
+    def collect(self) -> Iterator[LintItem]:
+        yield LintItem.from_parent(self, name=ITEM_NAME)
+
+
+class LintItem(pytest.Item):
+    """``sentinel lint`` on one file: fails listing the findings, or the reason it can't be parsed."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_marker(MARKER)
+
+    @property
+    def lint_collector(self) -> LintCollector:
+        assert isinstance(self.parent, LintFile)
+        return self.parent.lint_collector
+
+    def runtest(self) -> None:
+        from sentinel.lint import lint_file, render_results
+
+        collector = self.lint_collector
+        settings = collector.settings_for(self.path)
+        if collector.previously_passed(self.path, settings):
+            self.user_properties.append(("sentinel_lint", "cached"))
+            return
+        result = lint_file(self.path, settings)
+        if result.error:
+            collector.remember(self.path, settings, passed=False)
+            raise LintError(f"{self._display_path()}: cannot lint: {result.error}")
+        if result.diagnostics:
+            collector.remember(self.path, settings, passed=False)
+            raise LintError(render_results([result], fmt="text", color="never").rstrip("\n"))
+        collector.remember(self.path, settings, passed=True)
+        self.user_properties.append(("sentinel_lint", "clean"))
+
+    def repr_failure(
+        self,
+        excinfo: pytest.ExceptionInfo[BaseException],
+        style: Any = None,
+    ) -> str | TerminalRepr:
+        if isinstance(excinfo.value, LintError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{ITEM_NAME} {self._display_path()}"
+
+    def _display_path(self) -> str:
+        try:
+            return self.path.relative_to(self.config.rootpath).as_posix()
+        except ValueError:
+            return str(self.path)
