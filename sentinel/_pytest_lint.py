@@ -38,25 +38,36 @@ class LintCollector:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self._settings: dict[Path, Settings] = {}
+        self._settings: dict[Path, Settings | _BrokenSettings] = {}
         self._fingerprints: dict[int, str] = {}
         cache = getattr(config, "cache", None)
         self._passed: dict[str, list[Any]] = dict(cache.get(CACHE_KEY, {})) if cache is not None else {}
         self._dirty = False
 
     def settings_for(self, path: Path) -> Settings:
+        """The settings for files in ``path``'s directory; raises :class:`LintError` on a broken
+        ``[tool.sentinel]`` table (every file under it then fails with that one-line reason)."""
         from sentinel.lint import load_settings
 
         directory = path.parent
         if directory not in self._settings:
-            self._settings[directory] = load_settings(directory)
-        return self._settings[directory]
+            try:
+                self._settings[directory] = load_settings(directory)
+            except Exception as exc:  # ConfigError and friends: the message names the file and key
+                self._settings[directory] = _BrokenSettings(f"{type(exc).__name__}: {exc}")
+        settings = self._settings[directory]
+        if isinstance(settings, _BrokenSettings):
+            raise LintError(f"cannot lint {path.name}: {settings.reason}")
+        return settings
 
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> LintFile | None:
         if file_path.suffix != ".py":
             return None
-        if self.settings_for(file_path).is_excluded(file_path):
-            return None
+        try:
+            if self.settings_for(file_path).is_excluded(file_path):
+                return None
+        except LintError:
+            pass  # collected anyway: its item fails with the configuration error
         return LintFile.from_parent(parent, path=file_path, collector=self)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -101,6 +112,13 @@ class LintCollector:
         elif self._passed.get(str(path)) != stamp:
             self._passed[str(path)] = stamp
             self._dirty = True
+
+
+class _BrokenSettings:
+    """Stands in for the settings of a directory whose configuration could not be loaded."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def _engine_version() -> str:

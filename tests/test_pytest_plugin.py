@@ -1,0 +1,542 @@
+"""The pytest plugin (``sentinel.pytest_plugin``): the ``sentinel`` fixture, ``--sentinel-lint`` items,
+options and ini keys, and the promise that loading the plugin imports nothing heavy.
+
+Most tests run pytest in-process through ``pytester``; the import test needs a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import textwrap
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+# pytester's in-process runs drop every module first imported during the run. Import the heavy ones
+# once here so the runs share them: re-importing torch (or hypothesis, whose pytest plugin imports it
+# at the end of each run) for every run is slow, and torch does not support being imported twice.
+for _name in ("torch", "hypothesis", "libcst", "sentinel.findings", "sentinel.lint", "sentinel.probes"):
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_name)
+
+
+def _available(module: str, *names: str) -> bool:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return False
+    return all(hasattr(mod, n) for n in names)
+
+
+# The probe suite and the lint engine are developed alongside the plugin; until they are importable
+# the tests that need them say so instead of failing on an ImportError.
+needs_probes = pytest.mark.skipif(
+    not _available(
+        "sentinel.probes", "check_overfit", "check_updates", "check_devices", "check_finite", "run_probes"
+    ),
+    reason="sentinel.probes is not available yet",
+)
+needs_lint = pytest.mark.skipif(
+    not _available("sentinel.lint", "load_settings", "lint_file", "render_results"),
+    reason="sentinel.lint is not available yet",
+)
+
+# Tiny models with planted bugs, shared by the probe tests through a conftest in pytester's directory.
+MODELS = '''
+import pytest
+import torch
+from torch import nn
+
+
+class Healthy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.Tanh())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class UnusedLayer(Healthy):
+    """A layer defined and handed to the optimizer, but never used in forward: never updated."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux = nn.Linear(16, 3)
+
+
+class Detached(Healthy):
+    """The head's input is cut from the graph: the body never learns, the loss stalls."""
+
+    def forward(self, x):
+        return self.head(self.body(x).detach() * 0.0)
+
+
+class MakesNaN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.act = SqrtAct()
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+class SqrtAct(nn.Module):
+    def forward(self, x):
+        return torch.sqrt(x)  # negative pre-activations -> NaN
+
+
+def make(model_cls=Healthy, lr=1e-2, dtype=torch.float32):
+    torch.manual_seed(0)
+    model = model_cls()
+    x = torch.randn(8, 4, dtype=dtype)
+    y = torch.randint(0, 3, (8,))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return dict(model=model, loss_fn=nn.CrossEntropyLoss(), batch=(x, y), optimizer=optimizer)
+
+
+@pytest.fixture
+def setup():
+    return make
+'''
+
+
+@pytest.fixture
+def models(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(MODELS)
+    return pytester
+
+
+# --- the fixture's helpers -------------------------------------------------------------------------
+
+
+@needs_probes
+def test_healthy_model_passes_every_helper_and_gets_results_back(models: pytest.Pytester) -> None:
+    models.makepyfile(
+        """
+        from sentinel.findings import ProbeResult
+
+        def test_overfits(sentinel, setup):
+            result = sentinel.assert_overfits(**setup())
+            assert isinstance(result, ProbeResult) and result.status == "pass"
+
+        def test_updates(sentinel, setup):
+            assert sentinel.assert_updates(**setup()).findings == []
+
+        def test_devices(sentinel, setup):
+            assert sentinel.assert_devices(**setup()).ok
+
+        def test_finite(sentinel, setup):
+            assert sentinel.assert_finite(**setup()).ok
+
+        def test_trains(sentinel, setup):
+            sentinel.assert_trains(**setup())
+        """
+    )
+    result = models.runpytest()
+    result.assert_outcomes(passed=5)
+
+
+@needs_probes
+@pytest.mark.parametrize(
+    ("helper", "make_args", "expected"),
+    [
+        pytest.param("assert_overfits", "lr=0.0", ["*SEN101 cannot-overfit-one-batch*", "*steps*"], id="lr0"),
+        pytest.param(
+            "assert_overfits", "model_cls=Detached", ["*SEN101 cannot-overfit-one-batch*"], id="detached"
+        ),
+        pytest.param(
+            "assert_updates",
+            "model_cls=UnusedLayer",
+            ["*SEN102 parameter-not-updated*", "*aux.weight*", "*aux.bias*"],
+            id="unused-layer",
+        ),
+        pytest.param(
+            "assert_devices",
+            "dtype=torch.float64",
+            ["*SEN104 dtype-mismatch*", "*float64*"],
+            id="float64-input",
+        ),
+        pytest.param(
+            "assert_finite",
+            "model_cls=MakesNaN",
+            ["*SEN105 non-finite-value*", "*module: act*"],
+            id="nan-module",
+        ),
+        pytest.param("assert_trains", "model_cls=UnusedLayer", ["*SEN102*aux.weight*"], id="trains"),
+    ],
+)
+def test_planted_bug_fails_with_readable_report(
+    models: pytest.Pytester, helper: str, make_args: str, expected: list[str]
+) -> None:
+    models.makepyfile(
+        f"""
+        import torch
+        from conftest import *
+
+        def test_bug(sentinel, setup):
+            sentinel.{helper}(**setup({make_args}))
+        """
+    )
+    result = models.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*sentinel.{helper}: * finding*", *expected], consecutive=False)
+    # the report points at the test's line, not into sentinel's internals
+    result.stdout.fnmatch_lines([f">*sentinel.{helper}(**setup(*"])
+    out = result.stdout.str()
+    assert "_pytest_probes.py" not in out and "sentinel/probes" not in out
+    result.stdout.fnmatch_lines(["FAILED test_planted_bug_fails_with_readable_report.py::test_bug - *"])
+
+
+@needs_probes
+def test_failure_is_an_assertion_error_carrying_the_result(models: pytest.Pytester) -> None:
+    models.makepyfile(
+        """
+        import pytest
+        from conftest import UnusedLayer
+
+        def test_expects_the_bug(sentinel, setup):
+            with pytest.raises(AssertionError, match="SEN102") as info:
+                sentinel.assert_updates(**setup(model_cls=UnusedLayer))
+            names = {p["name"] for f in info.value.result.findings for p in f.details["parameters"]}
+            assert {"aux.weight", "aux.bias"} <= names
+            assert not names & {"head.weight", "body.0.weight"}
+        """
+    )
+    models.runpytest().assert_outcomes(passed=1)
+
+
+@needs_probes
+def test_probe_that_cannot_run_fails_with_its_message(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sentinel.probes
+    from sentinel.findings import ProbeResult
+
+    def broken(model, loss_fn, batch, optimizer=None, *, device=None):
+        return ProbeResult(name="devices", status="error", message="no CUDA device is available")
+
+    monkeypatch.setattr(sentinel.probes, "check_devices", broken)
+    pytester.makepyfile(
+        """
+        def test_it(sentinel):
+            sentinel.assert_devices(model=None, loss_fn=None, batch=None)
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*sentinel.assert_devices: 1 probe could not run*",
+            "*probe 'devices': error: no CUDA device is available*",
+        ]
+    )
+
+
+@needs_probes
+def test_unknown_option_is_a_clear_type_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_it(sentinel):
+            with pytest.raises(TypeError, match="assert_devices.*'stepz'"):
+                sentinel.assert_devices(model=None, loss_fn=None, batch=None, stepz=3)
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+# --- options and ini keys ----------------------------------------------------------------------------
+
+
+DEFAULTS_TEST = """
+def test_defaults(sentinel):
+    print("DEFAULTS", sorted(sentinel.defaults.items()))
+"""
+
+
+@pytest.mark.parametrize(
+    ("ini", "args", "expected"),
+    [
+        pytest.param("", [], "DEFAULTS []", id="none"),
+        pytest.param(
+            "sentinel_steps = 7\nsentinel_device = cpu",
+            [],
+            "DEFAULTS [('device', 'cpu'), ('steps', 7)]",
+            id="ini",
+        ),
+        pytest.param(
+            "sentinel_steps = 7\nsentinel_device = cuda",
+            ["--sentinel-steps", "3", "--sentinel-device=cpu"],
+            "DEFAULTS [('device', 'cpu'), ('steps', 3)]",
+            id="cli-beats-ini",
+        ),
+        pytest.param("", ["--sentinel-steps=12"], "DEFAULTS [('steps', 12)]", id="cli-only"),
+    ],
+)
+def test_defaults_come_from_cli_then_ini(
+    pytester: pytest.Pytester, ini: str, args: list[str], expected: str
+) -> None:
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile(DEFAULTS_TEST)
+    result = pytester.runpytest("-s", *args)
+    result.assert_outcomes(passed=1)
+    assert expected in result.stdout.str()
+
+
+@needs_probes
+def test_steps_default_reaches_the_probe_and_explicit_argument_wins(models: pytest.Pytester) -> None:
+    models.makepyproject(
+        """
+        [tool.pytest.ini_options]
+        sentinel_steps = "1"
+        """
+    )
+    models.makepyfile(
+        """
+        import pytest
+
+        def test_default_from_ini(sentinel, setup):
+            with pytest.raises(AssertionError, match="SEN101") as info:
+                sentinel.assert_overfits(**setup())   # one step cannot overfit anything
+            assert info.value.result.findings[0].details["steps"] == 1
+
+        def test_explicit_steps_win(sentinel, setup):
+            sentinel.assert_overfits(**setup(), steps=300)
+        """
+    )
+    models.runpytest().assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sentinel-steps", "zero"], "*--sentinel-steps: expected a positive integer, got 'zero'*"),
+        (["--sentinel-steps=0"], "*--sentinel-steps: expected a positive integer, got '0'*"),
+        (["--sentinel-device="], "*--sentinel-device: expected auto, cpu, cuda or cuda:N*"),
+    ],
+)
+def test_bad_option_is_a_usage_error(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makepyfile(DEFAULTS_TEST)
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_bad_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nsentinel_steps = -2\n")
+    pytester.makepyfile(DEFAULTS_TEST)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*sentinel_steps (ini): expected a positive integer, got '-2'*"])
+
+
+def test_options_are_listed_in_a_sentinel_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "torch-sentinel: training probes and lint:",
+            "*--sentinel-lint*",
+            "*--sentinel-steps=N*",
+            "*--sentinel-device=DEVICE*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*sentinel_steps (string):*", "*sentinel_device (string):*"])
+
+
+def test_lint_marker_is_registered(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.sentinel_lint: *"])
+
+
+# --- lint as test items ----------------------------------------------------------------------------
+
+SOFTMAX_INTO_CE = """\
+import torch.nn.functional as F
+from torch import nn
+
+
+def train(model, loader, optimizer):
+    loss_fn = nn.CrossEntropyLoss()
+    for x, y in loader:
+        optimizer.zero_grad()
+        probs = F.softmax(model(x), dim=1)
+        loss = loss_fn(probs, y){noqa}
+        loss.backward()
+        optimizer.step()
+"""
+
+CLEAN = """\
+from torch import nn
+
+
+def train(model, loader, optimizer):
+    loss_fn = nn.CrossEntropyLoss()
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+"""
+
+
+def _lint_tree(pytester: pytest.Pytester, noqa: str = "") -> None:
+    pytester.makepyfile(
+        train_bad=SOFTMAX_INTO_CE.format(noqa=noqa),
+        train_clean=CLEAN,
+        test_unit="def test_unit():\n    pass\n",
+    )
+
+
+@needs_lint
+def test_lint_items_fail_on_findings_and_pass_clean_files(pytester: pytest.Pytester) -> None:
+    _lint_tree(pytester)
+    result = pytester.runpytest("--sentinel-lint", "-v")
+    result.assert_outcomes(passed=3, failed=1)  # train_clean, test_unit's lint item, test_unit
+    result.stdout.fnmatch_lines(
+        [
+            "train_bad.py::sentinel-lint FAILED*",
+            "train_clean.py::sentinel-lint PASSED*",
+        ],
+        consecutive=False,
+    )
+    # the failure lists the finding the way `sentinel lint` does: path, line, code
+    result.stdout.fnmatch_lines(["*train_bad.py:*SEN001*"])
+    assert any("train_bad.py:10" in line or "train_bad.py:9" in line for line in result.outlines)
+    result.stdout.fnmatch_lines(["FAILED train_bad.py::sentinel-lint*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_without_the_option_nothing_is_linted(pytester: pytest.Pytester) -> None:
+    _lint_tree(pytester)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1)
+    assert "sentinel-lint" not in result.stdout.str()
+
+
+@needs_lint
+def test_marker_selects_only_lint_items(pytester: pytest.Pytester) -> None:
+    _lint_tree(pytester)
+    result = pytester.runpytest("--sentinel-lint", "-m", "sentinel_lint", "-v")
+    result.assert_outcomes(passed=2, failed=1, deselected=1)
+    assert "test_unit.py::test_unit" not in result.stdout.str()
+    result = pytester.runpytest("--sentinel-lint", "-m", "not sentinel_lint")
+    result.assert_outcomes(passed=1, deselected=3)
+
+
+@needs_lint
+def test_noqa_comment_suppresses_the_finding(pytester: pytest.Pytester) -> None:
+    _lint_tree(pytester, noqa="  # noqa: SEN001")
+    result = pytester.runpytest("--sentinel-lint", "-m", "sentinel_lint")
+    result.assert_outcomes(passed=3)
+
+
+@needs_lint
+def test_config_exclude_and_per_file_ignores_are_honoured(pytester: pytest.Pytester) -> None:
+    _lint_tree(pytester)
+    pytester.mkdir("vendored")
+    pytester.path.joinpath("vendored", "old.py").write_text(SOFTMAX_INTO_CE.format(noqa=""))
+    pytester.makepyproject(
+        """
+        [tool.sentinel]
+        exclude = ["vendored"]
+        per-file-ignores = { "train_bad.py" = ["SEN001"] }
+        """
+    )
+    result = pytester.runpytest("--sentinel-lint", "-m", "sentinel_lint", "-v")
+    result.assert_outcomes(passed=3)
+    assert "old.py" not in result.stdout.str()
+
+
+@needs_lint
+def test_unparsable_file_fails_with_one_line_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(broken="def train(:\n    pass\n")
+    result = pytester.runpytest("--sentinel-lint")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["broken.py: cannot lint: *"])
+    assert "Traceback" not in result.stdout.str()
+
+
+@needs_lint
+def test_broken_config_fails_the_items_with_its_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(train_clean=CLEAN)
+    pytester.makepyproject("[tool.sentinel]\nselekt = ['SEN001']\n")
+    result = pytester.runpytest("--sentinel-lint")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["cannot lint train_clean.py: *selekt*"])
+
+
+@needs_lint
+def test_unchanged_file_that_passed_is_not_linted_again(pytester: pytest.Pytester) -> None:
+    buggy_call = "loss_fn(model(x).softmax(1), y)"
+    clean_call = "loss_fn(model(x), y)".ljust(len(buggy_call))  # same length: trailing blanks
+    pytester.makepyfile(train=CLEAN.replace("loss_fn(model(x), y)", clean_call))
+    path = pytester.path / "train.py"
+    pytester.runpytest("--sentinel-lint").assert_outcomes(passed=1)
+    before = path.stat()
+
+    # plant the bug but keep size and mtime: the remembered pass stands, the file is not re-linted
+    path.write_text(path.read_text().replace(clean_call, buggy_call))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    pytester.runpytest("--sentinel-lint").assert_outcomes(passed=1)
+
+    # --cache-clear forgets it: the bug is found
+    pytester.runpytest("--sentinel-lint", "--cache-clear").assert_outcomes(failed=1)
+    # a failure is not remembered, and a new mtime alone is enough to re-lint
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    pytester.runpytest("--sentinel-lint").assert_outcomes(failed=1)
+
+
+@needs_lint
+def test_no_cacheprovider_still_lints(pytester: pytest.Pytester) -> None:
+    _lint_tree(pytester)
+    for _ in range(2):
+        result = pytester.runpytest("--sentinel-lint", "-p", "no:cacheprovider", "-m", "sentinel_lint")
+        result.assert_outcomes(passed=2, failed=1)
+
+
+# --- loading the plugin costs nothing ------------------------------------------------------------
+
+RECORD_IMPORTS = """
+import sys
+
+HEAVY = ("torch", "libcst", "sentinel.lint", "sentinel.probes", "sentinel._pytest_probes",
+         "sentinel._pytest_lint", "sentinel.findings", "rich")
+
+def test_record(pytestconfig):
+    assert pytestconfig.pluginmanager.has_plugin("sentinel"), "plugin not loaded via its entry point"
+    assert "sentinel.pytest_plugin" in sys.modules
+    print("LOADED", sorted(m for m in HEAVY if m in sys.modules))
+"""
+
+
+def test_loading_the_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_record=RECORD_IMPORTS)
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "LOADED []" in result.stdout.str()
+
+
+@needs_lint
+def test_lint_option_and_fixture_load_their_halves_on_demand(pytester: pytest.Pytester) -> None:
+    """Control for the test above: the same recorder does see the lazily imported modules."""
+    pytester.makepyfile(
+        test_record=RECORD_IMPORTS
+        + textwrap.dedent(
+            """
+            def test_uses_fixture(sentinel):
+                assert "sentinel._pytest_probes" in sys.modules
+                assert "torch" not in sys.modules  # only a helper that runs a probe needs torch
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", "--sentinel-lint")
+    result.assert_outcomes(passed=3)  # two tests + the lint item of test_record.py
+    result.stdout.fnmatch_lines(["LOADED *'sentinel.lint'*"])
