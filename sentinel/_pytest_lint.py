@@ -42,7 +42,7 @@ class LintCollector:
         self._fingerprints: dict[int, str] = {}
         cache = getattr(config, "cache", None)
         self._passed: dict[str, list[Any]] = dict(cache.get(CACHE_KEY, {})) if cache is not None else {}
-        self._dirty = False
+        self._changed: dict[str, list[Any] | None] = {}  # path -> new stamp, or None: forget it
 
     def settings_for(self, path: Path) -> Settings:
         """The settings for files in ``path``'s directory; raises :class:`LintError` on a broken
@@ -72,8 +72,16 @@ class LintCollector:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         cache = getattr(self.config, "cache", None)
-        if cache is not None and self._dirty:
-            cache.set(CACHE_KEY, self._passed)
+        if cache is None or not self._changed:
+            return
+        # Merge into what is stored now: under pytest-xdist every worker writes its own share.
+        stored = dict(cache.get(CACHE_KEY, {}))
+        for path, stamp in self._changed.items():
+            if stamp is None:
+                stored.pop(path, None)
+            else:
+                stored[path] = stamp
+        cache.set(CACHE_KEY, stored)
 
     # -- the "previously passed" memory ---------------------------------------------------------
 
@@ -105,13 +113,14 @@ class LintCollector:
         return stamp is not None and self._passed.get(str(path)) == stamp
 
     def remember(self, path: Path, settings: Settings, passed: bool) -> None:
+        key = str(path)
         stamp = self._stamp(path, settings) if passed else None
         if stamp is None:
-            if self._passed.pop(str(path), None) is not None:
-                self._dirty = True
-        elif self._passed.get(str(path)) != stamp:
-            self._passed[str(path)] = stamp
-            self._dirty = True
+            if self._passed.pop(key, None) is not None:
+                self._changed[key] = None
+        elif self._passed.get(key) != stamp:
+            self._passed[key] = stamp
+            self._changed[key] = stamp
 
 
 class _BrokenSettings:
