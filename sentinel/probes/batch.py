@@ -1,0 +1,185 @@
+"""How a probe calls the model and the loss on a batch, and how batch tensors are named.
+
+The batch convention (documented in the README):
+
+=============================================  ==========================================================
+``batch``                                      what the probe runs
+=============================================  ==========================================================
+``(inputs, targets)`` (tuple or list of 2)     ``loss_fn(model(inputs), targets)``
+``(a, b, ..., targets)`` (3 or more)           ``loss_fn(model(a, b, ...), targets)``
+``(inputs,)`` or a single tensor               ``loss_fn(model(inputs))``
+``{"inputs": ..., "targets": ...}``            ``loss_fn(model(inputs), targets)``; input keys tried in
+                                               order ``inputs``, ``input``, ``x``; target keys
+                                               ``targets``, ``target``, ``labels``, ``label``, ``y``
+``{"input_ids": ..., "labels": ...}``          no input key: ``loss_fn(model(**rest), labels)`` where
+                                               ``rest`` is every key but the target key
+=============================================  ==========================================================
+
+Where "inputs" itself is a tuple/list it is splatted (``model(*inputs)``), a dict is passed as
+keyword arguments (``model(**inputs)``). A loss that is not a scalar is averaged. For anything
+else, pass ``compute_loss(model, loss_fn, batch) -> loss`` (the factory may return it as
+``compute_loss``).
+
+Tensor names used in findings: ``batch[0]``, ``batch[1]``, ``batch["x"]``, nested
+``batch[0]["ids"]``; a bare tensor batch is ``batch``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "INPUT_KEYS",
+    "TARGET_KEYS",
+    "ComputeLoss",
+    "Plan",
+    "clone_to",
+    "compute",
+    "plan",
+    "tensor_items",
+]
+
+INPUT_KEYS = ("inputs", "input", "x")
+TARGET_KEYS = ("targets", "target", "labels", "label", "y")
+
+ComputeLoss = Callable[[nn.Module, Any, Any], torch.Tensor]
+
+
+@dataclass
+class Plan:
+    """How to call the model (``args``/``kwargs``) and whether/which targets go to the loss."""
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    has_targets: bool = False
+    targets: Any = None
+    target_name: str | None = None
+    input_names: list[str] = field(default_factory=list)
+
+
+def _key(k: Any) -> str:
+    if isinstance(k, str):
+        return f"[{json.dumps(k)}]"
+    return f"[{k!r}]"
+
+
+def _spread(inputs: Any, prefix: str) -> tuple[tuple[Any, ...], dict[str, Any], list[str]]:
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs), [prefix]
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}, [prefix]
+    return (inputs,), {}, [prefix]
+
+
+def _plan_mapping(batch: Mapping[str, Any], name: Callable[[Any], str]) -> Plan:
+    tkey = next((k for k in TARGET_KEYS if k in batch), None)
+    ikey = next((k for k in INPUT_KEYS if k in batch), None)
+    if ikey is not None:
+        args, kwargs, names = _spread(batch[ikey], name(ikey))
+    else:
+        kwargs = {k: v for k, v in batch.items() if k != tkey}
+        args, names = (), [name(k) for k in kwargs]
+    p = Plan(args=args, kwargs=kwargs, input_names=names)
+    if tkey is not None:
+        p.has_targets, p.targets, p.target_name = True, batch[tkey], name(tkey)
+    return p
+
+
+def plan(batch: Any) -> Plan:
+    """Decide how ``batch`` is fed to the model and the loss (see the module docstring)."""
+    if isinstance(batch, tuple) and hasattr(batch, "_asdict"):  # namedtuple
+        fields = batch._asdict()
+        if any(k in fields for k in INPUT_KEYS + TARGET_KEYS):
+            return _plan_mapping(fields, lambda k: f"batch.{k}")
+        batch = tuple(batch)
+    if isinstance(batch, Mapping):
+        return _plan_mapping(batch, lambda k: "batch" + _key(k))
+    if isinstance(batch, (tuple, list)):
+        items = list(batch)
+        if len(items) == 0:
+            raise ValueError("the batch is an empty sequence")
+        if len(items) == 1:
+            args, kwargs, names = _spread(items[0], "batch[0]")
+            return Plan(args=args, kwargs=kwargs, input_names=names)
+        if len(items) == 2:
+            args, kwargs, names = _spread(items[0], "batch[0]")
+        else:
+            args, kwargs = tuple(items[:-1]), {}
+            names = [f"batch[{i}]" for i in range(len(items) - 1)]
+        last = len(items) - 1
+        return Plan(args, kwargs, True, items[-1], f"batch[{last}]", names)
+    return Plan(args=(batch,), input_names=["batch"])
+
+
+def compute(
+    model: nn.Module, loss_fn: Any, batch: Any, compute_loss: ComputeLoss | None = None
+) -> tuple[torch.Tensor, Any]:
+    """Run one forward pass and the loss. Returns ``(scalar loss, model output or None)``."""
+    if compute_loss is not None:
+        loss = compute_loss(model, loss_fn, batch)
+        output = None
+    else:
+        p = plan(batch)
+        output = model(*p.args, **p.kwargs)
+        loss = loss_fn(output, p.targets) if p.has_targets else loss_fn(output)
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"the loss is a {type(loss).__name__}, not a tensor")
+    if loss.numel() != 1:
+        loss = loss.mean()
+    elif loss.dim() != 0:
+        loss = loss.reshape(())
+    return loss, output
+
+
+def tensor_items(obj: Any, prefix: str = "batch") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in a nested structure of tuples, lists and mappings, with its name."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from tensor_items(v, prefix + _key(k))
+    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        for k in obj._fields:
+            yield from tensor_items(getattr(obj, k), f"{prefix}.{k}")
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            yield from tensor_items(v, f"{prefix}[{i}]")
+
+
+def clone_to(obj: Any, device: torch.device | None) -> Any:
+    """A copy of ``obj`` where every tensor is cloned (and moved to ``device`` unless None).
+
+    Tensors on ``meta`` cannot be moved: they stay where they are (the device probe reports them).
+    Leaf tensors keep ``requires_grad``.
+    """
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if device is not None and t.device != device and not t.is_meta:
+            t = t.to(device)
+            if t.data_ptr() == obj.data_ptr():  # pragma: no cover - same storage
+                t = t.clone()
+        else:
+            t = t.clone()
+        if obj.requires_grad and obj.is_leaf:
+            t.requires_grad_(True)
+        return t
+    if isinstance(obj, Mapping):
+        items = {k: clone_to(v, device) for k, v in obj.items()}
+        try:
+            return type(obj)(items)
+        except Exception:
+            return items
+    if isinstance(obj, tuple):
+        items_t = [clone_to(v, device) for v in obj]
+        if hasattr(obj, "_fields"):  # namedtuple
+            return type(obj)(*items_t)
+        return tuple(items_t)
+    if isinstance(obj, list):
+        return [clone_to(v, device) for v in obj]
+    return obj
