@@ -5,6 +5,7 @@ Exit status everywhere: 0 nothing found, 1 findings, 2 usage, input or I/O error
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
+        except BrokenPipeError:  # `sentinel lint | head`: the reader went away, that is not an error
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+            ctx.exit(0)
         except KeyboardInterrupt:
             click.echo("sentinel: interrupted", err=True)
             ctx.exit(130)

@@ -1,0 +1,207 @@
+"""Facts the interpreter records, and the derived questions rules ask about them.
+
+The interpreter walks a file once (inlining local helper calls so every call site gets its own
+context) and appends *events* in execution order: forward passes, ``backward()`` calls, optimizer
+steps, gradient resets, loss calls, snapshots and accumulations. Each event remembers the stack of
+loop frames it happened in. Rules never walk the tree: they query this object.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import libcst as cst
+
+from sentinel.analysis.values import V
+
+
+@dataclass
+class Frame:
+    """One dynamic execution of a loop (or one unrolled iteration of a loop over literals)."""
+
+    id: int
+    node: cst.CSTNode
+    parent: int | None
+    ctx: int
+    start: int
+    end: int = 1 << 62
+    label: str = ""  # text naming what it iterates (e.g. "val_loader", "phase=val")
+    unrolled: bool = False
+
+
+@dataclass
+class Event:
+    seq: int
+    node: cst.CSTNode
+    stmt: cst.CSTNode
+    frames: tuple[int, ...]  # loop frames, outermost first
+    ctx: int  # function activation id
+
+    @property
+    def frame(self) -> int | None:
+        return self.frames[-1] if self.frames else None
+
+
+@dataclass
+class ForwardEvent(Event):
+    id: int = 0
+    model: V | None = None
+    modes: frozenset | None = None
+    grad: str | None = None
+    evalish: bool = False  # names (function, loader, inputs, phase) say validation/test
+    dummy_input: bool = False  # called on torch.zeros/ones/randn literals (shape inference, warm-up)
+    lightning_eval: bool = False
+
+
+@dataclass
+class BackwardEvent(Event):
+    taints: frozenset = frozenset()
+
+
+@dataclass
+class StepEvent(Event):
+    optimizer: str = ""
+
+
+@dataclass
+class ResetEvent(Event):
+    pass
+
+
+@dataclass
+class LossCallEvent(Event):
+    is_ce: bool = False
+    input: V | None = None
+
+
+@dataclass
+class SnapshotEvent(Event):
+    target: str = ""
+    what: str = ""  # "state_dict" | "model" | "append"
+    source: str = ""  # "model" | "optimizer"
+    persistent: bool = False  # stored on an attribute / container: outlives the function
+
+
+@dataclass
+class AccumEvent(Event):
+    id: int = 0
+    target: str = ""
+    value: V | None = None
+    outlives: bool = False
+
+
+@dataclass
+class Facts:
+    frames: dict[int, Frame] = field(default_factory=dict)
+    forwards: list[ForwardEvent] = field(default_factory=list)
+    backwards: list[BackwardEvent] = field(default_factory=list)
+    steps: list[StepEvent] = field(default_factory=list)
+    resets: list[ResetEvent] = field(default_factory=list)
+    loss_calls: list[LossCallEvent] = field(default_factory=list)
+    snapshots: list[SnapshotEvent] = field(default_factory=list)
+    accums: list[AccumEvent] = field(default_factory=list)
+    # (ctx id, name) -> last seq at which the name was read
+    last_read: dict[tuple[int, str], int] = field(default_factory=dict)
+    escaped_taints: set = field(default_factory=set)
+    proven_graph_taints: set = field(default_factory=set)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    # -- loop structure --------------------------------------------------------------------------
+    def _per_frame(self, events: list) -> dict[int, list]:
+        out: dict[int, list] = defaultdict(list)
+        for ev in events:
+            for fid in ev.frames:
+                out[fid].append(ev)
+        return out
+
+    @property
+    def backward_by_frame(self) -> dict[int, list[BackwardEvent]]:
+        if "bw" not in self._cache:
+            self._cache["bw"] = self._per_frame(self.backwards)
+        return self._cache["bw"]
+
+    @property
+    def step_by_frame(self) -> dict[int, list[StepEvent]]:
+        if "st" not in self._cache:
+            self._cache["st"] = self._per_frame(self.steps)
+        return self._cache["st"]
+
+    @property
+    def reset_by_frame(self) -> dict[int, list[ResetEvent]]:
+        if "rs" not in self._cache:
+            self._cache["rs"] = self._per_frame(self.resets)
+        return self._cache["rs"]
+
+    def frame_trains(self, fid: int) -> bool:
+        """Does this loop run backward() and an optimizer step (anywhere inside, helpers included)?"""
+        return bool(self.backward_by_frame.get(fid)) and bool(self.step_by_frame.get(fid))
+
+    def frame_has_training(self, fid: int) -> bool:
+        return bool(self.backward_by_frame.get(fid)) or bool(self.step_by_frame.get(fid))
+
+    def ancestors(self, fid: int) -> Iterator[int]:
+        cur: int | None = self.frames[fid].parent
+        while cur is not None:
+            yield cur
+            cur = self.frames[cur].parent
+
+    def training_loops(self) -> list[int]:
+        """Innermost loop frames that both backpropagate and step: one per-iteration training loop each."""
+        if "tl" in self._cache:
+            return self._cache["tl"]
+        candidates = [fid for fid in self.frames if self.frame_trains(fid)]
+        has_inner = set()
+        for fid in candidates:
+            has_inner.update(self.ancestors(fid))
+        out = [fid for fid in candidates if fid not in has_inner]
+        self._cache["tl"] = out
+        return out
+
+    def iteration_trains(self, ev: Event) -> bool:
+        """Is ``ev`` inside a loop iteration that also runs backward()/step()?"""
+        f = ev.frame
+        return f is not None and self.frame_has_training(f)
+
+    def connected_to_backward(self, taints: frozenset) -> bool:
+        if not taints:
+            return False
+        for bw in self.backwards:
+            if bw.taints & taints:
+                return True
+        return False
+
+    def read_after(self, ctx: int, name: str, seq: int) -> bool:
+        return self.last_read.get((ctx, name), -1) > seq
+
+    # -- evaluation regions ----------------------------------------------------------------------
+    def evaluation_forwards(self) -> list[ForwardEvent]:
+        """Forward passes that are evaluation code: not part of any backward, not a shape probe.
+
+        Inside an iteration that also trains (DQN targets, GAN samples, teacher outputs) a forward
+        only counts as evaluation when names say so (``X_val``, ``test_loader``, ``evaluate()``).
+        """
+        if "ef" in self._cache:
+            return self._cache["ef"]
+        first_training = min((e.seq for e in (*self.backwards, *self.steps)), default=1 << 62)
+        out = []
+        for ev in self.forwards:
+            if ev.lightning_eval or ev.dummy_input and ev.seq < first_training:
+                continue
+            if self.connected_to_backward(frozenset({ev.id})):
+                continue
+            if ev.id in self.escaped_taints and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
+                continue
+            if self.iteration_trains(ev) and not ev.evalish:
+                continue
+            if ev.frame is None and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
+                continue  # a lone forward with nothing saying "evaluation" (a demo print, a sanity check)
+            out.append(ev)
+        self._cache["ef"] = out
+        return out
+
+    @staticmethod
+    def region_key(ev: ForwardEvent) -> tuple:
+        return (ev.frame, ev.ctx, ev.model.ident if ev.model is not None else None)

@@ -1,0 +1,220 @@
+"""What sentinel knows about the torch API (and the few libraries around it), by qualified name.
+
+Everything here is plain data plus small predicates; the interpreter consults it to give a call's
+result an abstract value. Names are matched after import aliases are resolved, so
+``import torch.nn.functional as F; F.softmax`` and ``from torch.nn.functional import softmax`` both
+arrive as ``torch.nn.functional.softmax``.
+"""
+
+from __future__ import annotations
+
+import re
+
+SOFTMAX_FUNCS = frozenset(
+    {
+        "torch.softmax",
+        "torch.nn.functional.softmax",
+        "torch.special.softmax",
+        "torch.Tensor.softmax",
+    }
+)
+CROSS_ENTROPY_FUNCS = frozenset({"torch.nn.functional.cross_entropy"})
+CROSS_ENTROPY_CLASSES = frozenset({"torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss"})
+SOFTMAX_CLASSES = frozenset({"torch.nn.Softmax", "torch.nn.modules.activation.Softmax"})
+
+NO_GRAD_CTX = frozenset(
+    {
+        "torch.no_grad",
+        "torch.inference_mode",
+        "torch.autograd.no_grad",
+        "torch.autograd.grad_mode.no_grad",
+        "torch.autograd.grad_mode.inference_mode",
+        "torch.autograd.inference_mode",
+    }
+)
+ENABLE_GRAD_CTX = frozenset({"torch.enable_grad", "torch.autograd.enable_grad", "torch.autograd.grad_mode.enable_grad"})
+SET_GRAD_ENABLED = frozenset(
+    {"torch.set_grad_enabled", "torch.autograd.set_grad_enabled", "torch.autograd.grad_mode.set_grad_enabled"}
+)
+
+OPTIMIZER_NAMES = frozenset(
+    {
+        "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "LBFGS",
+        "SparseAdam", "ASGD", "Rprop", "Lion", "LAMB", "Lamb", "Adafactor", "FusedAdam", "FusedLAMB",
+        "AdamW8bit", "Adam8bit", "Adan", "Muon", "Shampoo", "SophiaG", "AdaBelief", "Ranger",
+    }
+)
+
+# results that carry no autograd graph whatever their input
+NO_GRAPH_FUNCS = frozenset(
+    {
+        "argmax", "argmin", "argsort", "eq", "ne", "gt", "lt", "ge", "le", "equal", "isnan", "isinf",
+        "isfinite", "numel", "topk_indices", "randn", "rand", "randint", "randperm", "zeros", "ones",
+        "empty", "full", "arange", "linspace", "logspace", "eye", "tensor", "as_tensor", "from_numpy",
+        "zeros_like", "ones_like", "empty_like", "full_like", "randn_like", "rand_like", "randint_like",
+        "manual_seed", "no_grad", "device", "bucketize", "searchsorted", "count_nonzero", "sign",
+        "nonzero", "where_indices", "load", "Generator",
+    }
+)
+
+TENSOR_IDENTITY_METHODS = frozenset(
+    {
+        "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose", "flatten", "contiguous",
+        "clamp", "clamp_", "clip", "type_as", "expand", "expand_as", "view_as", "reshape_as", "float",
+        "double", "half", "bfloat16", "t", "narrow", "select", "chunk_item", "requires_grad_",
+    }
+)
+TENSOR_MOVE_METHODS = frozenset({"cpu", "cuda", "to"})
+TENSOR_NO_GRAPH_METHODS = frozenset(
+    {
+        "argmax", "argmin", "argsort", "eq", "ne", "gt", "lt", "ge", "le", "long", "int", "bool", "byte",
+        "sign", "nonzero", "size", "dim", "numel", "isnan", "isinf", "isfinite", "equal", "item",
+        "tolist", "numpy", "__len__", "nelement", "element_size", "data_ptr", "get_device", "is_contiguous",
+    }
+)
+TENSOR_SCALAR_METHODS = frozenset({"item", "tolist", "numpy"})
+MODEL_SELF_METHODS = frozenset(
+    {
+        "to", "cuda", "cpu", "float", "half", "double", "bfloat16", "requires_grad_", "share_memory",
+        "apply", "type", "train", "eval", "xpu", "mps", "compile",
+    }
+)
+SHAPE_METHODS = frozenset({"size", "dim", "numel", "nelement"})
+
+_SUBMODULE_PREFIXES = (
+    "torch.nn.modules.",
+    "torch.optim.optimizer.",
+)
+
+
+def normalize(qual: str) -> str:
+    """Fold private module paths onto the public names users write."""
+    for prefix in _SUBMODULE_PREFIXES:
+        if qual.startswith(prefix):
+            rest = qual[len(prefix):]
+            last = rest.rsplit(".", 1)[-1]
+            return ("torch.nn." if prefix.startswith("torch.nn") else "torch.optim.") + last
+    if qual.startswith("torch.nn.parallel.") or qual == "torch.nn.parallel":
+        return qual
+    return qual
+
+
+def last(qual: str) -> str:
+    return qual.rsplit(".", 1)[-1]
+
+
+def is_optimizer_class(qual: str) -> bool:
+    name = last(qual)
+    if "lr_scheduler" in qual or "scheduler" in name.lower():
+        return False
+    if qual.startswith("torch.optim.") and name[:1].isupper() and name not in ("Optimizer",):
+        return True
+    return name in OPTIMIZER_NAMES
+
+
+def is_scheduler(qual: str) -> bool:
+    name = last(qual)
+    low = qual.lower()
+    return "lr_scheduler" in low or "schedule" in name.lower() or name.endswith("LR") or name.endswith("Scheduler")
+
+
+def is_scaler_class(qual: str) -> bool:
+    return last(qual) == "GradScaler"
+
+
+def is_loss_class(qual: str) -> bool:
+    return qual.startswith("torch.nn.") and last(qual).endswith("Loss")
+
+
+def is_functional_loss(qual: str) -> bool:
+    return qual.startswith("torch.nn.functional.") and (
+        last(qual).endswith("_loss") or last(qual) in ("cross_entropy", "binary_cross_entropy",
+                                                       "binary_cross_entropy_with_logits", "kl_div",
+                                                       "triplet_margin_loss", "ctc_loss")
+    )
+
+
+def is_module_class(qual: str) -> bool:
+    """A constructor that returns an ``nn.Module`` (a layer, a container, a zoo model)."""
+    name = last(qual)
+    if qual.startswith("torch.nn.") and not qual.startswith("torch.nn.functional") and not qual.startswith(
+        "torch.nn.init"
+    ) and not qual.startswith("torch.nn.utils"):
+        return name[:1].isupper() and name not in ("Parameter", "ParameterList", "ParameterDict", "Module")
+    if qual.startswith("torchvision.models.") or qual.startswith("timm.create_model"):
+        return True
+    if qual.startswith("transformers.") and name == "from_pretrained":
+        cls = qual.rsplit(".", 2)[-2] if qual.count(".") >= 2 else ""
+        return "Model" in cls or "For" in cls
+    return False
+
+
+WRAPPERS = frozenset(
+    {
+        "torch.nn.DataParallel",
+        "torch.nn.parallel.DataParallel",
+        "torch.nn.parallel.DistributedDataParallel",
+        "torch.compile",
+        "torch.jit.script",
+        "torch.nn.SyncBatchNorm.convert_sync_batchnorm",
+        "torch.ao.quantization.prepare",
+    }
+)
+
+_EVALISH = re.compile(
+    r"(?:^|[_.\[\"'\W])(val|vals|valid|validation|validate|eval|evaluate|evaluation|test|testing|dev|holdout|"
+    r"infer|inference|predict|prediction)(?:$|[_\W\d])",
+    re.IGNORECASE,
+)
+_EVALISH_FUNC = re.compile(r"(^|_)(val|valid|validate|validation|eval|evaluate|evaluation|test|infer|inference|"
+                           r"predict|score)(_|$|\d)", re.IGNORECASE)
+
+
+def evalish(text: str) -> bool:
+    """Does an identifier or expression text name validation/test data or code?"""
+    if not text:
+        return False
+    return bool(_EVALISH.search(text)) or text.lower() in ("val", "valid", "test", "eval", "dev")
+
+
+def evalish_function(name: str) -> bool:
+    return bool(_EVALISH_FUNC.search(name))
+
+
+_MODELISH = re.compile(
+    r"^(model|net|network|classifier|generator|discriminator|encoder|decoder|student|teacher|backbone|"
+    r"autoencoder|vae|gan|policy|critic|actor|module)s?(_\w+)?$|^(\w+_)?(model|net|network|classifier)\d*$|"
+    r"^net[A-Z]\w*$|^model[A-Z0-9]\w*$|^[gd]_?net$|^net_?[gd]$",
+)
+_OPTIMIZERISH = re.compile(r"optimi[sz]er|optim(_|$|[A-Z0-9])|^opt(_|$|[A-Z0-9])|_opt(_|$|\d)|^optim$", re.IGNORECASE)
+_SCHEDULERISH = re.compile(r"sched|lr_?policy|warmup", re.IGNORECASE)
+_SCALERISH = re.compile(r"scaler", re.IGNORECASE)
+_CRITERIONISH = re.compile(r"^(criterion|criterions|loss_?fn|loss_?func|loss_?function|loss_?module|lossfn|"
+                           r"objective)$|_criterion$|^criterion_", re.IGNORECASE)
+
+
+def modelish(name: str) -> bool:
+    return bool(_MODELISH.match(name))
+
+
+def optimizerish(name: str) -> bool:
+    return bool(_OPTIMIZERISH.search(name)) and not _SCHEDULERISH.search(name)
+
+
+def schedulerish(name: str) -> bool:
+    return bool(_SCHEDULERISH.search(name))
+
+
+def scalerish(name: str) -> bool:
+    return bool(_SCALERISH.search(name))
+
+
+def criterionish(name: str) -> bool:
+    return bool(_CRITERIONISH.search(name))
+
+
+_RESETISH = re.compile(r"zero_?grad|clear_?grad|reset_?grad|grad_?reset|zero_?gradients", re.IGNORECASE)
+
+
+def resetish(name: str) -> bool:
+    return bool(_RESETISH.search(name))

@@ -1,0 +1,176 @@
+"""``[tool.sentinel]`` configuration: discovery, selection and exclusion.
+
+The closest ``pyproject.toml`` that has a ``[tool.sentinel]`` table wins (as in ruff); paths in it are
+relative to that file's directory. Keys: ``select``, ``ignore``, ``extend-select``, ``exclude``,
+``extend-exclude``, ``per-file-ignores`` (glob -> codes; a leading ``!`` negates the glob).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    ".bzr", ".direnv", ".eggs", ".git", ".git-rewrite", ".hg", ".ipynb_checkpoints", ".mypy_cache",
+    ".nox", ".pants.d", ".pyenv", ".pytest_cache", ".pytype", ".ruff_cache", ".svn", ".tox", ".venv",
+    ".vscode", "__pypackages__", "__pycache__", "_build", "buck-out", "build", "dist", "node_modules",
+    "site-packages", "venv", ".sentinel_cache",
+)
+
+KNOWN_KEYS = {"select", "ignore", "extend-select", "exclude", "extend-exclude", "per-file-ignores"}
+
+
+class ConfigError(Exception):
+    """A broken ``[tool.sentinel]`` table: reported with the file and exits 2."""
+
+
+@dataclass
+class Settings:
+    root: Path = field(default_factory=Path.cwd)
+    config_path: Path | None = None
+    select: list[str] | None = None
+    ignore: list[str] = field(default_factory=list)
+    extend_select: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+
+    # -- exclusion ---------------------------------------------------------------------------------
+    def _relative(self, path: Path) -> str:
+        try:
+            return Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(self.root))).as_posix()
+        except ValueError:
+            return Path(os.path.abspath(path)).as_posix()
+
+    def is_excluded(self, path: Path, below: Path | None = None) -> bool:
+        """True when ``path`` (file or directory) or one of its parents matches an exclude pattern.
+
+        With ``below`` (a directory given explicitly), only the part of ``path`` under it counts for
+        name patterns, so ``sentinel lint fixtures/`` lints fixtures even if config excludes them.
+        """
+        rel = self._relative(path)
+        parts = rel.split("/")
+        if below is not None:
+            base = self._relative(below)
+            if base not in ("", ".") and (rel == base or rel.startswith(base + "/")):
+                parts = rel[len(base):].lstrip("/").split("/")
+                if any(fnmatch.fnmatch(self._relative(below), p.rstrip("/")) for p in self.exclude if "/" in p):
+                    return any(fnmatch.fnmatch(part, p) for p in self.exclude if "/" not in p for part in parts)
+        for pattern in self.exclude:
+            pat = pattern.rstrip("/")
+            if "/" in pat:
+                if fnmatch.fnmatch(rel, pat) or rel.startswith(pat + "/") or fnmatch.fnmatch(rel, pat + "/*"):
+                    return True
+            elif any(fnmatch.fnmatch(part, pat) for part in parts):
+                return True
+        return False
+
+    def ignored_for(self, path: Path) -> list[str]:
+        rel = self._relative(path)
+        name = Path(rel).name
+        out: list[str] = []
+        for pattern, codes in self.per_file_ignores.items():
+            negate = pattern.startswith("!")
+            pat = pattern[1:] if negate else pattern
+            hit = fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(name, pat)
+            if hit != negate:
+                out.extend(codes)
+        return out
+
+
+def find_config(start: Path) -> Path | None:
+    """The closest pyproject.toml at or above ``start`` that has a ``[tool.sentinel]`` table."""
+    here = Path(os.path.abspath(start))
+    if here.is_file() or not here.exists():
+        here = here.parent
+    for directory in (here, *here.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                with candidate.open("rb") as fh:
+                    data = tomllib.load(fh)
+            except (OSError, tomllib.TOMLDecodeError):
+                continue
+            if isinstance(data.get("tool"), dict) and "sentinel" in data["tool"]:
+                return candidate
+    return None
+
+
+def _str_list(value: object, key: str, path: Path) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{path}: [tool.sentinel] {key} must be a list of strings")
+
+
+def load_settings(start: Path | None = None, *, use_config: bool = True) -> Settings:
+    """Settings for files under ``start``: defaults overlaid with the nearest ``[tool.sentinel]``."""
+    start = Path.cwd() if start is None else start
+    config = find_config(start) if use_config else None
+    if config is None:
+        root = Path(os.path.abspath(start))
+        return Settings(root=root if root.is_dir() else root.parent)
+    with config.open("rb") as fh:
+        try:
+            table = tomllib.load(fh)["tool"]["sentinel"]
+        except tomllib.TOMLDecodeError as exc:  # pragma: no cover - find_config skips these
+            raise ConfigError(f"{config}: {exc}") from exc
+    if not isinstance(table, dict):
+        raise ConfigError(f"{config}: [tool.sentinel] must be a table")
+    unknown = set(table) - KNOWN_KEYS
+    if unknown:
+        raise ConfigError(f"{config}: unknown [tool.sentinel] key(s): {', '.join(sorted(unknown))}")
+    settings = Settings(root=config.parent, config_path=config)
+    if "select" in table:
+        settings.select = _str_list(table["select"], "select", config)
+    settings.ignore = _str_list(table.get("ignore", []), "ignore", config)
+    settings.extend_select = _str_list(table.get("extend-select", []), "extend-select", config)
+    if "exclude" in table:
+        settings.exclude = list(DEFAULT_EXCLUDE) + _str_list(table["exclude"], "exclude", config)
+    settings.exclude += _str_list(table.get("extend-exclude", []), "extend-exclude", config)
+    pfi = table.get("per-file-ignores", {})
+    if not isinstance(pfi, dict):
+        raise ConfigError(f"{config}: [tool.sentinel] per-file-ignores must be a table of glob = [codes]")
+    settings.per_file_ignores = {k: _str_list(v, f"per-file-ignores.{k}", config) for k, v in pfi.items()}
+    return settings
+
+
+def resolve_selection(
+    all_rules: Sequence[tuple[str, str]],
+    select: Iterable[str] | None,
+    ignore: Iterable[str],
+    extend_select: Iterable[str] = (),
+) -> set[str]:
+    """Codes enabled by select/ignore selectors (codes, code prefixes, names, or ``ALL``)."""
+
+    def matching(selector: str) -> set[str]:
+        sel = selector.strip()
+        if not sel:
+            return set()
+        if sel.upper() == "ALL":
+            return {code for code, _ in all_rules}
+        hits = {code for code, name in all_rules if code.startswith(sel.upper()) or name == sel.lower()}
+        if not hits:
+            raise ConfigError(f"unknown rule selector: {selector!r}")
+        return hits
+
+    enabled: set[str] = set()
+    if select is None:
+        enabled = {code for code, _ in all_rules}
+    else:
+        for sel in select:
+            enabled |= matching(sel)
+    for sel in extend_select:
+        enabled |= matching(sel)
+    for sel in ignore:
+        enabled -= matching(sel)
+    return enabled

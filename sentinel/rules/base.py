@@ -1,0 +1,66 @@
+"""The rule interface.
+
+A rule is one module under :mod:`sentinel.rules` holding one :class:`Rule` subclass. Its class
+docstring *is* its documentation (``sentinel rule CODE`` prints it) and is written in ruff's sections:
+``## What it does``, ``## Why is this bad?``, ``## Example``, ``Use instead:``, optionally
+``## Known problems`` and ``## References``. The code block after ``## Example`` must trigger the rule
+on the lines marked ``# error``; the block after ``Use instead:`` must be clean. ``VALID`` and
+``INVALID`` hold more cases in the same form. The test suite runs all of them.
+
+Rules never walk the syntax tree: the shared analysis (:mod:`sentinel.analysis`) has already run once
+for the file, and a rule only asks its :class:`~sentinel.analysis.Facts` questions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import libcst as cst
+
+from sentinel.analysis.facts import Facts
+
+
+@dataclass(frozen=True)
+class Violation:
+    """What a rule reports: the node to point at, the statement holding it, and the message."""
+
+    node: cst.CSTNode
+    stmt: cst.CSTNode
+    message: str
+
+
+class Rule:
+    """Base class of every lint rule."""
+
+    CODE: ClassVar[str]
+    NAME: ClassVar[str]
+    SUMMARY: ClassVar[str]
+    #: The rule can only fire on a source matching this pattern: files that match no enabled rule's
+    #: trigger are never parsed.
+    TRIGGER: ClassVar[re.Pattern[str]]
+    VALID: ClassVar[list[str]] = []
+    INVALID: ClassVar[list[str]] = []
+
+    def check(self, facts: Facts) -> Iterable[Violation]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def url(cls) -> str:
+        return f"https://torch-sentinel.readthedocs.io/rules/{cls.NAME}"
+
+    @classmethod
+    def doc(cls) -> str:
+        import inspect
+
+        return inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def examples(cls) -> tuple[str, str]:
+        """The ``## Example`` (invalid) and ``Use instead:`` (valid) code blocks of the docstring."""
+        blocks = re.findall(r"```python\n(.*?)```", cls.doc(), re.S)
+        if len(blocks) < 2:
+            raise ValueError(f"{cls.CODE}: docstring needs an Example and a Use instead block")
+        return blocks[0], blocks[1]

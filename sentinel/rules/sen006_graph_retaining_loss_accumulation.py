@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from sentinel.analysis.facts import Facts
+from sentinel.rules.base import Rule, Violation
+
+
+class GraphRetainingLossAccumulation(Rule):
+    """## What it does
+    Finds a tensor that carries an autograd graph (a loss, a model output, anything computed from
+    them with gradients on) accumulated into something that outlives the loop iteration:
+    `total += loss`, `total = total + loss`, `losses.append(loss)`, `outputs.append(out.cpu())`,
+    `self.history.append(loss)`. Accumulating on purpose to call `backward()` on the sum later is
+    recognized and not reported; so is anything under `no_grad`, `.item()`, `.detach()` and `.data`.
+
+    ## Why is this bad?
+    Each such tensor keeps its whole computation graph (and the activations saved for backward)
+    alive for as long as the accumulator lives. Memory grows with every iteration until the epoch ends
+    or the process runs out of memory, and every later operation on the accumulator extends the graph
+    further. Logging and metrics need numbers, not graphs.
+
+    ## Example
+    ```python
+    import torch
+    from torch import nn
+
+    model = nn.Linear(10, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    total_loss = 0.0
+    for step in range(100):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(torch.randn(8, 10)), torch.randn(8, 1))
+        loss.backward()
+        optimizer.step()
+        total_loss += loss  # error: keeps 100 graphs alive
+    print(total_loss / 100)
+    ```
+
+    Use instead:
+    ```python
+    import torch
+    from torch import nn
+
+    model = nn.Linear(10, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    total_loss = 0.0
+    for step in range(100):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(torch.randn(8, 10)), torch.randn(8, 1))
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item()
+    print(total_loss / 100)
+    ```
+
+    ## References
+    - [PyTorch FAQ: "My model reports cuda runtime error(2): out of memory"](https://pytorch.org/docs/stable/notes/faq.html)
+      ("Don't accumulate history across your training loop.")
+    """
+
+    CODE = "SEN006"
+    NAME = "graph-retaining-loss-accumulation"
+    SUMMARY = "Graph-carrying tensor accumulated across iterations"
+    TRIGGER = re.compile(r"(?s)(?=.*backward)(?=.*(\+=|\.append\(|\.extend\(|=\s*\w[\w.]*\s*\+))")
+
+    VALID = [
+        # micro-batches summed on purpose, one backward on the sum
+        """
+import torch
+from torch import nn
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(3):
+    opt.zero_grad()
+    total = 0
+    for chunk in torch.randn(4, 2, 4):
+        total = total + model(chunk).pow(2).mean()
+    total.backward()
+    opt.step()
+""",
+        """
+import torch
+from torch import nn
+model = nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+preds, losses = [], []
+for step in range(3):
+    x, y = torch.randn(2, 4), torch.tensor([0, 1])
+    opt.zero_grad()
+    out = model(x)
+    loss = nn.functional.cross_entropy(out, y)
+    loss.backward()
+    opt.step()
+    losses.append(loss.detach())
+    preds.append(out.argmax(1))
+""",
+    ]
+    INVALID = [
+        """
+import torch
+from torch import nn
+def train_epoch(model, loader, opt):
+    outputs = []
+    for x, y in loader:
+        opt.zero_grad()
+        out = model(x)
+        loss = nn.functional.mse_loss(out, y)
+        loss.backward()
+        opt.step()
+        outputs.append(out.cpu())  # error: .cpu() keeps the graph
+    return torch.cat(outputs)
+""",
+    ]
+
+    def check(self, facts: Facts) -> Iterator[Violation]:
+        forward_ids = {ev.id for ev in facts.forwards}
+        proven = facts.proven_graph_taints
+        for acc in facts.accums:
+            if not acc.outlives or acc.value is None:
+                continue
+            value = acc.value
+            backpropagated = bool(value.taints & proven)
+            if not (value.graph is True or backpropagated):
+                continue
+            if facts.connected_to_backward(frozenset({acc.id})):
+                continue  # the sum is backpropagated later: accumulation on purpose
+            sources = value.taints & forward_ids
+            if sources and not backpropagated and not any(
+                facts.connected_to_backward(frozenset({s})) for s in sources
+            ):
+                continue  # evaluation code with grad on: SEN004 reports the cause
+            if acc.id in facts.escaped_taints and not backpropagated:
+                continue  # returned to a caller we cannot see, which may backpropagate it
+            yield Violation(
+                acc.node,
+                acc.stmt,
+                f"`{acc.target}` accumulates a tensor that carries its autograd graph: every iteration's "
+                "graph stays alive; accumulate `.item()` or `.detach()` instead",
+            )
