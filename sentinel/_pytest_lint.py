@@ -146,6 +146,13 @@ def _engine_version() -> str:
     return f"{sentinel.__version__}:{newest}"
 
 
+def _shown_path(path: Path) -> Path:
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 class LintFile(pytest.File):
     """One Python file; collects a single :class:`LintItem`."""
 
@@ -177,10 +184,12 @@ class LintItem(pytest.Item):
         if collector.previously_passed(self.path, settings):
             self.user_properties.append(("sentinel_lint", "cached"))
             return
-        result = lint_file(self.path, settings)
+        # Lint it under the path `sentinel lint` would show when run from here: relative to the
+        # working directory when the file is below it.
+        result = lint_file(_shown_path(self.path), settings)
         if result.error:
             collector.remember(self.path, settings, passed=False)
-            raise LintError(f"{self._display_path()}: cannot lint: {result.error}")
+            raise LintError(f"cannot lint {result.error}")
         if result.diagnostics:
             collector.remember(self.path, settings, passed=False)
             raise LintError(render_results([result], fmt="text", color="never").rstrip("\n"))
