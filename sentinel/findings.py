@@ -53,13 +53,18 @@ class Finding:
         yield line
 
 
+_STATUS_STYLE = {"pass": "green", "fail": "bold red", "error": "bold magenta", "skipped": "yellow"}
+
+
 @dataclass
 class ProbeResult:
     """The outcome of one probe (or of one monitored run).
 
     ``status`` is ``pass`` (ran, no finding), ``fail`` (ran, findings), ``error`` (could not run:
     ``message`` says why) or ``skipped`` (not applicable: ``message`` says why). ``data`` holds figures
-    a user may want to assert on (e.g. the loss curve of the overfit probe).
+    a user may want to assert on (e.g. the loss curve of the overfit probe). ``traceback`` is the
+    formatted traceback of the user's exception when the user's code raised (sentinel's own frames
+    removed); it is not part of the JSON output.
     """
 
     name: str
@@ -68,6 +73,7 @@ class ProbeResult:
     findings: list[Finding] = field(default_factory=list)
     message: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    traceback: str = field(default="", repr=False)
 
     @property
     def ok(self) -> bool:
@@ -80,7 +86,7 @@ class ProbeResult:
         return out
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        style = {"pass": "green", "fail": "bold red", "error": "bold magenta", "skipped": "yellow"}[self.status]
+        style = _STATUS_STYLE[self.status]
         head = Text()
         head.append(f"{self.status.upper():<7}", style=style)
         head.append(f" {self.name}")

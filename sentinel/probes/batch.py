@@ -38,6 +38,7 @@ __all__ = [
     "INPUT_KEYS",
     "TARGET_KEYS",
     "ComputeLoss",
+    "LossTypeError",
     "Plan",
     "clone_to",
     "compute",
@@ -117,19 +118,44 @@ def plan(batch: Any) -> Plan:
     return Plan(args=(batch,), input_names=["batch"])
 
 
+class LossTypeError(TypeError):
+    """The loss (or ``compute_loss``) did not return a tensor."""
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
+def _direct(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
 def compute(
-    model: nn.Module, loss_fn: Any, batch: Any, compute_loss: ComputeLoss | None = None
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    compute_loss: ComputeLoss | None = None,
+    *,
+    call: Callable[..., Any] = _direct,
 ) -> tuple[torch.Tensor, Any]:
-    """Run one forward pass and the loss. Returns ``(scalar loss, model output or None)``."""
+    """Run one forward pass and the loss. Returns ``(scalar loss, model output or None)``.
+
+    ``call(what, fn, *args, **kwargs)`` runs each piece of user code (``what`` is ``"model"``,
+    ``"loss_fn"`` or ``"compute_loss"``); the probes use it to tell whose code raised.
+    """
     if compute_loss is not None:
-        loss = compute_loss(model, loss_fn, batch)
+        loss = call("compute_loss", compute_loss, model, loss_fn, batch)
         output = None
     else:
         p = plan(batch)
-        output = model(*p.args, **p.kwargs)
-        loss = loss_fn(output, p.targets) if p.has_targets else loss_fn(output)
+        output = call("model", model, *p.args, **p.kwargs)
+        if p.has_targets:
+            loss = call("loss_fn", loss_fn, output, p.targets)
+        else:
+            loss = call("loss_fn", loss_fn, output)
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"the loss is a {type(loss).__name__}, not a tensor")
+        what = "compute_loss" if compute_loss is not None else "loss_fn"
+        raise LossTypeError(what, f"{what} returned a {type(loss).__name__}, not a tensor")
     if loss.numel() != 1:
         loss = loss.mean()
     elif loss.dim() != 0:

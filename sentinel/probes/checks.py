@@ -1,0 +1,538 @@
+"""The probe suite: SEN101 (overfit one batch), SEN102 (updates), SEN103/104 (devices, dtypes),
+SEN105 (non-finite values), and :func:`run_probes` that runs them all.
+
+Every probe works on a private copy (:mod:`sentinel.probes.workspace`) and leaves the user's model,
+optimizer and RNGs bit-exactly as it found them, also when it fails or the user's code raises.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sentinel.findings import Finding, ProbeResult, Report, Status
+from sentinel.probes import curve as curves
+from sentinel.probes.batch import ComputeLoss, plan, tensor_items
+from sentinel.probes.devices import Mismatches, find_mismatches
+from sentinel.probes.errors import UserCodeError, call_user
+from sentinel.probes.nonfinite import all_finite, localize
+from sentinel.probes.state import Snapshot, same_bits
+from sentinel.probes.workspace import (
+    DeviceLike,
+    Workspace,
+    reference_device,
+    resolve_device,
+    synchronize,
+    workspace,
+)
+
+__all__ = [
+    "DEFAULT_FINITE_STEPS",
+    "DEFAULT_OVERFIT_STEPS",
+    "check_devices",
+    "check_finite",
+    "check_overfit",
+    "check_updates",
+    "run_probes",
+]
+
+DEFAULT_OVERFIT_STEPS = 100
+DEFAULT_FINITE_STEPS = 3
+
+_CE_FUNCTIONS = (F.cross_entropy,)
+_BROADCASTING_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+_BROADCASTING_FUNCTIONS = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
+
+Body = Callable[[], tuple[list[Finding], dict[str, Any], str]]
+
+
+@dataclass
+class _Context:
+    model: nn.Module
+    loss_fn: Any
+    batch: Any
+    optimizer: torch.optim.Optimizer | None
+    device: torch.device | None
+    compute_loss: ComputeLoss | None
+    in_suite: bool = False
+    mismatches: Mismatches | None = None
+
+    def workspace(self) -> Any:
+        return workspace(
+            self.model, self.loss_fn, self.batch, self.optimizer,
+            device=self.device, compute_loss=self.compute_loss,
+        )
+
+    def crashed(self, name: str, exc: UserCodeError) -> ProbeResult:
+        mm = self.mismatches
+        if mm is None:
+            try:
+                mm = find_mismatches(
+                    self.model, self.loss_fn, self.batch, self.optimizer,
+                    device=self.device, compute_loss=self.compute_loss,
+                )
+            except Exception:  # pragma: no cover - best effort only
+                mm = None
+        tb = exc.traceback()
+        if mm:
+            if self.in_suite:
+                message = f"not run: {mm.summary()} ({exc.reason})"
+                return ProbeResult(name, "skipped", message=message, traceback=tb)
+            return ProbeResult(name, "error", message=f"{exc.reason}; caused by {mm.summary()}", traceback=tb)
+        return ProbeResult(name, "error", message=exc.reason, traceback=tb)
+
+
+def _probe(name: str, ctx: _Context, body: Body) -> ProbeResult:
+    start = perf_counter()
+    try:
+        findings, data, message = body()
+        status: Status = "fail" if findings else "pass"
+        result = ProbeResult(name, status, findings=findings, message=message, data=data)
+    except UserCodeError as exc:
+        result = ctx.crashed(name, exc)
+    except Exception as exc:
+        result = ProbeResult(
+            name, "error", message=f"internal error in sentinel: {type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+    synchronize(ctx.device)
+    result.seconds = perf_counter() - start
+    return result
+
+
+def _context(
+    model: nn.Module, loss_fn: Any, batch: Any, optimizer: torch.optim.Optimizer | None,
+    device: DeviceLike, compute_loss: ComputeLoss | None,
+) -> _Context:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if loss_fn is None and compute_loss is None:
+        raise TypeError("give loss_fn (or compute_loss)")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__}")
+    return _Context(model, loss_fn, batch, optimizer, resolve_device(device), compute_loss)
+
+
+# ---------------------------------------------------------------------------------------- SEN103/4
+
+
+def _devices(ctx: _Context) -> tuple[list[Finding], dict[str, Any], str]:
+    mm = find_mismatches(
+        ctx.model, ctx.loss_fn, ctx.batch, ctx.optimizer, device=ctx.device, compute_loss=ctx.compute_loss
+    )
+    ctx.mismatches = mm
+    data = {
+        "device": str(mm.device) if mm.device is not None else None,
+        "dtype": str(mm.dtype).removeprefix("torch.") if mm.dtype is not None else None,
+    }
+    return mm.findings(), data, ""
+
+
+def check_devices(
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    device: DeviceLike = None,
+    compute_loss: ComputeLoss | None = None,
+) -> ProbeResult:
+    """SEN103/SEN104: parameters, buffers, batch tensors and optimizer state that are on another
+    device, or of another floating dtype, than the model. Read-only: runs nothing.
+
+    See :mod:`sentinel.probes.devices` for the tensor names used in ``details["tensors"]``.
+    """
+    ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
+    return _probe("devices", ctx, lambda: _devices(ctx))
+
+
+# ------------------------------------------------------------------------------------------ SEN102
+
+_REASONS = {
+    "no-grad": "no gradient reached it (unused in forward, or the graph is cut before it by .detach(),"
+               " .data, torch.no_grad() or a numpy/.item() round trip)",
+    "zero-grad": "its gradient is exactly zero (a dead path: multiplied by 0, masked, saturated, or"
+                 " only feeding a detached branch)",
+    "not-in-optimizer": "it requires grad but is in no optimizer param group (add it, or build the"
+                        " optimizer after adding the layer)",
+    "unchanged": "the optimizer step left it bit-identical (learning rate 0, or an update below"
+                 " float precision)",
+}
+
+
+def _is_all_zero(g: torch.Tensor) -> bool:
+    if g.is_sparse:
+        g = g.coalesce().values()
+    return g.numel() == 0 or not bool(g.detach().ne(0).any())
+
+
+def _updates(ctx: _Context) -> tuple[list[Finding], dict[str, Any], str]:
+    with ctx.workspace() as ws:
+        opt, opt_desc = ws.make_optimizer()
+        trainable = [(n, p) for n, p in ws.named_parameters() if p.requires_grad]
+        ws.zero_grad()
+        before = {n: p.detach().clone() for n, p in trainable}
+        loss, _ = ws.forward()
+        ws.backward(loss)
+        grads = {n: p.grad for n, p in trainable}
+        ws.step(opt)
+        in_opt = ws.optimized_names()
+        entries = []
+        for n, p in trainable:
+            g = grads[n]
+            if g is None:
+                reason = "no-grad"
+            elif _is_all_zero(g):
+                reason = "zero-grad"
+            elif in_opt is not None and n not in in_opt:
+                reason = "not-in-optimizer"
+            elif same_bits(p.detach(), before[n]):
+                reason = "unchanged"
+            else:
+                continue
+            entries.append({"name": n, "reason": reason})
+        data = {"optimizer": opt_desc, "trainable": len(trainable), "notes": list(ws.notes)}
+    if not entries:
+        return [], data, ""
+    message = _updates_message(entries, len(trainable), opt_desc)
+    return [Finding("SEN102", message, {"parameters": entries})], data, ""
+
+
+def _updates_message(entries: list[dict[str, str]], total: int, opt_desc: str) -> str:
+    shown = ", ".join(f"{e['name']} ({e['reason']})" for e in entries[:6])
+    if len(entries) > 6:
+        shown += f" and {len(entries) - 6} more"
+    reasons = []
+    for r in _REASONS:
+        if any(e["reason"] == r for e in entries):
+            reasons.append(f"{r}: {_REASONS[r]}")
+    n = len(entries)
+    return (
+        f"{n} of {total} trainable parameter{'s' if total != 1 else ''} not updated by one training step"
+        f" with {opt_desc}: {shown}. " + "; ".join(reasons) + "."
+    )
+
+
+def check_updates(
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    device: DeviceLike = None,
+    compute_loss: ComputeLoss | None = None,
+) -> ProbeResult:
+    """SEN102: after one forward, backward and optimizer step (a fresh optimizer of the user's class
+    and hyperparameters, Adam when none is given), every parameter with ``requires_grad=True`` that
+    got no gradient, an all-zero gradient, is missing from the user's optimizer, or did not change.
+    Frozen parameters are never reported. ``details["parameters"]``: ``[{"name", "reason"}]``."""
+    ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
+    return _probe("updates", ctx, lambda: _updates(ctx))
+
+
+# ------------------------------------------------------------------------------------------ SEN101
+
+
+def _is_cross_entropy(loss_fn: Any) -> bool:
+    return isinstance(loss_fn, nn.CrossEntropyLoss) or any(loss_fn is f for f in _CE_FUNCTIONS)
+
+
+def _probabilities(out: Any) -> bool:
+    """Rows that are >= 0 and sum to 1: the model ends in a softmax."""
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() == 0 or out.numel() == 0:
+        return False
+    dim = 1 if out.dim() >= 2 else 0
+    if out.shape[dim] < 2:
+        return False
+    o = out.detach().float()
+    if bool((o < -1e-6).any()):
+        return False
+    return bool(torch.allclose(o.sum(dim), torch.ones((), device=o.device), atol=1e-3))
+
+
+def _loss_floor(loss_fn: Any, out: Any) -> float:
+    smoothing = float(getattr(loss_fn, "label_smoothing", 0.0) or 0.0)
+    if isinstance(loss_fn, nn.CrossEntropyLoss) and smoothing > 0 and isinstance(out, torch.Tensor):
+        classes = out.shape[1] if out.dim() >= 2 else out.shape[0]
+        return curves.smoothed_ce_floor(int(classes), smoothing)
+    return 0.0
+
+
+def _shape_mismatch(ws: Workspace, out: Any) -> str | None:
+    lf = ws.loss_fn
+    if ws.compute_loss is not None or not isinstance(out, torch.Tensor):
+        return None
+    if not (isinstance(lf, _BROADCASTING_LOSSES) or any(lf is f for f in _BROADCASTING_FUNCTIONS)):
+        return None
+    p = plan(ws.batch)
+    t = p.targets
+    if not p.has_targets or not isinstance(t, torch.Tensor) or t.shape == out.shape:
+        return None
+    try:
+        shape = tuple(torch.broadcast_shapes(out.shape, t.shape))
+    except RuntimeError:
+        return None
+    name = type(lf).__name__ if isinstance(lf, nn.Module) else lf.__name__
+    return (
+        f"target shape {tuple(t.shape)} differs from output shape {tuple(out.shape)}: {name} broadcasts"
+        f" them to {shape}, comparing every output with every target, which no model can fit; make"
+        " them match (y.view_as(out) or out.squeeze(-1))"
+    )
+
+
+def _lr_zero(opt: torch.optim.Optimizer | None) -> bool:
+    if opt is None:
+        return False
+    lrs = []
+    for g in opt.param_groups:
+        lr = g.get("lr")
+        if isinstance(lr, torch.Tensor):
+            lr = lr.item()
+        lrs.append(lr)
+    return bool(lrs) and all(isinstance(v, (int, float)) and v == 0 for v in lrs)
+
+
+def _overfit(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], str]:
+    with ctx.workspace() as ws:
+        opt, opt_desc = ws.make_optimizer()
+        values: list[float] = []
+        threshold = 0.0
+        probabilities = False
+        shape_mismatch: str | None = None
+        no_grad: list[str] = []
+        memorized = False
+        taken = 0
+        for i in range(steps + 1):
+            ws.zero_grad()
+            loss, out = ws.forward()
+            value = float(loss.detach().float().item())
+            values.append(value)
+            if i == 0:
+                floor = _loss_floor(ws.loss_fn, out)
+                threshold = curves.threshold(value, floor) if value >= 0 else value - abs(value)
+                probabilities = _is_cross_entropy(ws.loss_fn) and _probabilities(out)
+                shape_mismatch = _shape_mismatch(ws, out)
+            if not math.isfinite(value):
+                break
+            if value <= threshold:
+                memorized = True
+                break
+            if i == steps:
+                break
+            if i == 0 and not loss.requires_grad:
+                no_grad = [n for n, p in ws.named_parameters() if p.requires_grad]
+                break  # nothing can change: the loss is cut off from every parameter
+            ws.backward(loss)
+            if i == 0:
+                no_grad = [n for n, p in ws.named_parameters() if p.requires_grad and p.grad is None]
+            ws.step(opt)
+            taken += 1
+        in_opt = ws.optimized_names()
+        not_in_opt = [] if in_opt is None else [
+            n for n, p in ws.named_parameters() if p.requires_grad and n not in in_opt
+        ]
+        lr_zero = _lr_zero(opt)
+        notes = list(ws.notes)
+        if ws.compute_loss is not None:
+            cross_entropy: bool | None = None
+        else:
+            cross_entropy = _is_cross_entropy(ws.loss_fn)
+
+    finite = [v for v in values if math.isfinite(v)]
+    data: dict[str, Any] = {
+        "initial_loss": values[0],
+        "final_loss": values[-1],
+        "min_loss": min(finite) if finite else values[-1],
+        "steps": taken,
+        "max_steps": steps,
+        "threshold": threshold,
+        "memorized": memorized,
+        "optimizer": opt_desc,
+        "curve": curves.subsample(values),
+    }
+    if notes:
+        data["notes"] = notes
+    if memorized:
+        return [], data, f"memorized in {taken} step{'s' if taken != 1 else ''}"
+    trend = curves.classify(values)
+    causes = curves.likely_causes(
+        trend,
+        optimizer=opt_desc,
+        lr_zero=lr_zero,
+        cross_entropy=cross_entropy,
+        probabilities=probabilities,
+        no_grad=no_grad,
+        not_in_optimizer=not_in_opt,
+        shape_mismatch=shape_mismatch,
+    )
+    details = dict(data)
+    details.pop("memorized")
+    details["trend"] = trend
+    details["causes"] = [c.id for c in causes]
+    nonfinite = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
+    if nonfinite is not None:
+        details["nonfinite_step"] = nonfinite
+    return [Finding("SEN101", _overfit_message(details, causes), details)], data, ""
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _overfit_message(d: dict[str, Any], causes: list[curves.Cause]) -> str:
+    trend = d["trend"]
+    shape = {
+        "flat": "flat: it never moved",
+        "diverging": "diverging"
+        + (f": NaN/Inf at step {d['nonfinite_step']}" if "nonfinite_step" in d else ""),
+        "noisy": "noisy: it jumps up and down",
+        "plateau": "plateau: it stopped improving far above the target",
+        "slow": "slow: still falling when the steps ran out",
+    }[trend]
+    head = (
+        f"could not memorize one batch in {d['steps']} step{'s' if d['steps'] != 1 else ''}"
+        f" of {d['optimizer']}:"
+        f" loss {_fmt(d['initial_loss'])} -> {_fmt(d['final_loss'])} (min {_fmt(d['min_loss'])},"
+        f" target <= {_fmt(d['threshold'])}); curve {shape}."
+    )
+    listed = " ".join(f"{i}) {c.text};" for i, c in enumerate(causes, 1)).rstrip(";")
+    return f"{head} Likely causes: {listed}."
+
+
+def check_overfit(
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    steps: int = DEFAULT_OVERFIT_STEPS,
+    device: DeviceLike = None,
+    compute_loss: ComputeLoss | None = None,
+) -> ProbeResult:
+    """SEN101: train a copy on this one batch for up to ``steps`` steps (a fresh optimizer of the
+    user's class and hyperparameters, or Adam(lr=1e-3)) and check that the loss falls to 10% of its
+    initial value (of its distance to the loss floor). Stops as soon as it does. On failure the
+    finding says what the curve looked like and the likely causes. ``details``: ``initial_loss``,
+    ``final_loss``, ``min_loss``, ``steps``, ``max_steps``, ``threshold``, ``trend``, ``curve``,
+    ``optimizer``, ``causes``; ``result.data`` holds the same figures on success."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
+    return _probe("overfit", ctx, lambda: _overfit(ctx, steps))
+
+
+# ------------------------------------------------------------------------------------------ SEN105
+
+
+def _finite(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], str]:
+    with ctx.workspace() as ws:
+        opt, _ = ws.make_optimizer()
+        batch_ok = all_finite([t for _, t in tensor_items(ws.batch)])
+        for step in range(steps):
+            snap = Snapshot.capture(ws.modules(), opt)
+            stage = "input"
+            ok = batch_ok
+            if ok:
+                ws.zero_grad()
+                loss, _ = ws.forward()
+                stage, ok = "forward", all_finite([loss])
+            if ok:
+                ws.backward(loss)
+                stage, ok = "backward", all_finite([p.grad for _, p in ws.named_parameters()])
+            if ok and opt is not None:
+                ws.step(opt)
+                stage, ok = "update", all_finite([p for _, p in ws.named_parameters()])
+            if ok:
+                continue
+            snap.restore()
+            finding = call_user(
+                "the replayed step", localize, ws.model, ws.loss_fn, ws.batch, opt, step,
+                compute_loss=ws.compute_loss,
+            )
+            if finding is None:  # the replay did not reproduce it (non-deterministic kernels?)
+                finding = Finding(
+                    "SEN105",
+                    f"a NaN/Inf appeared at step {step} ({stage}) but did not reappear when the step was"
+                    " replayed, so it could not be localized (non-deterministic kernels?).",
+                    {"stage": stage, "module": None, "parameter": None, "step": step},
+                )
+            return [finding], {"steps": step + 1}, ""
+        return [], {"steps": steps}, ""
+
+
+def check_finite(
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    steps: int = DEFAULT_FINITE_STEPS,
+    device: DeviceLike = None,
+    compute_loss: ComputeLoss | None = None,
+) -> ProbeResult:
+    """SEN105: run ``steps`` training steps on a copy with a cheap finiteness check per step (loss,
+    all gradients, all parameters); on the first failure, replay that step with module and autograd
+    hooks (:func:`sentinel.probes.nonfinite.localize`) and report the first place a NaN/Inf appears:
+    ``details`` ``stage`` (input|forward|loss|backward|update), ``module``, ``parameter``, ``step``
+    (0-based: the index of the training step)."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
+    return _probe("finite", ctx, lambda: _finite(ctx, steps))
+
+
+# -------------------------------------------------------------------------------------------- suite
+
+
+def run_probes(
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    steps: int | None = None,
+    device: DeviceLike = None,
+    target: str = "<python>",
+    compute_loss: ComputeLoss | None = None,
+) -> Report:
+    """Run every probe: devices (SEN103/104) first, then finite (SEN105), updates (SEN102) and
+    overfit (SEN101). ``steps`` caps the overfit probe (default 100) and the finite probe (default 3).
+
+    When devices or dtypes mismatch, the probes whose step then crashes are reported ``skipped``
+    with the reason; when the step produces NaN/Inf, the overfit probe is skipped (its curve would
+    be meaningless).
+    """
+    ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
+    ctx.in_suite = True
+    overfit_steps = steps if steps is not None else DEFAULT_OVERFIT_STEPS
+    finite_steps = min(steps, DEFAULT_FINITE_STEPS) if steps is not None else DEFAULT_FINITE_STEPS
+    if overfit_steps < 1:
+        raise ValueError("steps must be >= 1")
+    results = [_probe("devices", ctx, lambda: _devices(ctx))]
+    if ctx.mismatches is None:  # the device check itself crashed: nothing else is reliable
+        ctx.mismatches = Mismatches(None, None)
+    finite = _probe("finite", ctx, lambda: _finite(ctx, finite_steps))
+    results.append(finite)
+    results.append(_probe("updates", ctx, lambda: _updates(ctx)))
+    if finite.findings:
+        results.append(ProbeResult(
+            "overfit", "skipped",
+            message="not run: the training step produces NaN/Inf (SEN105), so the loss curve would be"
+            " meaningless",
+        ))
+    else:
+        results.append(_probe("overfit", ctx, lambda: _overfit(ctx, overfit_steps)))
+    if ctx.device is not None:
+        dev = str(ctx.device)
+    else:
+        ref = reference_device(model)
+        dev = str(ref) if ref is not None else "cpu"
+    return Report(target=target, device=dev, probes=results)

@@ -1,0 +1,147 @@
+"""Reading a loss curve: did the model memorize one batch, and if not, what did the curve look like?
+
+Torch-free on purpose (plain floats in, plain data out) so the loop monitor and the pytest plugin
+can reuse it.
+
+Memorized: the loss fell to ``REL_TARGET`` (10%) of its initial distance to the loss floor, or below
+``ABS_FLOOR``. The floor is 0 except where the loss has a known non-zero minimum (cross-entropy with
+label smoothing). A failing curve is one of:
+
+- ``diverging``: went up (or became NaN/Inf);
+- ``flat``: never moved by more than 1% of the initial loss;
+- ``noisy``: bounced up and down far more than it went down overall;
+- ``plateau``: went down, then stopped moving well above the floor;
+- ``slow``: still going down steadily when the steps ran out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ABS_FLOOR",
+    "REL_TARGET",
+    "Cause",
+    "classify",
+    "likely_causes",
+    "smoothed_ce_floor",
+    "subsample",
+    "threshold",
+]
+
+REL_TARGET = 0.1
+ABS_FLOOR = 1e-6
+
+
+def threshold(initial: float, floor: float = 0.0) -> float:
+    """The loss value below which the batch counts as memorized."""
+    return max(floor + REL_TARGET * max(initial - floor, 0.0), ABS_FLOOR)
+
+
+def smoothed_ce_floor(classes: int, smoothing: float) -> float:
+    """Minimum of cross-entropy with label smoothing ``smoothing`` over ``classes`` classes."""
+    if smoothing <= 0 or classes < 2:
+        return 0.0
+    hi = 1 - smoothing + smoothing / classes
+    lo = smoothing / classes
+    return -(hi * math.log(hi) + (classes - 1) * lo * math.log(lo))
+
+
+def subsample(curve: Sequence[float], points: int = 21) -> list[float]:
+    """At most ``points`` values, evenly spaced, first and last included, 6 significant digits."""
+    n = len(curve)
+    if n <= points:
+        idx = list(range(n))
+    else:
+        idx = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
+    return [float(f"{curve[i]:.6g}") for i in idx]
+
+
+def classify(curve: Sequence[float]) -> str:
+    """``diverging``, ``flat``, ``noisy``, ``plateau`` or ``slow`` (see the module docstring)."""
+    if not curve:
+        return "flat"
+    if not all(math.isfinite(v) for v in curve):
+        return "diverging"
+    init, final, low = curve[0], curve[-1], min(curve)
+    scale = max(abs(init), 1e-12)
+    if final > init + 0.05 * scale:
+        return "diverging"
+    if (init - low) / scale < 0.01:
+        return "flat"
+    diffs = [b - a for a, b in zip(curve, curve[1:], strict=False)]
+    total_variation = sum(abs(d) for d in diffs)
+    net = max(init - final, 0.0)
+    ups = sum(1 for d in diffs if d > 0)
+    if diffs and total_variation > 3 * net + 1e-12 and ups >= 0.3 * len(diffs):
+        return "noisy"
+    q = max(2, len(curve) // 4)
+    tail = curve[-q:]
+    if net > 0 and (tail[0] - tail[-1]) / net < 0.05:
+        return "plateau"
+    return "slow"
+
+
+@dataclass
+class Cause:
+    """One likely cause: a stable id (for tools and tests) and a human sentence."""
+
+    id: str
+    text: str
+    evidence: bool = False
+
+
+def likely_causes(
+    trend: str,
+    *,
+    optimizer: str,
+    lr_zero: bool,
+    cross_entropy: bool | None,
+    probabilities: bool,
+    no_grad: Sequence[str],
+    not_in_optimizer: Sequence[str],
+    shape_mismatch: str | None,
+) -> list[Cause]:
+    """Causes in order: those with evidence first, then learning rate, probabilities into
+    CrossEntropyLoss, detached graph, labels. ``cross_entropy`` None means "unknown loss"."""
+    causes: list[Cause] = []
+    if lr_zero:
+        causes.append(Cause("learning-rate", f"the learning rate is 0 ({optimizer})", True))
+    elif trend in ("diverging", "noisy"):
+        causes.append(Cause("learning-rate", f"learning rate too high ({optimizer}): try 3-10x lower"))
+    elif trend == "flat":
+        causes.append(Cause("learning-rate", f"learning rate far too small ({optimizer})"))
+    else:
+        causes.append(Cause("learning-rate", f"learning rate too low ({optimizer}) or too few steps: "
+                                             "try 3-10x higher or more --steps"))
+    if probabilities:
+        causes.append(Cause(
+            "probabilities-into-cross-entropy",
+            "the model outputs probabilities (each row >= 0 and sums to 1) but CrossEntropyLoss applies"
+            " log_softmax itself and needs raw logits: remove the final softmax (see SEN001)", True))
+    elif cross_entropy is not False:
+        causes.append(Cause("probabilities-into-cross-entropy",
+                            "a softmax before CrossEntropyLoss (it expects raw logits)"))
+    if no_grad:
+        shown = ", ".join(no_grad[:4]) + (f" and {len(no_grad) - 4} more" if len(no_grad) > 4 else "")
+        causes.append(Cause(
+            "detached-graph",
+            f"{len(no_grad)} trainable parameter{'s' if len(no_grad) != 1 else ''} got no gradient ({shown}):"
+            " the graph is cut before them (.detach(), .data, torch.no_grad(), a numpy/.item() round trip)"
+            " or they are unused (see SEN102)", True))
+    else:
+        causes.append(Cause(
+            "detached-graph",
+            "part of the graph is detached (.detach(), .data, torch.no_grad(), numpy round trip)",
+        ))
+    if not_in_optimizer:
+        shown = ", ".join(not_in_optimizer[:4]) + (
+            f" and {len(not_in_optimizer) - 4} more" if len(not_in_optimizer) > 4 else "")
+        causes.append(Cause("not-in-optimizer", f"parameters missing from the optimizer: {shown}", True))
+    if shape_mismatch:
+        causes.append(Cause("labels", shape_mismatch, True))
+    else:
+        causes.append(Cause("labels", "targets of the wrong dtype/shape or not aligned with the inputs"))
+    return [c for c in causes if c.evidence] + [c for c in causes if not c.evidence]
