@@ -1,0 +1,120 @@
+"""Small tensor helpers of the loop monitor (:mod:`sentinel.probes.watch`).
+
+Everything here is read-only on the user's tensors: no in-place op, no RNG, no autograd graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sentinel.probes.batch import tensor_items
+from sentinel.probes.nonfinite import all_finite
+
+__all__ = [
+    "all_finite",
+    "autocast_enabled",
+    "call_tensors",
+    "detach_tree",
+    "dtype_name",
+    "eval_sensitive",
+    "fingerprint",
+    "graph_tensors",
+    "is_eval_sensitive_type",
+    "is_finite",
+    "max_abs",
+    "tensor_items",
+]
+
+# How deep to look into nested args (tuples of dicts of tensors).
+_MAX_DEPTH = 4
+
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def call_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
+    """The tensors a module was called with, named ``input[0]`` (positional) or ``input["x"]`` (keyword)."""
+    out = list(tensor_items(tuple(args), "input"))
+    if kwargs:
+        out.extend(tensor_items(kwargs, "input"))
+    return out
+
+
+def detach_tree(obj: Any, depth: int = 0) -> Any:
+    """``obj`` with every tensor detached (shares storage; drops references to the caller's graph)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if depth >= _MAX_DEPTH:
+        return obj
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(detach_tree(x, depth + 1) for x in obj)
+    if isinstance(obj, list):
+        return [detach_tree(x, depth + 1) for x in obj]
+    if type(obj) is dict:
+        return {k: detach_tree(v, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+def graph_tensors(output: Any) -> list[torch.Tensor]:
+    """Tensors of a forward output that carry an autograd graph (have a ``grad_fn``)."""
+    return [t for _, t in tensor_items(output, "") if t.grad_fn is not None]
+
+
+def is_finite(t: torch.Tensor) -> bool:
+    return all_finite([t])
+
+
+def max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Max |x| of each tensor as one float32 vector on the first tensor's device (NaN if it holds a
+    NaN, inf if an inf): one fused reduction per device, no host synchronisation."""
+    devices = {t.device for t in tensors}
+    if len(devices) == 1:
+        return torch.stack([n.float() for n in torch._foreach_norm(tensors, float("inf"))])
+    device = tensors[0].device
+    norms = [torch.linalg.vector_norm(t.detach(), float("inf")).float().to(device) for t in tensors]
+    return torch.stack(norms)
+
+
+def fingerprint(t: torch.Tensor) -> int | None:
+    """An exact-change detector for a parameter: the sum of its elements' bit patterns.
+
+    Any update that changes one element changes the sum (only exactly compensating changes of several
+    elements could collide). ``None`` for dtypes we do not fingerprint.
+    """
+    view = _INT_VIEW.get(t.element_size())
+    if view is None or t.is_sparse or t.is_complex():
+        return None
+    return int(t.detach().view(view).sum(dtype=torch.int64))
+
+
+_EVAL_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)
+
+
+def eval_sensitive(module: nn.Module) -> bool:
+    """Dropout or batch-norm-like modules whose output differs between train and eval mode."""
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return bool(module.track_running_stats)
+    return False
+
+
+def is_eval_sensitive_type(module: nn.Module) -> bool:
+    return isinstance(module, _EVAL_SENSITIVE)
+
+
+def autocast_enabled() -> bool:
+    for device_type in ("cpu", "cuda"):
+        try:
+            if torch.is_autocast_enabled(device_type):
+                return True
+        except (TypeError, RuntimeError):  # older torch: no device_type argument
+            return bool(torch.is_autocast_enabled())
+    return False
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float64`` (the probe suite's spelling, without ``torch.``)."""
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,216 @@
+"""``sentinel probe path/to/train.py``: run an unmodified training script under the loop monitor.
+
+:func:`run_script` runs the script the way ``python train.py ARGS`` would (``__name__ ==
+"__main__"``, its own ``sys.argv``, its directory first on ``sys.path``), inside a
+:func:`sentinel.watch`, stops it after ``steps`` optimizer steps, and returns what the monitor saw as
+a :class:`~sentinel.findings.Report`.
+
+- A script that ends (or calls ``sys.exit(0)``) before ``steps`` is fine: the report covers the steps
+  it ran.
+- A script that raises (or exits with a non-zero status) is an *error*, not a finding: the probe's
+  status is ``error`` (exit status 2) and the traceback, trimmed of sentinel's own frames, is
+  printed on stderr like Python would. Findings seen before the crash are still reported.
+- The script's ``print`` output goes to stderr, so ``--format json`` keeps stdout parseable.
+- Global state the script changes in-process is put back afterwards: ``sys.argv``, ``sys.path``,
+  ``sys.modules['__main__']`` (and modules it imported from its own directory), torch grad mode,
+  anomaly mode and default dtype.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import sys
+import time
+import traceback
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from sentinel.findings import ProbeResult, Report
+
+__all__ = ["run_script"]
+
+_SENTINEL_DIR = str(Path(__file__).resolve().parent.parent)
+
+
+def run_script(
+    path: str,
+    *,
+    steps: int | None,
+    device: str = "auto",
+    script_args: Sequence[str] = (),
+    mode: str = "default",
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> Report:
+    """Run the training script ``path`` under :func:`sentinel.watch` for at most ``steps`` optimizer steps.
+
+    Args:
+        path: the script (run as ``__main__``).
+        steps: stop after this many optimizer steps (``None``: run the script to its end).
+        device: ``auto`` (the script decides), ``cpu`` (hide CUDA devices from the script when CUDA
+            was not initialised yet in this process) or ``cuda`` (an error if no GPU is available).
+        script_args: the script's ``sys.argv[1:]``.
+        mode: the monitor's mode, ``default`` or ``full`` (see :func:`sentinel.watch`).
+        stdout: where the script's ``sys.stdout`` goes (default: this process's stderr).
+        stderr: where the traceback of a failing script is printed (default: ``sys.stderr``).
+    """
+    import torch
+
+    from sentinel.probes.watch import Watch, _StopTraining
+
+    err = stderr if stderr is not None else sys.stderr
+    out = stdout if stdout is not None else sys.stderr
+    script = Path(path)
+    if device == "cuda" and not torch.cuda.is_available():
+        return _error_report(path, device, "--device cuda: no CUDA device is available")
+    try:
+        source = script.read_bytes()
+    except OSError as exc:
+        return _error_report(path, device, f"cannot read the script: {exc.strerror or exc}")
+    abspath = str(script.resolve())
+    try:
+        code = compile(source, abspath, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        print("".join(traceback.format_exception_only(type(exc), exc)), end="", file=err)
+        return _error_report(path, device, f"the script does not compile: {exc.msg} (line {exc.lineno})")
+
+    main = types.ModuleType("__main__")
+    main.__file__ = abspath
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    main.__spec__ = None
+    main.__package__ = None
+    main.__loader__ = None  # type: ignore[assignment]
+
+    saved = _SavedState(str(script.resolve().parent), device)
+    watcher = Watch(max_steps=steps, mode=mode, target=path)  # type: ignore[arg-type]
+    error: str | None = None
+    started = time.perf_counter()
+    saved.enter(main, [path, *script_args])
+    try:
+        with contextlib.redirect_stdout(out):
+            watcher.start()
+            try:
+                exec(code, main.__dict__)
+            except _StopTraining:
+                pass
+            except SystemExit as exc:
+                status = exc.code
+                if status not in (None, 0):
+                    error = f"the script exited with status {status!r}"
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the user's error, reported as such
+                print(_user_traceback(exc), end="", file=err)
+                error = f"the script raised {type(exc).__name__}: {exc}"
+            finally:
+                watcher.stop()
+                with contextlib.suppress(Exception):
+                    out.flush()
+    finally:
+        saved.exit()
+        main.__dict__.clear()
+
+    report = watcher.report
+    probe = report.probes[0]
+    probe.seconds = time.perf_counter() - started
+    if error is not None:
+        probe.status = "error"
+        probe.message = f"{error}; {probe.message}" if probe.message else error
+        probe.data["error"] = error
+    if device in ("cpu", "cuda") and not watcher.models:
+        report.device = device
+    return report
+
+
+def _error_report(path: str, device: str, message: str) -> Report:
+    from sentinel.probes.watch import PROBE_NAME
+
+    return Report(
+        target=path,
+        device=device if device != "auto" else "cpu",
+        probes=[ProbeResult(PROBE_NAME, "error", 0.0, message=message)],
+    )
+
+
+class _SavedState:
+    """Process-wide state a script changes while it runs in-process, put back afterwards."""
+
+    def __init__(self, script_dir: str, device: str) -> None:
+        self.script_dir = script_dir
+        self.device = device
+
+    def enter(self, main: types.ModuleType, argv: list[str]) -> None:
+        import torch
+
+        self.argv = sys.argv
+        self.path = list(sys.path)
+        self.main = sys.modules.get("__main__")
+        self.modules = set(sys.modules)
+        self.grad = torch.is_grad_enabled()
+        self.anomaly = torch.is_anomaly_enabled()
+        self.dtype = torch.get_default_dtype()
+        self.env_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.hid_cuda = False
+        if self.device == "cpu" and not torch.cuda.is_initialized():
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+            self.hid_cuda = True
+        sys.argv = argv
+        sys.path.insert(0, self.script_dir)
+        sys.modules["__main__"] = main
+
+    def exit(self) -> None:
+        import torch
+
+        sys.argv = self.argv
+        sys.path[:] = self.path
+        if self.main is not None:
+            sys.modules["__main__"] = self.main
+        for name in [m for m in sys.modules if m not in self.modules]:
+            if _local_module(sys.modules[name], self.script_dir):
+                del sys.modules[name]
+        torch.set_grad_enabled(self.grad)
+        torch.autograd.set_detect_anomaly(self.anomaly)
+        torch.set_default_dtype(self.dtype)
+        if self.hid_cuda:
+            if self.env_cuda is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = self.env_cuda
+
+
+def _local_module(module: object, script_dir: str) -> bool:
+    """A module the script imported from its own directory (not an installed package)."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return False
+    file = os.path.abspath(file)
+    if not file.startswith(script_dir.rstrip(os.sep) + os.sep):
+        return False
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    installed = any(file.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
+    return not installed and not _is_sentinel_frame(file)
+
+
+def _is_sentinel_frame(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_SENTINEL_DIR + os.sep)
+
+
+def _trim(te: traceback.TracebackException, seen: set[int]) -> None:
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not _is_sentinel_frame(f.filename)])
+    for chained in (te.__cause__, te.__context__):
+        if chained is not None:
+            _trim(chained, seen)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback Python would print for ``exc``, without sentinel's own frames."""
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    _trim(te, set())
+    return "".join(te.format())
