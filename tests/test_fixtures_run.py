@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,9 @@ def _worker(result_path: str, paths: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)
+    # The first optimizer built in a process pays a one-off import cost of a few seconds; pay it
+    # here so that it is not charged to whichever fixture happens to run first.
+    torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
     results = {}
     for path in paths:
         workdir = tempfile.mkdtemp(prefix="sentinel-fixture-")
@@ -91,16 +95,59 @@ def run_results(tmp_path_factory) -> dict:
         procs.append((proc, result_file))
     results: dict = {}
     for proc, result_file in procs:
-        output, _ = proc.communicate(timeout=TOTAL_TIMEOUT_S)
+        try:
+            output, _ = proc.communicate(timeout=TOTAL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for other, _ in procs:
+                other.kill()
+                other.communicate()
+            pytest.fail(f"fixture workers did not finish within {TOTAL_TIMEOUT_S} s (a fixture hangs?)")
         if proc.returncode != 0 or not result_file.exists():
             pytest.fail(f"fixture worker crashed (exit {proc.returncode}):\n{output[-4000:]}")
         results.update(json.loads(result_file.read_text(encoding="utf-8")))
     return results
 
 
-def test_corpus_is_not_empty():
+EXPECT_RE = re.compile(r"#\s*expect:\s*(SEN\d{3}(?:\s*,\s*SEN\d{3})*)\s*$")
+RULES = [f"SEN00{i}" for i in range(1, 7)]
+MIN_BUGGY_PER_RULE, MIN_TRICKY_PER_RULE, MIN_CLEAN = 8, 4, 10
+
+
+def _expectations(path: Path) -> list[tuple[str, int]]:
+    found = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        match = EXPECT_RE.search(line)
+        if match:
+            found += [(code.strip(), lineno) for code in match.group(1).split(",")]
+        elif "expect:" in line:
+            raise AssertionError(f"{path.name}:{lineno}: malformed expectation comment: {line.strip()}")
+    return found
+
+
+def test_corpus_layout_and_expectations():
+    """Counts per rule, naming, docstrings, and `# expect:` comments where (and only where) bugs are."""
     for sub in ("buggy", "tricky", "clean"):
-        assert list((CORPUS / sub).glob("*.py")), f"no fixtures in fixtures/lint/{sub}"
+        files = sorted((CORPUS / sub).glob("*.py"))
+        assert files, f"no fixtures in fixtures/lint/{sub}"
+        for path in files:
+            first = path.read_text(encoding="utf-8").splitlines()[0]
+            assert first.startswith('"""') and first.endswith('"""') and len(first) > 6, (
+                f"{sub}/{path.name}: first line must be a one-line module docstring"
+            )
+            expected = _expectations(path)
+            if sub == "buggy":
+                rule = path.name[:6].upper()
+                assert rule in RULES, f"buggy/{path.name}: name must start with sen00N_"
+                assert rule in {code for code, _ in expected}, f"buggy/{path.name}: no `# expect: {rule}`"
+            else:
+                assert not expected, f"{sub}/{path.name} must not carry `# expect:` comments"
+    for rule in RULES:
+        prefix = rule.lower() + "_"
+        n_buggy = len(list((CORPUS / "buggy").glob(prefix + "*.py")))
+        n_tricky = len(list((CORPUS / "tricky").glob(prefix + "*.py")))
+        assert n_buggy >= MIN_BUGGY_PER_RULE, f"only {n_buggy} buggy fixtures for {rule}"
+        assert n_tricky >= MIN_TRICKY_PER_RULE, f"only {n_tricky} tricky fixtures for {rule}"
+    assert len(list((CORPUS / "clean").glob("*.py"))) >= MIN_CLEAN
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(CORPUS)))
