@@ -51,6 +51,7 @@ def _worker(result_path: str, paths: list[str]) -> None:
     for path in paths:
         workdir = tempfile.mkdtemp(prefix="sentinel-fixture-")
         start = time.perf_counter()
+        cpu_start = time.process_time()
         sink = io.StringIO()
         try:
             os.chdir(workdir)
@@ -68,6 +69,7 @@ def _worker(result_path: str, paths: list[str]) -> None:
             torch.set_grad_enabled(True)
             torch.set_default_dtype(torch.float32)
         outcome["seconds"] = time.perf_counter() - start
+        outcome["cpu_seconds"] = time.process_time() - cpu_start
         results[path] = outcome
     with open(result_path, "w", encoding="utf-8") as fh:
         json.dump(results, fh)
