@@ -23,9 +23,10 @@ Two layers, so that healthy steps cost almost nothing:
   Then the model, optimizer and RNGs are restored as they were when ``localize`` was called.
 
 Known limits: a module output that something *later* modifies in place is not trusted as evidence
-(the blame may move one level up, to the parent); modules that declare ``inplace=True`` have their
-inputs checked eagerly. Keeping every node's gradient until the end of the replayed backward costs
-about one extra copy of the activation gradients.
+(the blame may move one level up, to the parent), except when the in-place op is a module that
+declares ``inplace=True`` (``nn.ReLU(inplace=True)``, ...): those have their inputs checked eagerly,
+which also vouches for the module that produced them. Keeping every node's gradient until the end
+of the replayed backward costs about one extra copy of the activation gradients.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class _Tracer:
         self.stack: list[_Call] = []
         self.calls: list[_Call] = []  # completion order
         self.handles: list[Any] = []
+        self.known: dict[tuple[int, int], bool] = {}  # (id, version) -> finite, seen before an in-place op
         for _, m in model.named_modules():
             self.handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
             self.handles.append(m.register_forward_hook(self._post, with_kwargs=True, always_call=True))
@@ -158,7 +160,12 @@ class _Tracer:
         ins = _tensors_of(args) + (_tensors_of(kwargs) if kwargs else [])
         call = _Call(self.names.get(id(module), ""), module, _sequence_nr(), [(t, t._version) for t in ins])
         if getattr(module, "inplace", False) is True:
-            call.inputs_ok = all_finite(ins)
+            # this module will overwrite its input: look at it now, and remember what we saw
+            checkable = [t for t in ins if _checkable(t)]
+            flags = _finite_flags(checkable) if checkable else []
+            for t, ok in zip(checkable, flags, strict=True):
+                self.known[(id(t), t._version)] = ok
+            call.inputs_ok = all(flags)
         self.stack.append(call)
 
     def _post(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
@@ -183,14 +190,21 @@ class _Tracer:
                     pool.setdefault(id(t), t)
         ids = list(pool)
         flags = dict(zip(ids, _finite_flags([pool[i] for i in ids]), strict=True)) if ids else {}
+
+        def finite(t: torch.Tensor, version: int) -> bool | None:
+            """Was ``t`` finite at ``version``? None: unknown (overwritten in place since)."""
+            if t._version == version:
+                return flags.get(id(t), True)
+            return self.known.get((id(t), version))
+
         for c in self.calls:
-            bad = [t for t, v in c.outputs if t._version == v and not flags.get(id(t), True)]
+            bad = [t for t, v in c.outputs if finite(t, v) is False]
             if not bad:
                 continue
             if c.inputs_ok is not None:
                 inputs_ok = c.inputs_ok
-            else:
-                inputs_ok = all(flags.get(id(t), True) for t, v in c.inputs if t._version == v)
+            else:  # unknown inputs count as finite: their producer, if hooked, was checked first
+                inputs_ok = all(finite(t, v) is not False for t, v in c.inputs)
             if inputs_ok:
                 return c, bad[0]
         return None

@@ -1,0 +1,753 @@
+"""The probe suite (SEN101-SEN105) on the healthy and buggy models of fixtures/probes.
+
+Every test is seeded and CPU-only. Besides the exact codes and details, each probe is checked to
+leave the user's model, optimizer and RNGs bit-exactly as it found them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sentinel.findings import ProbeResult, Report
+from sentinel.probes import check_devices, check_finite, check_overfit, check_updates, run_probes
+from sentinel.probes import curve as curves
+from sentinel.probes.batch import plan
+from sentinel.probes.nonfinite import all_finite, first_nonfinite, localize
+from sentinel.probes.state import Snapshot, preserved, same_bits
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "probes"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_probe_fixture_{name}", FIXTURES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+healthy = _load("healthy")
+buggy = _load("buggy")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two cores shared with other jobs: torch's intra-op thread pool only adds contention here.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _args(made: dict) -> tuple:
+    return made["model"], made["loss_fn"], made["batch"], made.get("optimizer")
+
+
+# ------------------------------------------------------------------------------- fingerprints
+
+
+def _bits(t: torch.Tensor):
+    if t.is_meta:
+        return ("meta", tuple(t.shape), str(t.dtype))
+    c = t.detach().contiguous().cpu()
+    return (tuple(t.shape), str(t.dtype), str(t.device), c.view(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _value(v):
+    if isinstance(v, torch.Tensor):
+        return ("tensor", id(v), _bits(v))
+    if isinstance(v, (list, tuple)):
+        return tuple(_value(x) for x in v)
+    return v
+
+
+def fingerprint(model: nn.Module, optimizer=None) -> dict:
+    """Everything a probe must leave untouched, compared by identity and raw bits."""
+    fp = {
+        "params": [
+            (n, id(p), _bits(p), p.requires_grad, None if p.grad is None else (id(p.grad), _bits(p.grad)))
+            for n, p in model.named_parameters()
+        ],
+        "buffers": [(n, id(b), _bits(b)) for n, b in model.named_buffers()],
+        "training": [(n, m.training) for n, m in model.named_modules()],
+        "torch_rng": _bits(torch.get_rng_state()),
+        "python_rng": random.getstate(),
+        "numpy_rng": tuple(_value(x) if not isinstance(x, np.ndarray) else x.tobytes()
+                           for x in np.random.get_state()),
+    }
+    if optimizer is not None:
+        fp["opt_state"] = [
+            (id(p), sorted((k, _value(v)) for k, v in st.items())) for p, st in optimizer.state.items()
+        ]
+        fp["opt_groups"] = [
+            sorted((k, tuple(id(p) for p in v) if k == "params" else _value(v)) for k, v in g.items())
+            for g in optimizer.param_groups
+        ]
+        fp["opt_group_ids"] = [id(g) for g in optimizer.param_groups]
+    return fp
+
+
+def _lived_in(made: dict) -> dict:
+    """Give the user's objects some history: grads, optimizer state, mixed train/eval flags, RNGs."""
+    model, loss_fn, batch, opt = _args(made)
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    if opt is not None:
+        try:
+            x, y = batch
+            loss_fn(model(x), y).backward()
+            opt.step()
+            loss_fn(model(x), y).backward()  # grads present (not None) after the step
+        except Exception:
+            pass
+    mods = list(model.modules())
+    if len(mods) > 1:
+        mods[-1].eval()
+    return made
+
+
+PROBES = {
+    "overfit": lambda m, lf, b, o: check_overfit(m, lf, b, o, steps=20),
+    "updates": lambda m, lf, b, o: check_updates(m, lf, b, o),
+    "devices": lambda m, lf, b, o: check_devices(m, lf, b, o),
+    "finite": lambda m, lf, b, o: check_finite(m, lf, b, o),
+    "suite": lambda m, lf, b, o: run_probes(m, lf, b, o, steps=20),
+}
+
+class _RandomUser(nn.Module):
+    """Draws from every RNG a probe must restore: torch (dropout), Python random and NumPy."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 10)
+        self.drop = nn.Dropout(0.2)
+        self.bn = nn.BatchNorm1d(10)
+
+    def forward(self, x):
+        noise = random.random() * 1e-3 + float(np.random.rand()) * 1e-3
+        return self.bn(self.drop(self.fc(x + noise)))
+
+
+class _Local:
+    @staticmethod
+    def make_random_user():
+        torch.manual_seed(0)
+        model = _RandomUser()
+        g = torch.Generator().manual_seed(0)
+        batch = (torch.randn(8, 16, generator=g), torch.randint(0, 10, (8,), generator=g))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return {"model": model, "loss_fn": nn.CrossEntropyLoss(), "batch": batch, "optimizer": opt}
+
+
+RESTORE_CASES = [
+    (_Local, "make_random_user"),
+    (healthy, "make_regression"),
+    (healthy, "make_mlp"),
+    (healthy, "make_cnn"),
+    (healthy, "make_frozen"),
+    (buggy, "make_unused_layer"),
+    (buggy, "make_nan_for_some_inputs"),
+    (buggy, "make_inf_in_backward"),
+    (buggy, "make_meta_buffer"),
+    (buggy, "make_float64_inputs"),
+    (buggy, "make_model_raises"),
+    (buggy, "make_lr_zero"),
+]
+
+
+@pytest.mark.parametrize("probe", sorted(PROBES))
+@pytest.mark.parametrize(("module", "factory"), RESTORE_CASES, ids=[f for _, f in RESTORE_CASES])
+def test_probe_restores_everything_bit_exact(module, factory, probe):
+    made = _lived_in(getattr(module, factory)())
+    model, loss_fn, batch, opt = _args(made)
+    before = fingerprint(model, opt)
+    batch_before = [_bits(t) for t in (batch if isinstance(batch, tuple) else [batch])]
+    PROBES[probe](model, loss_fn, batch, opt)
+    assert fingerprint(model, opt) == before
+    assert [_bits(t) for t in (batch if isinstance(batch, tuple) else [batch])] == batch_before
+
+
+def test_restored_when_the_user_code_raises_mid_training():
+    calls = {"n": 0}
+
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.bn = nn.BatchNorm1d(2)
+
+        def forward(self, x):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise ValueError("boom on the 5th call")
+            return self.bn(self.fc(x))
+
+    torch.manual_seed(0)
+    model = Flaky()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    before = fingerprint(model, opt)
+    result = check_overfit(model, nn.CrossEntropyLoss(), (x, y), opt, steps=50)
+    assert result.status == "error"
+    assert result.message == "model raised ValueError: boom on the 5th call"
+    assert "boom on the 5th call" in result.traceback and "sentinel/probes" not in result.traceback
+    assert fingerprint(model, opt) == before  # BN running stats, flags, optimizer, RNG
+
+
+def test_model_that_cannot_be_deep_copied_is_probed_in_place_and_restored():
+    import threading
+
+    made = _lived_in(_Local.make_random_user())
+    model, loss_fn, batch, opt = _args(made)
+    model.lock = threading.Lock()  # deepcopy fails on it
+    before = fingerprint(model, opt)
+    report = run_probes(model, loss_fn, batch, opt, steps=5)
+    assert [p.status for p in report.probes[:3]] == ["pass", "pass", "pass"]
+    assert "probed in place" in report.probes[2].data["notes"][0]
+    assert fingerprint(model, opt) == before
+
+
+def test_snapshot_restores_in_place_after_arbitrary_changes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    model[2].weight.grad = None
+    before = fingerprint(model, opt)
+    weight = model[0].weight
+    snap = Snapshot.capture(model, opt)
+    with torch.no_grad():
+        weight.add_(1.0)
+        model[1].running_mean.fill_(3.0)
+    model[0].bias.grad = None
+    model[2].weight.grad = torch.ones_like(model[2].weight)
+    model[0].weight.requires_grad_(False)
+    model.eval()
+    model[1]._buffers["running_var"] = torch.zeros(4)
+    opt.param_groups[0]["lr"] = 5.0
+    opt.state[model[0].weight]["exp_avg"].zero_()
+    opt.state.pop(model[2].bias)
+    torch.rand(3)
+    random.random()
+    np.random.rand()
+    snap.restore()
+    assert model[0].weight is weight
+    assert fingerprint(model, opt) == before
+
+
+def test_preserved_does_not_bump_versions_of_untouched_tensors():
+    model = nn.Linear(3, 1)
+    out = (model(torch.randn(2, 3)) ** 2).sum()  # a graph that saved the weight
+    with preserved(model):
+        pass
+    out.backward()  # would raise if restore had written into the saved weight
+    assert model.weight.grad is not None
+
+
+def test_same_bits_distinguishes_bits_not_values():
+    nan = torch.tensor([float("nan")])
+    assert same_bits(nan, nan.clone())
+    assert not same_bits(torch.tensor([0.0]), torch.tensor([-0.0]))
+    assert not same_bits(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------- healthy
+
+
+@pytest.mark.parametrize(
+    "factory", ["make_mlp", "make_mlp_default_optimizer", "make_cnn", "make_frozen", "make_regression",
+                "make_dict_batch"],
+)
+def test_healthy_models_have_no_finding(factory):
+    made = getattr(healthy, factory)()
+    report = run_probes(*_args(made), target=factory)
+    assert [(p.name, p.status) for p in report.probes] == [
+        ("devices", "pass"), ("finite", "pass"), ("updates", "pass"), ("overfit", "pass"),
+    ]
+    assert report.findings == []
+    assert report.exit_code() == 0
+    overfit = report.probes[-1]
+    assert overfit.data["memorized"] is True
+    assert overfit.data["steps"] < 100  # stopped early
+    assert overfit.data["final_loss"] <= overfit.data["threshold"]
+    assert overfit.message == f"memorized in {overfit.data['steps']} steps"
+
+
+def test_overfit_data_of_a_healthy_mlp():
+    result = check_overfit(*_args(healthy.make_mlp()))
+    assert result.status == "pass" and result.findings == []
+    d = result.data
+    assert d["steps"] == 21 and d["max_steps"] == 100
+    assert d["optimizer"] == "Adam(lr=0.01)"
+    assert d["threshold"] == pytest.approx(0.1 * d["initial_loss"])
+    assert d["curve"][0] == pytest.approx(d["initial_loss"], rel=1e-5)
+    assert d["curve"][-1] == pytest.approx(d["final_loss"], rel=1e-5)
+    assert d["initial_loss"] == pytest.approx(2.33977, rel=1e-4)
+
+
+def test_label_smoothing_floor_is_taken_into_account():
+    made = healthy.make_mlp()
+    made["loss_fn"] = nn.CrossEntropyLoss(label_smoothing=0.1)
+    result = check_overfit(*_args(made))
+    floor = curves.smoothed_ce_floor(10, 0.1)
+    assert result.status == "pass"
+    assert result.data["threshold"] == pytest.approx(floor + 0.1 * (result.data["initial_loss"] - floor))
+
+
+# ------------------------------------------------------------------------------------ SEN102
+
+
+def _updates(made: dict) -> list[dict]:
+    result = check_updates(*_args(made))
+    assert result.status == "fail"
+    assert [f.code for f in result.findings] == ["SEN102"]
+    return result.findings[0].details["parameters"]
+
+
+def test_unused_layer_gets_no_grad():
+    assert _updates(buggy.make_unused_layer()) == [
+        {"name": "aux.weight", "reason": "no-grad"},
+        {"name": "aux.bias", "reason": "no-grad"},
+    ]
+
+
+def test_detached_intermediate_cuts_the_encoder_off():
+    assert _updates(buggy.make_detached()) == [
+        {"name": "encoder.weight", "reason": "no-grad"},
+        {"name": "encoder.bias", "reason": "no-grad"},
+    ]
+
+
+def test_parameter_group_left_out_of_the_optimizer():
+    assert _updates(buggy.make_missing_param_group()) == [
+        {"name": "head.weight", "reason": "not-in-optimizer"},
+        {"name": "head.bias", "reason": "not-in-optimizer"},
+    ]
+
+
+def test_lr_zero_leaves_every_parameter_unchanged():
+    made = buggy.make_lr_zero()
+    params = _updates(made)
+    assert params == [
+        {"name": n, "reason": "unchanged"} for n in ("0.weight", "0.bias", "2.weight", "2.bias")
+    ]
+
+
+def test_zero_gradient_and_frozen_parameters():
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.frozen = nn.Linear(4, 4)
+            self.frozen.requires_grad_(False)
+            self.fc = nn.Linear(4, 2)
+            self.gate = nn.Parameter(torch.ones(2))
+
+        def forward(self, x):
+            return self.fc(self.frozen(x)) + 0.0 * self.gate  # the gate's gradient is exactly 0
+
+    torch.manual_seed(0)
+    model = Gated()
+    batch = (torch.randn(6, 4), torch.randint(0, 2, (6,)))
+    result = check_updates(model, nn.CrossEntropyLoss(), batch)
+    assert result.findings[0].details == {"parameters": [{"name": "gate", "reason": "zero-grad"}]}
+    assert "frozen" not in result.findings[0].message
+    assert result.data["optimizer"] == "Adam(lr=0.01) (no optimizer given)"
+
+
+def test_frozen_layer_is_never_reported_even_with_lr_zero():
+    made = healthy.make_frozen()
+    made["optimizer"] = torch.optim.SGD([p for p in made["model"].parameters() if p.requires_grad], lr=0.0)
+    assert _updates(made) == [
+        {"name": "2.weight", "reason": "unchanged"}, {"name": "2.bias", "reason": "unchanged"},
+    ]
+
+
+def test_whole_graph_detached():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    x, y = torch.randn(5, 4), torch.randn(5, 2)
+    result = check_updates(model, lambda out, t: ((out.detach() - t) ** 2).mean(), (x, y))
+    assert result.findings[0].details["parameters"] == [
+        {"name": "weight", "reason": "no-grad"}, {"name": "bias", "reason": "no-grad"},
+    ]
+    overfit = check_overfit(model, lambda out, t: ((out.detach() - t) ** 2).mean(), (x, y))
+    d = overfit.findings[0].details
+    assert (d["steps"], d["trend"], d["causes"][0]) == (0, "flat", "detached-graph")
+
+
+# ------------------------------------------------------------------------------------ SEN101
+
+
+def _overfit_finding(made: dict, **kw):
+    result = check_overfit(*_args(made), **kw)
+    assert result.status == "fail"
+    assert [f.code for f in result.findings] == ["SEN101"]
+    return result.findings[0]
+
+
+def test_softmax_into_cross_entropy_cannot_overfit():
+    f = _overfit_finding(buggy.make_softmax_into_cross_entropy())
+    d = f.details
+    assert d["trend"] == "plateau"
+    assert d["causes"] == ["probabilities-into-cross-entropy", "learning-rate", "detached-graph", "labels"]
+    assert d["steps"] == 100 and d["max_steps"] == 100
+    assert d["min_loss"] > 1.4  # the floor of CE on probabilities over 10 classes is ~1.46
+    assert {"initial_loss", "final_loss", "steps", "min_loss", "curve"} <= set(d)
+    assert len(d["curve"]) == 21
+    assert "outputs probabilities" in f.message and "remove the final softmax" in f.message
+
+
+def test_lr_zero_curve_is_flat():
+    d = _overfit_finding(buggy.make_lr_zero()).details
+    assert d["trend"] == "flat"
+    assert d["causes"][0] == "learning-rate"
+    assert d["initial_loss"] == d["final_loss"] == d["min_loss"]
+    assert d["optimizer"] == "SGD(lr=0)"
+
+
+@pytest.mark.filterwarnings("ignore:Using a target size")
+def test_target_shape_broadcast_is_named():
+    f = _overfit_finding(buggy.make_target_shape_broadcast())
+    assert f.details["causes"][0] == "labels"
+    assert "target shape (24,) differs from output shape (24, 1)" in f.message
+    assert f.details["trend"] == "plateau"
+
+
+def test_missing_param_group_leads_the_causes():
+    f = _overfit_finding(buggy.make_missing_param_group())
+    assert f.details["causes"][0] == "not-in-optimizer"
+
+
+def test_diverging_curve_reports_the_nonfinite_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
+    batch = (torch.randn(16, 4), torch.randn(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)
+    d = _overfit_finding({"model": model, "loss_fn": nn.MSELoss(), "batch": batch, "optimizer": opt}).details
+    assert d["trend"] == "diverging"
+    assert math.isinf(d["final_loss"]) or math.isnan(d["final_loss"])
+    assert d["nonfinite_step"] == d["steps"]
+    assert d["causes"][0] == "learning-rate"
+
+
+def test_overfit_steps_argument():
+    d = _overfit_finding(buggy.make_lr_zero(), steps=7).details
+    assert d["steps"] == 7 and d["max_steps"] == 7
+    with pytest.raises(ValueError):
+        check_overfit(*_args(buggy.make_lr_zero()), steps=0)
+
+
+@pytest.mark.parametrize(
+    ("curve", "trend"),
+    [
+        ([1.0, 1.0, 1.001, 0.999, 1.0], "flat"),
+        ([1.0, 1.5, 2.0, 4.0], "diverging"),
+        ([1.0, float("nan")], "diverging"),
+        ([1.0, 0.5, 1.2, 0.4, 1.1, 0.6, 0.95], "noisy"),
+        ([1.0, 0.7, 0.6, 0.55, 0.55, 0.55, 0.55, 0.55], "plateau"),
+        ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], "slow"),
+    ],
+)
+def test_curve_classification(curve, trend):
+    assert curves.classify(curve) == trend
+
+
+def test_curve_threshold_and_subsample():
+    assert curves.threshold(2.0) == pytest.approx(0.2)
+    assert curves.threshold(0.0) == curves.ABS_FLOOR
+    assert curves.subsample(list(range(101)), 5) == [0.0, 25.0, 50.0, 75.0, 100.0]
+    assert curves.subsample([1.0, 2.0]) == [1.0, 2.0]
+
+
+# ------------------------------------------------------------------------------------ SEN105
+
+
+def _finite_details(made: dict, **kw) -> dict:
+    result = check_finite(*_args(made), **kw)
+    assert result.status == "fail", result.message
+    assert [f.code for f in result.findings] == ["SEN105"]
+    return result.findings[0].details
+
+
+def test_nan_for_some_inputs_is_blamed_on_the_log_module():
+    assert _finite_details(buggy.make_nan_for_some_inputs()) == {
+        "stage": "forward", "module": "logf", "parameter": None, "step": 0, "value": "nan",
+    }
+
+
+def test_inf_in_backward_only_is_blamed_on_the_sqrt():
+    assert _finite_details(buggy.make_inf_in_backward()) == {
+        "stage": "backward", "module": "dist", "parameter": None, "step": 0, "op": "SqrtBackward0",
+        "value": "inf",
+    }
+
+
+def test_nan_in_the_inputs():
+    made = healthy.make_mlp()
+    x, y = made["batch"]
+    x = x.clone()
+    x[1, 2] = float("nan")
+    made["batch"] = (x, y)
+    assert _finite_details(made) == {
+        "stage": "input", "module": None, "parameter": None, "step": 0, "tensor": "batch[0]", "value": "nan",
+    }
+
+
+def test_inf_in_the_loss():
+    made = healthy.make_regression()
+    made["loss_fn"] = lambda out, y: torch.log((out - out).abs()).mean()  # log(0)
+    assert _finite_details(made) == {
+        "stage": "loss", "module": None, "parameter": None, "step": 0, "value": "inf",
+    }
+
+
+def test_nan_parameter_is_named_in_the_forward_stage():
+    made = healthy.make_mlp()
+    with torch.no_grad():
+        made["model"][2].weight[0, 0] = float("nan")
+    assert _finite_details(made) == {
+        "stage": "forward", "module": "2", "parameter": "2.weight", "step": 0, "value": "nan",
+    }
+
+
+def test_update_stage_and_later_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    batch = (torch.randn(8, 4), torch.randn(8, 1))
+    inf_lr = {"model": model, "loss_fn": nn.MSELoss(), "batch": batch,
+              "optimizer": torch.optim.SGD(model.parameters(), lr=float("inf"))}
+    assert _finite_details(inf_lr) == {
+        "stage": "update", "module": "0", "parameter": "0.weight", "step": 0, "value": "inf",
+    }
+    huge_lr = dict(inf_lr, optimizer=torch.optim.SGD(model.parameters(), lr=1e25))
+    d = _finite_details(huge_lr)
+    assert (d["stage"], d["module"], d["step"]) == ("forward", "1", 1)
+
+
+def test_finite_probe_passes_and_counts_steps():
+    result = check_finite(*_args(healthy.make_cnn()), steps=2)
+    assert result.status == "pass" and result.data == {"steps": 2}
+
+
+def test_localize_is_reusable_and_restores():
+    made = buggy.make_inf_in_backward()
+    model, loss_fn, batch, opt = _args(made)
+    before = fingerprint(model, opt)
+    finding = localize(model, loss_fn, batch, opt, 41)
+    assert finding is not None and finding.code == "SEN105"
+    d = finding.details
+    assert (d["stage"], d["module"], d["step"]) == ("backward", "dist", 41)
+    assert fingerprint(model, opt) == before
+    healthy_made = healthy.make_mlp()
+    assert localize(*_args(healthy_made), 0) is None
+
+
+def test_localize_with_compute_loss_and_no_batch():
+    made = buggy.make_nan_for_some_inputs()
+    model, loss_fn, (x, y), _ = _args(made)
+    finding = localize(
+        model, None, None, None, 3, compute_loss=lambda m, lf, b: nn.functional.cross_entropy(m(x), y)
+    )
+    assert finding.details == {
+        "stage": "forward", "module": "logf", "parameter": None, "step": 3, "value": "nan",
+    }
+
+
+def test_inplace_relu_does_not_move_the_blame():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU(inplace=True)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.act(self.fc(x)))
+
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():
+        model.fc.bias[0] = float("inf")  # fc's output is Inf, the in-place ReLU then rewrites it
+    batch = (torch.randn(3, 4), torch.randint(0, 2, (3,)))
+    d = _finite_details({"model": model, "loss_fn": nn.CrossEntropyLoss(), "batch": batch})
+    assert (d["stage"], d["module"], d["parameter"]) == ("forward", "fc", "fc.bias")
+
+
+def test_cheap_finiteness_checks():
+    t = [torch.ones(3), None, torch.tensor([1, 2]), torch.tensor([1.0, float("inf")])]
+    assert first_nonfinite(t) == 3
+    assert not all_finite(t)
+    assert all_finite([torch.ones(2), torch.zeros(0), torch.ones(1, device="meta")])
+
+
+# -------------------------------------------------------------------------------- SEN103/104
+
+
+def test_meta_buffer_is_a_device_mismatch_and_the_rest_is_skipped():
+    made = buggy.make_meta_buffer()
+    devices = check_devices(*_args(made))
+    assert devices.status == "fail"
+    assert [(f.code, f.details) for f in devices.findings] == [
+        ("SEN103", {"tensors": [{"name": "model.scale", "device": "meta", "expected": "cpu"}]}),
+    ]
+    report = run_probes(*_args(made))
+    assert [(p.name, p.status) for p in report.probes] == [
+        ("devices", "fail"), ("finite", "skipped"), ("updates", "skipped"), ("overfit", "skipped"),
+    ]
+    assert report.probes[1].message == (
+        "not run: SEN103 device-mismatch: model.scale (meta) (model raised RuntimeError: Tensor on device"
+        " meta is not on the expected device cpu!)"
+    )
+    assert report.codes() == ["SEN103"] and report.exit_code() == 1
+
+
+def test_standalone_probe_on_a_mismatch_is_an_error_naming_it():
+    result = check_overfit(*_args(buggy.make_meta_buffer()))
+    assert result.status == "error"
+    assert result.message.endswith("caused by SEN103 device-mismatch: model.scale (meta)")
+    assert not result.ok
+
+
+def test_float64_inputs():
+    made = buggy.make_float64_inputs()
+    report = run_probes(*_args(made))
+    assert [(f.code, f.details) for f in report.findings] == [
+        ("SEN104", {"tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]}),
+    ]
+    assert [p.status for p in report.probes] == ["fail", "skipped", "skipped", "skipped"]
+
+
+def test_int32_labels_into_cross_entropy():
+    result = check_devices(*_args(buggy.make_int32_labels()))
+    assert result.findings[0].code == "SEN104"
+    assert result.findings[0].details == {
+        "tensors": [{"name": "batch[1]", "dtype": "int32", "expected": "int64"}],
+    }
+    assert "y.long()" in result.findings[0].message
+
+
+def test_int64_labels_are_not_a_dtype_mismatch():
+    assert check_devices(*_args(healthy.make_mlp())).status == "pass"
+
+
+def test_float64_targets_are_reported_but_do_not_stop_the_other_probes():
+    made = healthy.make_regression()
+    x, y = made["batch"]
+    made["batch"] = (x, y.double())
+    report = run_probes(*_args(made))
+    assert report.findings[0].details == {
+        "tensors": [{"name": "batch[1]", "dtype": "float64", "expected": "float32"}],
+    }
+    assert [p.status for p in report.probes] == ["fail", "pass", "pass", "pass"]
+
+
+def test_batch_optimizer_state_and_device_argument():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.Adam(model.parameters())
+    opt.state[model.weight]["exp_avg"] = torch.zeros(2, 4, device="meta")
+    opt.state[model.weight]["exp_avg_sq"] = torch.zeros(2, 4, dtype=torch.float64)
+    opt.state[model.weight]["step"] = torch.tensor(3.0)  # 0-dim CPU scalars are fine anywhere
+    batch = {"inputs": torch.randn(3, 4), "targets": torch.randn(3, 2, device="meta")}
+    result = check_devices(model, nn.MSELoss(), batch, opt, device="cpu")
+    assert [(f.code, f.details) for f in result.findings] == [
+        ("SEN103", {"tensors": [
+            {"name": 'batch["targets"]', "device": "meta", "expected": "cpu"},
+            {"name": "optimizer.state[weight].exp_avg", "device": "meta", "expected": "cpu"},
+        ]}),
+        ("SEN104", {"tensors": [
+            {"name": "optimizer.state[weight].exp_avg_sq", "dtype": "float64", "expected": "float32"},
+        ]}),
+    ]
+    assert result.data == {"device": "cpu", "dtype": "float32"}
+
+
+# ------------------------------------------------------------------------- batch conventions
+
+
+def test_batch_conventions():
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
+    p = plan((x, y))
+    assert p.args[0] is x and p.targets is y and p.target_name == "batch[1]"
+    p = plan(((x, x), y))
+    assert len(p.args) == 2 and p.target_name == "batch[1]"
+    p = plan((x, x, y))
+    assert len(p.args) == 2 and p.input_names == ["batch[0]", "batch[1]"]
+    p = plan({"inputs": {"a": x}, "labels": y})
+    assert p.kwargs == {"a": x} and p.target_name == 'batch["labels"]'
+    p = plan({"ids": x, "mask": x, "y": y})
+    assert set(p.kwargs) == {"ids", "mask"} and p.target_name == 'batch["y"]'
+    p = plan(x)
+    assert p.args == (x,) and not p.has_targets
+    Batch = namedtuple("Batch", ["inputs", "targets"])
+    p = plan(Batch(x, y))
+    assert p.args == (x,) and p.target_name == "batch.targets"
+
+
+def test_unsupervised_batch_and_compute_loss():
+    torch.manual_seed(0)
+    auto = nn.Sequential(nn.Linear(6, 2), nn.Linear(2, 6))
+    x = torch.randn(10, 6)
+    report = run_probes(auto, None, x, compute_loss=lambda m, lf, b: ((m(b) - b) ** 2).mean(), steps=5)
+    assert [p.status for p in report.probes[:3]] == ["pass", "pass", "pass"]
+    report = run_probes(nn.Linear(6, 1), lambda out: out.pow(2).mean(), (x,), steps=5)
+    assert [p.status for p in report.probes[:3]] == ["pass", "pass", "pass"]
+
+
+def test_loss_that_is_not_a_tensor_is_the_users_error():
+    result = check_updates(nn.Linear(2, 1), lambda out, y: 1.0, (torch.randn(2, 2), torch.randn(2, 1)))
+    assert result.status == "error"
+    assert result.message == "loss_fn raised LossTypeError: loss_fn returned a float, not a tensor"
+
+
+def test_device_argument_validation():
+    made = healthy.make_mlp()
+    report = run_probes(*_args(made), device="cpu", steps=3)
+    assert report.device == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            check_devices(*_args(made), device="cuda")
+
+
+# ----------------------------------------------------------------------------------- contract
+
+
+def test_report_json_contract():
+    made = buggy.make_inf_in_backward()
+    report = run_probes(*_args(made), target="buggy.py:make_inf_in_backward", steps=10)
+    data = json.loads(report.to_json())
+    assert set(data) == {"target", "device", "findings", "probes"}
+    assert data["target"] == "buggy.py:make_inf_in_backward" and data["device"] == "cpu"
+    assert [set(f) for f in data["findings"]] == [{"code", "name", "message", "details"}]
+    assert data["findings"][0]["code"] == "SEN105" and data["findings"][0]["name"] == "non-finite-value"
+    assert data["findings"][0]["details"]["stage"] == "backward"
+    assert [p["name"] for p in data["probes"]] == ["devices", "finite", "updates", "overfit"]
+    assert [p["status"] for p in data["probes"]] == ["pass", "fail", "pass", "skipped"]
+    assert all({"name", "status", "seconds"} <= set(p) and p["seconds"] >= 0 for p in data["probes"])
+    assert isinstance(report, Report) and all(isinstance(p, ProbeResult) for p in report.probes)
+
+
+def test_public_api_is_exactly_the_five_names():
+    import sentinel.probes as probes
+
+    assert probes.__all__ == ["check_devices", "check_finite", "check_overfit", "check_updates", "run_probes"]
+
+
+def test_import_sentinel_stays_torch_free():
+    import subprocess
+
+    code = "import sys, sentinel, sentinel.findings, sentinel.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
