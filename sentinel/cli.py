@@ -50,7 +50,11 @@ def _codes(value: str | None) -> list[str] | None:
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
-    "--format", "fmt", type=click.Choice(FORMATS_LINT), default="text", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS_LINT),
+    default="text",
+    show_default=True,
     help="text: findings with source lines; concise: one line each; json: one array; github: annotations.",
 )
 @click.option("--select", help="Comma-separated codes, prefixes or names to enable (replaces the config's).")
@@ -115,7 +119,10 @@ def rule(rule: str | None, show_all: bool, fmt: str, color: str) -> None:
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps to run (probe/monitor).")
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
     help="Where to run the model and batch.",
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -135,8 +142,4 @@ def probe(target: str, script_args: tuple[str, ...], steps: int | None, device: 
             err=True,
         )
         sys.exit(2)
-    sys.exit(
-        run_probe_command(
-            target, steps=steps, device=device, fmt=fmt, color=color, script_args=list(script_args)
-        )
-    )
+    sys.exit(run_probe_command(target, steps=steps, device=device, fmt=fmt, color=color, script_args=list(script_args)))

@@ -20,10 +20,34 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_EXCLUDE: tuple[str, ...] = (
-    ".bzr", ".direnv", ".eggs", ".git", ".git-rewrite", ".hg", ".ipynb_checkpoints", ".mypy_cache",
-    ".nox", ".pants.d", ".pyenv", ".pytest_cache", ".pytype", ".ruff_cache", ".svn", ".tox", ".venv",
-    ".vscode", "__pypackages__", "__pycache__", "_build", "buck-out", "build", "dist", "node_modules",
-    "site-packages", "venv", ".sentinel_cache",
+    ".bzr",
+    ".direnv",
+    ".eggs",
+    ".git",
+    ".git-rewrite",
+    ".hg",
+    ".ipynb_checkpoints",
+    ".mypy_cache",
+    ".nox",
+    ".pants.d",
+    ".pyenv",
+    ".pytest_cache",
+    ".pytype",
+    ".ruff_cache",
+    ".svn",
+    ".tox",
+    ".venv",
+    ".vscode",
+    "__pypackages__",
+    "__pycache__",
+    "_build",
+    "buck-out",
+    "build",
+    "dist",
+    "node_modules",
+    "site-packages",
+    "venv",
+    ".sentinel_cache",
 )
 
 KNOWN_KEYS = {"select", "ignore", "extend-select", "exclude", "extend-exclude", "per-file-ignores"}
@@ -61,7 +85,7 @@ class Settings:
         if below is not None:
             base = self._relative(below)
             if base not in ("", ".") and (rel == base or rel.startswith(base + "/")):
-                parts = rel[len(base):].lstrip("/").split("/")
+                parts = rel[len(base) :].lstrip("/").split("/")
                 if any(fnmatch.fnmatch(self._relative(below), p.rstrip("/")) for p in self.exclude if "/" in p):
                     return any(fnmatch.fnmatch(part, p) for p in self.exclude if "/" not in p for part in parts)
         for pattern in self.exclude:

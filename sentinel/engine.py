@@ -39,8 +39,9 @@ class Diagnostic:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["url"] = rule_class(self.code).url() if rule_class(self.code) else None
-        return {k: out[k] for k in ("code", "name", "path", "line", "column", "end_line", "end_column",
-                                    "message", "url")}
+        return {
+            k: out[k] for k in ("code", "name", "path", "line", "column", "end_line", "end_column", "message", "url")
+        }
 
 
 class SourceError(Exception):
@@ -87,9 +88,7 @@ def line_suppressions(line: str) -> list[set[str] | None]:
 
 
 def file_suppressions(source: str) -> list[set[str] | None]:
-    return [
-        _split_codes(m.group("codes")) if m.group("codes") else None for m in _FILE_NOQA.finditer(source)
-    ]
+    return [_split_codes(m.group("codes")) if m.group("codes") else None for m in _FILE_NOQA.finditer(source)]
 
 
 # -- locations ---------------------------------------------------------------------------------------
@@ -215,7 +214,9 @@ def decode(data: bytes) -> str:
         text = data.decode(encoding)
     except (UnicodeDecodeError, LookupError) as exc:
         line = data[: getattr(exc, "start", 0)].count(b"\n") + 1
-        raise SourceError(f"not valid {encoding} text ({exc.reason if hasattr(exc, 'reason') else exc})", line) from None
+        raise SourceError(
+            f"not valid {encoding} text ({exc.reason if hasattr(exc, 'reason') else exc})", line
+        ) from None
     return text.lstrip("\ufeff")
 
 
@@ -231,7 +232,7 @@ def check_source(
         return []
     if file_level:
         rule_list = [r for r in rule_list if not any(_matches(codes, r) for codes in file_level)]
-    active = [r for r in rule_list if r.TRIGGER.search(source)]
+    active = [r for r in rule_list if r.triggered(source)]
     if not active:
         return []
     try:

@@ -66,8 +66,14 @@ def _rule_pairs() -> list[tuple[str, str]]:
     return [(r.CODE, r.NAME) for r in all_rules()]
 
 
-def enabled_rules(settings: Settings, path: Path | None = None, *, select: list[str] | None = None,
-                  ignore: list[str] | None = None, extend_select: list[str] | None = None) -> list[type[Rule]]:
+def enabled_rules(
+    settings: Settings,
+    path: Path | None = None,
+    *,
+    select: list[str] | None = None,
+    ignore: list[str] | None = None,
+    extend_select: list[str] | None = None,
+) -> list[type[Rule]]:
     """Rules enabled for ``path``: CLI selection over the config's, minus per-file ignores."""
     codes = resolve_selection(
         _rule_pairs(),
@@ -105,6 +111,12 @@ def _lint_path(path: str, codes: tuple[str, ...]) -> FileResult:
         return FileResult(path, error=f"{where}: {exc.reason}")
     except RecursionError:
         return FileResult(path, error=f"{path}: too deeply nested to analyse")
+    except Exception as exc:  # a bug in sentinel must not cost the user the other files
+        if os.environ.get("SENTINEL_DEBUG"):
+            raise
+        return FileResult(
+            path, error=f"{path}: internal error in sentinel ({type(exc).__name__}: {exc}); please report it"
+        )
     return FileResult(path, diagnostics=diags)
 
 
@@ -115,7 +127,9 @@ def lint_file(path: Path, settings: Settings | None = None) -> FileResult:
     return _lint_path(str(path), tuple(r.CODE for r in rules))
 
 
-def discover(paths: Iterable[Path], settings: Settings, *, force_exclude: bool = False) -> Iterator[tuple[Path, str | None]]:
+def discover(
+    paths: Iterable[Path], settings: Settings, *, force_exclude: bool = False
+) -> Iterator[tuple[Path, str | None]]:
     """Yield ``(file, error)``: Python files under ``paths``, pruning excluded directories.
 
     A path given explicitly is always linted (and an excluded directory given explicitly is walked),
@@ -269,8 +283,10 @@ def _summary(results: list[FileResult]) -> str:
     files = len(results)
     parts = []
     if n:
-        parts.append(f"Found {n} problem{'s' if n != 1 else ''} in {sum(1 for r in results if r.diagnostics)} "
-                     f"of {files} file{'s' if files != 1 else ''}.")
+        parts.append(
+            f"Found {n} problem{'s' if n != 1 else ''} in {sum(1 for r in results if r.diagnostics)} "
+            f"of {files} file{'s' if files != 1 else ''}."
+        )
     else:
         parts.append(f"All checks passed! ({files} file{'s' if files != 1 else ''})")
     if errors:
@@ -288,8 +304,13 @@ def run_lint_command(options: LintOptions) -> int:
     try:
         settings = load_settings(options.paths[0] if options.paths else Path("."), use_config=options.use_config)
         results = lint_paths(
-            options.paths, settings, select=options.select, ignore=options.ignore,
-            extend_select=options.extend_select, force_exclude=options.force_exclude, jobs=options.jobs,
+            options.paths,
+            settings,
+            select=options.select,
+            ignore=options.ignore,
+            extend_select=options.extend_select,
+            force_exclude=options.force_exclude,
+            jobs=options.jobs,
         )
     except ConfigError as exc:
         err.print(Text(f"sentinel: configuration error: {exc}", style="bold red"))

@@ -54,6 +54,7 @@ class ForwardEvent(Event):
     evalish: bool = False  # names (function, loader, inputs, phase) say validation/test
     dummy_input: bool = False  # called on torch.zeros/ones/randn literals (shape inference, warm-up)
     lightning_eval: bool = False
+    sensitive: bool | None = None  # the model has dropout/batch-norm style layers (None: unknown)
 
 
 @dataclass
@@ -64,11 +65,22 @@ class BackwardEvent(Event):
 @dataclass
 class StepEvent(Event):
     optimizer: str = ""
+    ident: Any = None  # the optimizer object, when known
+    model: Any = None  # the model whose parameters it optimizes, when known
 
 
 @dataclass
 class ResetEvent(Event):
-    pass
+    target: Any = None  # what was reset: an optimizer or model object; None = unknown / everything
+    kind: str | None = None  # "optimizer" | "model" | None
+
+    def covers(self, step: StepEvent) -> bool:
+        """Does this reset clear the gradients ``step`` applies?"""
+        if self.target is None or step.ident is None:
+            return True
+        if self.kind == "optimizer":
+            return self.target == step.ident
+        return step.model is None or self.target == step.model
 
 
 @dataclass
@@ -106,6 +118,8 @@ class Facts:
     # (ctx id, name) -> last seq at which the name was read
     last_read: dict[tuple[int, str], int] = field(default_factory=dict)
     escaped_taints: set = field(default_factory=set)
+    # (ctx id, name) of snapshots stored into a container that outlives the loop iteration
+    stored: set = field(default_factory=set)
     proven_graph_taints: set = field(default_factory=set)
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -189,7 +203,7 @@ class Facts:
         out = []
         for ev in self.forwards:
             if ev.lightning_eval or ev.dummy_input and ev.seq < first_training:
-                continue
+                continue  # a smoke test / shape probe on random inputs before anything trained
             if self.connected_to_backward(frozenset({ev.id})):
                 continue
             if ev.id in self.escaped_taints and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):

@@ -94,6 +94,7 @@ class ClassInfo:
     methods: dict[str, FuncInfo] = field(default_factory=dict)
     class_attrs: dict[str, V] = field(default_factory=dict)
     _forward_probs: Any = None
+    uses_mode: bool = False  # forward reads self.training or calls F.dropout / F.batch_norm
     _static_instance: Any = None
 
     @property
@@ -130,8 +131,10 @@ class ClassInfo:
     def is_module(self) -> bool:
         for q in self._qual_bases():
             name = api.last(q)
-            if q.startswith("torch.nn.") or name in ("Module", "LightningModule") or name.endswith(
-                ("Module", "PreTrainedModel")
+            if (
+                q.startswith("torch.nn.")
+                or name in ("Module", "LightningModule")
+                or name.endswith(("Module", "PreTrainedModel"))
             ):
                 return True
         return False
@@ -328,7 +331,12 @@ class Interpreter:
         state = State(None)
         state.grad = None
         ctx = Ctx(
-            id=next(self.ctx_ids), name=info.name, func=info, parent=None, depth=1, entry=True,
+            id=next(self.ctx_ids),
+            name=info.name,
+            func=info,
+            parent=None,
+            depth=1,
+            entry=True,
             closure=info.closure,
         )
         self._global_state = module_state
@@ -336,8 +344,10 @@ class Interpreter:
         if info.cls is not None and info.kind not in ("staticmethod",):
             self_value = self._static_self(info.cls)
         ctx.model_method = bool(info.cls is not None and info.cls.is_module and not info.cls.is_lightning)
-        if info.cls is not None and info.cls.is_lightning and info.name.startswith(
-            ("validation_step", "test_step", "predict_step", "on_validation", "on_test")
+        if (
+            info.cls is not None
+            and info.cls.is_lightning
+            and info.name.startswith(("validation_step", "test_step", "predict_step", "on_validation", "on_test"))
         ):
             ctx.lightning_eval = True
         self._bind_params(info, ctx, state, args=[], kwargs={}, self_value=self_value, unknown_callers=True)
@@ -359,8 +369,15 @@ class Interpreter:
             if init is not None:
                 st = State(None)
                 st.grad = None
-                ctx = Ctx(id=next(self.ctx_ids), name="__init__", func=init, parent=None, depth=1, entry=True,
-                          model_method=cls.is_module)
+                ctx = Ctx(
+                    id=next(self.ctx_ids),
+                    name="__init__",
+                    func=init,
+                    parent=None,
+                    depth=1,
+                    entry=True,
+                    model_method=cls.is_module,
+                )
                 self._bind_params(init, ctx, st, args=[], kwargs={}, self_value=value, unknown_callers=True)
                 self.active.append(init)
                 try:
@@ -521,8 +538,13 @@ class Interpreter:
     def _push_frame(self, node: cst.CSTNode, ctx: Ctx, label: str, unrolled: bool = False) -> Frame:
         fid = next(self.ids)
         frame = Frame(
-            id=fid, node=node, parent=self.frame_stack[-1] if self.frame_stack else None, ctx=ctx.id,
-            start=next(self.seq), label=label, unrolled=unrolled,
+            id=fid,
+            node=node,
+            parent=self.frame_stack[-1] if self.frame_stack else None,
+            ctx=ctx.id,
+            start=next(self.seq),
+            label=label,
+            unrolled=unrolled,
         )
         self.facts.frames[fid] = frame
         self.frame_stack.append(fid)
@@ -555,11 +577,7 @@ class Interpreter:
         it = self.eval(node.iter, state, ctx)
         label = it.label or self._expr_label(node.iter)
         elems = it.elems if it.kind in (TUPLE, LIST) else None
-        if (
-            elems is not None
-            and 0 < len(elems) <= 6
-            and isinstance(node.target, (cst.Name, cst.Tuple))
-        ):
+        if elems is not None and 0 < len(elems) <= 6 and isinstance(node.target, (cst.Name, cst.Tuple)):
             # a loop over a literal list (phases, loaders, learning rates): unroll it
             for elem in elems:
                 frame = self._push_frame(node, ctx, f"{label}={elem.const if elem.is_const else elem.label}", True)
@@ -576,7 +594,9 @@ class Interpreter:
             frame = self._push_frame(node, ctx, label)
             try:
                 out = self._loop_body(
-                    node, state, ctx,
+                    node,
+                    state,
+                    ctx,
                     lambda s: self.assign(node.target, element, s, ctx, None, loop_target=True),
                 )
             finally:
@@ -687,15 +707,19 @@ class Interpreter:
                 self.fresh_stack[-1].add(name)
         elif isinstance(target, (cst.Tuple, cst.List)):
             elements = [e.value for e in target.elements]
-            if value.elems is not None and len(value.elems) == len(elements) and not any(
-                isinstance(e, cst.StarredElement) for e in target.elements
+            if (
+                value.elems is not None
+                and len(value.elems) == len(elements)
+                and not any(isinstance(e, cst.StarredElement) for e in target.elements)
             ):
                 for t, v in zip(elements, value.elems):
                     self.assign(t, v, state, ctx, None, loop_target=loop_target)
             else:
                 part = V(
                     TENSOR if value.kind == TENSOR else UNKNOWN,
-                    graph=value.graph, taints=value.taints, label=value.label,
+                    graph=value.graph,
+                    taints=value.taints,
+                    label=value.label,
                 )
                 for t in elements:
                     self.assign(t, part, state, ctx, None, loop_target=loop_target)
@@ -707,16 +731,26 @@ class Interpreter:
             owner = self.eval(target.value, state, ctx, record=False)
             if path is not None:
                 if not loop_target:
-                    self._maybe_snapshot(target, path, value, value_node, ctx, persistent=True)
+                    self._maybe_snapshot(target, path, value, value_node, ctx, persistent=self._outlives(path))
                 state.env[path] = value
             if owner.kind in (INSTANCE, MODEL) and isinstance(owner.ref, Instance):
                 owner.ref.attrs[target.attr.value] = value
         elif isinstance(target, cst.Subscript):
             self.eval(target.value, state, ctx, record=False)
             if not loop_target:
-                self._maybe_snapshot(target, _target_text(target), value, value_node, ctx, persistent=True)
+                text = _target_text(target)
+                self._maybe_snapshot(target, text, value, value_node, ctx, persistent=self._outlives(text))
+                if isinstance(value_node, cst.Name) and value.alias is not None and self._outlives(text):
+                    self.facts.stored.add((ctx.id, value_node.value))
         elif isinstance(target, cst.StarredElement):
             self.assign(target.value, TOP, state, ctx, None, loop_target=loop_target)
+
+    def _outlives(self, path: str) -> bool:
+        """Does the object at ``path`` (a name, ``self.x``, ``d[k]``) outlive the current loop iteration?"""
+        base = path.split(".")[0].split("[")[0]
+        if not self.fresh_stack:
+            return True
+        return base == "self" or base not in self.fresh_stack[-1]
 
     def _maybe_snapshot(self, target, name: str, value: V, value_node, ctx: Ctx, persistent: bool = False) -> None:
         if not self.frame_stack or ctx.model_method:
@@ -741,8 +775,11 @@ class Interpreter:
         if isinstance(node.operator, (cst.AddAssign, cst.SubtractAssign)):
             new = self._accumulate(node, node.target, old, value, state, ctx)
         else:
-            new = V(TENSOR if TENSOR in (old.kind, value.kind) else UNKNOWN,
-                    graph=graph_of(old, value), taints=merge_taints(old, value))
+            new = V(
+                TENSOR if TENSOR in (old.kind, value.kind) else UNKNOWN,
+                graph=graph_of(old, value),
+                taints=merge_taints(old, value),
+            )
         if isinstance(node.target, cst.Name):
             state.env[node.target.value] = new.with_(label=old.label)
         elif isinstance(node.target, cst.Attribute):
@@ -753,9 +790,13 @@ class Interpreter:
     def _accumulate(self, node, target, old: V, value: V, state: State, ctx: Ctx) -> V:
         text = _target_text(target)
         acc_id = next(self.ids)
-        if self.frame_stack and not ctx.model_method and value.kind in (TENSOR, UNKNOWN) and (
-            value.graph is not False
-        ) and value.taints:
+        if (
+            self.frame_stack
+            and not ctx.model_method
+            and value.kind in (TENSOR, UNKNOWN)
+            and (value.graph is not False)
+            and value.taints
+        ):
             base = text.split(".")[0].split("[")[0]
             persistent = isinstance(target, (cst.Attribute, cst.Subscript))
             outlives = persistent or base not in self.fresh_stack[-1]
@@ -849,7 +890,10 @@ class Interpreter:
                 elems.append(ev)
             kind = TUPLE if t is cst.Tuple else LIST
             return V(
-                kind, elems=tuple(elems), taints=merge_taints(*elems), graph=graph_of(*elems) if elems else False,
+                kind,
+                elems=tuple(elems),
+                taints=merge_taints(*elems),
+                graph=graph_of(*elems) if elems else False,
                 ident=object() if kind == LIST else None,
                 alias=next((e.alias for e in elems if e.alias is not None), None),
             )
@@ -862,8 +906,11 @@ class Interpreter:
                 else:
                     vals.append(self.eval(el.value, state, ctx))
             return V(
-                DICT, taints=merge_taints(*vals), graph=graph_of(*vals) if vals else False,
-                alias=next((v.alias for v in vals if v.alias is not None), None), ident=object(),
+                DICT,
+                taints=merge_taints(*vals),
+                graph=graph_of(*vals) if vals else False,
+                alias=next((v.alias for v in vals if v.alias is not None), None),
+                ident=object(),
             )
         if t in (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp):
             return self.eval_comprehension(node, state, ctx)
@@ -919,7 +966,7 @@ class Interpreter:
             return state.env[path]
         base = self.eval(node.value, state, ctx, record)
         attr = node.attr.value
-        if base.kind == QUAL:
+        if base.kind == QUAL and isinstance(base.const, str):
             return V(QUAL, const=api.normalize(f"{base.const}.{attr}"))
         if base.kind in (INSTANCE, MODEL, CLASS) and base.ref is not None:
             inst = base.ref
@@ -929,6 +976,9 @@ class Interpreter:
                 cls = inst.cls
             else:
                 cls = inst
+            if attr == "training" and isinstance(cls, ClassInfo):
+                cls.uses_mode = True
+                return V(CONST)
             if isinstance(cls, ClassInfo):
                 m = cls.method(attr)
                 if m is not None:
@@ -936,7 +986,11 @@ class Interpreter:
                 for c in cls.mro():
                     if attr in c.class_attrs:
                         return c.class_attrs[attr]
-                if isinstance(inst, Instance) and cls._static_instance is not None and cls._static_instance.ref is not inst:
+                if (
+                    isinstance(inst, Instance)
+                    and cls._static_instance is not None
+                    and cls._static_instance.ref is not inst
+                ):
                     st = cls._static_instance.ref.attrs.get(attr)
                     if st is not None:
                         return st
@@ -1024,8 +1078,9 @@ class Interpreter:
         if base.kind == MODEL:
             return base
         if base.kind in (DICT, LIST, TUPLE, STATE_DICT):
-            return V(UNKNOWN, graph=base.graph if base.graph else None, taints=base.taints, label=label,
-                     alias=base.alias)
+            return V(
+                UNKNOWN, graph=base.graph if base.graph else None, taints=base.taints, label=label, alias=base.alias
+            )
         if base.kind == LOADER:
             return V(LOADER, label=label)
         return V(UNKNOWN, taints=base.taints, label=label)
@@ -1062,7 +1117,12 @@ class Interpreter:
         if it.kind == TUPLE and it.ref == "items":
             return V(TUPLE, elems=(V(CONST), V(TENSOR, graph=False, alias=it.alias)), alias=it.alias)
         # batches from a loader: tensors without a graph, labelled by the loader
-        return V(UNKNOWN, graph=False, label=it.label, taints=it.taints if it.graph else frozenset())
+        return V(
+            UNKNOWN,
+            graph=False if it.graph is False else None,
+            label=it.label,
+            taints=it.taints if it.graph is not False else frozenset(),
+        )
 
     @staticmethod
     def _expr_label(node) -> str:
@@ -1114,7 +1174,7 @@ class Interpreter:
                 if attr_value is not None:
                     args, kwargs, _ = self._args(node, state, ctx)
                     return self.call_value(attr_value, node, args, kwargs, state, ctx)
-            if recv.kind == QUAL:
+            if recv.kind == QUAL and isinstance(recv.const, str):
                 fv = V(QUAL, const=api.normalize(f"{recv.const}.{func.attr.value}"))
                 args, kwargs, star = self._args(node, state, ctx)
                 return self.call_value(fv, node, args, kwargs, state, ctx)
@@ -1131,7 +1191,7 @@ class Interpreter:
             return self.inline(fv.ref, node, args, kwargs, state, ctx, self_value=self_value)
         if kind == CLASS and isinstance(fv.ref, ClassInfo):
             return self.instantiate(fv.ref, node, args, kwargs, state, ctx)
-        if kind == QUAL:
+        if kind == QUAL and isinstance(fv.const, str):
             return self.call_api(fv.const, node, args, kwargs, state, ctx)
         if kind == MODEL:
             return self.forward(fv, node, args, kwargs, state, ctx)
@@ -1161,6 +1221,8 @@ class Interpreter:
     def call_api(self, qual: str, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         name = api.last(qual)
         x = args[0] if args else TOP
+        if name in _MODE_FUNCS and ctx.func is not None and ctx.func.cls is not None:
+            ctx.func.cls.uses_mode = True
         if qual in api.SOFTMAX_FUNCS:
             return V(TENSOR, probs=node, graph=x.graph, taints=x.taints, origin=node)
         if qual in api.CROSS_ENTROPY_FUNCS:
@@ -1184,13 +1246,16 @@ class Interpreter:
         if qual == "torch.nn.Sequential":
             return self._sequential(node, args)
         if qual in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
-            return V(MODEL, ident=object(), origin=node)
+            return V(
+                MODEL, ident=object(), origin=node, sensitive=_any_sensitive(x.elems) if x.elems is not None else None
+            )
         if api.is_module_class(qual):
-            return V(MODEL, ident=object(), origin=node)
+            return V(MODEL, ident=object(), origin=node, sensitive=_layer_sensitive(qual, kwargs))
         if api.is_scaler_class(qual):
             return V(SCALER, origin=node)
         if api.is_optimizer_class(qual):
-            return V(OPTIMIZER, ident=object(), origin=node)
+            params = args[0] if args else kwargs.get("params", TOP)
+            return V(OPTIMIZER, ident=object(), origin=node, alias=params.ident if params.kind == PARAMS else None)
         if api.is_scheduler(qual):
             return V(SCHEDULER, origin=node)
         if name == "DataLoader":
@@ -1217,9 +1282,12 @@ class Interpreter:
                 return V(TENSOR, graph=False, origin=node)
             if name in ("log_softmax",):
                 return V(TENSOR, graph=x.graph, taints=x.taints)
-            if name in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (len(args) > 1 or "dim" in kwargs):
-                return V(TUPLE, elems=(V(TENSOR, graph=x.graph, taints=x.taints), V(TENSOR, graph=False)),
-                         taints=x.taints)
+            if name in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (
+                len(args) > 1 or "dim" in kwargs
+            ):
+                return V(
+                    TUPLE, elems=(V(TENSOR, graph=x.graph, taints=x.taints), V(TENSOR, graph=False)), taints=x.taints
+                )
             vals = [*args, *kwargs.values()]
             flat = []
             for v in vals:
@@ -1243,7 +1311,7 @@ class Interpreter:
                     mod = elems[-1].elems[1]
                     if mod.kind == SOFTMAX:
                         probs = mod.origin or node
-        return V(MODEL, ident=object(), probs=probs, origin=node)
+        return V(MODEL, ident=object(), probs=probs, origin=node, sensitive=_any_sensitive(args))
 
     def _builtin(self, name: str, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         x = args[0] if args else TOP
@@ -1252,8 +1320,11 @@ class Interpreter:
                 return x
             return V(CONST, graph=False)
         if name in ("enumerate",):
-            return V(UNKNOWN, label=x.label, graph=x.graph, taints=x.taints, alias=x.alias, ref="enumerate",
-                     elems=None) if x.kind != PARAMS else x
+            return (
+                V(UNKNOWN, label=x.label, graph=x.graph, taints=x.taints, alias=x.alias, ref="enumerate", elems=None)
+                if x.kind != PARAMS
+                else x
+            )
         if name in ("zip", "iter", "reversed", "sorted", "list", "tuple", "next"):
             if name == "list" and x.kind in (LIST, TUPLE):
                 return x.with_(kind=LIST)
@@ -1270,8 +1341,9 @@ class Interpreter:
         return V(UNKNOWN, taints=merge_taints(*args))
 
     # -- methods ----------------------------------------------------------------------------------
-    def call_method(self, recv: V, meth: str, node: cst.Call, args: list[V], kwargs: dict[str, V],
-                    state: State, ctx: Ctx) -> V:
+    def call_method(
+        self, recv: V, meth: str, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx
+    ) -> V:
         # a method defined in this file wins over everything else
         if recv.kind in (INSTANCE, MODEL) and isinstance(recv.ref, Instance):
             m = recv.ref.cls.method(meth)
@@ -1283,6 +1355,12 @@ class Interpreter:
             return TOP
         x = args[0] if args else TOP
         receiver_name = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
+        if meth in _STORE_METHODS and receiver_name and self.frame_stack and self._outlives(receiver_name):
+            for a in node.args:
+                if isinstance(a.value, cst.Name):
+                    v = state.env.get(a.value.value)
+                    if v is not None and v.alias is not None and v.kind in (STATE_DICT, DICT):
+                        self.facts.stored.add((ctx.id, a.value.value))
         rname = api.last(receiver_name) if receiver_name else recv.label
 
         if meth == "backward":
@@ -1293,14 +1371,28 @@ class Interpreter:
             self._backward(node, x, ctx)
             return TOP
         if meth == "zero_grad":
-            self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+            kind = "optimizer" if recv.kind == OPTIMIZER else ("model" if recv.kind in (MODEL, INSTANCE) else None)
+            self.facts.resets.append(self._ev(ResetEvent, node, ctx, target=recv.ident if kind else None, kind=kind))
             return TOP
         if meth == "step":
-            if recv.kind == OPTIMIZER or (recv.kind not in (SCHEDULER, SCALER, MODEL, LOADER) and rname and api.optimizerish(rname)):
-                self.facts.steps.append(self._ev(StepEvent, node, ctx, optimizer=rname or ""))
+            if recv.kind == OPTIMIZER or (
+                recv.kind not in (SCHEDULER, SCALER, MODEL, LOADER) and rname and api.optimizerish(rname)
+            ):
+                self.facts.steps.append(
+                    self._ev(StepEvent, node, ctx, optimizer=rname or "", ident=recv.ident, model=recv.alias)
+                )
                 self._closure(args, kwargs, node, state, ctx)
             elif recv.kind == SCALER or (rname and api.scalerish(rname)):
-                self.facts.steps.append(self._ev(StepEvent, node, ctx, optimizer=x.label or "scaler"))
+                self.facts.steps.append(
+                    self._ev(
+                        StepEvent,
+                        node,
+                        ctx,
+                        optimizer=x.label or "scaler",
+                        ident=x.ident if x.kind == OPTIMIZER else None,
+                        model=x.alias,
+                    )
+                )
                 self._closure(args[1:], kwargs, node, state, ctx)
             return TOP
         if recv.kind == SCALER or (recv.kind == UNKNOWN and rname and api.scalerish(rname)):
@@ -1350,8 +1442,12 @@ class Interpreter:
         acc_id = next(self.ids)
         items = x.elems if (meth == "extend" and x.elems is not None) else (x,)
         for item in items:
-            if self.frame_stack and not ctx.model_method and item.kind in (TENSOR, UNKNOWN) and item.taints and (
-                item.graph is not False
+            if (
+                self.frame_stack
+                and not ctx.model_method
+                and item.kind in (TENSOR, UNKNOWN)
+                and item.taints
+                and (item.graph is not False)
             ):
                 base = (path or "").split(".")[0]
                 outlives = bool(path) and ("." in path or base not in self.fresh_stack[-1])
@@ -1359,6 +1455,10 @@ class Interpreter:
                     self._ev(AccumEvent, node, ctx, id=acc_id, target=path or "<list>", value=item, outlives=outlives)
                 )
         new = recv.with_(taints=recv.taints | x.taints | {acc_id}, graph=True if x.graph else recv.graph)
+        if isinstance(node.func, cst.Attribute) and isinstance(node.func.value, cst.Attribute):
+            owner = self.eval(node.func.value.value, state, ctx, record=False)
+            if isinstance(owner.ref, Instance):
+                owner.ref.attrs[node.func.value.attr.value] = new
         if path is not None:
             if path in state.env or "." not in path:
                 state.env[path] = new
@@ -1404,8 +1504,11 @@ class Interpreter:
         if meth in api.TENSOR_NO_GRAPH_METHODS:
             return V(TENSOR, graph=False)
         if meth in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (args or kwargs):
-            return V(TUPLE, elems=(V(TENSOR, graph=recv.graph, taints=recv.taints), V(TENSOR, graph=False)),
-                     taints=recv.taints)
+            return V(
+                TUPLE,
+                elems=(V(TENSOR, graph=recv.graph, taints=recv.taints), V(TENSOR, graph=False)),
+                taints=recv.taints,
+            )
         if meth in ("zero_", "fill_") and isinstance(node.func, cst.Attribute):
             text = _dotted(node.func.value) or ""
             if text.endswith(".grad") or text.endswith(".grad.data"):
@@ -1440,22 +1543,64 @@ class Interpreter:
         evalish = (
             any(api.evalish_function(n) for n in fn_names)
             or any(api.evalish(f.label) for f in frames[-1:])
-            or api.evalish(input_labels) or api.evalish(arg_text)
+            or api.evalish(input_labels)
+            or api.evalish(arg_text)
         )
-        dummy = bool(node.args) and all(
-            isinstance(a.value, cst.Call) and (_dotted(a.value.func) or "").rsplit(".", 1)[-1] in _DUMMY_FACTORIES
-            for a in node.args
-        )
+        dummy = bool(args) and not api.evalish(arg_text) and all(_is_factory(a.origin) for a in args)
         ev = self._ev(
-            ForwardEvent, node, ctx, id=fid, model=model, modes=state.mode_of(model.ident),
-            grad=state.grad, evalish=evalish, dummy_input=dummy, lightning_eval=ctx.lightning_eval,
+            ForwardEvent,
+            node,
+            ctx,
+            id=fid,
+            model=model,
+            modes=state.mode_of(model.ident),
+            sensitive=self.sensitivity(model),
+            grad=state.grad,
+            evalish=evalish,
+            dummy_input=dummy,
+            lightning_eval=ctx.lightning_eval,
         )
         self.facts.forwards.append(ev)
         if out_elems is not None:
-            elems = tuple(e.with_(taints=e.taints | {fid}, graph=graph if e.kind in (TENSOR, UNKNOWN) else e.graph)
-                          for e in out_elems)
+            elems = tuple(
+                e.with_(taints=e.taints | {fid}, graph=graph if e.kind in (TENSOR, UNKNOWN) else e.graph)
+                for e in out_elems
+            )
             return V(TUPLE, elems=elems, taints=taints | {fid}, graph=graph, origin=node)
         return V(TENSOR, probs=probs, graph=graph, taints=taints | {fid}, origin=node)
+
+    def sensitivity(self, model: V, _seen: set | None = None) -> bool | None:
+        """Does the model hold layers that behave differently in train and eval mode? None: unknown."""
+        if model.sensitive is not None:
+            return model.sensitive
+        inst = model.ref
+        if not (isinstance(inst, Instance) and inst.cls.is_module):
+            return None
+        seen = _seen if _seen is not None else set()
+        if id(inst) in seen:
+            return False
+        seen.add(id(inst))
+        cls = inst.cls
+        self.class_forward(inst)
+        if any(c.uses_mode for c in cls.mro()):
+            return True
+        if any(not q.startswith("torch.nn.") for q in cls._qual_bases()):
+            return None  # a subclass of some library model: cannot tell
+        result: bool | None = False
+        static = (
+            cls._static_instance.ref.attrs
+            if cls._static_instance is not None and isinstance(cls._static_instance.ref, Instance)
+            else {}
+        )
+        for v in [*inst.attrs.values(), *static.values()]:
+            if v.kind != MODEL:
+                continue
+            sub = self.sensitivity(v, seen)
+            if sub:
+                return True
+            if sub is None:
+                result = None
+        return result
 
     def class_forward(self, inst: Instance) -> V | None:
         """What the model class's ``forward`` returns (probabilities? a tuple?), analysed once per class."""
@@ -1468,11 +1613,11 @@ class Interpreter:
             return None
         st = State(None)
         st.grad = None
-        ctx = Ctx(id=next(self.ctx_ids), name="forward", func=fwd, parent=None, depth=1, model_method=True,
-                  entry=False)
+        ctx = Ctx(id=next(self.ctx_ids), name="forward", func=fwd, parent=None, depth=1, model_method=True, entry=False)
         self_value = V(MODEL, ident=inst, ref=inst)
-        self._bind_params(fwd, ctx, st, args=[], kwargs={}, self_value=self_value, unknown_callers=True,
-                          default_kind=TENSOR)
+        self._bind_params(
+            fwd, ctx, st, args=[], kwargs={}, self_value=self_value, unknown_callers=True, default_kind=TENSOR
+        )
         saved_frames, saved_fresh, saved_stmt = self.frame_stack, self.fresh_stack, self.stmt
         self.frame_stack, self.fresh_stack = [], []
         self.active.append(fwd)
@@ -1502,8 +1647,18 @@ class Interpreter:
             cls._static_instance = value
         return value
 
-    def inline(self, info: FuncInfo, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx,
-               *, self_value: V | None = None, model_method: bool | None = None) -> V:
+    def inline(
+        self,
+        info: FuncInfo,
+        node,
+        args: list[V],
+        kwargs: dict[str, V],
+        state: State,
+        ctx: Ctx,
+        *,
+        self_value: V | None = None,
+        model_method: bool | None = None,
+    ) -> V:
         self.executed.add(id(info.node))
         if info in self.active or ctx.depth >= MAX_DEPTH:
             return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()))
@@ -1512,15 +1667,25 @@ class Interpreter:
         callee_state.grad = info.grad if info.grad is not None else state.grad
         cls = info.cls
         is_model_method = (
-            model_method if model_method is not None
+            model_method
+            if model_method is not None
             else bool(cls is not None and cls.is_module and not cls.is_lightning and info.name != "__call__")
         )
-        lightning_eval = bool(cls is not None and cls.is_lightning and info.name.startswith(
-            ("validation_step", "test_step", "predict_step")))
+        lightning_eval = bool(
+            cls is not None
+            and cls.is_lightning
+            and info.name.startswith(("validation_step", "test_step", "predict_step"))
+        )
         callee = Ctx(
-            id=next(self.ctx_ids), name=info.name, func=info, parent=ctx, depth=ctx.depth + 1,
-            model_method=is_model_method or ctx.model_method, lightning_eval=lightning_eval or ctx.lightning_eval,
-            closure=info.closure, entry=False,
+            id=next(self.ctx_ids),
+            name=info.name,
+            func=info,
+            parent=ctx,
+            depth=ctx.depth + 1,
+            model_method=is_model_method or ctx.model_method,
+            lightning_eval=lightning_eval or ctx.lightning_eval,
+            closure=info.closure,
+            entry=False,
         )
         if info.cls is not None and info.kind == "staticmethod":
             self_value = None
@@ -1541,8 +1706,18 @@ class Interpreter:
             result = r if result is None else join(result, r)
         return result if result is not None else V(CONST, const=None)
 
-    def _bind_params(self, info: FuncInfo, ctx: Ctx, state: State, args: list[V], kwargs: dict[str, V], *,
-                     self_value: V | None, unknown_callers: bool, default_kind: str | None = None) -> None:
+    def _bind_params(
+        self,
+        info: FuncInfo,
+        ctx: Ctx,
+        state: State,
+        args: list[V],
+        kwargs: dict[str, V],
+        *,
+        self_value: V | None,
+        unknown_callers: bool,
+        default_kind: str | None = None,
+    ) -> None:
         params = info.node.params
         positional = [*params.posonly_params, *params.params]
         args = list(args)
@@ -1558,7 +1733,11 @@ class Interpreter:
             elif name in kwargs:
                 v = kwargs[name]
             elif p.default is not None:
-                v = self.eval(p.default, state, ctx, record=False) if unknown_callers is False else self._param_default(p, name, state, ctx)
+                v = (
+                    self.eval(p.default, state, ctx, record=False)
+                    if unknown_callers is False
+                    else self._param_default(p, name, state, ctx)
+                )
             else:
                 v = self._guess(name) if default_kind is None else V(default_kind, label=name)
             state.env[name] = v if not (v.kind == UNKNOWN and not v.label) else v.with_(label=name)
@@ -1572,7 +1751,9 @@ class Interpreter:
                 v = self._guess(name)
             state.env[name] = v
         if isinstance(params.star_arg, cst.Param):
-            state.env[params.star_arg.name.value] = V(TUPLE, elems=tuple(args[len(positional):]) if not unknown_callers else None)
+            state.env[params.star_arg.name.value] = V(
+                TUPLE, elems=tuple(args[len(positional) :]) if not unknown_callers else None
+            )
         if params.star_kwarg is not None:
             state.env[params.star_kwarg.name.value] = V(DICT)
 
@@ -1585,12 +1766,102 @@ class Interpreter:
 
 
 _CALLED = re.compile(r"(?<!def )\b([A-Za-z_]\w*)\s*\(")
+_MODE_FUNCS = frozenset(
+    {
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "dropout3d",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "batch_norm",
+        "instance_norm",
+    }
+)
+
+
+def _layer_sensitive(qual: str, kwargs: dict[str, V]) -> bool | None:
+    """Whether a layer constructor builds a module whose output depends on train/eval mode."""
+    name = api.last(qual)
+    if not qual.startswith("torch.nn."):
+        return True  # zoo models (torchvision, timm, transformers) have dropout and batch norm
+    if "Dropout" in name or "BatchNorm" in name:
+        return True
+    if name.startswith("Transformer"):
+        d = kwargs.get("dropout")
+        return not (d is not None and d.is_const and d.const == 0)
+    if name in ("MultiheadAttention", "RNN", "LSTM", "GRU"):
+        d = kwargs.get("dropout")
+        if d is None:
+            return False
+        return bool(d.const) if d.is_const else None
+    if name.startswith("InstanceNorm"):
+        t = kwargs.get("track_running_stats")
+        return bool(t.const) if t is not None and t.is_const else (None if t is not None else False)
+    if name in ("Sequential", "ModuleList", "ModuleDict"):
+        return None
+    return False
+
+
+def _any_sensitive(values) -> bool | None:
+    result: bool | None = False
+    for v in values or ():
+        if v.kind == MODEL:
+            if v.sensitive:
+                return True
+            if v.sensitive is None:
+                result = None
+        elif v.kind not in (SOFTMAX, CONST):
+            result = None
+    return result
+
+
+def _is_factory(node: Any) -> bool:
+    """Was this tensor made by ``torch.randn(...)``-style factories (a smoke test, a shape probe)?"""
+    return isinstance(node, cst.Call) and (_dotted(node.func) or "").rsplit(".", 1)[-1] in _DUMMY_FACTORIES
+
+
+_STORE_METHODS = frozenset({"update", "append", "extend", "insert", "setdefault", "add"})
 _DUMMY_FACTORIES = frozenset({"zeros", "ones", "randn", "rand", "empty", "full", "randint", "zeros_like", "ones_like"})
 
 _BUILTINS = frozenset(
-    {"len", "range", "enumerate", "zip", "print", "float", "int", "str", "bool", "sum", "max", "min", "abs",
-     "round", "list", "tuple", "dict", "set", "sorted", "reversed", "iter", "next", "isinstance", "getattr",
-     "format", "repr", "open", "map", "filter", "any", "all", "super", "type", "hasattr", "setattr"}
+    {
+        "len",
+        "range",
+        "enumerate",
+        "zip",
+        "print",
+        "float",
+        "int",
+        "str",
+        "bool",
+        "sum",
+        "max",
+        "min",
+        "abs",
+        "round",
+        "list",
+        "tuple",
+        "dict",
+        "set",
+        "sorted",
+        "reversed",
+        "iter",
+        "next",
+        "isinstance",
+        "getattr",
+        "format",
+        "repr",
+        "open",
+        "map",
+        "filter",
+        "any",
+        "all",
+        "super",
+        "type",
+        "hasattr",
+        "setattr",
+    }
 )
 
 _BINOPS: dict[type, Any] = {
@@ -1600,7 +1871,7 @@ _BINOPS: dict[type, Any] = {
     cst.Divide: lambda a, b: a / b,
     cst.FloorDivide: lambda a, b: a // b,
     cst.Modulo: lambda a, b: a % b,
-    cst.Power: lambda a, b: a ** b if abs(b) < 64 else NOCONST,
+    cst.Power: lambda a, b: a**b if abs(b) < 64 else NOCONST,
 }
 _CMPOPS: dict[type, Any] = {
     cst.Equal: lambda a, b: a == b,

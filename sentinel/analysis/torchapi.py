@@ -39,44 +39,174 @@ SET_GRAD_ENABLED = frozenset(
 
 OPTIMIZER_NAMES = frozenset(
     {
-        "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "LBFGS",
-        "SparseAdam", "ASGD", "Rprop", "Lion", "LAMB", "Lamb", "Adafactor", "FusedAdam", "FusedLAMB",
-        "AdamW8bit", "Adam8bit", "Adan", "Muon", "Shampoo", "SophiaG", "AdaBelief", "Ranger",
+        "SGD",
+        "Adam",
+        "AdamW",
+        "RMSprop",
+        "Adagrad",
+        "Adadelta",
+        "Adamax",
+        "NAdam",
+        "RAdam",
+        "LBFGS",
+        "SparseAdam",
+        "ASGD",
+        "Rprop",
+        "Lion",
+        "LAMB",
+        "Lamb",
+        "Adafactor",
+        "FusedAdam",
+        "FusedLAMB",
+        "AdamW8bit",
+        "Adam8bit",
+        "Adan",
+        "Muon",
+        "Shampoo",
+        "SophiaG",
+        "AdaBelief",
+        "Ranger",
     }
 )
 
 # results that carry no autograd graph whatever their input
 NO_GRAPH_FUNCS = frozenset(
     {
-        "argmax", "argmin", "argsort", "eq", "ne", "gt", "lt", "ge", "le", "equal", "isnan", "isinf",
-        "isfinite", "numel", "topk_indices", "randn", "rand", "randint", "randperm", "zeros", "ones",
-        "empty", "full", "arange", "linspace", "logspace", "eye", "tensor", "as_tensor", "from_numpy",
-        "zeros_like", "ones_like", "empty_like", "full_like", "randn_like", "rand_like", "randint_like",
-        "manual_seed", "no_grad", "device", "bucketize", "searchsorted", "count_nonzero", "sign",
-        "nonzero", "where_indices", "load", "Generator",
+        "argmax",
+        "argmin",
+        "argsort",
+        "eq",
+        "ne",
+        "gt",
+        "lt",
+        "ge",
+        "le",
+        "equal",
+        "isnan",
+        "isinf",
+        "isfinite",
+        "numel",
+        "topk_indices",
+        "randn",
+        "rand",
+        "randint",
+        "randperm",
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "arange",
+        "linspace",
+        "logspace",
+        "eye",
+        "tensor",
+        "as_tensor",
+        "from_numpy",
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "randn_like",
+        "rand_like",
+        "randint_like",
+        "manual_seed",
+        "no_grad",
+        "device",
+        "bucketize",
+        "searchsorted",
+        "count_nonzero",
+        "sign",
+        "nonzero",
+        "where_indices",
+        "load",
+        "Generator",
     }
 )
 
 TENSOR_IDENTITY_METHODS = frozenset(
     {
-        "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose", "flatten", "contiguous",
-        "clamp", "clamp_", "clip", "type_as", "expand", "expand_as", "view_as", "reshape_as", "float",
-        "double", "half", "bfloat16", "t", "narrow", "select", "chunk_item", "requires_grad_",
+        "view",
+        "reshape",
+        "squeeze",
+        "unsqueeze",
+        "permute",
+        "transpose",
+        "flatten",
+        "contiguous",
+        "clamp",
+        "clamp_",
+        "clip",
+        "type_as",
+        "expand",
+        "expand_as",
+        "view_as",
+        "reshape_as",
+        "float",
+        "double",
+        "half",
+        "bfloat16",
+        "t",
+        "narrow",
+        "select",
+        "chunk_item",
+        "requires_grad_",
     }
 )
 TENSOR_MOVE_METHODS = frozenset({"cpu", "cuda", "to"})
 TENSOR_NO_GRAPH_METHODS = frozenset(
     {
-        "argmax", "argmin", "argsort", "eq", "ne", "gt", "lt", "ge", "le", "long", "int", "bool", "byte",
-        "sign", "nonzero", "size", "dim", "numel", "isnan", "isinf", "isfinite", "equal", "item",
-        "tolist", "numpy", "__len__", "nelement", "element_size", "data_ptr", "get_device", "is_contiguous",
+        "argmax",
+        "argmin",
+        "argsort",
+        "eq",
+        "ne",
+        "gt",
+        "lt",
+        "ge",
+        "le",
+        "long",
+        "int",
+        "bool",
+        "byte",
+        "sign",
+        "nonzero",
+        "size",
+        "dim",
+        "numel",
+        "isnan",
+        "isinf",
+        "isfinite",
+        "equal",
+        "item",
+        "tolist",
+        "numpy",
+        "__len__",
+        "nelement",
+        "element_size",
+        "data_ptr",
+        "get_device",
+        "is_contiguous",
     }
 )
 TENSOR_SCALAR_METHODS = frozenset({"item", "tolist", "numpy"})
 MODEL_SELF_METHODS = frozenset(
     {
-        "to", "cuda", "cpu", "float", "half", "double", "bfloat16", "requires_grad_", "share_memory",
-        "apply", "type", "train", "eval", "xpu", "mps", "compile",
+        "to",
+        "cuda",
+        "cpu",
+        "float",
+        "half",
+        "double",
+        "bfloat16",
+        "requires_grad_",
+        "share_memory",
+        "apply",
+        "type",
+        "train",
+        "eval",
+        "xpu",
+        "mps",
+        "compile",
     }
 )
 SHAPE_METHODS = frozenset({"size", "dim", "numel", "nelement"})
@@ -91,7 +221,7 @@ def normalize(qual: str) -> str:
     """Fold private module paths onto the public names users write."""
     for prefix in _SUBMODULE_PREFIXES:
         if qual.startswith(prefix):
-            rest = qual[len(prefix):]
+            rest = qual[len(prefix) :]
             last = rest.rsplit(".", 1)[-1]
             return ("torch.nn." if prefix.startswith("torch.nn") else "torch.optim.") + last
     if qual.startswith("torch.nn.parallel.") or qual == "torch.nn.parallel":
@@ -128,18 +258,28 @@ def is_loss_class(qual: str) -> bool:
 
 def is_functional_loss(qual: str) -> bool:
     return qual.startswith("torch.nn.functional.") and (
-        last(qual).endswith("_loss") or last(qual) in ("cross_entropy", "binary_cross_entropy",
-                                                       "binary_cross_entropy_with_logits", "kl_div",
-                                                       "triplet_margin_loss", "ctc_loss")
+        last(qual).endswith("_loss")
+        or last(qual)
+        in (
+            "cross_entropy",
+            "binary_cross_entropy",
+            "binary_cross_entropy_with_logits",
+            "kl_div",
+            "triplet_margin_loss",
+            "ctc_loss",
+        )
     )
 
 
 def is_module_class(qual: str) -> bool:
     """A constructor that returns an ``nn.Module`` (a layer, a container, a zoo model)."""
     name = last(qual)
-    if qual.startswith("torch.nn.") and not qual.startswith("torch.nn.functional") and not qual.startswith(
-        "torch.nn.init"
-    ) and not qual.startswith("torch.nn.utils"):
+    if (
+        qual.startswith("torch.nn.")
+        and not qual.startswith("torch.nn.functional")
+        and not qual.startswith("torch.nn.init")
+        and not qual.startswith("torch.nn.utils")
+    ):
         return name[:1].isupper() and name not in ("Parameter", "ParameterList", "ParameterDict", "Module")
     if qual.startswith("torchvision.models.") or qual.startswith("timm.create_model"):
         return True
@@ -166,8 +306,11 @@ _EVALISH = re.compile(
     r"infer|inference|predict|prediction)(?:$|[_\W\d])",
     re.IGNORECASE,
 )
-_EVALISH_FUNC = re.compile(r"(^|_)(val|valid|validate|validation|eval|evaluate|evaluation|test|infer|inference|"
-                           r"predict|score)(_|$|\d)", re.IGNORECASE)
+_EVALISH_FUNC = re.compile(
+    r"(^|_)(val|valid|validate|validation|eval|evaluate|evaluation|test|infer|inference|"
+    r"predict|score)(_|$|\d)",
+    re.IGNORECASE,
+)
 
 
 def evalish(text: str) -> bool:
@@ -189,8 +332,11 @@ _MODELISH = re.compile(
 _OPTIMIZERISH = re.compile(r"optimi[sz]er|optim(_|$|[A-Z0-9])|^opt(_|$|[A-Z0-9])|_opt(_|$|\d)|^optim$", re.IGNORECASE)
 _SCHEDULERISH = re.compile(r"sched|lr_?policy|warmup", re.IGNORECASE)
 _SCALERISH = re.compile(r"scaler", re.IGNORECASE)
-_CRITERIONISH = re.compile(r"^(criterion|criterions|loss_?fn|loss_?func|loss_?function|loss_?module|lossfn|"
-                           r"objective)$|_criterion$|^criterion_", re.IGNORECASE)
+_CRITERIONISH = re.compile(
+    r"^(criterion|criterions|loss_?fn|loss_?func|loss_?function|loss_?module|lossfn|"
+    r"objective)$|_criterion$|^criterion_",
+    re.IGNORECASE,
+)
 
 
 def modelish(name: str) -> bool:

@@ -51,6 +51,8 @@ class V:
     ref: Any = None  # ClassInfo / FunctionDef info / Instance / ListObj
     alias: Any = None  # ident of the model/optimizer whose live storage this (state dict, tensor) aliases
     label: str = ""  # the name the value was first bound to (e.g. "val_loader"), for eval heuristics
+    # models: does it hold dropout / batch-norm style layers whose behaviour depends on train/eval?
+    sensitive: bool | None = None
     origin: Any = field(default=None, compare=False)  # node that created it
 
     def with_(self, **changes: Any) -> V:
@@ -80,6 +82,8 @@ def join(a: V | None, b: V | None) -> V:
         if b.kind == CONST and b.const in (None, 0, 0.0):
             return a.with_(taints=taints)
         return V(taints=taints, label=a.label or b.label)
+    if a.kind in (QUAL, GRAD_CTX) and a.const != b.const and a.kind == QUAL:
+        return V(taints=taints, label=a.label or b.label)
     return V(
         kind=a.kind,
         ident=a.ident if a.ident is b.ident else None,
@@ -91,6 +95,7 @@ def join(a: V | None, b: V | None) -> V:
         ref=a.ref if a.ref is b.ref else None,
         alias=a.alias if a.alias is b.alias else None,
         label=a.label or b.label,
+        sensitive=a.sensitive if a.sensitive == b.sensitive else None,
         origin=a.origin,
     )
 

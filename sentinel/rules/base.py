@@ -38,11 +38,15 @@ class Rule:
     CODE: ClassVar[str]
     NAME: ClassVar[str]
     SUMMARY: ClassVar[str]
-    #: The rule can only fire on a source matching this pattern: files that match no enabled rule's
-    #: trigger are never parsed.
-    TRIGGER: ClassVar[re.Pattern[str]]
+    #: The rule can only fire on a source in which every one of these patterns occurs: files that
+    #: trigger no enabled rule are never parsed.
+    TRIGGER: ClassVar[tuple[re.Pattern[str], ...]]
     VALID: ClassVar[list[str]] = []
     INVALID: ClassVar[list[str]] = []
+
+    @classmethod
+    def triggered(cls, source: str) -> bool:
+        return all(p.search(source) for p in cls.TRIGGER)
 
     def check(self, facts: Facts) -> Iterable[Violation]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -66,7 +66,7 @@ class SoftmaxBeforeCrossEntropy(Rule):
     CODE = "SEN001"
     NAME = "softmax-before-cross-entropy"
     SUMMARY = "Softmax probabilities passed to a cross-entropy loss that expects logits"
-    TRIGGER = re.compile(r"(?is)(?=.*softmax)(?=.*(cross_?entropy))")
+    TRIGGER = (re.compile(r"(?i)softmax"), re.compile(r"(?i)cross_?entropy"))
 
     VALID = [
         # log_softmax into CrossEntropyLoss computes the same loss: not reported

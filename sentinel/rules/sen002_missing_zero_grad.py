@@ -60,7 +60,7 @@ class MissingZeroGrad(Rule):
     CODE = "SEN002"
     NAME = "missing-zero-grad"
     SUMMARY = "Loop steps the optimizer without resetting gradients each iteration"
-    TRIGGER = re.compile(r"(?s)(?=.*backward)(?=.*\.step\()")
+    TRIGGER = (re.compile(r"backward"), re.compile(r"\.step\("))
 
     VALID = [
         # gradient accumulation: step and reset share the condition
@@ -128,12 +128,17 @@ class Trainer:
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         for fid in facts.training_loops():
-            if facts.reset_by_frame.get(fid):
+            resets = facts.reset_by_frame.get(fid, [])
+            uncovered = [s for s in facts.step_by_frame[fid] if not any(r.covers(s) for r in resets)]
+            if not uncovered:
                 continue
-            first = min(facts.backward_by_frame[fid], key=lambda e: e.seq)
+            step = min(uncovered, key=lambda e: e.seq)
+            backwards = sorted(facts.backward_by_frame[fid], key=lambda e: e.seq)
+            before = [b for b in backwards if b.seq < step.seq]
+            culprit = before[-1] if before else backwards[0]
             yield Violation(
-                first.node,
-                first.stmt,
+                culprit.node,
+                culprit.stmt,
                 "gradients accumulate across iterations: this loop calls backward() and steps the "
                 "optimizer but never resets gradients inside the loop (call optimizer.zero_grad() "
                 "each iteration)",

@@ -99,8 +99,8 @@ class ValidationWithoutEvalMode(Rule):
     CODE = "SEN003"
     NAME = "validation-without-eval-mode"
     SUMMARY = "Evaluation runs while the model may still be in training mode"
-    TRIGGER = re.compile(
-        r"backward|no_grad|inference_mode|\beval|valid|\bval|val\b|_val|test|predict|infer|accura|correct"
+    TRIGGER = (
+        re.compile(r"backward|no_grad|inference_mode|\beval|valid|\bval|val\b|_val|test|predict|infer|accura|correct"),
     )
 
     VALID = [
@@ -145,7 +145,10 @@ import torch
 from torch import nn
 model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-loaders = {"train": [(torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))], "val": [(torch.randn(4, 4), torch.tensor([1, 0, 1, 0]))]}
+loaders = {
+    "train": [(torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))],
+    "val": [(torch.randn(4, 4), torch.tensor([1, 0, 1, 0]))],
+}
 for epoch in range(2):
     for phase in ["train", "val"]:
         model.train(phase == "train")
@@ -182,7 +185,9 @@ for epoch in range(3):
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         candidates = [
-            ev for ev in facts.evaluation_forwards() if ev.modes is not None and "train" in ev.modes
+            ev
+            for ev in facts.evaluation_forwards()
+            if ev.modes is not None and "train" in ev.modes and ev.sensitive is not False
         ]
         for ev in first_per_region(candidates, facts):
             name = model_text(ev.node)

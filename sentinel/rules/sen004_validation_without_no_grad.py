@@ -59,9 +59,7 @@ class ValidationWithoutNoGrad(Rule):
     CODE = "SEN004"
     NAME = "validation-without-no-grad"
     SUMMARY = "Evaluation runs with gradient tracking enabled"
-    TRIGGER = re.compile(
-        r"backward|\beval|valid|\bval|val\b|_val|test|predict|infer|accura|correct"
-    )
+    TRIGGER = (re.compile(r"backward|\beval|valid|\bval|val\b|_val|test|predict|infer|accura|correct"),)
 
     VALID = [
         """
@@ -87,6 +85,7 @@ predictions = model(torch.randn(3, 4)).argmax(1)
         """
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 def evaluate(model, val_loader):
     model.eval()
     total = 0.0
@@ -95,7 +94,8 @@ def evaluate(model, val_loader):
         total += nn.functional.cross_entropy(out, y).item()
     return total
 model = nn.Linear(4, 2)
-print(evaluate(model, [(torch.randn(2, 4), torch.tensor([0, 1]))]))
+data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))), batch_size=4)
+print(evaluate(model, data))
 """,
     ]
 

@@ -72,7 +72,7 @@ class StateDictSnapshotWithoutCopy(Rule):
     CODE = "SEN005"
     NAME = "state-dict-snapshot-without-copy"
     SUMMARY = "Snapshot of a model's state keeps references to weights that training keeps changing"
-    TRIGGER = re.compile(r"state_dict|best|snapshot")
+    TRIGGER = (re.compile(r"state_dict|best|snapshot"),)
 
     VALID = [
         """
@@ -128,7 +128,11 @@ Trainer(nn.Linear(2, 1)).fit([(torch.randn(4, 2), torch.randn(4, 1))], 2)
             if not training:
                 continue
             frame = facts.frames[training[-1]]
-            if not (snap.persistent or facts.read_after(snap.ctx, snap.target, frame.end)):
+            if not (
+                snap.persistent
+                or facts.read_after(snap.ctx, snap.target, frame.end)
+                or (snap.ctx, snap.target) in facts.stored
+            ):
                 continue
             if snap.what == "model":
                 message = (

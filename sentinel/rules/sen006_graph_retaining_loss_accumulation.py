@@ -63,7 +63,7 @@ class GraphRetainingLossAccumulation(Rule):
     CODE = "SEN006"
     NAME = "graph-retaining-loss-accumulation"
     SUMMARY = "Graph-carrying tensor accumulated across iterations"
-    TRIGGER = re.compile(r"(?s)(?=.*backward)(?=.*(\+=|\.append\(|\.extend\(|=\s*\w[\w.]*\s*\+))")
+    TRIGGER = (re.compile(r"backward"), re.compile(r"\+=|\.append\(|\.extend\(|=\s*\w[\w.]*\s*\+"))
 
     VALID = [
         # micro-batches summed on purpose, one backward on the sum
@@ -127,9 +127,7 @@ def train_epoch(model, loader, opt):
             if facts.connected_to_backward(frozenset({acc.id})):
                 continue  # the sum is backpropagated later: accumulation on purpose
             sources = value.taints & forward_ids
-            if sources and not backpropagated and not any(
-                facts.connected_to_backward(frozenset({s})) for s in sources
-            ):
+            if sources and not backpropagated and not any(facts.connected_to_backward(frozenset({s})) for s in sources):
                 continue  # evaluation code with grad on: SEN004 reports the cause
             if acc.id in facts.escaped_taints and not backpropagated:
                 continue  # returned to a caller we cannot see, which may backpropagate it
