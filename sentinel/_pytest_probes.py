@@ -10,11 +10,15 @@ The exception carries the probe outcome(s) as ``.result``.
 from __future__ import annotations
 
 import inspect
+import os
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 if TYPE_CHECKING:
-    from sentinel.findings import Finding, ProbeResult
+    from sentinel.findings import Finding, ProbeResult, Report
 
 __all__ = ["SentinelFixture", "format_failure"]
 
@@ -70,15 +74,15 @@ class SentinelFixture:
         __tracebackhide__ = True
         return self._check("assert_finite", "check_finite", model, loss_fn, batch, optimizer, options)
 
-    def assert_trains(
-        self, *, model: Any, loss_fn: Any, batch: Any, optimizer: Any = None, **options: Any
-    ) -> Any:
-        """Run the whole probe suite and fail on any finding; returns what ``run_probes`` returns."""
+    def assert_trains(self, *, model: Any, loss_fn: Any, batch: Any, optimizer: Any = None, **options: Any) -> Report:
+        """Run the whole probe suite (``run_probes``) and fail on any finding or probe that could not
+        run; returns the :class:`~sentinel.findings.Report` (``.probes``, ``.findings``)."""
         __tracebackhide__ = True
         from sentinel import probes
 
         fn = probes.run_probes
-        outcome = fn(model, loss_fn, batch, optimizer, **self._options(fn, "assert_trains", options))
+        kwargs = self._options(fn, "assert_trains", options)
+        outcome = _call_probe("assert_trains", fn, model, loss_fn, batch, optimizer, kwargs)
         results = _probe_results(outcome)
         if any(r.findings or r.status == "error" for r in results):
             raise _failure("assert_trains", results, outcome)
@@ -100,7 +104,8 @@ class SentinelFixture:
         from sentinel import probes
 
         fn = getattr(probes, probe)
-        result = fn(model, loss_fn, batch, optimizer, **self._options(fn, helper, options))
+        kwargs = self._options(fn, helper, options)
+        result = _call_probe(helper, fn, model, loss_fn, batch, optimizer, kwargs)
         if result.findings or result.status in ("fail", "error"):
             raise _failure(helper, [result], result)
         return result
@@ -119,6 +124,30 @@ class SentinelFixture:
 
 
 _POSITIONAL = ("model", "loss_fn", "batch", "optimizer")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _call_probe(
+    helper: str,
+    fn: Callable[..., Any],
+    model: Any,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: Any,
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run one probe. Errors in the user's code come back as a result with status "error"; what
+    sentinel itself rejects before running (a bad ``device``, say) fails the test with that one line
+    rather than a traceback through sentinel's internals. Anything else propagates untouched."""
+    __tracebackhide__ = True
+    try:
+        return fn(model, loss_fn, batch, optimizer, **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        if not frames or not os.path.abspath(frames[-1].filename).startswith(_PACKAGE_DIR + os.sep):
+            raise
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        pytest.fail(f"sentinel.{helper}: cannot run the probe ({shown}): {exc}", pytrace=False)
 
 
 def _keywords(fn: Callable[..., Any]) -> tuple[set[str], bool]:
@@ -128,9 +157,7 @@ def _keywords(fn: Callable[..., Any]) -> tuple[set[str], bool]:
     except (TypeError, ValueError):  # builtins/C callables: pass everything through
         return set(), True
     names = {
-        p.name
-        for p in params
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _POSITIONAL
+        p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _POSITIONAL
     }
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
@@ -167,6 +194,10 @@ def format_failure(helper: str, results: Iterable[ProbeResult]) -> str:
         parts.append(f"{len(errors)} probe{'s' if len(errors) != 1 else ''} could not run")
     if not parts:  # status "fail" without a Finding object: still a failure, say so
         parts.append("probe failed")
+    if len(findings) == 1:
+        parts[0] = f"{findings[0].code} {findings[0].name}"
+    elif findings:
+        parts[0] += f" ({', '.join(dict.fromkeys(f.code for f in findings))})"
     lines = [f"sentinel.{helper}: {', '.join(parts)}"]
     for result in results:
         if not result.findings and result.status != "error" and result.status != "fail":

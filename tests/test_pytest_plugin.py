@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import os
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,31 +19,22 @@ pytest_plugins = ["pytester"]
 # pytester's in-process runs drop every module first imported during the run. Import the heavy ones
 # once here so the runs share them: re-importing torch (or hypothesis, whose pytest plugin imports it
 # at the end of each run) for every run is slow, and torch does not support being imported twice.
-for _name in ("torch", "hypothesis", "libcst", "sentinel.findings", "sentinel.lint", "sentinel.probes"):
+for _name in ("torch", "hypothesis", "libcst", "sentinel.lint", "sentinel.probes"):
     with contextlib.suppress(ImportError):
         importlib.import_module(_name)
 
 
-def _available(module: str, *names: str) -> bool:
+def _available(module: str) -> bool:
     try:
-        mod = importlib.import_module(module)
+        importlib.import_module(module)
     except ImportError:
         return False
-    return all(hasattr(mod, n) for n in names)
+    return True
 
 
-# The probe suite and the lint engine are developed alongside the plugin; until they are importable
-# the tests that need them say so instead of failing on an ImportError.
-needs_probes = pytest.mark.skipif(
-    not _available(
-        "sentinel.probes", "check_overfit", "check_updates", "check_devices", "check_finite", "run_probes"
-    ),
-    reason="sentinel.probes is not available yet",
-)
-needs_lint = pytest.mark.skipif(
-    not _available("sentinel.lint", "load_settings", "lint_file", "render_results"),
-    reason="sentinel.lint is not available yet",
-)
+# torch is an optional extra ("probe"): without it the fixture's tests are skipped, the rest still run.
+needs_torch = pytest.mark.skipif(not _available("torch"), reason="torch is not installed")
+
 
 # Tiny models with planted bugs, shared by the probe tests through a conftest in pytester's directory.
 MODELS = '''
@@ -106,8 +98,34 @@ def setup():
 '''
 
 
+@pytest.fixture(scope="module")
+def _torch_ready() -> Iterator[None]:
+    """One torch thread for this module's tiny models, and the probe suite run once up front.
+
+    With several threads, the models here spend their time in thread hand-offs (40x slower on a
+    busy 2-core machine). And the first optimizer step imports parts of torch lazily (torch._dynamo
+    and friends): if that happened inside an in-process pytester run, pytester would drop those
+    modules afterwards and the next run would import them again, which torch refuses (duplicate
+    operator registrations).
+    """
+    import torch
+    from torch import nn
+
+    from sentinel.probes import run_probes
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    batch = (torch.randn(4, 2), torch.randint(0, 2, (4,)))
+    for optimizer in (torch.optim.Adam(model.parameters()), torch.optim.SGD(model.parameters(), lr=0.1)):
+        run_probes(model, nn.CrossEntropyLoss(), batch, optimizer, steps=2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
-def models(pytester: pytest.Pytester) -> pytest.Pytester:
+def models(pytester: pytest.Pytester, _torch_ready: None) -> pytest.Pytester:
     pytester.makeconftest(MODELS)
     return pytester
 
@@ -115,7 +133,7 @@ def models(pytester: pytest.Pytester) -> pytest.Pytester:
 # --- the fixture's helpers -------------------------------------------------------------------------
 
 
-@needs_probes
+@needs_torch
 def test_healthy_model_passes_every_helper_and_gets_results_back(models: pytest.Pytester) -> None:
     models.makepyfile(
         """
@@ -142,14 +160,12 @@ def test_healthy_model_passes_every_helper_and_gets_results_back(models: pytest.
     result.assert_outcomes(passed=5)
 
 
-@needs_probes
+@needs_torch
 @pytest.mark.parametrize(
     ("helper", "make_args", "expected"),
     [
         pytest.param("assert_overfits", "lr=0.0", ["*SEN101 cannot-overfit-one-batch*", "*steps*"], id="lr0"),
-        pytest.param(
-            "assert_overfits", "model_cls=Detached", ["*SEN101 cannot-overfit-one-batch*"], id="detached"
-        ),
+        pytest.param("assert_overfits", "model_cls=Detached", ["*SEN101 cannot-overfit-one-batch*"], id="detached"),
         pytest.param(
             "assert_updates",
             "model_cls=UnusedLayer",
@@ -185,7 +201,7 @@ def test_planted_bug_fails_with_readable_report(
     )
     result = models.runpytest()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*sentinel.{helper}: * finding*", *expected], consecutive=False)
+    result.stdout.fnmatch_lines([f"E * sentinel.{helper}: SEN1*", *expected], consecutive=False)
     # the report points at the test's line, not into sentinel's internals
     result.stdout.fnmatch_lines([f">*sentinel.{helper}(**setup(*"])
     out = result.stdout.str()
@@ -193,7 +209,7 @@ def test_planted_bug_fails_with_readable_report(
     result.stdout.fnmatch_lines(["FAILED test_planted_bug_fails_with_readable_report.py::test_bug - *"])
 
 
-@needs_probes
+@needs_torch
 def test_failure_is_an_assertion_error_carrying_the_result(models: pytest.Pytester) -> None:
     models.makepyfile(
         """
@@ -211,7 +227,7 @@ def test_failure_is_an_assertion_error_carrying_the_result(models: pytest.Pytest
     models.runpytest().assert_outcomes(passed=1)
 
 
-@needs_probes
+@needs_torch
 def test_probe_that_cannot_run_fails_with_its_message(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,7 +254,7 @@ def test_probe_that_cannot_run_fails_with_its_message(
     )
 
 
-@needs_probes
+@needs_torch
 def test_unknown_option_is_a_clear_type_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
@@ -280,9 +296,7 @@ def test_defaults(sentinel):
         pytest.param("", ["--sentinel-steps=12"], "DEFAULTS [('steps', 12)]", id="cli-only"),
     ],
 )
-def test_defaults_come_from_cli_then_ini(
-    pytester: pytest.Pytester, ini: str, args: list[str], expected: str
-) -> None:
+def test_defaults_come_from_cli_then_ini(pytester: pytest.Pytester, ini: str, args: list[str], expected: str) -> None:
     pytester.makeini(f"[pytest]\n{ini}\n")
     pytester.makepyfile(DEFAULTS_TEST)
     result = pytester.runpytest("-s", *args)
@@ -290,7 +304,7 @@ def test_defaults_come_from_cli_then_ini(
     assert expected in result.stdout.str()
 
 
-@needs_probes
+@needs_torch
 def test_steps_default_reaches_the_probe_and_explicit_argument_wins(models: pytest.Pytester) -> None:
     models.makepyprojecttoml(
         """
@@ -306,12 +320,48 @@ def test_steps_default_reaches_the_probe_and_explicit_argument_wins(models: pyte
             with pytest.raises(AssertionError, match="SEN101") as info:
                 sentinel.assert_overfits(**setup())   # one step cannot overfit anything
             assert info.value.result.findings[0].details["steps"] == 1
+            assert sentinel.assert_finite(**setup()).data["steps"] == 1
 
         def test_explicit_steps_win(sentinel, setup):
-            sentinel.assert_overfits(**setup(), steps=300)
+            assert sentinel.assert_overfits(**setup(), steps=300).data["max_steps"] == 300
+
+        def test_default_only_goes_to_probes_that_take_steps(sentinel, setup):
+            sentinel.assert_updates(**setup())   # check_updates has no `steps`: not passed to it
         """
     )
-    models.runpytest().assert_outcomes(passed=2)
+    models.runpytest().assert_outcomes(passed=3)
+    # the command line beats the ini file
+    models.makepyfile(
+        test_cli="""
+        def test_cli_steps(sentinel, setup):
+            assert sentinel.assert_finite(**setup()).data["steps"] == 5
+        """
+    )
+    models.runpytest("--sentinel-steps", "5", "test_cli.py").assert_outcomes(passed=1)
+
+
+@needs_torch
+@pytest.mark.skipif(
+    _available("torch") and importlib.import_module("torch").cuda.is_available(),
+    reason="needs a machine without CUDA",
+)
+def test_device_default_reaches_the_probe(models: pytest.Pytester) -> None:
+    models.makeini("[pytest]\nsentinel_device = cuda\n")
+    models.makepyfile(
+        """
+        def test_devices(sentinel, setup):
+            assert sentinel.assert_devices(**setup()).data["device"] == "cpu"
+        """
+    )
+    # ini: cuda, which this machine lacks: one clean line, no traceback through sentinel
+    result = models.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*sentinel.assert_devices: cannot run the probe (device='cuda'): CUDA is not available*"]
+    )
+    assert "workspace.py" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    # the command line wins
+    models.runpytest("--sentinel-device", "cpu").assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize(
@@ -394,7 +444,6 @@ def _lint_tree(pytester: pytest.Pytester, noqa: str = "") -> None:
     )
 
 
-@needs_lint
 def test_lint_items_fail_on_findings_and_pass_clean_files(pytester: pytest.Pytester) -> None:
     _lint_tree(pytester)
     result = pytester.runpytest("--sentinel-lint", "-v")
@@ -426,7 +475,6 @@ def test_without_the_option_nothing_is_linted(pytester: pytest.Pytester) -> None
     assert "sentinel-lint" not in result.stdout.str()
 
 
-@needs_lint
 def test_marker_selects_only_lint_items(pytester: pytest.Pytester) -> None:
     _lint_tree(pytester)
     result = pytester.runpytest("--sentinel-lint", "-m", "sentinel_lint", "-v")
@@ -436,14 +484,12 @@ def test_marker_selects_only_lint_items(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, deselected=3)
 
 
-@needs_lint
 def test_noqa_comment_suppresses_the_finding(pytester: pytest.Pytester) -> None:
     _lint_tree(pytester, noqa="  # noqa: SEN001")
     result = pytester.runpytest("--sentinel-lint", "-m", "sentinel_lint")
     result.assert_outcomes(passed=3)
 
 
-@needs_lint
 def test_config_exclude_and_per_file_ignores_are_honoured(pytester: pytest.Pytester) -> None:
     _lint_tree(pytester)
     pytester.mkdir("vendored")
@@ -460,7 +506,6 @@ def test_config_exclude_and_per_file_ignores_are_honoured(pytester: pytest.Pytes
     assert "old.py" not in result.stdout.str()
 
 
-@needs_lint
 def test_unparsable_file_fails_with_one_line_reason(pytester: pytest.Pytester) -> None:
     broken = CLEAN.replace("def train(model, loader, optimizer):", "def train(model, loader, optimizer:")
     pytester.makepyfile(train_broken=broken, train_clean=CLEAN)
@@ -470,7 +515,6 @@ def test_unparsable_file_fails_with_one_line_reason(pytester: pytest.Pytester) -
     assert "Traceback" not in result.stdout.str()
 
 
-@needs_lint
 def test_broken_config_fails_the_items_with_its_reason(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(train_clean=CLEAN)
     pytester.makepyprojecttoml("[tool.sentinel]\nselekt = ['SEN001']\n")
@@ -479,7 +523,6 @@ def test_broken_config_fails_the_items_with_its_reason(pytester: pytest.Pytester
     result.stdout.fnmatch_lines(["cannot lint train_clean.py: *selekt*"])
 
 
-@needs_lint
 def test_unchanged_file_that_passed_is_not_linted_again(pytester: pytest.Pytester) -> None:
     buggy_call = "loss_fn(model(x).softmax(1), y)"
     clean_call = "loss_fn(model(x), y)".ljust(len(buggy_call))  # same length: trailing blanks
@@ -501,7 +544,6 @@ def test_unchanged_file_that_passed_is_not_linted_again(pytester: pytest.Pyteste
     pytester.runpytest("--sentinel-lint").assert_outcomes(failed=1)
 
 
-@needs_lint
 def test_no_cacheprovider_still_lints(pytester: pytest.Pytester) -> None:
     _lint_tree(pytester)
     for _ in range(2):
@@ -524,14 +566,18 @@ def test_record(pytestconfig):
 """
 
 
+# A fresh interpreter, with every installed plugin autoloaded except Hypothesis's: it imports nothing
+# while the test records, but importing hypothesis at the end of the session costs seconds.
+ISOLATED = ("-s", "-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+
 def test_loading_the_plugin_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_record=RECORD_IMPORTS)
-    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(*ISOLATED)
     result.assert_outcomes(passed=1)
     assert "LOADED []" in result.stdout.str()
 
 
-@needs_lint
 def test_lint_option_and_fixture_load_their_halves_on_demand(pytester: pytest.Pytester) -> None:
     """Control for the test above: the same recorder does see the lazily imported modules."""
     pytester.makepyfile(
@@ -544,6 +590,6 @@ def test_lint_option_and_fixture_load_their_halves_on_demand(pytester: pytest.Py
             """
         )
     )
-    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", "--sentinel-lint")
+    result = pytester.runpytest_subprocess(*ISOLATED, "--sentinel-lint")
     result.assert_outcomes(passed=3)  # two tests + the lint item of test_record.py
     assert "'sentinel.lint'" in result.stdout.str() and "'libcst'" in result.stdout.str()
