@@ -25,7 +25,7 @@ def make_console(color: str = "auto", *, stderr: bool = False, file: TextIO | No
         kwargs["force_terminal"] = True
         kwargs["no_color"] = False
     elif color == "never" or os.environ.get("NO_COLOR"):
+        # plain text: no colour and no bold/underline either (NO_COLOR beats FORCE_COLOR)
         kwargs["no_color"] = True
-        if color == "never":
-            kwargs["force_terminal"] = False
+        kwargs["force_terminal"] = False
     return Console(**kwargs)

@@ -204,43 +204,73 @@ def decode(data: bytes) -> str:
     import io
     import tokenize
 
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
-    except SyntaxError as exc:
-        raise SourceError(f"cannot decode: {exc}") from None
     if b"\x00" in data:
         raise SourceError("binary file (contains NUL bytes), not Python source")
     try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as exc:
+        if "encoding problem" in str(exc) or "unknown encoding" in str(exc):
+            raise SourceError(str(exc)) from None
+        encoding = "utf-8"  # an undecodable first line: report it like any other bad byte below
+    try:
         text = data.decode(encoding)
     except (UnicodeDecodeError, LookupError) as exc:
-        line = data[: getattr(exc, "start", 0)].count(b"\n") + 1
-        raise SourceError(
-            f"not valid {encoding} text ({exc.reason if hasattr(exc, 'reason') else exc})", line
-        ) from None
+        if isinstance(exc, UnicodeDecodeError):
+            line = data[: exc.start].count(b"\n") + 1
+            byte = data[exc.start : exc.start + 1].hex()
+            raise SourceError(f"not valid {encoding} text (byte 0x{byte}) and no encoding declaration", line) from None
+        raise SourceError(f"unknown encoding {encoding!r}") from None
     return text.lstrip("\ufeff")
+
+
+def syntax_check(source: str) -> None:
+    """Raise :class:`SourceError` if ``source`` is not valid Python (cheaply: CPython's parser first)."""
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        # CPython's grammar may be older than the file's (3.12 syntax on 3.11): LibCST decides
+        _parse(source)
+
+
+def _parse(source: str) -> cst.Module:
+    try:
+        return cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:
+        # CPython words syntax errors better ("'(' was never closed"); use it when it agrees
+        try:
+            ast.parse(source)
+        except SyntaxError as py:
+            raise SourceError(f"syntax error: {py.msg}", py.lineno, py.offset) from None
+        except (ValueError, RecursionError, MemoryError):
+            pass
+        raise SourceError(f"syntax error: {exc.message}", exc.raw_line, exc.raw_column + 1) from None
+    except RecursionError:
+        raise SourceError("too deeply nested for the parser") from None
 
 
 def check_source(
     source: str,
     path: str = "<string>",
     rules: Iterable[type[Rule]] | None = None,
+    *,
+    prefilter: bool = True,
 ) -> list[Diagnostic]:
-    """Lint ``source`` with ``rules`` (default: all). Raises :class:`SourceError` on a syntax error."""
+    """Lint ``source`` with ``rules`` (default: all). Raises :class:`SourceError` on a syntax error.
+
+    ``prefilter=False`` analyses the file even when no rule's trigger text occurs in it.
+    """
     rule_list = list(all_rules() if rules is None else rules)
     file_level = file_suppressions(source) if "sentinel" in source else []
     if any(codes is None for codes in file_level):
         return []
     if file_level:
         rule_list = [r for r in rule_list if not any(_matches(codes, r) for codes in file_level)]
-    active = [r for r in rule_list if r.triggered(source)]
+    active = [r for r in rule_list if r.triggered(source)] if prefilter else rule_list
     if not active:
+        # nothing here can trigger a rule: skip LibCST, but still report a file Python cannot parse
+        syntax_check(source)
         return []
-    try:
-        module = cst.parse_module(source)
-    except cst.ParserSyntaxError as exc:
-        raise SourceError(f"syntax error: {exc.message}", exc.raw_line, exc.raw_column + 1) from None
-    except RecursionError:
-        raise SourceError("too deeply nested for the parser") from None
+    module = _parse(source)
     facts = analyze(module, source)
     violations: list[tuple[type[Rule], Violation]] = []
     for rule_cls in active:

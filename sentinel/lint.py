@@ -280,18 +280,17 @@ def _print_text(console, results: list[FileResult]) -> None:
 def _summary(results: list[FileResult]) -> str:
     n = sum(len(r.diagnostics) for r in results)
     errors = sum(1 for r in results if r.error)
-    files = len(results)
-    parts = []
+    checked = len(results) - errors
+    files = f"{checked} file{'s' if checked != 1 else ''}"
     if n:
-        parts.append(
-            f"Found {n} problem{'s' if n != 1 else ''} in {sum(1 for r in results if r.diagnostics)} "
-            f"of {files} file{'s' if files != 1 else ''}."
-        )
+        text = f"Found {n} problem{'s' if n != 1 else ''} in {sum(1 for r in results if r.diagnostics)} of {files}."
+    elif errors:
+        text = f"No problems found in {files}."
     else:
-        parts.append(f"All checks passed! ({files} file{'s' if files != 1 else ''})")
+        text = f"All checks passed! ({files})"
     if errors:
-        parts.append(f"{errors} file{'s' if errors != 1 else ''} could not be checked.")
-    return " ".join(parts)
+        text += f" {errors} path{'s' if errors != 1 else ''} could not be checked."
+    return text
 
 
 def run_lint_command(options: LintOptions) -> int:

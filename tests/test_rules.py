@@ -1,0 +1,53 @@
+"""Each rule's documentation examples and VALID/INVALID cases are tests.
+
+The ``## Example`` block of a rule's docstring must be flagged by that rule exactly on the lines marked
+``# error``, the ``Use instead:`` block must be clean, and so on for the extra cases on the class.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from sentinel.lint import lint_source
+from sentinel.rules import all_rules, rule_by_selector
+
+CASES = []
+for _rule in all_rules():
+    _invalid, _valid = _rule.examples()
+    CASES.append((_rule, "doc-example", _invalid, True))
+    CASES.append((_rule, "doc-use-instead", _valid, False))
+    CASES += [(_rule, f"INVALID[{i}]", textwrap.dedent(c), True) for i, c in enumerate(_rule.INVALID)]
+    CASES += [(_rule, f"VALID[{i}]", textwrap.dedent(c), False) for i, c in enumerate(_rule.VALID)]
+
+
+@pytest.mark.parametrize(("rule", "case", "source", "invalid"), CASES, ids=[f"{r.CODE}-{c}" for r, c, _, _ in CASES])
+def test_rule_examples(rule, case, source, invalid):
+    marked = {i for i, line in enumerate(source.splitlines(), 1) if "# error" in line}
+    assert bool(marked) == invalid, "invalid examples mark their flagged lines with '# error'"
+    found = [(d.code, d.line) for d in lint_source(source, "example.py")]
+    assert {line for code, line in found if code == rule.CODE} == marked
+    # an example demonstrates one rule: nothing else may fire on it
+    assert {code for code, _ in found} <= {rule.CODE}
+
+
+@pytest.mark.parametrize("rule", all_rules(), ids=lambda r: r.CODE)
+def test_rule_metadata(rule):
+    doc = rule.doc()
+    for section in ("## What it does", "## Why is this bad?", "## Example", "Use instead:"):
+        assert section in doc, f"{rule.CODE} docstring lacks {section!r}"
+    assert rule.CODE.startswith("SEN") and len(rule.CODE) == 6
+    assert rule.NAME == rule.NAME.lower() and " " not in rule.NAME
+    assert rule_by_selector(rule.NAME) is rule and rule_by_selector(rule.CODE.lower()) is rule
+
+
+def test_codes_and_names_match_the_design_contract():
+    assert [(r.CODE, r.NAME) for r in all_rules()] == [
+        ("SEN001", "softmax-before-cross-entropy"),
+        ("SEN002", "missing-zero-grad"),
+        ("SEN003", "validation-without-eval-mode"),
+        ("SEN004", "validation-without-no-grad"),
+        ("SEN005", "state-dict-snapshot-without-copy"),
+        ("SEN006", "graph-retaining-loss-accumulation"),
+    ]
