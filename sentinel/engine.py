@@ -127,6 +127,8 @@ class Locator:
         start = self.offsets[line - 1] + col if line - 1 < len(self.offsets) else 0
         code = self.module.code_for_node(node).strip()
         found = self.source.find(code, start) if code else -1
+        if found < 0 and code:
+            found = self.source.find(code)
         if found < 0:
             first = code.splitlines()[0] if code else ""
             found = self.source.find(first, start) if first else -1

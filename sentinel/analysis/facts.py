@@ -30,6 +30,7 @@ class Frame:
     end: int = 1 << 62
     label: str = ""  # text naming what it iterates (e.g. "val_loader", "phase=val")
     unrolled: bool = False
+    cond_depth: int = 0  # conditions already open when the loop started
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Event:
     stmt: cst.CSTNode
     frames: tuple[int, ...]  # loop frames, outermost first
     ctx: int  # function activation id
+    conds: tuple[str, ...] = ()  # keys of the non-constant `if` conditions guarding the event
+    stack: tuple[int, ...] = ()  # function activations on the call stack, outermost first
 
     @property
     def frame(self) -> int | None:
@@ -73,14 +76,6 @@ class StepEvent(Event):
 class ResetEvent(Event):
     target: Any = None  # what was reset: an optimizer or model object; None = unknown / everything
     kind: str | None = None  # "optimizer" | "model" | None
-
-    def covers(self, step: StepEvent) -> bool:
-        """Does this reset clear the gradients ``step`` applies?"""
-        if self.target is None or step.ident is None:
-            return True
-        if self.kind == "optimizer":
-            return self.target == step.ident
-        return step.model is None or self.target == step.model
 
 
 @dataclass
@@ -149,6 +144,29 @@ class Facts:
             self._cache["rs"] = self._per_frame(self.resets)
         return self._cache["rs"]
 
+    def step_is_reset(self, fid: int, step: StepEvent) -> bool:
+        """Inside loop ``fid``, does some reset clear the gradients ``step`` applies, whenever it steps?
+
+        A reset counts when every condition guarding it also guards the step (gradient accumulation
+        pairs them under one condition); a reset under an unrelated condition (a logging branch) does
+        not. Resets of a model cover an optimizer only if they cover every model it optimizes.
+        """
+        depth = self.frames[fid].cond_depth
+        step_conds = set(step.conds[depth:])
+        models: set = set()
+        for r in self.reset_by_frame.get(fid, ()):
+            if not set(r.conds[depth:]) <= step_conds:
+                continue
+            if r.target is None or step.ident is None:
+                return True
+            if r.kind == "optimizer" and r.target == step.ident:
+                return True
+            if r.kind == "model":
+                models.add(r.target)
+        if not models:
+            return False
+        return step.model is None or step.model <= models
+
     def frame_trains(self, fid: int) -> bool:
         """Does this loop run backward() and an optimizer step (anywhere inside, helpers included)?"""
         return bool(self.backward_by_frame.get(fid)) and bool(self.step_by_frame.get(fid))
@@ -174,10 +192,28 @@ class Facts:
         self._cache["tl"] = out
         return out
 
+    @property
+    def training_activations(self) -> set[int]:
+        """Function activations that run backward() or step(), themselves or through a callee."""
+        if "ta" not in self._cache:
+            self._cache["ta"] = {c for e in (*self.backwards, *self.steps) for c in e.stack}
+        return self._cache["ta"]
+
     def iteration_trains(self, ev: Event) -> bool:
-        """Is ``ev`` inside a loop iteration that also runs backward()/step()?"""
+        """Is ``ev`` part of a loop iteration that also runs backward()/step()?
+
+        A helper called from the loop body that trains nothing itself (``validate()``, a sampling
+        routine) is a scope of its own: what happens inside it is not part of the training step.
+        """
         f = ev.frame
-        return f is not None and self.frame_has_training(f)
+        if f is None or not self.frame_has_training(f):
+            return False
+        loop_ctx = self.frames[f].ctx
+        if loop_ctx in ev.stack:
+            below = ev.stack[ev.stack.index(loop_ctx) + 1 :]
+            if below and below[0] not in self.training_activations:
+                return False
+        return True
 
     def connected_to_backward(self, taints: frozenset) -> bool:
         if not taints:

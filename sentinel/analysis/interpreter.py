@@ -35,6 +35,7 @@ from sentinel.analysis.facts import (
     StepEvent,
 )
 from sentinel.analysis.values import (
+    Alt,
     CLASS,
     CONST,
     DICT,
@@ -166,6 +167,15 @@ class Ctx:
     self_value: V | None = None
     closure: dict | None = None
 
+    @property
+    def stack(self) -> tuple[int, ...]:
+        """Ids of the activations on the call stack, outermost first, ending with this one."""
+        out, c = [], self
+        while c is not None:
+            out.append(c.id)
+            c = c.parent
+        return tuple(reversed(out))
+
     def names(self) -> list[str]:
         out, c = [], self
         while c is not None:
@@ -188,6 +198,11 @@ class State:
         self.default_mode = default_mode
 
     def mode_of(self, ident: Any) -> frozenset | None:
+        if isinstance(ident, Alt):
+            out: frozenset | None = frozenset()
+            for member in ident:
+                out = join_modes(out, self.mode_of(member))
+            return out
         if ident in self.modes:
             return self.modes[ident]
         if ident is None or isinstance(ident, tuple):
@@ -284,6 +299,7 @@ class Interpreter:
         self.seq = itertools.count()
         self.ids = itertools.count(1)
         self.frame_stack: list[int] = []
+        self.cond_stack: list[str] = []  # keys of the non-constant conditions guarding the current point
         self.fresh_stack: list[set[str]] = []
         self.stmt: cst.CSTNode = module
         self.active: list[FuncInfo] = []
@@ -390,8 +406,16 @@ class Interpreter:
     # events
     # =============================================================================================
     def _ev(self, cls, node, ctx: Ctx, **kw):
-        ev = cls(seq=next(self.seq), node=node, stmt=self.stmt, frames=tuple(self.frame_stack), ctx=ctx.id, **kw)
-        return ev
+        return cls(
+            seq=next(self.seq),
+            node=node,
+            stmt=self.stmt,
+            frames=tuple(self.frame_stack),
+            ctx=ctx.id,
+            conds=tuple(self.cond_stack),
+            stack=ctx.stack,
+            **kw,
+        )
 
     def _tick(self) -> None:
         self.steps += 1
@@ -524,13 +548,22 @@ class Interpreter:
             elif isinstance(node.orelse, cst.Else):
                 self.exec_body(node.orelse.body, state, ctx)
             return
+        key = _cond_key(node.test)
         a = state.copy()
-        self.exec_body(node.body, a, ctx)
+        self.cond_stack.append(key)
+        try:
+            self.exec_body(node.body, a, ctx)
+        finally:
+            self.cond_stack.pop()
         b = state.copy()
-        if isinstance(node.orelse, cst.If):
-            self.exec_if(node.orelse, b, ctx)
-        elif isinstance(node.orelse, cst.Else):
-            self.exec_body(node.orelse.body, b, ctx)
+        self.cond_stack.append("not " + key)
+        try:
+            if isinstance(node.orelse, cst.If):
+                self.exec_if(node.orelse, b, ctx)
+            elif isinstance(node.orelse, cst.Else):
+                self.exec_body(node.orelse.body, b, ctx)
+        finally:
+            self.cond_stack.pop()
         jumped = a.jumped and b.jumped
         self._replace(state, join_states([a, b]))
         state.jumped = jumped
@@ -545,6 +578,7 @@ class Interpreter:
             start=next(self.seq),
             label=label,
             unrolled=unrolled,
+            cond_depth=len(self.cond_stack),
         )
         self.facts.frames[fid] = frame
         self.frame_stack.append(fid)
@@ -772,7 +806,10 @@ class Interpreter:
     def exec_augassign(self, node: cst.AugAssign, state: State, ctx: Ctx) -> None:
         value = self.eval(node.value, state, ctx)
         old = self.eval(node.target, state, ctx)
-        if isinstance(node.operator, (cst.AddAssign, cst.SubtractAssign)):
+        if old.kind == LIST and value.kind in (LIST, TUPLE) and isinstance(node.operator, cst.AddAssign):
+            elems = old.elems + value.elems if old.elems is not None and value.elems is not None else None
+            new = old.with_(elems=elems, taints=old.taints | value.taints)
+        elif isinstance(node.operator, (cst.AddAssign, cst.SubtractAssign)):
             new = self._accumulate(node, node.target, old, value, state, ctx)
         else:
             new = V(
@@ -854,6 +891,9 @@ class Interpreter:
                     return V(CONST, const=_BINOPS[type(node.operator)](left.const, right.const))
                 except Exception:
                     pass
+            if left.kind == PARAMS and right.kind == PARAMS:
+                both = left.ident | right.ident if left.ident is not None and right.ident is not None else None
+                return V(PARAMS, ident=both)
             kind = TENSOR if TENSOR in (left.kind, right.kind) else UNKNOWN
             return V(kind, graph=graph_of(left, right), taints=merge_taints(left, right))
         if t is cst.UnaryOperation:
@@ -899,10 +939,14 @@ class Interpreter:
             )
         if t is cst.Dict:
             vals = []
+            items = []
             for el in node.elements:
                 if isinstance(el, cst.DictElement):
-                    self.eval(el.key, state, ctx)
-                    vals.append(self.eval(el.value, state, ctx))
+                    key = self.eval(el.key, state, ctx)
+                    value = self.eval(el.value, state, ctx)
+                    if key.is_const and isinstance(key.const, (str, int)):
+                        items.append((key.const, value))
+                    vals.append(value)
                 else:
                     vals.append(self.eval(el.value, state, ctx))
             return V(
@@ -911,6 +955,7 @@ class Interpreter:
                 graph=graph_of(*vals) if vals else False,
                 alias=next((v.alias for v in vals if v.alias is not None), None),
                 ident=object(),
+                items=tuple(items) if len(items) == len(vals) else None,
             )
         if t in (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp):
             return self.eval_comprehension(node, state, ctx)
@@ -924,7 +969,7 @@ class Interpreter:
             self.assign(node.target, v, state, ctx, node.value)
             return v
         if t is cst.Lambda:
-            return TOP
+            return V(FUNC, ref=node, origin=node, ident=(state.env, self.stmt))
         if t is cst.Await:
             return self.eval(node.expression, state, ctx)
         if t is cst.StarredElement:
@@ -1065,6 +1110,10 @@ class Interpreter:
             for s in node.slice:
                 if isinstance(s.slice, cst.Index):
                     self.eval(s.slice.value, state, ctx)
+        if base.items is not None and index.is_const:
+            for key, value in base.items:
+                if key == index.const:
+                    return value
         if base.elems is not None and index.is_const and isinstance(index.const, int):
             try:
                 return base.elems[index.const]
@@ -1151,6 +1200,8 @@ class Interpreter:
                 starred = True
                 if v.elems is not None and a.star == "*":
                     args.extend(v.elems)
+                elif a.star == "*":
+                    args.append(V(UNKNOWN, taints=v.taints))  # unknown elements
             else:
                 args.append(v)
         return args, kwargs, starred
@@ -1186,6 +1237,8 @@ class Interpreter:
 
     def call_value(self, fv: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         kind = fv.kind
+        if kind == FUNC and isinstance(fv.ref, cst.Lambda):
+            return self.call_lambda(fv, node, args, kwargs, state, ctx)
         if kind == FUNC and isinstance(fv.ref, FuncInfo):
             self_value = fv.ident if isinstance(fv.ident, V) else None
             return self.inline(fv.ref, node, args, kwargs, state, ctx, self_value=self_value)
@@ -1209,6 +1262,33 @@ class Interpreter:
         if name and api.resetish(api.last(name)):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
         return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()), graph=None)
+
+    def call_lambda(self, fv: V, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        lam: cst.Lambda = fv.ref
+        if ctx.depth >= MAX_DEPTH:
+            return TOP
+        inner = State(state.default_mode)
+        inner.modes, inner.grad = state.modes, state.grad
+        params = [*lam.params.posonly_params, *lam.params.params]
+        for i, p in enumerate(params):
+            name = p.name.value
+            inner.env[name] = args[i] if i < len(args) else kwargs.get(name, self._guess(name))
+        closure, stmt = fv.ident if isinstance(fv.ident, tuple) else (None, self.stmt)
+        callee = Ctx(
+            id=next(self.ctx_ids),
+            name="<lambda>",
+            func=None,
+            parent=ctx,
+            depth=ctx.depth + 1,
+            model_method=ctx.model_method,
+            lightning_eval=ctx.lightning_eval,
+            closure=closure,
+        )
+        saved, self.stmt = self.stmt, stmt
+        try:
+            return self.eval(lam.body, inner, callee)
+        finally:
+            self.stmt = saved
 
     def loss_call(self, is_ce: bool, node: cst.Call, args: list[V], kwargs: dict[str, V], ctx: Ctx) -> V:
         inp = args[0] if args else kwargs.get("input", TOP)
@@ -1256,6 +1336,8 @@ class Interpreter:
         if api.is_optimizer_class(qual):
             params = args[0] if args else kwargs.get("params", TOP)
             return V(OPTIMIZER, ident=object(), origin=node, alias=params.ident if params.kind == PARAMS else None)
+        if qual == "functools.partial":
+            return x if x.kind in (QUAL, FUNC, LOSS, MODEL) else TOP
         if api.is_scheduler(qual):
             return V(SCHEDULER, origin=node)
         if name == "DataLoader":
@@ -1264,6 +1346,8 @@ class Interpreter:
             if x.kind == MODEL:
                 return x.with_(ident=object())
             return x.with_(alias=None, graph=False if x.graph else x.graph)
+        if x.kind == PARAMS and qual in ("builtins.list", "builtins.tuple", "builtins.iter"):
+            return x
         if qual in ("copy.copy", "builtins.dict", "collections.OrderedDict", "builtins.list"):
             if x.kind in (STATE_DICT, DICT) or x.alias is not None:
                 return x
@@ -1291,8 +1375,15 @@ class Interpreter:
             vals = [*args, *kwargs.values()]
             flat = []
             for v in vals:
-                flat.extend(v.elems if v.elems is not None else (v,))
-            return V(TENSOR, graph=graph_of(*flat) if flat else False, taints=merge_taints(*flat), origin=node)
+                flat.extend(v.elems if v.elems is not None and v.kind != DICT else (v,))
+            probs = None
+            if name in _JOIN_FUNCS and args:
+                parts = x.elems if x.elems else (x,)
+                if parts and all(p.probs is not None for p in parts):
+                    probs = parts[0].probs
+            return V(
+                TENSOR, graph=graph_of(*flat) if flat else False, taints=merge_taints(*flat), origin=node, probs=probs
+            )
         if api.resetish(name):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
         return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()))
@@ -1325,6 +1416,8 @@ class Interpreter:
                 if x.kind != PARAMS
                 else x
             )
+        if name in ("list", "tuple", "iter") and x.kind == PARAMS:
+            return x
         if name in ("zip", "iter", "reversed", "sorted", "list", "tuple", "next"):
             if name == "list" and x.kind in (LIST, TUPLE):
                 return x.with_(kind=LIST)
@@ -1454,7 +1547,13 @@ class Interpreter:
                 self.facts.accums.append(
                     self._ev(AccumEvent, node, ctx, id=acc_id, target=path or "<list>", value=item, outlives=outlives)
                 )
-        new = recv.with_(taints=recv.taints | x.taints | {acc_id}, graph=True if x.graph else recv.graph)
+        first = recv.elems == () or recv.probs is not None
+        new = recv.with_(
+            taints=recv.taints | x.taints | {acc_id},
+            graph=True if x.graph else recv.graph,
+            probs=x.probs if (first and x.probs is not None) else None,
+            elems=None,
+        )
         if isinstance(node.func, cst.Attribute) and isinstance(node.func.value, cst.Attribute):
             owner = self.eval(node.func.value.value, state, ctx, record=False)
             if isinstance(owner.ref, Instance):
@@ -1471,7 +1570,10 @@ class Interpreter:
             else:
                 flag = args[0] if args else kwargs.get("mode", V(CONST, const=True))
                 mode = (TRAIN if flag.const else EVAL) if flag.is_const else None
-            if recv.ident is not None:
+            if isinstance(recv.ident, Alt):
+                for member in recv.ident:
+                    state.modes[member] = mode
+            elif recv.ident is not None:
                 state.modes[recv.ident] = mode
             return recv
         if meth in api.MODEL_SELF_METHODS:
@@ -1479,7 +1581,7 @@ class Interpreter:
         if meth == "forward":
             return self.forward(recv, node, args, kwargs, state, ctx)
         if meth in ("parameters", "named_parameters", "modules", "children", "buffers"):
-            return V(PARAMS, ident=recv.ident)
+            return V(PARAMS, ident=frozenset({recv.ident}) if recv.ident is not None else None)
         if meth == "state_dict":
             return V(STATE_DICT, alias=recv.ident if recv.ident is not None else object())
         if meth in ("load_state_dict", "register_forward_hook", "register_buffer", "add_module"):
@@ -1524,17 +1626,38 @@ class Interpreter:
     def forward(self, model: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         probs = model.probs
         inst = model.ref if isinstance(model.ref, Instance) else None
-        out_elems = None
+        result = None
         if inst is not None and inst.cls.is_module:
             result = self.class_forward(inst)
             if result is not None:
                 probs = result.probs
-                if result.elems is not None:
-                    out_elems = result.elems
         taints: frozenset = merge_taints(*args, *kwargs.values())
         graph = True if state.grad == "on" else (False if state.grad == "off" else None)
+
+        def output(extra: frozenset) -> V:
+            """The forward's value: a tensor, or the tuple / dict the class's forward returns."""
+
+            def part(e: V) -> V:
+                return e.with_(
+                    taints=e.taints | taints | extra, graph=graph if e.kind in (TENSOR, UNKNOWN) else e.graph
+                )
+
+            if result is not None and result.elems is not None:
+                return V(
+                    TUPLE, elems=tuple(part(e) for e in result.elems), taints=taints | extra, graph=graph, origin=node
+                )
+            if result is not None and result.items is not None:
+                return V(
+                    DICT,
+                    items=tuple((k, part(e)) for k, e in result.items),
+                    taints=taints | extra,
+                    graph=graph,
+                    origin=node,
+                )
+            return V(TENSOR, probs=probs, graph=graph, taints=taints | extra, origin=node)
+
         if ctx.model_method or ctx.name == "forward":
-            return V(TENSOR, probs=probs, graph=graph, taints=taints, origin=node)
+            return output(frozenset())
         fid = next(self.ids)
         input_labels = " ".join(a.label for a in args if a.label)
         arg_text = " ".join(_dotted(a.value) or "" for a in node.args)
@@ -1561,13 +1684,7 @@ class Interpreter:
             lightning_eval=ctx.lightning_eval,
         )
         self.facts.forwards.append(ev)
-        if out_elems is not None:
-            elems = tuple(
-                e.with_(taints=e.taints | {fid}, graph=graph if e.kind in (TENSOR, UNKNOWN) else e.graph)
-                for e in out_elems
-            )
-            return V(TUPLE, elems=elems, taints=taints | {fid}, graph=graph, origin=node)
-        return V(TENSOR, probs=probs, graph=graph, taints=taints | {fid}, origin=node)
+        return output(frozenset({fid}))
 
     def sensitivity(self, model: V, _seen: set | None = None) -> bool | None:
         """Does the model hold layers that behave differently in train and eval mode? None: unknown."""
@@ -1629,7 +1746,7 @@ class Interpreter:
         result = None
         for r in ctx.returns:
             result = r if result is None else join(result, r)
-        if result is not None and result.elems is None and result.probs is None:
+        if result is not None and result.elems is None and result.items is None and result.probs is None:
             result = V(TENSOR)
         cls._forward_probs = result if result is not None else False
         return result
@@ -1821,6 +1938,7 @@ def _is_factory(node: Any) -> bool:
     return isinstance(node, cst.Call) and (_dotted(node.func) or "").rsplit(".", 1)[-1] in _DUMMY_FACTORIES
 
 
+_JOIN_FUNCS = frozenset({"stack", "cat", "concat", "concatenate", "hstack", "vstack", "dstack"})
 _STORE_METHODS = frozenset({"update", "append", "extend", "insert", "setdefault", "add"})
 _DUMMY_FACTORIES = frozenset({"zeros", "ones", "randn", "rand", "empty", "full", "randint", "zeros_like", "ones_like"})
 
@@ -1885,6 +2003,20 @@ _CMPOPS: dict[type, Any] = {
     cst.In: lambda a, b: a in b,
     cst.NotIn: lambda a, b: a not in b,
 }
+
+
+def _cond_key(test: cst.BaseExpression) -> str:
+    """A key under which two guards count as the same condition.
+
+    ``i % accum == 0`` and ``(i + 1) % accum == 0`` both pace on ``accum``: gradient accumulation written
+    with the reset at the top and the step at the bottom of the iteration shares one key.
+    """
+    if isinstance(test, cst.Comparison) and isinstance(test.left, cst.BinaryOperation):
+        if isinstance(test.left.operator, cst.Modulo):
+            return "% " + cst.Module([]).code_for_node(test.left.right).strip()
+    if isinstance(test, cst.BinaryOperation) and isinstance(test.operator, cst.Modulo):
+        return "% " + cst.Module([]).code_for_node(test.right).strip()
+    return cst.Module([]).code_for_node(test).strip()
 
 
 def _self_add(target: cst.BaseExpression, value: cst.BaseExpression) -> cst.BaseExpression | None:

@@ -48,12 +48,13 @@ class V:
     taints: frozenset = frozenset()  # ids of forward / accumulation events this value derives from
     const: Any = NOCONST
     elems: tuple | None = None  # tuple/list literal elements
+    items: tuple | None = None  # dict literal: ((key constant, value), ...)
     ref: Any = None  # ClassInfo / FunctionDef info / Instance / ListObj
     alias: Any = None  # ident of the model/optimizer whose live storage this (state dict, tensor) aliases
     label: str = ""  # the name the value was first bound to (e.g. "val_loader"), for eval heuristics
     # models: does it hold dropout / batch-norm style layers whose behaviour depends on train/eval?
     sensitive: bool | None = None
-    origin: Any = field(default=None, compare=False)  # node that created it
+    origin: Any = field(default=None, compare=False, repr=False)  # node that created it
 
     def with_(self, **changes: Any) -> V:
         return replace(self, **changes)
@@ -75,6 +76,11 @@ def join(a: V | None, b: V | None) -> V:
     if a == b:
         return a
     taints = a.taints | b.taints
+    # an empty list literal (before the loop that fills it) joins as whatever the loop put in it
+    if a.kind == LIST and a.elems == ():
+        return b.with_(taints=taints)
+    if b.kind == LIST and b.elems == ():
+        return a.with_(taints=taints)
     if a.kind != b.kind:
         # a constant None/0 initialiser joined with a real value: keep the real one's identity facts
         if a.kind == CONST and a.const in (None, 0, 0.0):
@@ -84,20 +90,32 @@ def join(a: V | None, b: V | None) -> V:
         return V(taints=taints, label=a.label or b.label)
     if a.kind in (QUAL, GRAD_CTX) and a.const != b.const and a.kind == QUAL:
         return V(taints=taints, label=a.label or b.label)
+    ident = a.ident if a.ident is b.ident else None
+    if ident is None and a.kind == MODEL and a.ident is not None and b.ident is not None:
+        ident = Alt(_members(a.ident) | _members(b.ident))  # either model, depending on the path
     return V(
         kind=a.kind,
-        ident=a.ident if a.ident is b.ident else None,
+        ident=ident,
         probs=a.probs if (a.probs is not None and b.probs is not None) else None,
         graph=a.graph if a.graph == b.graph else None,
         taints=taints,
         const=a.const if (a.is_const and b.is_const and a.const == b.const) else NOCONST,
         elems=None,
+        items=a.items if a.items == b.items else None,
         ref=a.ref if a.ref is b.ref else None,
         alias=a.alias if a.alias is b.alias else None,
         label=a.label or b.label,
         sensitive=a.sensitive if a.sensitive == b.sensitive else None,
         origin=a.origin,
     )
+
+
+class Alt(frozenset):
+    """The identity of a value that is one of several objects (a model chosen by a branch)."""
+
+
+def _members(ident: Any) -> frozenset:
+    return ident if isinstance(ident, Alt) else frozenset({ident})
 
 
 def join_modes(a: frozenset | None, b: frozenset | None) -> frozenset | None:

@@ -128,8 +128,7 @@ class Trainer:
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         for fid in facts.training_loops():
-            resets = facts.reset_by_frame.get(fid, [])
-            uncovered = [s for s in facts.step_by_frame[fid] if not any(r.covers(s) for r in resets)]
+            uncovered = [s for s in facts.step_by_frame[fid] if not facts.step_is_reset(fid, s)]
             if not uncovered:
                 continue
             step = min(uncovered, key=lambda e: e.seq)
