@@ -131,18 +131,19 @@ class _BrokenSettings:
 
 
 def _engine_version() -> str:
-    """The sentinel version plus the newest modification time of the lint engine's sources, so a
-    developer editing a rule does not get stale "passed" results."""
+    """The sentinel version plus the newest modification time of sentinel's own sources (the
+    runtime half aside), so a developer editing a rule does not get stale "passed" results."""
     import sentinel
 
     root = Path(sentinel.__file__).parent
     newest = 0
-    for pattern in ("lint.py", "rules/*.py", "analysis/*.py", "config.py", "suppress*.py"):
-        for source in root.glob(pattern):
-            try:
-                newest = max(newest, source.stat().st_mtime_ns)
-            except OSError:
-                pass
+    for source in root.rglob("*.py"):
+        if "probes" in source.relative_to(root).parts:
+            continue
+        try:
+            newest = max(newest, source.stat().st_mtime_ns)
+        except OSError:
+            pass
     return f"{sentinel.__version__}:{newest}"
 
 

@@ -230,28 +230,25 @@ def test_failure_is_an_assertion_error_carrying_the_result(models: pytest.Pytest
 
 
 @needs_torch
-def test_probe_that_cannot_run_fails_with_its_message(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import sentinel.probes
-    from sentinel.findings import ProbeResult
-
-    def broken(model, loss_fn, batch, optimizer=None, *, device=None):
-        return ProbeResult(name="devices", status="error", message="no CUDA device is available")
-
-    monkeypatch.setattr(sentinel.probes, "check_devices", broken)
-    pytester.makepyfile(
+def test_probe_that_cannot_run_fails_with_its_message(models: pytest.Pytester) -> None:
+    models.makepyfile(
         """
-        def test_it(sentinel):
-            sentinel.assert_devices(model=None, loss_fn=None, batch=None)
+        import torch
+        from torch import nn
+
+        def test_shape_bug(sentinel, setup):
+            args = setup()
+            args["model"] = nn.Linear(5, 3)   # the batch has 4 features
+            args["optimizer"] = None
+            sentinel.assert_overfits(**args)
         """
     )
-    result = pytester.runpytest()
+    result = models.runpytest()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*sentinel.assert_devices: 1 probe could not run*",
-            "*probe 'devices': error: no CUDA device is available*",
+            "E * sentinel.assert_overfits: 1 probe could not run",
+            "E * probe 'overfit': error: model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied*",
         ]
     )
 
@@ -538,7 +535,11 @@ def test_broken_config_fails_the_items_with_its_reason(pytester: pytest.Pytester
     result.stdout.fnmatch_lines(["cannot lint train_clean.py: *selekt*"])
 
 
-def test_unchanged_file_that_passed_is_not_linted_again(pytester: pytest.Pytester) -> None:
+def test_unchanged_file_that_passed_is_not_linted_again(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the cache key includes sentinel's source mtimes; pin it so edits elsewhere can't interfere
+    monkeypatch.setattr("sentinel._pytest_lint._engine_version", lambda: "pinned")
     buggy_call = "loss_fn(model(x).softmax(1), y)"
     clean_call = "loss_fn(model(x), y)".ljust(len(buggy_call))  # same length: trailing blanks
     pytester.makepyfile(train=CLEAN.replace("loss_fn(model(x), y)", clean_call))
@@ -556,6 +557,14 @@ def test_unchanged_file_that_passed_is_not_linted_again(pytester: pytest.Pyteste
     pytester.runpytest("--sentinel-lint", "--cache-clear").assert_outcomes(failed=1)
     # a failure is not remembered, and a new mtime alone is enough to re-lint
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    pytester.runpytest("--sentinel-lint").assert_outcomes(failed=1)
+
+
+def test_config_change_invalidates_remembered_passes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(train_bad=SOFTMAX_INTO_CE.format(noqa=""))
+    pytester.makepyprojecttoml('[tool.sentinel]\nignore = ["SEN001"]\n')
+    pytester.runpytest("--sentinel-lint").assert_outcomes(passed=1)
+    pytester.makepyprojecttoml("[tool.sentinel]\nignore = []\n")
     pytester.runpytest("--sentinel-lint").assert_outcomes(failed=1)
 
 
