@@ -8,9 +8,9 @@ a :class:`~sentinel.findings.Report`.
 - A script that ends (or calls ``sys.exit(0)``) before ``steps`` is fine: the report covers the steps
   it ran.
 - A script that raises (or exits with a non-zero status) is an *error*, not a finding: the probe's
-  status is ``error`` (exit status 2) and the traceback, trimmed of sentinel's own frames, is
-  printed on stderr like Python would. Findings seen before the crash are still reported.
-- The script's ``print`` output goes to stderr, so ``--format json`` keeps stdout parseable.
+  status is ``error`` (exit status 2), its ``message`` says what was raised and its ``traceback``
+  is the script's traceback without sentinel's frames (``sentinel probe`` prints it on stderr).
+  Findings seen before the crash are still reported.
 - Global state the script changes in-process is put back afterwards: ``sys.argv``, ``sys.path``,
   ``sys.modules['__main__']`` (and modules it imported from its own directory), torch grad mode,
   anomaly mode and default dtype.
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sentinel.findings import ProbeResult, Report
+from sentinel.probes.errors import user_traceback
 
 __all__ = ["run_script"]
 
@@ -44,7 +45,6 @@ def run_script(
     script_args: Sequence[str] = (),
     mode: str = "default",
     stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
 ) -> Report:
     """Run the training script ``path`` under :func:`sentinel.watch` for at most ``steps`` optimizer steps.
 
@@ -55,15 +55,13 @@ def run_script(
             was not initialised yet in this process) or ``cuda`` (an error if no GPU is available).
         script_args: the script's ``sys.argv[1:]``.
         mode: the monitor's mode, ``default`` or ``full`` (see :func:`sentinel.watch`).
-        stdout: where the script's ``sys.stdout`` goes (default: this process's stderr).
-        stderr: where the traceback of a failing script is printed (default: ``sys.stderr``).
+        stdout: where the script's ``sys.stdout`` goes (default: unchanged; ``sentinel probe
+            --format json`` sends it to stderr to keep its own stdout parseable).
     """
     import torch
 
     from sentinel.probes.watch import Watch, _StopTraining
 
-    err = stderr if stderr is not None else sys.stderr
-    out = stdout if stdout is not None else sys.stderr
     script = Path(path)
     if device == "cuda" and not torch.cuda.is_available():
         return _error_report(path, device, "--device cuda: no CUDA device is available")
@@ -75,8 +73,9 @@ def run_script(
     try:
         code = compile(source, abspath, "exec", dont_inherit=True)
     except SyntaxError as exc:
-        print("".join(traceback.format_exception_only(type(exc), exc)), end="", file=err)
-        return _error_report(path, device, f"the script does not compile: {exc.msg} (line {exc.lineno})")
+        report = _error_report(path, device, f"the script does not compile: {exc.msg} (line {exc.lineno})")
+        report.probes[0].traceback = "".join(traceback.format_exception_only(type(exc), exc))
+        return report
 
     main = types.ModuleType("__main__")
     main.__file__ = abspath
@@ -88,10 +87,12 @@ def run_script(
     saved = _SavedState(str(script.resolve().parent), device)
     watcher = Watch(max_steps=steps, mode=mode, target=path)  # type: ignore[arg-type]
     error: str | None = None
+    user_tb = ""
     started = time.perf_counter()
     saved.enter(main, [path, *script_args])
+    redirect = contextlib.redirect_stdout(stdout) if stdout is not None else contextlib.nullcontext()
     try:
-        with contextlib.redirect_stdout(out):
+        with redirect:
             watcher.start()
             try:
                 exec(code, main.__dict__)
@@ -104,12 +105,10 @@ def run_script(
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the user's error, reported as such
-                print(_user_traceback(exc), end="", file=err)
-                error = f"the script raised {type(exc).__name__}: {exc}"
+                user_tb = user_traceback(exc)
+                error = f"the script raised {_reason(exc)}"
             finally:
                 watcher.stop()
-                with contextlib.suppress(Exception):
-                    out.flush()
     finally:
         saved.exit()
         main.__dict__.clear()
@@ -121,9 +120,15 @@ def run_script(
         probe.status = "error"
         probe.message = f"{error}; {probe.message}" if probe.message else error
         probe.data["error"] = error
+        probe.traceback = user_tb
     if device in ("cpu", "cuda") and not watcher.models:
         report.device = device
     return report
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _error_report(path: str, device: str, message: str) -> Report:
@@ -192,25 +197,4 @@ def _local_module(module: object, script_dir: str) -> bool:
         return False
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
     installed = any(file.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
-    return not installed and not _is_sentinel_frame(file)
-
-
-def _is_sentinel_frame(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_SENTINEL_DIR + os.sep)
-
-
-def _trim(te: traceback.TracebackException, seen: set[int]) -> None:
-    if id(te) in seen:
-        return
-    seen.add(id(te))
-    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not _is_sentinel_frame(f.filename)])
-    for chained in (te.__cause__, te.__context__):
-        if chained is not None:
-            _trim(chained, seen)
-
-
-def _user_traceback(exc: BaseException) -> str:
-    """The traceback Python would print for ``exc``, without sentinel's own frames."""
-    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    _trim(te, set())
-    return "".join(te.format())
+    return not installed and not file.startswith(_SENTINEL_DIR + os.sep)

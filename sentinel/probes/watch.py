@@ -115,16 +115,19 @@ class ForwardRecord:
 
 
 class _GradCapture:
-    """Tensor hook on a model output: keeps the gradient that flowed into it (d loss / d output)."""
+    """Pre-hook on the autograd node of a model output: keeps the gradient that flowed into that
+    output (d loss / d output). Holds no reference to the graph or the output tensor."""
 
-    __slots__ = ("record", "index")
+    __slots__ = ("record", "index", "output_nr")
 
-    def __init__(self, record: ForwardRecord, index: int) -> None:
+    def __init__(self, record: ForwardRecord, index: int, output_nr: int) -> None:
         self.record = record
         self.index = index
+        self.output_nr = output_nr
 
-    def __call__(self, grad: torch.Tensor) -> None:
-        self.record.grads[self.index] = grad
+    def __call__(self, grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
+        if self.output_nr < len(grad_outputs):
+            self.record.grads[self.index] = grad_outputs[self.output_nr]
         return None
 
 
@@ -141,8 +144,8 @@ class _OptState:
     sentinel: weakref.ref[torch.Tensor] | None = None
     sentinel_handle: RemovableHandle | None = None
     armed: tuple[weakref.ref[torch.Tensor], int] | None = None
-    # the parameters that had a grad at the last step and their max |grad| (a tensor, not synced)
-    last_gmax: tuple[list[torch.Tensor], torch.Tensor] | None = None
+    # the parameters that had a grad at the last step and their grad norms (a tensor, not synced)
+    last_norms: tuple[list[torch.Tensor], list[float]] | None = None
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,6 +207,7 @@ class Watch:
         self._retained = 0
         self._retained_at = 0
         self._eval_hits: dict[int, tuple[nn.Module, nn.Module]] = {}
+        self._eval_modules: dict[int, list[nn.Module]] = {}
         self._mismatch: dict[str, list[tuple[nn.Module, list[dict[str, str]]]]] = {
             "SEN103": [],
             "SEN104": [],
@@ -216,6 +220,7 @@ class Watch:
         self._busy = False
         self._broken = False
         self._started = False
+        self._has_cuda = False
         self._finished = False
         self._stopped = False
         self._t0 = 0.0
@@ -263,6 +268,7 @@ class Watch:
         _active = self
         self._started = True
         self._t0 = time.perf_counter()
+        self._has_cuda = torch.cuda.is_available()
         try:
             self._install()
         except BaseException:
@@ -349,10 +355,9 @@ class Watch:
         self._handles.append(
             model.register_forward_hook(self._model_post, with_kwargs=True, always_call=True)
         )
-        check = functools.partial(self._eval_pre, model)
-        for sub in model.modules():
-            if U.is_eval_sensitive_type(sub):
-                self._handles.append(sub.register_forward_pre_hook(check))
+        # SEN107 without a hook per dropout/batch-norm module (each would take PyTorch's slow call
+        # path on every step): the model's own pre-hook checks them when grad mode is off.
+        self._eval_modules[id(model)] = [m for m in model.modules() if U.is_eval_sensitive_type(m)]
 
     def _leave_global_mode(self) -> None:
         """Default mode, models discovered: keep hooks on the watched models only (fast path elsewhere)."""
@@ -400,14 +405,15 @@ class Watch:
     ) -> None:
         self._root_post(module, args, kwargs, output)
 
-    @_guarded
-    def _eval_pre(self, root: nn.Module, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if not torch.is_grad_enabled() and module.training and U.eval_sensitive(module):
-            self._eval_hits.setdefault(id(module), (root, module))
-
     def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if torch.is_grad_enabled():
-            self._rng_before[id(module)] = _rng_state()
+        if not torch.is_grad_enabled():
+            # an evaluation pass: dropout / batch norm of this model still in training mode? (In
+            # global mode the global pre-hook sees each submodule as it runs instead.)
+            for sub in self._eval_modules.get(id(module), ()):
+                if sub.training and U.eval_sensitive(sub):
+                    self._eval_hits.setdefault(id(sub), (module, sub))
+        else:
+            self._rng_before[id(module)] = _rng_state(self._has_cuda)
             if self.mode == "full" and self._nonfinite is None:
                 for name, t in U.call_tensors(args, kwargs):
                     if not U.is_finite(t):
@@ -451,11 +457,10 @@ class Watch:
         if self._module_pids(module):
             n = len(outs)
             record = ForwardRecord(
-                module, U.detach_tree(tuple(args)), U.detach_tree(dict(kwargs)), rng, [None] * n, n
+                module, U.detach_tree(tuple(args)), U.detach_tree(dict(kwargs)) if kwargs else {}, rng, [None] * n, n
             )
             for i, t in enumerate(outs):
-                if t.requires_grad:
-                    t.register_hook(_GradCapture(record, i))
+                t.grad_fn.register_prehook(_GradCapture(record, i, t.output_nr))
             self._records.append(record)
             if len(self._records) > _MAX_RECORDS:
                 del self._records[0]
@@ -550,16 +555,14 @@ class Watch:
             st.no_grad.difference_update([id(p) for p in params if p.grad is not None])
         with_grad = [p for p in params if p.grad is not None and not p.grad.is_sparse]
         if with_grad:
-            gmax = U.max_abs([p.grad for p in with_grad])  # type: ignore[misc]
-            st.last_gmax = (with_grad, gmax)
+            grads = [p.grad for p in with_grad]
+            values = U.grad_norms(grads).tolist()  # type: ignore[arg-type]
+            st.last_norms = (with_grad, values)
+            finite = math.isfinite(sum(values))  # norms are >= 0: NaN or inf iff one of them is
             if st.zero_grad:  # only until every parameter has had a non-zero gradient once
-                values = gmax.tolist()
-                finite = all(math.isfinite(v) for v in values)
                 nonzero = [id(p) for p, v in zip(with_grad, values, strict=True) if v != 0]
                 st.zero_grad.difference_update(nonzero)
-            else:
-                finite = bool(gmax.isfinite().all())
-            if not finite and self._nonfinite is None:
+            if not finite and self._nonfinite is None and not U.all_finite(grads):
                 self._localize(st, step, with_grad)
         if st is self._primary:
             self._check_retained()
@@ -989,18 +992,20 @@ VANISHING_GRAD = 1e-6
 
 
 def _vanishing(st: _OptState, p: torch.Tensor) -> bool:
-    if st.last_gmax is None:
+    if st.last_norms is None:
         return False
-    params, gmax = st.last_gmax
-    for q, g in zip(params, gmax.tolist(), strict=True):
+    params, norms = st.last_norms
+    for q, g in zip(params, norms, strict=True):
         if q is p:
-            scale = float(p.detach().abs().max()) if p.numel() else 0.0
+            scale = float(torch.linalg.vector_norm(p.detach())) if p.numel() else 0.0
             return g <= VANISHING_GRAD * scale
     return False
 
 
-def _rng_state() -> Any:
+def _rng_state(has_cuda: bool) -> Any:
+    """The RNG state a forward pass starts from (CPU, and CUDA once initialised): what a replay
+    needs to draw the same dropout masks."""
     cuda = None
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if has_cuda and torch.cuda.is_initialized():
         cuda = torch.cuda.get_rng_state_all()
     return torch.get_rng_state(), cuda
