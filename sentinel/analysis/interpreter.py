@@ -35,7 +35,6 @@ from sentinel.analysis.facts import (
     StepEvent,
 )
 from sentinel.analysis.values import (
-    Alt,
     CLASS,
     CONST,
     DICT,
@@ -58,6 +57,7 @@ from sentinel.analysis.values import (
     TOP,
     TUPLE,
     UNKNOWN,
+    Alt,
     V,
     graph_of,
     join,
@@ -255,9 +255,10 @@ def join_states(states: list[State]) -> State:
 
 
 def _dotted(node: cst.BaseExpression) -> str | None:
-    if isinstance(node, cst.Name):
+    t = type(node)
+    if t is cst.Name:
         return node.value
-    if isinstance(node, cst.Attribute):
+    if t is cst.Attribute:
         base = _dotted(node.value)
         return f"{base}.{node.attr.value}" if base else None
     return None
@@ -277,7 +278,12 @@ _STRING_PREFIXES = ("r", "u", "b", "br", "rb")
 
 
 def _string_value(node: cst.BaseExpression) -> Any:
-    if isinstance(node, cst.SimpleString):
+    if type(node) is cst.SimpleString:
+        raw = node.value
+        q = raw[-1]
+        # the common case, a plain 'text' or "text" without escapes, without ast.literal_eval
+        if raw[0] == q and "\\" not in raw and len(raw) >= 2 and not raw.startswith(q * 3):
+            return raw[1:-1]
         try:
             return node.evaluated_value
         except Exception:  # pragma: no cover - malformed escapes
@@ -869,11 +875,14 @@ class Interpreter:
             return self.eval_attribute(node, state, ctx, record)
         if t is cst.Call:
             return self.eval_call(node, state, ctx)
-        if t in (cst.Integer, cst.Float, cst.Imaginary):
+        if t is cst.Integer or t is cst.Float:
             try:
-                return V(CONST, const=node.evaluated_value)
-            except Exception:
+                text = node.value.replace("_", "")
+                return V(CONST, const=int(text, 0) if t is cst.Integer else float(text))
+            except ValueError:
                 return V(CONST)
+        if t is cst.Imaginary:
+            return V(CONST)
         if t in (cst.SimpleString, cst.ConcatenatedString):
             return V(CONST, const=_string_value(node))
         if t is cst.FormattedString:

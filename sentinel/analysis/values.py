@@ -11,7 +11,6 @@ when both paths agree, so an uncertain value never produces a finding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 NOCONST: Any = object()  # "not a known constant"
@@ -39,29 +38,91 @@ CONST = "const"
 LOADER = "loader"
 
 
-@dataclass(frozen=True)
-class V:
-    kind: str = UNKNOWN
-    ident: Any = None  # object identity: models, optimizers, instances, lists
-    probs: Any = None  # node of the softmax this tensor's probabilities come from (model: forward returns probs)
-    graph: bool | None = None  # True: definitely carries an autograd graph; False: definitely not
-    taints: frozenset = frozenset()  # ids of forward / accumulation events this value derives from
-    const: Any = NOCONST
-    elems: tuple | None = None  # tuple/list literal elements
-    items: tuple | None = None  # dict literal: ((key constant, value), ...)
-    ref: Any = None  # ClassInfo / FunctionDef info / Instance / ListObj
-    alias: Any = None  # ident of the model/optimizer whose live storage this (state dict, tensor) aliases
-    label: str = ""  # the name the value was first bound to (e.g. "val_loader"), for eval heuristics
-    # models: does it hold dropout / batch-norm style layers whose behaviour depends on train/eval?
-    sensitive: bool | None = None
-    origin: Any = field(default=None, compare=False, repr=False)  # node that created it
+_EMPTY: frozenset = frozenset()
 
-    def with_(self, **changes: Any) -> V:
-        return replace(self, **changes)
+
+class V:
+    """An abstract value. Treat as immutable: derive new ones with :meth:`with_`.
+
+    A plain ``__slots__`` class rather than a frozen dataclass: the interpreter creates hundreds of
+    thousands of these, and frozen dataclasses pay ``object.__setattr__`` per field.
+    """
+
+    __slots__ = (
+        "kind",
+        "ident",
+        "probs",
+        "graph",
+        "taints",
+        "const",
+        "elems",
+        "items",
+        "ref",
+        "alias",
+        "label",
+        "sensitive",
+        "origin",
+    )
+
+    def __init__(
+        self,
+        kind: str = UNKNOWN,
+        ident: Any = None,  # object identity: models, optimizers, instances, lists
+        probs: Any = None,  # node of the softmax its probabilities come from (model: forward returns probs)
+        graph: bool | None = None,  # True: definitely carries an autograd graph; False: definitely not
+        taints: frozenset = _EMPTY,  # ids of forward / accumulation events this value derives from
+        const: Any = NOCONST,
+        elems: tuple | None = None,  # tuple/list literal elements
+        items: tuple | None = None,  # dict literal: ((key constant, value), ...)
+        ref: Any = None,  # ClassInfo / FuncInfo / Instance / lambda node
+        alias: Any = None,  # ident of the model/optimizer whose live storage this (state dict, tensor) aliases
+        label: str = "",  # the name the value was first bound to (e.g. "val_loader"), for eval heuristics
+        sensitive: bool | None = None,  # models: holds dropout/batch-norm style layers (None: unknown)
+        origin: Any = None,  # node that created it
+    ) -> None:
+        self.kind = kind
+        self.ident = ident
+        self.probs = probs
+        self.graph = graph
+        self.taints = taints
+        self.const = const
+        self.elems = elems
+        self.items = items
+        self.ref = ref
+        self.alias = alias
+        self.label = label
+        self.sensitive = sensitive
+        self.origin = origin
+
+    def with_(self, **c: Any) -> V:
+        g = c.get
+        return V(
+            g("kind", self.kind),
+            g("ident", self.ident),
+            g("probs", self.probs),
+            g("graph", self.graph),
+            g("taints", self.taints),
+            g("const", self.const),
+            g("elems", self.elems),
+            g("items", self.items),
+            g("ref", self.ref),
+            g("alias", self.alias),
+            g("label", self.label),
+            g("sensitive", self.sensitive),
+            g("origin", self.origin),
+        )
 
     @property
     def is_const(self) -> bool:
         return self.const is not NOCONST
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{k}={getattr(self, k)!r}"
+            for k in self.__slots__
+            if k != "origin" and getattr(self, k) not in (None, "", _EMPTY, NOCONST)
+        )
+        return f"V({fields})"
 
 
 TOP = V()
@@ -72,8 +133,6 @@ def join(a: V | None, b: V | None) -> V:
     if a is None:
         return b if b is not None else TOP
     if b is None or a is b:
-        return a
-    if a == b:
         return a
     taints = a.taints | b.taints
     # an empty list literal (before the loop that fills it) joins as whatever the loop put in it

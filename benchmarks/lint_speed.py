@@ -1,0 +1,107 @@
+"""Lint speed against LibCST's bare parse, measured side by side in one run.
+
+    python benchmarks/lint_speed.py [PATH ...] [--repeat N] [--jobs N]
+
+PATHs are directories of real training code (e.g. checkouts of pytorch/examples and other
+repositories full of training scripts); without one, the bundled fixtures are used. Prints, for the
+same files:
+
+* bare ``libcst.parse_module`` time (the floor any LibCST linter pays),
+* ``sentinel`` single-process time with its text pre-filter (files that cannot trigger a rule are
+  never parsed) and the ratio to the bare parse,
+* ``sentinel`` with the pre-filter off (every file parsed, analysed and checked by every rule): the
+  cost of all rules and the analysis together, as a ratio to the bare parse (target <= 1.5x),
+* the same restricted to the files the pre-filter lets through,
+* the wall time of ``lint_paths`` with ``--jobs`` processes.
+
+Times are the best of ``--repeat`` runs (default 3), so a busy machine perturbs them less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import libcst as cst
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sentinel.engine import check_source  # noqa: E402
+from sentinel.lint import lint_paths, load_settings  # noqa: E402
+from sentinel.rules import all_rules  # noqa: E402
+
+
+def collect(paths: list[Path]) -> list[tuple[Path, str]]:
+    out = []
+    for root in paths:
+        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+        for f in files:
+            try:
+                text = f.read_text(encoding="utf-8")
+                cst.parse_module(text)
+            except Exception:
+                continue  # not parseable: not a fair parse-time comparison
+            out.append((f, text))
+    return out
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="*", type=Path, default=[ROOT / "fixtures"])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    files = collect(args.paths)
+    if not files:
+        sys.exit("no parseable Python files found")
+    lines = sum(t.count("\n") + 1 for _, t in files)
+    rules = list(all_rules())
+    triggered = [(f, t) for f, t in files if any(r.triggered(t) for r in rules)]
+
+    def parse_all(subset=files):
+        for _, t in subset:
+            cst.parse_module(t)
+
+    def lint_all(prefilter=True, subset=files):
+        for f, t in subset:
+            check_source(t, str(f), rules, prefilter=prefilter)
+
+    t_parse = best(parse_all, args.repeat)
+    t_lint = best(lint_all, args.repeat)
+    t_full = best(lambda: lint_all(prefilter=False), args.repeat)
+    t_parse_trig = best(lambda: parse_all(triggered), args.repeat)
+    t_lint_trig = best(lambda: lint_all(subset=triggered), args.repeat)
+    settings = load_settings(args.paths[0], use_config=False)
+    t_jobs = best(lambda: lint_paths(args.paths, settings, jobs=args.jobs), 1)
+
+    n = len(files)
+    print(f"corpus: {n} files, {lines} lines ({len(triggered)} files can trigger a rule)")
+    print(f"bare libcst.parse_module      {t_parse:8.3f} s  {n / t_parse:8.1f} files/s  {lines / t_parse:9.0f} lines/s")
+    print(
+        f"sentinel lint (1 process)     {t_lint:8.3f} s  {n / t_lint:8.1f} files/s  ratio {t_lint / t_parse:.2f}x parse"
+    )
+    print(
+        f"  every file analysed         {t_full:8.3f} s  {n / t_full:8.1f} files/s  ratio {t_full / t_parse:.2f}x parse"
+    )
+    print(
+        f"  triggered files only        {t_lint_trig:8.3f} s  vs their parse {t_parse_trig:.3f} s  "
+        f"ratio {t_lint_trig / t_parse_trig:.2f}x"
+    )
+    print(f"sentinel lint --jobs {args.jobs:<3}      {t_jobs:8.3f} s  {n / t_jobs:8.1f} files/s  (wall, incl. startup)")
+
+
+if __name__ == "__main__":
+    main()
