@@ -305,7 +305,10 @@ class Interpreter:
         self.seq = itertools.count()
         self.ids = itertools.count(1)
         self.frame_stack: list[int] = []
-        self.cond_stack: list[str] = []  # keys of the non-constant conditions guarding the current point
+        self.cond_stack: list[str] = []
+        self._yields: list[
+            Any
+        ] = []  # state captured at the `yield` of a local @contextmanager  # keys of the non-constant conditions guarding the current point
         self.fresh_stack: list[set[str]] = []
         self.stmt: cst.CSTNode = module
         self.active: list[FuncInfo] = []
@@ -660,17 +663,51 @@ class Interpreter:
 
     def exec_with(self, node: cst.With, state: State, ctx: Ctx) -> None:
         saved = state.grad
+        exits: list[dict] = []
         for item in node.items:
-            v = self.eval(item.item, state, ctx)
-            g = self._grad_of_ctx(v)
-            if g != "keep":
-                state.grad = g
+            cm = self._local_contextmanager(item.item, state, ctx)
+            if cm is not None:
+                v, at_yield, after = self._enter_contextmanager(cm, item.item, state, ctx)
+                exits.append(after)
+            else:
+                v = self.eval(item.item, state, ctx)
+                g = self._grad_of_ctx(v)
+                if g != "keep":
+                    state.grad = g
             if item.asname is not None:
                 self.assign(item.asname.name, v if v.kind != GRAD_CTX else TOP, state, ctx, None)
         changed = state.grad != saved
         self.exec_body(node.body, state, ctx)
         if changed or state.grad != saved:
             state.grad = saved
+        for after in exits:  # what the context manager does after its `yield` (restoring a mode)
+            state.modes.update(after)
+
+    def _local_contextmanager(self, expr, state: State, ctx: Ctx) -> FuncInfo | None:
+        if type(expr) is not cst.Call:
+            return None
+        fv = self.eval(expr.func, state, ctx, record=False)
+        if fv.kind == FUNC and isinstance(fv.ref, FuncInfo) and fv.ref.kind == "contextmanager":
+            return fv.ref
+        return None
+
+    def _enter_contextmanager(self, info: FuncInfo, call: cst.Call, state: State, ctx: Ctx):
+        """Run a local ``@contextmanager``: the body of the ``with`` sees the state at its ``yield``."""
+        self._yields.append(None)
+        try:
+            args, kwargs, _ = self._args(call, state, ctx)
+            self.inline(info, call, args, kwargs, state, ctx)
+        finally:
+            captured = self._yields.pop()
+        end_modes = dict(state.modes)
+        if captured is None:
+            return TOP, None, {}
+        value, grad, modes = captured
+        after = {k: v for k, v in end_modes.items() if modes.get(k, _MISSING) != v}
+        state.modes.clear()
+        state.modes.update(modes)
+        state.grad = grad
+        return value, captured, after
 
     def _grad_of_ctx(self, v: V) -> Any:
         if v.kind == GRAD_CTX:
@@ -705,6 +742,9 @@ class Interpreter:
             name = _dotted(d.func) if isinstance(d, cst.Call) else _dotted(d)
             if name in ("staticmethod", "classmethod", "property"):
                 info.kind = name
+                continue
+            if name and name.rsplit(".", 1)[-1] in ("contextmanager", "asynccontextmanager"):
+                info.kind = "contextmanager"
                 continue
             v = self.eval(d, state, ctx)
             g = self._grad_of_ctx(v)
@@ -979,6 +1019,11 @@ class Interpreter:
             return v
         if t is cst.Lambda:
             return V(FUNC, ref=node, origin=node, ident=(state.env, self.stmt))
+        if t is cst.Yield:
+            value = self.eval(node.value, state, ctx) if isinstance(node.value, cst.BaseExpression) else TOP
+            if self._yields and self._yields[-1] is None:
+                self._yields[-1] = (value, state.grad, dict(state.modes))
+            return TOP
         if t is cst.Await:
             return self.eval(node.expression, state, ctx)
         if t is cst.StarredElement:
@@ -1947,6 +1992,7 @@ def _is_factory(node: Any) -> bool:
     return isinstance(node, cst.Call) and (_dotted(node.func) or "").rsplit(".", 1)[-1] in _DUMMY_FACTORIES
 
 
+_MISSING = object()
 _JOIN_FUNCS = frozenset({"stack", "cat", "concat", "concatenate", "hstack", "vstack", "dstack"})
 _STORE_METHODS = frozenset({"update", "append", "extend", "insert", "setdefault", "add"})
 _DUMMY_FACTORIES = frozenset({"zeros", "ones", "randn", "rand", "empty", "full", "randint", "zeros_like", "ones_like"})
