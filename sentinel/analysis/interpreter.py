@@ -305,10 +305,10 @@ class Interpreter:
         self.seq = itertools.count()
         self.ids = itertools.count(1)
         self.frame_stack: list[int] = []
+        # keys of the non-constant conditions guarding the current point
         self.cond_stack: list[str] = []
-        self._yields: list[
-            Any
-        ] = []  # state captured at the `yield` of a local @contextmanager  # keys of the non-constant conditions guarding the current point
+        # state captured at the `yield` of a local @contextmanager
+        self._yields: list[Any] = []
         self.fresh_stack: list[set[str]] = []
         self.stmt: cst.CSTNode = module
         self.active: list[FuncInfo] = []
