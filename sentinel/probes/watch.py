@@ -326,11 +326,18 @@ class Watch:
             )
             self._global_on = True
 
-    def _remove_hooks(self) -> None:
+    def _remove_global_hooks(self) -> None:
+        from torch.nn.modules import module as module_mod
+
         for h in self._global_handles:
             h.remove()
+            # PyTorch's handle forgets this one (torch 2.x): do not leave a stale entry behind
+            getattr(module_mod, "_global_forward_hooks_with_kwargs", {}).pop(h.id, None)
         self._global_handles.clear()
         self._global_on = False
+
+    def _remove_hooks(self) -> None:
+        self._remove_global_hooks()
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -361,10 +368,7 @@ class Watch:
 
     def _leave_global_mode(self) -> None:
         """Default mode, models discovered: keep hooks on the watched models only (fast path elsewhere)."""
-        for h in self._global_handles:
-            h.remove()
-        self._global_handles.clear()
-        self._global_on = False
+        self._remove_global_hooks()
         self._stack.clear()
         for m in self._models:
             self._hook_model(m)
