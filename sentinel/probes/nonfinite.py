@@ -2,36 +2,40 @@
 
 Two layers, so that healthy steps cost almost nothing:
 
-- :func:`first_nonfinite` / :func:`all_finite`: one fused reduction (``torch._foreach_norm`` with
-  ``ord=inf``, one host sync per device) over a list of tensors. A training loop calls it on the
-  loss, on all gradients after ``backward()`` and on all parameters after ``step()``.
+- :func:`first_nonfinite` / :func:`all_finite`: one sum per tensor and a single host sync per
+  device over a list of tensors. A training loop calls it on the loss, on all gradients after
+  ``backward()`` and on all parameters after ``step()``.
 - :func:`localize`: called only when that cheap check failed. It replays the step once, from the
   state the caller restored (see :mod:`sentinel.probes.state`), with light instrumentation:
 
   1. inputs: every floating tensor of the batch;
-  2. forward: pre/post hooks on every module record its inputs, outputs and the range of autograd
-     sequence numbers created while it ran; nothing is reduced unless something downstream turns
-     out non-finite. The origin is the first module (in completion order, so the innermost) whose
-     output is non-finite while its inputs were finite;
+  2. forward: every module's ``forward`` is wrapped to record its inputs, outputs (one lazy sum per
+     distinct tensor value, no host sync) and the range of autograd sequence numbers created while
+     it ran. The origin is the first module (in completion order, so the innermost) whose output
+     is non-finite while its inputs were finite;
   3. loss: non-finite although the model output is finite;
-  4. backward: a hook on every autograd node of the graph keeps its outgoing gradients; the origin
+  4. backward: a hook on every autograd node of the graph checks its outgoing gradients; the origin
      is the first node, in execution order, that emits a non-finite gradient (its incoming gradient
-     was finite: every earlier node emitted finite ones). The node is mapped to the innermost module
-     that was running when it was created (by sequence number);
+     was finite: every earlier node emitted finite ones), and the backward pass is abandoned there.
+     The node is mapped to the innermost module that was running when it was created (by autograd
+     sequence number);
   5. update: the first parameter that is non-finite after ``optimizer.step()``.
 
   Then the model, optimizer and RNGs are restored as they were when ``localize`` was called.
 
-Known limits: a module output that something *later* modifies in place is not trusted as evidence
-(the blame may move one level up, to the parent), except when the in-place op is a module that
-declares ``inplace=True`` (``nn.ReLU(inplace=True)``, ...): those have their inputs checked eagerly,
-which also vouches for the module that produced them. Keeping every node's gradient until the end
-of the replayed backward costs about one extra copy of the activation gradients.
+In-place ops are handled: every tensor value is summed when a module receives or returns it,
+before anything can overwrite it, and a value overwritten in place (new autograd version) is a new
+value.
+
+Cost: one forward with a thin wrapper and a sum per module call, the backward up to the origin with one hook per
+autograd node, and (only when the gradients were finite) the optimizer step. Parameter values and
+optimizer state are copied only right before that step; buffers, grads (by reference), flags and
+RNGs are captured up front.
 """
 
 from __future__ import annotations
 
-import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,9 +50,6 @@ from sentinel.probes.state import Snapshot
 __all__ = ["STAGES", "all_finite", "first_nonfinite", "localize", "optimizer_step"]
 
 STAGES = ("input", "forward", "loss", "backward", "update")
-
-_INF = math.inf
-
 
 def _checkable(t: Any) -> bool:
     return (
@@ -65,21 +66,36 @@ def _values(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
 
 
+def _sum_of(t: torch.Tensor) -> torch.Tensor:
+    """A float32 scalar that is non-finite whenever an element of ``t`` is (call under no_grad)."""
+    if t.is_sparse:
+        t = t.coalesce().values()
+    if t.dtype is torch.float32:
+        return t.sum()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.sum(dtype=torch.float32)
+    return t.sum().float()
+
+
 def _finite_flags(tensors: Sequence[torch.Tensor]) -> list[bool]:
-    """Per tensor: True when every element is finite. One fused reduction per device."""
+    """Per tensor: True when every element is finite.
+
+    One sum per tensor and one host sync per device: a sum is non-finite whenever an element is
+    (Inf cannot cancel into a finite value), so a finite sum proves the tensor finite. A non-finite
+    sum may also be an overflow of large finite values: those tensors are re-checked exactly.
+    """
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
     flags = [True] * len(tensors)
-    for idx in by_device.values():
-        vals = [_values(tensors[i]) for i in idx]
-        try:
-            norms = torch._foreach_norm(vals, _INF)
-        except Exception:  # pragma: no cover - older torch or an exotic dtype
-            norms = [torch.linalg.vector_norm(v.abs() if v.is_complex() else v, _INF) for v in vals]
-        ok = torch.isfinite(torch.stack([n.float() for n in norms])).tolist()
-        for i, f in zip(idx, ok, strict=True):
-            flags[i] = bool(f)
+    with torch.no_grad():
+        for idx in by_device.values():
+            ok = torch.isfinite(torch.stack([_sum_of(tensors[i]) for i in idx])).tolist()
+            for i, f in zip(idx, ok, strict=True):
+                if not f:
+                    flags[i] = bool(torch.isfinite(_values(tensors[i])).all())
     return flags
 
 
@@ -96,8 +112,32 @@ def first_nonfinite(tensors: Sequence[Any]) -> int | None:
 
 
 def all_finite(tensors: Sequence[Any]) -> bool:
-    """True when no tensor in ``tensors`` holds a NaN or Inf (cheap: one fused check per device)."""
+    """True when no tensor in ``tensors`` holds a NaN or Inf (one sum per tensor, one sync per device)."""
+    if len(tensors) == 1:
+        t = tensors[0]
+        if not _checkable(t):
+            return True
+        with torch.no_grad():
+            return bool(torch.isfinite(_sum_of(t))) or bool(torch.isfinite(_values(t)).all())
     return first_nonfinite(tensors) is None
+
+
+_BULK_LIMIT = 1 << 24  # elements per (device, dtype) group that _bulk_finite may copy
+
+
+def _bulk_finite(tensors: Sequence[torch.Tensor]) -> bool | None:
+    """Whether all ``tensors`` (checkable) are finite, from one concatenation and one sum per
+    (device, dtype) group; None when a group is too large to copy (then use per-tensor checks)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    sums = []
+    with torch.no_grad():
+        for group in groups.values():
+            if any(t.is_sparse for t in group) or sum(t.numel() for t in group) > _BULK_LIMIT:
+                return None
+            sums.append(_sum_of(torch.cat([t.reshape(-1) for t in group])))
+    return bool(torch.isfinite(torch.stack([s.cpu() for s in sums])).all()) if sums else True
 
 
 def _kind(t: torch.Tensor) -> str:
@@ -115,27 +155,29 @@ def optimizer_step(optimizer: torch.optim.Optimizer, closure: Any = None) -> Non
 # ------------------------------------------------------------------------------------ localization
 
 
-def _sequence_nr() -> int:
-    get = getattr(torch.autograd, "_get_sequence_nr", None)
-    if get is not None:
-        return int(get())
-    probe = torch.zeros((), requires_grad=True)  # pragma: no cover - torch without the helper
-    with torch.enable_grad():  # pragma: no cover
+def _sequence_nr_fallback() -> int:  # pragma: no cover - torch without the private helper
+    probe = torch.zeros((), requires_grad=True)
+    with torch.enable_grad():
         return (probe * 1).grad_fn._sequence_nr() + 1  # type: ignore[union-attr]
 
 
-@dataclass
+# The number the next autograd node created on this thread will get.
+_sequence_nr = getattr(torch.autograd, "_get_sequence_nr", None) or _sequence_nr_fallback
+
+
+@dataclass(slots=True)
 class _Call:
     name: str
     module: nn.Module
     start: int
-    inputs: list[tuple[torch.Tensor, int]]
-    inputs_ok: bool | None = None  # checked eagerly for in-place modules
+    inputs: list[tuple[int, int]]  # (id, version) keys into _Tracer.sums
     end: int = -1
-    outputs: list[tuple[torch.Tensor, int]] = field(default_factory=list)
+    outputs: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _tensors_of(obj: Any) -> list[torch.Tensor]:
+    if type(obj) is tuple and len(obj) == 1 and isinstance(obj[0], torch.Tensor):
+        return [obj[0]]
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, tuple) and all(isinstance(t, torch.Tensor) for t in obj):
@@ -143,70 +185,99 @@ def _tensors_of(obj: Any) -> list[torch.Tensor]:
     return [t for _, t in tensor_items(obj, "")]
 
 
+_MISSING = object()
+
+
 class _Tracer:
-    """Forward hooks on every module of ``model``: records calls, cheap unless asked."""
+    """Records every call of ``model``'s modules: which tensors went in and came out and the range
+    of autograd sequence numbers created meanwhile. Each module's ``forward`` is wrapped by an
+    instance attribute for the duration (cheaper than module hooks, which also push every call onto
+    torch's slow path) and put back by :meth:`remove`.
+
+    Every distinct tensor value seen (keyed by ``(id, version)``, so a tensor overwritten in place
+    counts as a new value) gets one lazy sum, taken when it is seen, before anything can overwrite
+    it; :meth:`origin` turns all of them into flags with one host sync.
+    """
 
     def __init__(self, model: nn.Module) -> None:
-        self.names = {id(m): n for n, m in model.named_modules()}
-        self.stack: list[_Call] = []
+        self.thread = threading.get_ident()
         self.calls: list[_Call] = []  # completion order
-        self.handles: list[Any] = []
-        self.known: dict[tuple[int, int], bool] = {}  # (id, version) -> finite, seen before an in-place op
-        for _, m in model.named_modules():
-            self.handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
-            self.handles.append(m.register_forward_hook(self._post, with_kwargs=True, always_call=True))
+        self.sums: dict[tuple[int, int], torch.Tensor] = {}
+        self.tensors: dict[tuple[int, int], torch.Tensor] = {}
+        self.saved: list[tuple[nn.Module, Any]] = []
+        try:
+            for name, module in model.named_modules():
+                original = module.__dict__.get("forward", _MISSING)
+                wrapper = self._wrap(module, name, module.forward)
+                self.saved.append((module, original))
+                module.__dict__["forward"] = wrapper
+        except BaseException:
+            self.remove()
+            raise
 
-    def _pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        ins = _tensors_of(args) + (_tensors_of(kwargs) if kwargs else [])
-        call = _Call(self.names.get(id(module), ""), module, _sequence_nr(), [(t, t._version) for t in ins])
-        if getattr(module, "inplace", False) is True:
-            # this module will overwrite its input: look at it now, and remember what we saw
-            checkable = [t for t in ins if _checkable(t)]
-            flags = _finite_flags(checkable) if checkable else []
-            for t, ok in zip(checkable, flags, strict=True):
-                self.known[(id(t), t._version)] = ok
-            call.inputs_ok = all(flags)
-        self.stack.append(call)
+    def _keys(self, tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+        keys = []
+        sums, kept = self.sums, self.tensors
+        for t in tensors:
+            key = (id(t), t._version)
+            if key not in sums:
+                if not _checkable(t):
+                    continue
+                sums[key] = _sum_of(t.detach())
+                kept[key] = t
+            keys.append(key)
+        return keys
 
-    def _post(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
-        if not self.stack:  # pragma: no cover - hooks registered mid-forward
-            return
-        call = self.stack.pop()
-        call.end = _sequence_nr() - 1
-        call.outputs = [(t, t._version) for t in _tensors_of(output)]
-        self.calls.append(call)
+    def _wrap(self, module: nn.Module, name: str, forward: Any) -> Any:
+        calls, thread, keys = self.calls, self.thread, self._keys
+
+        def traced_forward(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != thread:
+                return forward(*args, **kwargs)
+            ins = _tensors_of(args)
+            if kwargs:
+                ins += _tensors_of(kwargs)
+            call = _Call(name, module, _sequence_nr(), keys(ins))
+            output = forward(*args, **kwargs)
+            call.end = _sequence_nr() - 1
+            call.outputs = keys(_tensors_of(output))
+            calls.append(call)
+            return output
+
+        return traced_forward
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
+        for module, original in reversed(self.saved):
+            if original is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = original
+        self.saved.clear()
 
     def origin(self) -> tuple[_Call, torch.Tensor] | None:
-        """The first call whose (unmodified) output is non-finite while its inputs were finite."""
-        pool: dict[int, torch.Tensor] = {}
+        """The first call whose output was non-finite while its inputs were finite."""
+        if not self.sums:
+            return None
+        keys = list(self.sums)
+        by_device: dict[torch.device, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_device.setdefault(self.sums[k].device, []).append(i)
+        ok = [True] * len(keys)
+        for idx in by_device.values():
+            for i, f in zip(idx, torch.isfinite(torch.stack([self.sums[keys[i]] for i in idx])).tolist(),
+                            strict=True):
+                ok[i] = bool(f)
+        if all(ok):
+            return None
+        flags = dict(zip(keys, ok, strict=True))
+        for k, f in flags.items():  # a non-finite sum may be an overflow: re-check what still exists
+            t = self.tensors[k]
+            if not f and t._version == k[1] and bool(torch.isfinite(_values(t)).all()):
+                flags[k] = True
         for c in self.calls:
-            for t, _ in c.inputs + c.outputs:
-                if _checkable(t):
-                    pool.setdefault(id(t), t)
-        ids = list(pool)
-        flags = dict(zip(ids, _finite_flags([pool[i] for i in ids]), strict=True)) if ids else {}
-
-        def finite(t: torch.Tensor, version: int) -> bool | None:
-            """Was ``t`` finite at ``version``? None: unknown (overwritten in place since)."""
-            if t._version == version:
-                return flags.get(id(t), True)
-            return self.known.get((id(t), version))
-
-        for c in self.calls:
-            bad = [t for t, v in c.outputs if finite(t, v) is False]
-            if not bad:
-                continue
-            if c.inputs_ok is not None:
-                inputs_ok = c.inputs_ok
-            else:  # unknown inputs count as finite: their producer, if hooked, was checked first
-                inputs_ok = all(finite(t, v) is not False for t, v in c.inputs)
-            if inputs_ok:
-                return c, bad[0]
+            bad = [k for k in c.outputs if not flags[k]]
+            if bad and all(flags[k] for k in c.inputs):
+                return c, self.tensors[bad[0]]
         return None
 
     def module_at(self, seq: int) -> _Call | None:
@@ -234,14 +305,32 @@ def _graph_nodes(root: Any) -> list[Any]:
     return out
 
 
-def _bad_param(module: nn.Module | None, prefix: str, *, grads: bool) -> str | None:
+def _bad_param(module: nn.Module | None, prefix: str) -> str | None:
+    """The first parameter of ``module`` (qualified with ``prefix``) holding a NaN/Inf."""
     if module is None:
         return None
-    named = [(n, (p.grad if grads else p)) for n, p in module.named_parameters()]
-    i = first_nonfinite([t for _, t in named])
+    named = list(module.named_parameters())
+    i = first_nonfinite([p for _, p in named])
     if i is None:
         return None
     return f"{prefix}.{named[i][0]}" if prefix else named[i][0]
+
+
+def _param_fed_by(node: Any, index: int, names: dict[int, str]) -> str | None:
+    """The parameter that output ``index`` of autograd ``node`` flows into, through at most a few
+    single-input nodes (``t()``, views); None when it flows elsewhere."""
+    nxt = node.next_functions[index][0] if index < len(node.next_functions) else None
+    for _ in range(4):
+        if nxt is None:
+            return None
+        variable = getattr(nxt, "variable", None)
+        if variable is not None:
+            return names.get(id(variable))
+        following = [n for n, _ in nxt.next_functions if n is not None]
+        if len(following) != 1:
+            return None
+        nxt = following[0]
+    return None
 
 
 def _finding(stage: str, step: int, module: str | None, parameter: str | None, message: str,
@@ -256,6 +345,42 @@ def _describe(name: str | None, module: nn.Module | None) -> str:
         return "the loss function"
     cls = type(module).__name__ if module is not None else "?"
     return f"the model itself ({cls}.forward)" if name == "" else f"module `{name}` ({cls})"
+
+
+class _BackwardOrigin(Exception):
+    """Raised from an autograd node hook to stop the replayed backward at the first bad node."""
+
+    def __init__(self, node: Any, index: int, grad: torch.Tensor) -> None:
+        super().__init__(node.name())
+        self.node, self.index, self.grad = node, index, grad
+
+
+# Backward nodes that only move, select or sum gradients: they cannot turn finite values into
+# NaN/Inf, so they need no hook (a non-finite gradient they pass on was emitted, and caught, earlier).
+_PASS_THROUGH = frozenset({
+    "TBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "ExpandBackward0",
+    "PermuteBackward0", "TransposeBackward0", "SliceBackward0", "SelectBackward0", "CloneBackward0",
+    "CatBackward0", "SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0", "StackBackward0",
+    "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "AsStridedBackward0", "NegBackward0",
+    "AliasBackward0", "IndexBackward0", "ToCopyBackward0", "AddBackward0", "SubBackward0",
+})
+
+
+def _needs_watch(node: Any) -> bool:
+    return not hasattr(node, "variable") and node.name() not in _PASS_THROUGH
+
+
+def _watch_node(node: Any) -> Any:
+    def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
+        present = [(i, g) for i, g in enumerate(grad_inputs) if _checkable(g)]
+        if not present:
+            return
+        flags = _finite_flags([g for _, g in present])
+        for (i, g), ok in zip(present, flags, strict=True):
+            if not ok:
+                raise _BackwardOrigin(node, i, g)
+
+    return node.register_hook(hook)
 
 
 def localize(
@@ -276,9 +401,9 @@ def localize(
     it touches (model, ``loss_fn`` if it is a module, optimizer, RNGs) is restored before returning.
     Exceptions raised by the user's model or loss propagate.
     """
-    snap = Snapshot.capture([model, loss_fn], optimizer)
+    snap = Snapshot.capture([model, loss_fn], None, grads="ref" if zero_grad else True, values=False)
     try:
-        return _localize(model, loss_fn, batch, optimizer, step, compute_loss, zero_grad)
+        return _localize(model, loss_fn, batch, optimizer, step, compute_loss, zero_grad, snap)
     finally:
         snap.restore()
 
@@ -291,6 +416,7 @@ def _localize(
     step: int,
     compute_loss: ComputeLoss | None,
     zero_grad: bool,
+    snap: Snapshot,
 ) -> Finding | None:
     items = list(tensor_items(batch))
     i = first_nonfinite([t for _, t in items])
@@ -303,35 +429,36 @@ def _localize(
             "produced them; filter or clean the batch.",
             tensor=name, value=kind.lower(),
         )
-    params = [p for p in model.parameters()]
+    params = [pr.param for pr in snap.params]  # model's (and a module loss's) parameters
     if zero_grad:
         for p in params:
             p.grad = None
     tracer = _Tracer(model)
-    node_records: list[tuple[Any, tuple[Any, ...]]] = []
     handles: list[Any] = []
+    origin: _BackwardOrigin | None = None
     try:
         with torch.enable_grad():
             loss, _ = compute(model, loss_fn, batch, compute_loss)
         tracer.remove()
         loss_ok = all_finite([loss])
-        grads_ok = True
         if loss_ok and loss.grad_fn is not None:
-            for node in _graph_nodes(loss.grad_fn):
-                handles.append(node.register_hook(lambda gi, go, node=node: node_records.append((node, gi))))
-            loss.backward()
-            grads_ok = all_finite([p.grad for p in params])
+            handles = [_watch_node(node) for node in _graph_nodes(loss.grad_fn) if _needs_watch(node)]
+            try:
+                loss.backward()
+            except _BackwardOrigin as found:
+                origin = found
     finally:
         tracer.remove()
         for h in handles:
             h.remove()
+    grads_ok = origin is None and all_finite([p.grad for p in params])
 
     if not loss_ok or not grads_ok:
         found = tracer.origin()
         if found is not None:
             call, out = found
             kind = _kind(out)
-            parameter = _bad_param(call.module, call.name, grads=False)
+            parameter = _bad_param(call.module, call.name)
             why = f"; its parameter `{parameter}` is already non-finite" if parameter else ""
             return _finding(
                 "forward", step, call.name, parameter,
@@ -348,29 +475,22 @@ def _localize(
             " (log of 0, division by zero, targets out of range, probabilities outside [0, 1]).",
             value=kind.lower(),
         )
+    if origin is not None:
+        node = origin.node
+        call = tracer.module_at(node._sequence_nr())
+        mod_name = call.name if call is not None else None
+        kind = _kind(origin.grad)
+        where = _describe(mod_name, call.module if call is not None else None)
+        parameter = _param_fed_by(node, origin.index, {id(p): n for n, p in model.named_parameters()})
+        return _finding(
+            "backward", step, mod_name, parameter,
+            f"the gradient becomes {kind} in {node.name()} inside {where}"
+            f" at step {step}, although the gradient flowing into it was finite. The forward value"
+            " was finite, its derivative is not: typically sqrt/pow/log/div evaluated at 0 (add an"
+            " epsilon, e.g. sqrt(x + 1e-12)) or a torch.where whose unused branch is non-finite.",
+            op=node.name(), value=kind.lower(),
+        )
     if not grads_ok:
-        flat: list[Any] = []
-        owner: list[int] = []
-        for k, (_, gi) in enumerate(node_records):
-            for g in gi:
-                flat.append(g)
-                owner.append(k)
-        j = first_nonfinite(flat)
-        if j is not None:
-            node = node_records[owner[j]][0]
-            call = tracer.module_at(node._sequence_nr())
-            mod_name = call.name if call is not None else None
-            kind = _kind(flat[j])
-            where = _describe(mod_name, call.module if call is not None else None)
-            parameter = _bad_param(call.module, call.name, grads=True) if call is not None else None
-            return _finding(
-                "backward", step, mod_name, parameter,
-                f"the gradient becomes {kind} in {node.name()} inside {where}"
-                f" at step {step}, although the gradient flowing into it was finite. The forward value"
-                " was finite, its derivative is not: typically sqrt/pow/log/div evaluated at 0 (add an"
-                " epsilon, e.g. sqrt(x + 1e-12)) or a torch.where whose unused branch is non-finite.",
-                op=node.name(), value=kind.lower(),
-            )
         named = list(model.named_parameters())
         k = first_nonfinite([p.grad for _, p in named])
         pname = named[k][0] if k is not None else None
@@ -380,17 +500,23 @@ def _localize(
             " step (they were already non-finite before backward: gradient accumulation?).",
         )
     if optimizer is not None:
-        optimizer_step(optimizer)
-        named = list(model.named_parameters())
-        k = first_nonfinite([p for _, p in named])
-        if k is not None:
-            pname, p = named[k]
-            kind = _kind(p)
-            mod_name = pname.rpartition(".")[0]
-            return _finding(
-                "update", step, mod_name, pname,
-                f"parameter `{pname}` becomes {kind} in optimizer step {step} although loss and gradients"
-                " were finite: the learning rate is probably too high (or eps/weight decay is invalid).",
-                value=kind.lower(),
-            )
+        before_step = Snapshot.capture([model], optimizer, rng=False, grads=False, buffers=False)
+        try:
+            optimizer_step(optimizer)
+            if all_finite(params):
+                return None
+            named = list(model.named_parameters())
+            k = first_nonfinite([p for _, p in named])
+            if k is not None:
+                pname, p = named[k]
+                kind = _kind(p)
+                return _finding(
+                    "update", step, pname.rpartition(".")[0], pname,
+                    f"parameter `{pname}` becomes {kind} in optimizer step {step} although loss and"
+                    " gradients were finite: the learning rate is probably too high (or eps/weight"
+                    " decay is invalid).",
+                    value=kind.lower(),
+                )
+        finally:
+            before_step.restore()
     return None

@@ -162,16 +162,16 @@ def restore_rng(state: RNGState) -> None:
 # ------------------------------------------------------------------------------------------ modules
 
 
-@dataclass
+@dataclass(slots=True)
 class _ParamRecord:
     param: torch.Tensor
-    value: torch.Tensor
+    value: torch.Tensor | None
     requires_grad: bool
     grad: torch.Tensor | None
     grad_value: torch.Tensor | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _ModuleRecord:
     module: nn.Module
     training: bool
@@ -191,7 +191,12 @@ class _OptimizerRecord:
 
 def _same_entries(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Same keys in the same order holding the very same objects (identity, not ``==``)."""
-    return list(a) == list(b) and all(a[k] is b[k] for k in a)
+    if len(a) != len(b):
+        return False
+    for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True):
+        if va is not vb or ka != kb:
+            return False
+    return True
 
 
 def _same_items(a: list[Any], b: list[Any]) -> bool:
@@ -224,6 +229,7 @@ class Snapshot:
     buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     optimizer: _OptimizerRecord | None = None
     rng: RNGState | None = None
+    grads: bool | str = True
 
     @classmethod
     def capture(
@@ -232,18 +238,26 @@ class Snapshot:
         optimizer: torch.optim.Optimizer | None = None,
         *,
         rng: bool = True,
-        grads: bool = True,
+        grads: bool | str = True,
+        values: bool = True,
+        buffers: bool = True,
     ) -> Snapshot:
         """Capture ``modules`` (one module or an iterable; non-modules are ignored), ``optimizer``
-        and, unless ``rng=False``, the RNG states. ``grads=False`` skips ``.grad`` (cheaper when the
-        caller knows they are None or irrelevant)."""
+        and, unless ``rng=False``, the RNG states.
+
+        Cheaper partial snapshots, for callers that know what they will touch:
+        ``grads="ref"`` keeps which grad *object* each parameter had (restored by re-assignment,
+        enough when the caller only sets grads to None and lets backward create new ones);
+        ``grads=False`` ignores grads; ``values=False`` does not copy parameter values (flags,
+        ``requires_grad`` and identity are still restored); ``buffers=False`` does not copy buffers.
+        """
         if modules is None:
             mods: list[nn.Module] = []
         elif isinstance(modules, nn.Module):
             mods = [modules]
         else:
             mods = [m for m in modules if isinstance(m, nn.Module)]
-        snap = cls()
+        snap = cls(grads=grads)
         seen_modules: set[int] = set()
         seen_tensors: set[int] = set()
         for root in mods:
@@ -259,9 +273,10 @@ class Snapshot:
                         continue
                     seen_tensors.add(id(p))
                     g = p.grad if grads else None
-                    snap.params.append(
-                        _ParamRecord(p, _clone(p), p.requires_grad, g, None if g is None else _clone(g))
-                    )
+                    g_value = None if g is None or grads == "ref" else _clone(g)
+                    snap.params.append(_ParamRecord(p, _clone(p) if values else None, p.requires_grad, g, g_value))
+                if not buffers:
+                    continue
                 for b in module._buffers.values():
                     if b is None or id(b) in seen_tensors:
                         continue
@@ -271,7 +286,6 @@ class Snapshot:
             snap.optimizer = _capture_optimizer(optimizer)
         if rng:
             snap.rng = capture_rng()
-        snap._grads = grads  # type: ignore[attr-defined]
         return snap
 
     def restore(self) -> None:
@@ -286,20 +300,20 @@ class Snapshot:
             if not _same_entries(m._buffers, rec.buffers):
                 m._buffers.clear()
                 m._buffers.update(rec.buffers)
-        restore_grads = getattr(self, "_grads", True)
         for pr in self.params:
             p = pr.param
-            _put_back(p, pr.value)
+            if pr.value is not None:
+                _put_back(p, pr.value)
             if p.requires_grad != pr.requires_grad:
                 p.requires_grad_(pr.requires_grad)
-            if not restore_grads:
+            if not self.grads:
                 continue
             if pr.grad is None:
                 if p.grad is not None:
                     p.grad = None
             else:
-                assert pr.grad_value is not None
-                _put_back(pr.grad, pr.grad_value)
+                if pr.grad_value is not None:
+                    _put_back(pr.grad, pr.grad_value)
                 if p.grad is not pr.grad:
                     p.grad = pr.grad
         for b, value in self.buffers:

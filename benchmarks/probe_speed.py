@@ -1,0 +1,242 @@
+"""How fast is `sentinel probe`, and what does NaN localization cost next to detect_anomaly?
+
+Run:  python benchmarks/probe_speed.py [--threads N] [--repeat R]
+
+Prints, in one run:
+
+1. wall time of the whole probe suite (``run_probes``) on the small MLP and the small CNN of
+   ``fixtures/probes/healthy.py`` on CPU: the first ("cold": includes torch's one-off lazy imports
+   on the first optimizer) and the median of R warm runs, with the per-probe split. Target < 5 s.
+2. on models whose backward produces an Inf/NaN (``fixtures/probes/buggy.py:make_inf_in_backward``,
+   a 12-block residual MLP and a 4-layer transformer encoder with the same bug): the time of one failing step under
+   ``torch.autograd.detect_anomaly()`` (until it raises) against one call of
+   ``sentinel.probes.nonfinite.localize`` on the same step, the ratio (target <= 0.2), the cost of
+   a plain step and of the cheap per-step finiteness check, and what each one blames.
+
+Timings are the best of R runs (wall clock, and CPU time of the process for the localization
+figures); on a shared machine they move with the load (the load average is printed). Not a test:
+no assertion, just figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sentinel.probes import run_probes
+from sentinel.probes.nonfinite import all_finite, localize
+from sentinel.probes.workspace import synchronize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "fixtures" / "probes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timed(fn, repeat: int, clock=time.perf_counter) -> tuple[float, object]:
+    """Best (minimum) time of ``repeat`` calls, the least noisy figure on a shared machine
+    (``clock``: wall by default, or CPU time of the process)."""
+    times, out = [], None
+    for _ in range(repeat):
+        synchronize()
+        start = clock()
+        out = fn()
+        synchronize()
+        times.append(clock() - start)
+    return min(times), out
+
+
+# --------------------------------------------------------------------------------------- suite
+
+
+def bench_suite(healthy, repeat: int) -> None:
+    print("== probe suite (run_probes, CPU) ==")
+    for name in ("make_mlp", "make_cnn"):
+        made = healthy.__dict__[name]()
+        args = (made["model"], made["loss_fn"], made["batch"], made.get("optimizer"))
+        start = time.perf_counter()
+        report = run_probes(*args, target=name)
+        cold = time.perf_counter() - start
+        warm, report = _timed(lambda args=args, name=name: run_probes(*args, target=name), repeat)
+        warm_median = statistics.median(
+            _timed(lambda args=args, name=name: run_probes(*args, target=name), 1)[0] for _ in range(repeat)
+        )
+        split = ", ".join(f"{p.name} {p.seconds:.3f}s" for p in report.probes)
+        status = "no finding" if not report.findings else f"findings {report.codes()}"
+        steps = report.probes[-1].data.get("steps")
+        print(f"{name:10s} cold {cold:6.3f}s  warm best {warm:6.3f}s median {warm_median:6.3f}s"
+              f"  ({split}; overfit {steps} steps; {status})")
+
+
+# ---------------------------------------------------------------------------------- localization
+
+
+class _Distance(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a, b = h.chunk(2, dim=1)
+        return torch.sqrt(((a - b) ** 2).sum(dim=1, keepdim=True))
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width * 2)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(width * 2, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class _DeepSiamese(nn.Module):
+    """12 residual blocks, then a pair distance that is exactly 0 for one sample."""
+
+    def __init__(self, width: int = 64, depth: int = 12) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[_Block(width) for _ in range(depth)])
+        self.proj = nn.Linear(width, width)
+        self.dist = _Distance()
+        self.head = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.proj(self.blocks(x))
+        h = torch.cat([h[:, : h.shape[1] // 2], h[:, : h.shape[1] // 2] * (x[:, :1] > -10)], dim=1)
+        return self.head(self.dist(h))
+
+
+class _TinyTransformer(nn.Module):
+    """A 4-layer transformer encoder (d_model 64), mean-pooled, then the same pair distance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(16, 64)
+        layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+        self.dist = _Distance()
+        self.head = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.embed(x)).mean(1)
+        h = torch.cat([h[:, :32], h[:, :32]], dim=1)
+        return self.head(self.dist(h))
+
+
+def make_transformer() -> dict:
+    torch.manual_seed(0)
+    model = _TinyTransformer()
+    return {"model": model, "loss_fn": nn.MSELoss(), "batch": (torch.randn(8, 16, 16), torch.randn(8, 1)),
+            "optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
+
+
+def make_deep() -> dict:
+    torch.manual_seed(0)
+    model = _DeepSiamese()
+    x = torch.randn(32, 64)
+    y = torch.randn(32, 1)
+    return {"model": model, "loss_fn": nn.MSELoss(), "batch": (x, y),
+            "optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
+
+
+def _anomaly_step(model, loss_fn, batch) -> str:
+    x, y = batch
+    model.zero_grad(set_to_none=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autograd.detect_anomaly():
+                loss_fn(model(x), y).backward()
+        except RuntimeError as exc:
+            op = re.search(r"Function '(\w+)'", str(exc))
+            where = ""
+            for w in caught:
+                lines = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.*)', str(w.message))
+                lines = [f for f in lines if f"{os.sep}torch{os.sep}" not in f[0]]  # the user's frames
+                if lines:
+                    f, line, func, code = lines[-1]
+                    where = f"{os.path.basename(f)}:{line} in {func}: {code.strip()}"
+            return f"{op.group(1) if op else '?'} ({where})"
+    return "nothing (no NaN: anomaly mode only checks for NaN, not Inf)"
+
+
+def bench_localize(name: str, made: dict, repeat: int) -> None:
+    model, loss_fn, batch, opt = made["model"], made["loss_fn"], made["batch"], made["optimizer"]
+    x, y = batch
+    healthy_grads = [p.detach().clone() for p in model.parameters()]  # same sizes, all finite
+
+    def plain() -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+
+    def cheap() -> bool:
+        return all_finite(healthy_grads)
+
+    def anomaly() -> str:
+        return _anomaly_step(model, loss_fn, batch)
+
+    def loc():
+        return localize(model, loss_fn, batch, opt, 0)
+
+    # Interleaved, so that every contender sees the same load; best of `repeat` for each.
+    fns = {"plain": plain, "cheap": cheap, "anomaly": anomaly, "localize": loc}
+    wall = {k: float("inf") for k in fns}
+    cpu = {k: float("inf") for k in fns}
+    out = {}
+    for f in fns.values():
+        f()  # warm-up
+    for _ in range(repeat):
+        for key, f in fns.items():
+            synchronize()
+            w0, c0 = time.perf_counter(), time.process_time()
+            out[key] = f()
+            synchronize()
+            wall[key] = min(wall[key], time.perf_counter() - w0)
+            cpu[key] = min(cpu[key], time.process_time() - c0)
+    d = out["localize"].details if out["localize"] is not None else {}
+    blamed = f"stage={d.get('stage')} module={d.get('module')!r} op={d.get('op')}" if d else "nothing"
+    n_modules = len(list(model.modules()))
+    print(f"-- {name} ({n_modules} modules)".ljust(48) + "wall ms    CPU ms")
+    rows = [("plain forward+backward", "plain", ""), ("cheap check (all grads)", "cheap", "per healthy step"),
+            ("detect_anomaly step", "anomaly", f"blames {out['anomaly']}"),
+            ("sentinel localize", "localize", f"blames {blamed}")]
+    for label, key, note in rows:
+        print(f"   {label:28s} {wall[key] * 1e3:9.2f} {cpu[key] * 1e3:9.2f}   {note}")
+    print(f"   {'ratio localize / anomaly':28s} {wall['localize'] / wall['anomaly']:9.3f}"
+          f" {cpu['localize'] / cpu['anomaly']:9.3f}   (target <= 0.2)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions (median)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores,"
+          f" load average {load:.2f}, python {sys.version.split()[0]}")
+    healthy = _load("healthy")
+    buggy = _load("buggy")
+    bench_suite(healthy, args.repeat)
+    print("== NaN/Inf localization vs torch.autograd.detect_anomaly (one failing step) ==")
+    bench_localize("buggy.py:make_inf_in_backward", buggy.make_inf_in_backward(), args.repeat * 6)
+    bench_localize("deep residual MLP + sqrt at 0", make_deep(), args.repeat * 6)
+    bench_localize("4-layer transformer + sqrt at 0", make_transformer(), args.repeat * 3)
+
+
+if __name__ == "__main__":
+    main()
