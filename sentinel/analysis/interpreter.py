@@ -1315,7 +1315,17 @@ class Interpreter:
         name = _dotted(node.func) or ""
         if name and api.resetish(api.last(name)):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+        self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()), graph=None)
+
+    def _opaque_training_step(self, node, values: list[V], ctx: Ctx) -> None:
+        """A call sentinel cannot see into that gets a model output *and* an optimizer (MAE's
+        ``loss_scaler(loss, optimizer)``, a user's ``backward_and_step(loss, opt)``) backpropagates it."""
+        if not any(v.kind == OPTIMIZER for v in values):
+            return
+        taints = merge_taints(*(v for v in values if v.kind in (TENSOR, UNKNOWN)))
+        if taints:
+            self._backward(node, V(TENSOR, taints=taints), ctx)
 
     def call_lambda(self, fv: V, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         lam: cst.Lambda = fv.ref
@@ -1514,7 +1524,7 @@ class Interpreter:
             target = recv if recv.kind in (TENSOR, UNKNOWN) and (recv.taints or not args) else x
             self._backward(node, target if target.taints else recv, ctx)
             return TOP
-        if meth in ("manual_backward",):
+        if "backward" in meth and (args or kwargs):
             self._backward(node, x, ctx)
             return TOP
         if meth == "zero_grad":
@@ -1568,6 +1578,7 @@ class Interpreter:
             return TOP
         if recv.kind in (TENSOR, UNKNOWN):
             return self._tensor_method(recv, meth, node, args, kwargs, ctx)
+        self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         return TOP
 
     def _closure(self, args: list[V], kwargs: dict[str, V], node, state: State, ctx: Ctx) -> None:
@@ -1673,6 +1684,8 @@ class Interpreter:
         if meth in ("get", "pop", "keys", "split", "format", "join", "startswith", "endswith", "replace", "lower"):
             return V(UNKNOWN)
         vals = [recv, *args, *kwargs.values()]
+        if recv.kind == UNKNOWN:
+            self._opaque_training_step(node, vals[1:], ctx)
         kind = TENSOR if recv.kind == TENSOR else UNKNOWN
         return V(kind, graph=graph_of(*vals), taints=merge_taints(*vals), alias=None)
 
