@@ -292,7 +292,12 @@ def check_source(
         line, col, eline, ecol = locator.locate(v.node, v.stmt)
         if _suppressed(rule_cls, lines, line, eline):
             continue
-        out.append(Diagnostic(path, line, col, eline, ecol, rule_cls.CODE, rule_cls.NAME, v.message))
+        message = v.message
+        if v.related is not None:
+            rline = locator.locate(v.related, v.related_stmt or v.related)[0]
+            if rline != line:
+                message += f" ({v.related_label} on line {rline})"
+        out.append(Diagnostic(path, line, col, eline, ecol, rule_cls.CODE, rule_cls.NAME, message))
     return sorted(set(out))
 
 

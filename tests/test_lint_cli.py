@@ -34,7 +34,7 @@ BUGGY = textwrap.dedent(
 CLEAN = BUGGY.replace("probs = F.softmax(model(x), dim=1)", "probs = model(x)")
 SOFTMAX_MESSAGE = (
     "cross-entropy loss receives softmax probabilities; CrossEntropyLoss/F.cross_entropy apply "
-    "log_softmax themselves and expect raw logits"
+    "log_softmax themselves and expect raw logits (softmax on line 10)"
 )
 
 

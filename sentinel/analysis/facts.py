@@ -113,6 +113,7 @@ class Facts:
     # (ctx id, name) -> last seq at which the name was read
     last_read: dict[tuple[int, str], int] = field(default_factory=dict)
     escaped_taints: set = field(default_factory=set)
+    stmt_of: dict[int, cst.CSTNode] = field(default_factory=dict)  # statement of nodes messages cite
     # (ctx id, name) of snapshots stored into a container that outlives the loop iteration
     stored: set = field(default_factory=set)
     proven_graph_taints: set = field(default_factory=set)

@@ -426,6 +426,11 @@ class Interpreter:
             **kw,
         )
 
+    def _where(self, node: cst.CSTNode) -> cst.CSTNode:
+        """Remember which statement ``node`` is in, so a message can point at it later."""
+        self.facts.stmt_of[id(node)] = self.stmt
+        return node
+
     def _tick(self) -> None:
         self.steps += 1
         if self.steps > self.budget:
@@ -1304,7 +1309,7 @@ class Interpreter:
             return self.forward(fv, node, args, kwargs, state, ctx)
         if kind == SOFTMAX:
             x = args[0] if args else TOP
-            return V(TENSOR, probs=node, graph=x.graph, taints=x.taints)
+            return V(TENSOR, probs=self._where(node), graph=x.graph, taints=x.taints)
         if kind == LOSS:
             return self.loss_call(fv.const == "ce", node, args, kwargs, ctx)
         if kind == INSTANCE and isinstance(fv.ref, Instance):
@@ -1368,7 +1373,7 @@ class Interpreter:
         if name in _MODE_FUNCS and ctx.func is not None and ctx.func.cls is not None:
             ctx.func.cls.uses_mode = True
         if qual in api.SOFTMAX_FUNCS:
-            return V(TENSOR, probs=node, graph=x.graph, taints=x.taints, origin=node)
+            return V(TENSOR, probs=self._where(node), graph=x.graph, taints=x.taints, origin=node)
         if qual in api.CROSS_ENTROPY_FUNCS:
             return self.loss_call(True, node, args, kwargs, ctx)
         if api.is_functional_loss(qual):
@@ -1376,7 +1381,7 @@ class Interpreter:
         if qual in api.CROSS_ENTROPY_CLASSES:
             return V(LOSS, const="ce", origin=node)
         if qual in api.SOFTMAX_CLASSES:
-            return V(SOFTMAX, origin=node)
+            return V(SOFTMAX, origin=self._where(node))
         if api.is_loss_class(qual):
             return V(LOSS, const=name, origin=node)
         if qual in api.NO_GRAD_CTX:
@@ -1667,7 +1672,7 @@ class Interpreter:
         if meth in api.TENSOR_IDENTITY_METHODS:
             return recv
         if meth == "softmax":
-            return V(TENSOR, probs=node, graph=recv.graph, taints=recv.taints, origin=node)
+            return V(TENSOR, probs=self._where(node), graph=recv.graph, taints=recv.taints, origin=node)
         if meth in api.TENSOR_NO_GRAPH_METHODS:
             return V(TENSOR, graph=False)
         if meth in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (args or kwargs):

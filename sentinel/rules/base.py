@@ -30,6 +30,10 @@ class Violation:
     node: cst.CSTNode
     stmt: cst.CSTNode
     message: str
+    #: another place the message refers to; the engine appends "(... line N)" using ``related_label``
+    related: cst.CSTNode | None = None
+    related_stmt: cst.CSTNode | None = None
+    related_label: str = ""
 
 
 class Rule:

@@ -145,4 +145,7 @@ def compute_loss(logits, target):
                 call.stmt,
                 "cross-entropy loss receives softmax probabilities; CrossEntropyLoss/F.cross_entropy "
                 "apply log_softmax themselves and expect raw logits",
+                related=call.input.probs,
+                related_stmt=facts.stmt_of.get(id(call.input.probs)),
+                related_label="softmax",
             )
