@@ -5,6 +5,7 @@ Everything here is read-only on the user's tensors: no in-place op, no RNG, no a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,10 +22,11 @@ __all__ = [
     "dtype_name",
     "eval_sensitive",
     "fingerprint",
+    "grad_norms",
     "graph_tensors",
     "is_eval_sensitive_type",
     "is_finite",
-    "grad_norms",
+    "quick_finite",
     "tensor_items",
 ]
 
@@ -71,7 +73,7 @@ def is_finite(t: torch.Tensor) -> bool:
 
 
 def grad_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The 2-norm of each tensor as one float32 vector (no host synchronisation).
+    """The 2-norm of each tensor as one vector (no host synchronisation; float32 for 16-bit grads).
 
     Zero iff the tensor is all zeros; non-finite if it holds a NaN or an Inf (and, on accelerators
     that accumulate in float32, if its values are so large that their squares overflow: confirm a
@@ -85,6 +87,18 @@ def grad_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(torch._foreach_norm(tensors))
     device = first.device
     return torch.stack([torch.linalg.vector_norm(t.detach()).float().to(device) for t in tensors])
+
+
+def quick_finite(tensors: list[torch.Tensor]) -> bool:
+    """Exactly :func:`all_finite`, via the fast 2-norm reduction (the slower exact check only runs to
+    confirm a non-finite result)."""
+    floats = [t.detach() for t in tensors if t.is_floating_point() and t.numel() and not t.is_meta]
+    floats = [t for t in floats if not t.is_sparse]
+    if not floats:
+        return True
+    if math.isfinite(sum(grad_norms(floats).tolist())):
+        return True
+    return all_finite(floats)
 
 
 def fingerprint(t: torch.Tensor) -> int | None:

@@ -295,10 +295,23 @@ class Watch:
             except Exception as exc:  # noqa: BLE001
                 self._errors.append(f"final checks: {type(exc).__name__}: {exc}")
             self._report = self._build_report()
-            self._records.clear()
-            self._rng_before.clear()
+            self._release()
         assert self._report is not None
         return self._report
+
+    def _release(self) -> None:
+        """The report is final: drop references to the user's tensors (batches, gradients, graphs)."""
+        self._records.clear()
+        self._rng_before.clear()
+        self._train_roots.clear()
+        self._params.clear()
+        self._tags.clear()
+        self._eval_modules.clear()
+        self._eval_hits.clear()
+        self._nonfinite_raw = None
+        for st in self._states.values():
+            st.last_norms = None
+            st.armed = None
 
     def __enter__(self) -> Watch:
         return self.start()
@@ -359,9 +372,7 @@ class Watch:
             return
         self._hooked_models.add(id(model))
         self._handles.append(model.register_forward_pre_hook(self._model_pre, with_kwargs=True))
-        self._handles.append(
-            model.register_forward_hook(self._model_post, with_kwargs=True, always_call=True)
-        )
+        self._handles.append(model.register_forward_hook(self._model_post, with_kwargs=True, always_call=True))
         # SEN107 without a hook per dropout/batch-norm module (each would take PyTorch's slow call
         # path on every step): the model's own pre-hook checks them when grad mode is off.
         self._eval_modules[id(model)] = [m for m in model.modules() if U.is_eval_sensitive_type(m)]
@@ -404,9 +415,7 @@ class Watch:
         self._root_pre(module, args, kwargs)
 
     @_guarded
-    def _model_post(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
+    def _model_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         self._root_post(module, args, kwargs, output)
 
     def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -421,9 +430,7 @@ class Watch:
             if self.mode == "full" and self._nonfinite is None:
                 for name, t in U.call_tensors(args, kwargs):
                     if not U.is_finite(t):
-                        self._set_nonfinite(
-                            "input", self._primary_next_step(), root=module, module=None, tensor=name
-                        )
+                        self._set_nonfinite("input", self._primary_next_step(), root=module, module=None, tensor=name)
                         break
 
     def _module_pids(self, module: nn.Module) -> frozenset[int]:
@@ -433,9 +440,7 @@ class Watch:
             self._pids[id(module)] = pids
         return pids
 
-    def _root_post(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
+    def _root_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         if id(module) not in self._roots_seen:
             self._roots_seen.add(id(module))
             self._check_devices_dtypes(module, args, kwargs)
@@ -469,9 +474,7 @@ class Watch:
             if len(self._records) > _MAX_RECORDS:
                 del self._records[0]
 
-    def _check_devices_dtypes(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
+    def _check_devices_dtypes(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """SEN103/SEN104 at the first call of a root module: its inputs, parameters and buffers.
 
         Names follow the probe suite: ``model.<name>`` for parameters and buffers (as
@@ -516,7 +519,7 @@ class Watch:
 
     def _full_check_output(self, root: nn.Module, module: nn.Module, output: Any) -> None:
         # forward hooks fire innermost first: the first module with a non-finite output made it
-        if not U.all_finite([t for _, t in U.tensor_items(output, "")]):
+        if not U.quick_finite([t for _, t in U.tensor_items(output, "")]):
             self._set_nonfinite("forward", self._primary_next_step(), root=root, module=module)
 
     # ---------------------------------------------------------------------- optimizer hooks
@@ -580,9 +583,9 @@ class Watch:
         self._arm_accumulate(st)
         if self.mode == "full" and self._nonfinite is None:
             params = [p for g in opt.param_groups for p in g["params"]]
-            i = first_nonfinite(params)
-            if i is not None:
-                self._set_nonfinite("update", st.steps - 1, param=params[i])
+            if not U.quick_finite(params):
+                i = first_nonfinite(params)
+                self._set_nonfinite("update", st.steps - 1, param=params[i] if i is not None else None)
         if self._records:  # this step consumed the forward passes of its models
             ids = st.param_ids
             self._records = [r for r in self._records if self._module_pids(r.module).isdisjoint(ids)]
@@ -615,9 +618,7 @@ class Watch:
         if self._accumulate_step is not None:
             return
         if st.sentinel is None:
-            first = next(
-                (p for g in st.optimizer.param_groups for p in g["params"] if p.grad is not None), None
-            )
+            first = next((p for g in st.optimizer.param_groups for p in g["params"] if p.grad is not None), None)
             if first is None:
                 return
             st.sentinel = weakref.ref(first)
@@ -670,8 +671,12 @@ class Watch:
     ) -> None:
         if self._nonfinite is None:
             self._nonfinite = {
-                "stage": stage, "step": step, "tensor": tensor, "module_name": module_name,
-                "param_name": param_name, "extra": extra or {},
+                "stage": stage,
+                "step": step,
+                "tensor": tensor,
+                "module_name": module_name,
+                "param_name": param_name,
+                "extra": extra or {},
             }
             self._nonfinite_raw = (root, module, param)
 
@@ -685,8 +690,14 @@ class Watch:
         finally:
             self._busy = False
         self._set_nonfinite(
-            result.stage, result.step, root=result.root, module=result.module, param=result.param,
-            tensor=result.tensor, module_name=result.module_name, param_name=result.param_name,
+            result.stage,
+            result.step,
+            root=result.root,
+            module=result.module,
+            param=result.param,
+            tensor=result.tensor,
+            module_name=result.module_name,
+            param_name=result.param_name,
             extra=result.extra,
         )
 
@@ -957,9 +968,7 @@ def _as_list(obj: Any, kind: type, what: str) -> list[Any]:
     items = list(obj)
     for item in items:
         if not isinstance(item, kind):
-            raise TypeError(
-                f"{what} must be a {kind.__name__} or a sequence of them, got {type(item).__name__}"
-            )
+            raise TypeError(f"{what} must be a {kind.__name__} or a sequence of them, got {type(item).__name__}")
     return items
 
 
