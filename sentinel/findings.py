@@ -8,6 +8,7 @@ these without importing torch. The JSON shape is the contract of ``sentinel prob
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -139,7 +140,9 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=_json_default)
+        """Strict JSON: NaN and infinities (a diverging loss) become the strings ``"NaN"``,
+        ``"Infinity"`` and ``"-Infinity"``, which every JSON parser accepts."""
+        return json.dumps(_strict(self.to_dict()), indent=indent, default=_json_default, allow_nan=False)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield Text.assemble(("sentinel probe ", "bold"), self.target, (f"  on {self.device}", "dim"))
@@ -153,6 +156,21 @@ class Report:
 
 def merge(target: str, device: str, results: Iterable[ProbeResult]) -> Report:
     return Report(target=target, device=device, probes=list(results))
+
+
+def _strict(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy/torch scalars
+        try:
+            return _strict(obj.item())
+        except Exception:  # not a scalar: left to _json_default
+            return obj
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

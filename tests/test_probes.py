@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from sentinel.findings import ProbeResult, Report
+from sentinel.findings import Finding, ProbeResult, Report
 from sentinel.probes import check_devices, check_finite, check_overfit, check_updates, run_probes
 from sentinel.probes import curve as curves
 from sentinel.probes.batch import plan
@@ -123,6 +123,7 @@ PROBES = {
     "devices": lambda m, lf, b, o: check_devices(m, lf, b, o),
     "finite": lambda m, lf, b, o: check_finite(m, lf, b, o),
     "suite": lambda m, lf, b, o: run_probes(m, lf, b, o, steps=20),
+    "suite_on_cpu": lambda m, lf, b, o: run_probes(m, lf, b, o, steps=5, device="cpu"),
 }
 
 class _RandomUser(nn.Module):
@@ -440,6 +441,13 @@ def test_diverging_curve_reports_the_nonfinite_step():
     assert math.isinf(d["final_loss"]) or math.isnan(d["final_loss"])
     assert d["nonfinite_step"] == d["steps"]
     assert d["causes"][0] == "learning-rate"
+    report = Report("t", "cpu", [ProbeResult("overfit", "fail", findings=[Finding("SEN101", "m", d)])])
+
+    def no_bare_constants(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    strict = json.loads(report.to_json(), parse_constant=no_bare_constants)
+    assert strict["findings"][0]["details"]["final_loss"] in ("NaN", "Infinity")
 
 
 def test_overfit_steps_argument():
