@@ -626,3 +626,56 @@ def test_autocast_mixed_dtypes_are_not_a_mismatch():
             F.mse_loss(out.float(), y).backward()
             opt.step()
     assert w.findings == []
+
+
+# ------------------------------------------------------------------------ two models, two optimizers
+
+
+class Generator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+        self.unused = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_gan_loop(bug):
+    # D's gradients from the generator's backward are discarded by d_opt.zero_grad(): not SEN106.
+    torch.manual_seed(0)
+    gen, disc = Generator(), Discriminator()
+    g_opt = torch.optim.Adam(gen.parameters(), lr=1e-3)
+    d_opt = torch.optim.Adam([*disc.net.parameters()], lr=1e-3)
+    real = torch.randn(32, 8)
+    ones, zeros = torch.ones(32, 1), torch.zeros(32, 1)
+    with sentinel.watch() as w:
+        for _ in range(6):
+            fake = gen(torch.randn(32, 4))
+            d_opt.zero_grad()
+            d_loss = F.binary_cross_entropy_with_logits(disc(real), ones)
+            d_loss = d_loss + F.binary_cross_entropy_with_logits(disc(fake.detach()), zeros)
+            d_loss.backward()
+            d_opt.step()
+            if not bug:
+                g_opt.zero_grad()
+            F.binary_cross_entropy_with_logits(disc(fake), ones).backward()
+            g_opt.step()
+    assert w.models == [disc, gen] and w.steps == 6  # in the order their optimizers first stepped
+    expected = {"SEN102": {"parameters": [
+        {"name": "Discriminator.unused.weight", "reason": "not-in-optimizer"},
+        {"name": "Discriminator.unused.bias", "reason": "not-in-optimizer"},
+    ]}}
+    if bug:
+        expected["SEN106"] = {"step": 1}
+    assert {f.code: f.details for f in w.findings} == expected

@@ -143,7 +143,8 @@ class _OptState:
     first_fp: dict[int, int | None] = field(default_factory=dict)
     sentinel: weakref.ref[torch.Tensor] | None = None
     sentinel_handle: RemovableHandle | None = None
-    armed: tuple[weakref.ref[torch.Tensor], int] | None = None
+    # [the .grad tensor the last step used, its expected version, whether gradients were added to it]
+    armed: list[Any] | None = None
     # the parameters that had a grad at the last step and their grad norms (a tensor, not synced)
     last_norms: tuple[list[torch.Tensor], list[float]] | None = None
 
@@ -554,6 +555,8 @@ class Watch:
         if not self._accepts(opt):
             return
         st = self._state(opt)
+        if st.armed is not None:
+            self._check_accumulate(st)
         params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
         if len(params) != st.n_params:
             self._register_params(st, params)
@@ -615,28 +618,49 @@ class Watch:
     # SEN106 ---------------------------------------------------------------------------------
 
     def _arm_accumulate(self, st: _OptState) -> None:
+        """After a step: remember the sentinel parameter's ``.grad`` (object and version)."""
         if self._accumulate_step is not None:
             return
         if st.sentinel is None:
-            first = next((p for g in st.optimizer.param_groups for p in g["params"] if p.grad is not None), None)
+            params = (p for g in st.optimizer.param_groups for p in g["params"])
+            first = next((p for p in params if p.grad is not None), None)
             if first is None:
                 return
             st.sentinel = weakref.ref(first)
             st.sentinel_handle = first.register_hook(functools.partial(self._grad_arrives, st))
         p = st.sentinel()
         g = None if p is None else p.grad
-        st.armed = None if g is None else (weakref.ref(g), g._version)
+        st.armed = None if g is None else [weakref.ref(g), g._version, False]
+
+    def _untouched(self, st: _OptState) -> bool:
+        """The sentinel's ``.grad`` is still the tensor the last step used, changed only by the
+        accumulations the monitor saw arrive (no ``zero_grad``, no ``zero_()``, no new tensor)."""
+        armed = st.armed
+        p = st.sentinel() if st.sentinel is not None else None
+        g = None if p is None else p.grad
+        return armed is not None and g is not None and armed[0]() is g and g._version == armed[1]
 
     @_guarded
     def _grad_arrives(self, st: _OptState, grad: torch.Tensor) -> None:
-        armed, st.armed = st.armed, None
-        if armed is None or self._accumulate_step is not None:
+        # A gradient is about to be accumulated into the sentinel parameter's .grad.
+        armed = st.armed
+        if armed is None:
             return None
-        p = st.sentinel() if st.sentinel is not None else None
-        g = None if p is None else p.grad
-        if g is not None and armed[0]() is g and g._version == armed[1]:
-            self._accumulate_step = st.steps  # the step about to run, 0-based
+        if self._untouched(st):  # ... into the last step's gradient: fine only if reset before the step
+            armed[1] += 1  # AccumulateGrad adds in place: one version bump
+            armed[2] = True
+        else:  # the gradient was reset since the last step
+            st.armed = None
         return None
+
+    def _check_accumulate(self, st: _OptState) -> None:
+        """Before a step: are the gradients the previous step's plus this step's?"""
+        armed, st.armed = st.armed, None
+        if armed is not None and armed[2] and self._accumulate_step is None:
+            st.armed = armed
+            if self._untouched(st):
+                self._accumulate_step = st.steps  # the step about to run, 0-based
+            st.armed = None
 
     # SEN108 ---------------------------------------------------------------------------------
 
