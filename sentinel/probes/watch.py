@@ -15,32 +15,41 @@ Nothing in the user's code changes: the monitor uses PyTorch's own hook points.
 - Models: given, or discovered through the global module forward hooks (a module called while no
   other module is running is a root; roots that own parameters of a stepping optimizer are the
   watched models). In the default mode the global module hooks are removed after the first
-  optimizer step and replaced by hooks on the watched models only (the root module, and the
-  dropout/batch-norm modules for the eval-mode check), so the other modules keep PyTorch's fast
-  call path.
+  optimizer step and replaced by a pre- and a post-hook on each watched model only, so every
+  submodule keeps PyTorch's fast call path.
 
-What it finds (codes and ``details`` are the DESIGN contract; steps count from 1):
+What it finds (codes and ``details`` are the DESIGN contract; ``step`` is the 0-based index of the
+optimizer step, as in the probe suite):
 
-- SEN106 gradients-accumulate: one tensor hook on one parameter per optimizer sees the first
-  gradient of each step arrive while ``.grad`` still is the very tensor, same version, that the
-  previous ``optimizer.step()`` used: nobody zeroed it or set it to None.
-- SEN102 parameter-not-updated: per step, one fused max-|grad| reduction over the gradients
-  (``torch._foreach_norm(grads, inf)``) tells which parameters have no grad or only zero grads and
-  whether every grad is finite; an exact bit-pattern fingerprint of each parameter at its first
-  step and at the end tells which never changed. Parameters with ``requires_grad=False`` are
-  never reported.
-- SEN105 non-finite-value: the same reduction flags a non-finite gradient; the step is then
-  replayed from the state still at hand (the parameters are not updated yet, the batch and the
-  gradient that flowed into the model's output were kept) with module hooks, to name the stage
-  and the module (see :mod:`sentinel.probes._watch_replay`). ``mode="full"`` checks every module
-  output and the parameters after every update instead.
-- SEN107 evaluation-in-train-mode: dropout / batch-norm modules called while grad mode is off
-  (``no_grad``, ``inference_mode``) and the module is in training mode.
+- SEN106 gradients-accumulate: a tensor hook on one parameter per optimizer sees each gradient
+  arrive. If one is added to the very ``.grad`` tensor the previous ``optimizer.step()`` used
+  (same object, no version change but the monitor's own accumulations: nobody called
+  ``zero_grad`` or ``zero_()``) and that tensor reaches the next step, that step is reported.
+  (A GAN's discriminator gets gradients from the generator's backward; they are discarded by its
+  ``zero_grad`` before its next step: not reported.)
+- SEN102 parameter-not-updated: per step, one fused 2-norm reduction over the gradients
+  (``torch._foreach_norm``) tells whether every grad is finite and, until each parameter has had a
+  non-zero gradient once, which have none; parameters with ``.grad`` None at every step have
+  "no-grad". An exact bit-pattern fingerprint of each parameter at its first step and at the end
+  tells which never changed ("unchanged", unless its gradient is too small to move it in its
+  dtype, like the bias of a layer followed by batch norm). Trainable parameters of a watched model
+  that no watched optimizer holds are "not-in-optimizer". ``requires_grad=False``: never reported.
+- SEN105 non-finite-value: a non-finite gradient norm (confirmed exactly) triggers a replay of the
+  step from the state still at hand (the parameters are not updated yet; the inputs, the RNG state
+  and the gradient that flowed into the model's output were kept) through
+  :func:`sentinel.probes.nonfinite.localize`, which names the stage and the module (see
+  :mod:`sentinel.probes._watch_replay`). Parameters that are already non-finite were made so by
+  the previous update. ``mode="full"`` also checks every module's output on every training
+  forward pass and the parameters after every update.
+- SEN107 evaluation-in-train-mode: when a watched model is called with grad mode off
+  (``no_grad``, ``inference_mode``), its dropout / batch-norm submodules still in training mode
+  (before the first step and in full mode: each such module as it runs, through the global hook).
 - SEN108 graph-retained-across-steps: each step's model output gets a tiny tag object in its
-  ``grad_fn.metadata``; the tag dies with the graph. Tags of earlier steps still alive mean the
-  user keeps their graphs (``losses.append(loss)``, ``total += loss``, an RNN state not detached).
+  ``grad_fn.metadata``; the tag dies with the graph. Tags of two or more earlier steps alive at a
+  step mean the user keeps their graphs (``losses.append(loss)``, ``total += loss``).
 - SEN103 / SEN104 device- and dtype-mismatch: inputs, parameters and buffers at the first call of
-  each root module.
+  each root module (a loss module without parameters: its inputs against each other). Mixed dtypes
+  under autocast are not reported.
 
 Zero interference: hooks only read (no in-place op, no RNG draw, no graph), every hook is removed
 when the watch ends, and a replay runs under a full snapshot/restore of the model and the RNGs.
