@@ -67,8 +67,12 @@ class _Context:
 
     def workspace(self) -> Any:
         return workspace(
-            self.model, self.loss_fn, self.batch, self.optimizer,
-            device=self.device, compute_loss=self.compute_loss,
+            self.model,
+            self.loss_fn,
+            self.batch,
+            self.optimizer,
+            device=self.device,
+            compute_loss=self.compute_loss,
         )
 
     def crashed(self, name: str, exc: UserCodeError) -> ProbeResult:
@@ -76,8 +80,12 @@ class _Context:
         if mm is None:
             try:
                 mm = find_mismatches(
-                    self.model, self.loss_fn, self.batch, self.optimizer,
-                    device=self.device, compute_loss=self.compute_loss,
+                    self.model,
+                    self.loss_fn,
+                    self.batch,
+                    self.optimizer,
+                    device=self.device,
+                    compute_loss=self.compute_loss,
                 )
             except Exception:  # pragma: no cover - best effort only
                 mm = None
@@ -100,7 +108,9 @@ def _probe(name: str, ctx: _Context, body: Body) -> ProbeResult:
         result = ctx.crashed(name, exc)
     except Exception as exc:
         result = ProbeResult(
-            name, "error", message=f"internal error in sentinel: {type(exc).__name__}: {exc}",
+            name,
+            "error",
+            message=f"internal error in sentinel: {type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
         )
     synchronize(ctx.device)
@@ -109,8 +119,12 @@ def _probe(name: str, ctx: _Context, body: Body) -> ProbeResult:
 
 
 def _context(
-    model: nn.Module, loss_fn: Any, batch: Any, optimizer: torch.optim.Optimizer | None,
-    device: DeviceLike, compute_loss: ComputeLoss | None,
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: torch.optim.Optimizer | None,
+    device: DeviceLike,
+    compute_loss: ComputeLoss | None,
 ) -> _Context:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -158,13 +172,12 @@ def check_devices(
 
 _REASONS = {
     "no-grad": "no gradient reached it (unused in forward, or the graph is cut before it by .detach(),"
-               " .data, torch.no_grad() or a numpy/.item() round trip)",
+    " .data, torch.no_grad() or a numpy/.item() round trip)",
     "zero-grad": "its gradient is exactly zero (a dead path: multiplied by 0, masked, saturated, or"
-                 " only feeding a detached branch)",
+    " only feeding a detached branch)",
     "not-in-optimizer": "it requires grad but is in no optimizer param group (add it, or build the"
-                        " optimizer after adding the layer)",
-    "unchanged": "the optimizer step left it bit-identical (learning rate 0, or an update below"
-                 " float precision)",
+    " optimizer after adding the layer)",
+    "unchanged": "the optimizer step left it bit-identical (learning rate 0, or an update below float precision)",
 }
 
 
@@ -336,9 +349,9 @@ def _overfit(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], 
             ws.step(opt)
             taken += 1
         in_opt = ws.optimized_names()
-        not_in_opt = [] if in_opt is None else [
-            n for n, p in ws.named_parameters() if p.requires_grad and n not in in_opt
-        ]
+        not_in_opt = (
+            [] if in_opt is None else [n for n, p in ws.named_parameters() if p.requires_grad and n not in in_opt]
+        )
         lr_zero = _lr_zero(opt)
         notes = list(ws.notes)
         if ws.compute_loss is not None:
@@ -391,8 +404,7 @@ def _overfit_message(d: dict[str, Any], causes: list[curves.Cause]) -> str:
     trend = d["trend"]
     shape = {
         "flat": "flat: it never moved",
-        "diverging": "diverging"
-        + (f": NaN/Inf at step {d['nonfinite_step']}" if "nonfinite_step" in d else ""),
+        "diverging": "diverging" + (f": NaN/Inf at step {d['nonfinite_step']}" if "nonfinite_step" in d else ""),
         "noisy": "noisy: it jumps up and down",
         "plateau": "plateau: it stopped improving far above the target",
         "slow": "slow: still falling when the steps ran out",
@@ -454,7 +466,13 @@ def _finite(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], s
                 continue
             snap.restore()
             finding = call_user(
-                "the replayed step", localize, ws.model, ws.loss_fn, ws.batch, opt, step,
+                "the replayed step",
+                localize,
+                ws.model,
+                ws.loss_fn,
+                ws.batch,
+                opt,
+                step,
                 compute_loss=ws.compute_loss,
             )
             if finding is None:  # the replay did not reproduce it (non-deterministic kernels?)
@@ -523,11 +541,13 @@ def run_probes(
     results.append(finite)
     results.append(_probe("updates", ctx, lambda: _updates(ctx)))
     if finite.findings:
-        results.append(ProbeResult(
-            "overfit", "skipped",
-            message="not run: the training step produces NaN/Inf (SEN105), so the loss curve would be"
-            " meaningless",
-        ))
+        results.append(
+            ProbeResult(
+                "overfit",
+                "skipped",
+                message="not run: the training step produces NaN/Inf (SEN105), so the loss curve would be meaningless",
+            )
+        )
     else:
         results.append(_probe("overfit", ctx, lambda: _overfit(ctx, overfit_steps)))
     if ctx.device is not None:

@@ -52,8 +52,7 @@ def parse_target(target: str) -> Target:
         if path.endswith(".py"):
             return Target("script", path)
         raise TargetError(
-            f"bad TARGET {target!r}: expected path/to/file.py:factory, package.module:factory"
-            " or path/to/train.py"
+            f"bad TARGET {target!r}: expected path/to/file.py:factory, package.module:factory or path/to/train.py"
         )
     if not location or not attr:
         raise TargetError(f"bad TARGET {target!r}: both sides of ':' are needed (e.g. model.py:make)")
@@ -207,12 +206,10 @@ def run_probe_command(
     except TargetError as exc:
         return _fail(str(exc))
     if parsed.kind == "script":
-        return _run_script(parsed.location, steps=steps, device=device, fmt=fmt, color=color,
-                           script_args=script_args)
+        return _run_script(parsed.location, steps=steps, device=device, fmt=fmt, color=color, script_args=script_args)
     if script_args:
         return _fail(
-            f"extra arguments {' '.join(script_args)!r} are only passed to training scripts"
-            " (TARGET = path/to/train.py)"
+            f"extra arguments {' '.join(script_args)!r} are only passed to training scripts (TARGET = path/to/train.py)"
         )
 
     from sentinel.probes.checks import run_probes
@@ -249,8 +246,7 @@ def run_probe_command(
     return report.exit_code()
 
 
-def _run_script(path: str, *, steps: int | None, device: str, fmt: str, color: str,
-                script_args: list[str]) -> int:
+def _run_script(path: str, *, steps: int | None, device: str, fmt: str, color: str, script_args: list[str]) -> int:
     if not os.path.isfile(path):
         return _fail(f"no such file: {path}")
     try:

@@ -114,31 +114,47 @@ def likely_causes(
     elif trend == "flat":
         causes.append(Cause("learning-rate", f"learning rate far too small ({optimizer})"))
     else:
-        causes.append(Cause("learning-rate", f"learning rate too low ({optimizer}) or too few steps: "
-                                             "try 3-10x higher or more --steps"))
+        causes.append(
+            Cause(
+                "learning-rate",
+                f"learning rate too low ({optimizer}) or too few steps: try 3-10x higher or more --steps",
+            )
+        )
     if probabilities:
-        causes.append(Cause(
-            "probabilities-into-cross-entropy",
-            "the model outputs probabilities (each row >= 0 and sums to 1) but CrossEntropyLoss applies"
-            " log_softmax itself and needs raw logits: remove the final softmax (see SEN001)", True))
+        causes.append(
+            Cause(
+                "probabilities-into-cross-entropy",
+                "the model outputs probabilities (each row >= 0 and sums to 1) but CrossEntropyLoss applies"
+                " log_softmax itself and needs raw logits: remove the final softmax (see SEN001)",
+                True,
+            )
+        )
     elif cross_entropy is not False:
-        causes.append(Cause("probabilities-into-cross-entropy",
-                            "a softmax before CrossEntropyLoss (it expects raw logits)"))
+        causes.append(
+            Cause("probabilities-into-cross-entropy", "a softmax before CrossEntropyLoss (it expects raw logits)")
+        )
     if no_grad:
         shown = ", ".join(no_grad[:4]) + (f" and {len(no_grad) - 4} more" if len(no_grad) > 4 else "")
-        causes.append(Cause(
-            "detached-graph",
-            f"{len(no_grad)} trainable parameter{'s' if len(no_grad) != 1 else ''} got no gradient ({shown}):"
-            " the graph is cut before them (.detach(), .data, torch.no_grad(), a numpy/.item() round trip)"
-            " or they are unused (see SEN102)", True))
+        causes.append(
+            Cause(
+                "detached-graph",
+                f"{len(no_grad)} trainable parameter{'s' if len(no_grad) != 1 else ''} got no gradient ({shown}):"
+                " the graph is cut before them (.detach(), .data, torch.no_grad(), a numpy/.item() round trip)"
+                " or they are unused (see SEN102)",
+                True,
+            )
+        )
     else:
-        causes.append(Cause(
-            "detached-graph",
-            "part of the graph is detached (.detach(), .data, torch.no_grad(), numpy round trip)",
-        ))
+        causes.append(
+            Cause(
+                "detached-graph",
+                "part of the graph is detached (.detach(), .data, torch.no_grad(), numpy round trip)",
+            )
+        )
     if not_in_optimizer:
         shown = ", ".join(not_in_optimizer[:4]) + (
-            f" and {len(not_in_optimizer) - 4} more" if len(not_in_optimizer) > 4 else "")
+            f" and {len(not_in_optimizer) - 4} more" if len(not_in_optimizer) > 4 else ""
+        )
         causes.append(Cause("not-in-optimizer", f"parameters missing from the optimizer: {shown}", True))
     if shape_mismatch:
         causes.append(Cause("labels", shape_mismatch, True))

@@ -108,7 +108,8 @@ def _device_message(m: Mismatches) -> str:
     return (
         f"{n} tensor{'s' if n != 1 else ''} not on the expected device {exp}: {_list(m.devices, 'device')}. "
         "The first op that mixes them raises 'Expected all tensors to be on the same device'. Fix: "
-        + "; ".join(hints) + "."
+        + "; ".join(hints)
+        + "."
     )
 
 
@@ -164,9 +165,7 @@ def find_mismatches(
         for i, (p, st) in enumerate(optimizer.state.items()):
             pname = names.get(id(p), f"#{i}")
             if isinstance(st, dict):
-                state += [
-                    (f"optimizer.state[{pname}].{k}", v) for k, v in st.items() if isinstance(v, torch.Tensor)
-                ]
+                state += [(f"optimizer.state[{pname}].{k}", v) for k, v in st.items() if isinstance(v, torch.Tensor)]
 
     def effective(t: torch.Tensor) -> torch.device:
         return device if device is not None and not t.is_meta else t.device

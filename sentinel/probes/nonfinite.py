@@ -51,13 +51,9 @@ __all__ = ["STAGES", "all_finite", "first_nonfinite", "localize", "optimizer_ste
 
 STAGES = ("input", "forward", "loss", "backward", "update")
 
+
 def _checkable(t: Any) -> bool:
-    return (
-        isinstance(t, torch.Tensor)
-        and (t.is_floating_point() or t.is_complex())
-        and not t.is_meta
-        and t.numel() > 0
-    )
+    return isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and not t.is_meta and t.numel() > 0
 
 
 def _values(t: torch.Tensor) -> torch.Tensor:
@@ -264,8 +260,7 @@ class _Tracer:
             by_device.setdefault(self.sums[k].device, []).append(i)
         ok = [True] * len(keys)
         for idx in by_device.values():
-            for i, f in zip(idx, torch.isfinite(torch.stack([self.sums[keys[i]] for i in idx])).tolist(),
-                            strict=True):
+            for i, f in zip(idx, torch.isfinite(torch.stack([self.sums[keys[i]] for i in idx])).tolist(), strict=True):
                 ok[i] = bool(f)
         if all(ok):
             return None
@@ -333,8 +328,7 @@ def _param_fed_by(node: Any, index: int, names: dict[int, str]) -> str | None:
     return None
 
 
-def _finding(stage: str, step: int, module: str | None, parameter: str | None, message: str,
-             **extra: Any) -> Finding:
+def _finding(stage: str, step: int, module: str | None, parameter: str | None, message: str, **extra: Any) -> Finding:
     details: dict[str, Any] = {"stage": stage, "module": module, "parameter": parameter, "step": step}
     details.update(extra)
     return Finding("SEN105", message, details)
@@ -357,13 +351,35 @@ class _BackwardOrigin(Exception):
 
 # Backward nodes that only move, select or sum gradients: they cannot turn finite values into
 # NaN/Inf, so they need no hook (a non-finite gradient they pass on was emitted, and caught, earlier).
-_PASS_THROUGH = frozenset({
-    "TBackward0", "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "ExpandBackward0",
-    "PermuteBackward0", "TransposeBackward0", "SliceBackward0", "SelectBackward0", "CloneBackward0",
-    "CatBackward0", "SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0", "StackBackward0",
-    "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "AsStridedBackward0", "NegBackward0",
-    "AliasBackward0", "IndexBackward0", "ToCopyBackward0", "AddBackward0", "SubBackward0",
-})
+_PASS_THROUGH = frozenset(
+    {
+        "TBackward0",
+        "ViewBackward0",
+        "UnsafeViewBackward0",
+        "ReshapeAliasBackward0",
+        "ExpandBackward0",
+        "PermuteBackward0",
+        "TransposeBackward0",
+        "SliceBackward0",
+        "SelectBackward0",
+        "CloneBackward0",
+        "CatBackward0",
+        "SplitBackward0",
+        "SplitWithSizesBackward0",
+        "UnbindBackward0",
+        "StackBackward0",
+        "SqueezeBackward0",
+        "SqueezeBackward1",
+        "UnsqueezeBackward0",
+        "AsStridedBackward0",
+        "NegBackward0",
+        "AliasBackward0",
+        "IndexBackward0",
+        "ToCopyBackward0",
+        "AddBackward0",
+        "SubBackward0",
+    }
+)
 
 
 def _needs_watch(node: Any) -> bool:
@@ -424,10 +440,14 @@ def _localize(
         name, t = items[i]
         kind = _kind(t)
         return _finding(
-            "input", step, None, None,
+            "input",
+            step,
+            None,
+            None,
             f"{name} holds {kind} values before the model runs (step {step}): the data pipeline "
             "produced them; filter or clean the batch.",
-            tensor=name, value=kind.lower(),
+            tensor=name,
+            value=kind.lower(),
         )
     params = [pr.param for pr in snap.params]  # model's (and a module loss's) parameters
     if zero_grad:
@@ -461,7 +481,10 @@ def _localize(
             parameter = _bad_param(call.module, call.name)
             why = f"; its parameter `{parameter}` is already non-finite" if parameter else ""
             return _finding(
-                "forward", step, call.name, parameter,
+                "forward",
+                step,
+                call.name,
+                parameter,
                 f"{kind} first appears in the output of {_describe(call.name, call.module)} at step {step}"
                 f" although its inputs were finite{why}. Look for log/sqrt/pow/division of values that"
                 " can reach 0 or below for some inputs, or overflowing exp.",
@@ -470,7 +493,10 @@ def _localize(
     if not loss_ok:
         kind = _kind(loss)
         return _finding(
-            "loss", step, None, None,
+            "loss",
+            step,
+            None,
+            None,
             f"the loss is {kind} at step {step} although the model output is finite: check the loss"
             " (log of 0, division by zero, targets out of range, probabilities outside [0, 1]).",
             value=kind.lower(),
@@ -483,19 +509,26 @@ def _localize(
         where = _describe(mod_name, call.module if call is not None else None)
         parameter = _param_fed_by(node, origin.index, {id(p): n for n, p in model.named_parameters()})
         return _finding(
-            "backward", step, mod_name, parameter,
+            "backward",
+            step,
+            mod_name,
+            parameter,
             f"the gradient becomes {kind} in {node.name()} inside {where}"
             f" at step {step}, although the gradient flowing into it was finite. The forward value"
             " was finite, its derivative is not: typically sqrt/pow/log/div evaluated at 0 (add an"
             " epsilon, e.g. sqrt(x + 1e-12)) or a torch.where whose unused branch is non-finite.",
-            op=node.name(), value=kind.lower(),
+            op=node.name(),
+            value=kind.lower(),
         )
     if not grads_ok:
         named = list(model.named_parameters())
         k = first_nonfinite([p.grad for _, p in named])
         pname = named[k][0] if k is not None else None
         return _finding(
-            "backward", step, None, pname,
+            "backward",
+            step,
+            None,
+            pname,
             f"gradients are non-finite at step {step} but no autograd node produced them in this"
             " step (they were already non-finite before backward: gradient accumulation?).",
         )
@@ -511,7 +544,10 @@ def _localize(
                 pname, p = named[k]
                 kind = _kind(p)
                 return _finding(
-                    "update", step, pname.rpartition(".")[0], pname,
+                    "update",
+                    step,
+                    pname.rpartition(".")[0],
+                    pname,
                     f"parameter `{pname}` becomes {kind} in optimizer step {step} although loss and"
                     " gradients were finite: the learning rate is probably too high (or eps/weight"
                     " decay is invalid).",

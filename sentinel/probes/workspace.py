@@ -273,4 +273,3 @@ def workspace(
         yield ws
     finally:
         snap.restore()
-
