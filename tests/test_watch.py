@@ -152,12 +152,14 @@ def test_watches_do_not_nest():
 # ----------------------------------------------------------------------------- zero interference
 
 
-def _loop_with_everything(mode: str | None, steps: int = 12, nan_at: int | None = None):
-    """Dropout + batch norm (RNG and buffers), Adam, periodic validation; optionally a NaN batch."""
+def _loop_with_everything(mode: str | None, steps: int = 12, nan_at: int | None = None, blank_at: int | None = None):
+    """Dropout + batch norm (RNG and buffers), Adam, periodic validation; optionally a NaN batch
+    (``nan_at``) or a blank record that the ``norm`` layer turns into NaN (``blank_at``)."""
     torch.manual_seed(0)
     model = nn.Sequential(
         OrderedDict(
-            fc=nn.Linear(6, 16), bn=nn.BatchNorm1d(16), act=nn.ReLU(), drop=nn.Dropout(0.3), out=nn.Linear(16, 1)
+            drop0=nn.Dropout(0.1), norm=L2Normalize(), fc=nn.Linear(6, 16), bn=nn.BatchNorm1d(16),
+            act=nn.ReLU(), drop=nn.Dropout(0.3), out=nn.Linear(16, 1),
         )
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -169,8 +171,9 @@ def _loop_with_everything(mode: str | None, steps: int = 12, nan_at: int | None 
             idx = torch.randint(0, 96, (16,))
             xb = x[idx].clone()
             if step == nan_at:
-                xb[3, 2] = float("inf")
-                xb[3, 4] = float("-inf")  # inf - inf: NaN inside the first layer
+                xb[3, 2] = float("nan")
+            if step == blank_at:
+                xb[3] = 0.0
             opt.zero_grad()
             loss = F.mse_loss(model(xb), y[idx])
             loss.backward()
@@ -207,6 +210,20 @@ def test_replaying_a_failing_step_changes_nothing(mode):
     assert codes(w) == ["SEN105"]
     assert details(w, "SEN105") == {
         "stage": "input", "module": None, "parameter": None, "step": 5, "tensor": "input[0]"
+    }
+
+
+@pytest.mark.parametrize("mode", ["default", "full"])
+def test_replaying_through_localize_changes_nothing(mode):
+    # the replay re-runs the forward pass (dropout draws, batch-norm statistics) and the backward
+    plain = _loop_with_everything(None, blank_at=4)
+    watched = _loop_with_everything(mode, blank_at=4)
+    assert watched[0] == plain[0] and "nan" in watched[0][5]
+    assert all(same_bits(a, b) for a, b in zip(watched[2], plain[2], strict=True))
+    assert torch.equal(watched[3], plain[3])
+    got = details(watched[4], "SEN105")
+    assert {k: got[k] for k in ("stage", "module", "parameter", "step")} == {
+        "stage": "forward", "module": "norm", "parameter": None, "step": 4
     }
 
 
