@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sentinel.probes.batch import tensor_items
+from sentinel.probes.devices import dtype_name
 from sentinel.probes.nonfinite import all_finite
 
 __all__ = [
@@ -137,8 +138,3 @@ def autocast_enabled() -> bool:
         except (TypeError, RuntimeError):  # older torch: no device_type argument
             return bool(torch.is_autocast_enabled())
     return False
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``float64`` (the probe suite's spelling, without ``torch.``)."""
-    return str(dtype).removeprefix("torch.")
