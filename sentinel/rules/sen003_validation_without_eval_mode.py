@@ -99,8 +99,12 @@ class ValidationWithoutEvalMode(Rule):
     CODE = "SEN003"
     NAME = "validation-without-eval-mode"
     SUMMARY = "Evaluation runs while the model may still be in training mode"
+    # evaluation code worth reporting sits next to training, a grad-mode switch, a mode switch or a
+    # checkpoint load; model-definition files have none of these and are not parsed
     TRIGGER = (
-        re.compile(r"backward|no_grad|inference_mode|\beval|valid|\bval|val\b|_val|test|predict|infer|accura|correct"),
+        re.compile(
+            r"backward|no_grad|inference_mode|\.eval\(|\.train\(|set_grad_enabled|load_state_dict|torch\.load\("
+        ),
     )
 
     VALID = [

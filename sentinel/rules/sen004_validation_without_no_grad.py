@@ -1,11 +1,14 @@
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from sentinel.analysis.facts import Facts
 from sentinel.rules.base import Rule, Violation
-from sentinel.rules.sen003_validation_without_eval_mode import first_per_region, model_text
+from sentinel.rules.sen003_validation_without_eval_mode import (
+    ValidationWithoutEvalMode,
+    first_per_region,
+    model_text,
+)
 
 
 class ValidationWithoutNoGrad(Rule):
@@ -59,7 +62,7 @@ class ValidationWithoutNoGrad(Rule):
     CODE = "SEN004"
     NAME = "validation-without-no-grad"
     SUMMARY = "Evaluation runs with gradient tracking enabled"
-    TRIGGER = (re.compile(r"backward|\beval|valid|\bval|val\b|_val|test|predict|infer|accura|correct"),)
+    TRIGGER = ValidationWithoutEvalMode.TRIGGER  # the same evaluation code, the same cheap test
 
     VALID = [
         """

@@ -72,7 +72,7 @@ class StateDictSnapshotWithoutCopy(Rule):
     CODE = "SEN005"
     NAME = "state-dict-snapshot-without-copy"
     SUMMARY = "Snapshot of a model's state keeps references to weights that training keeps changing"
-    TRIGGER = (re.compile(r"state_dict|best|snapshot"),)
+    TRIGGER = (re.compile(r"state_dict|best|snapshot"), re.compile(r"backward|\.step\("))
 
     VALID = [
         """
