@@ -267,14 +267,14 @@ def test_unknown_option_is_a_clear_type_error(pytester: pytest.Pytester) -> None
     pytester.runpytest().assert_outcomes(passed=1)
 
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "pytest.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @needs_torch
-@pytest.mark.skipif(not DOCS.is_file(), reason="docs/pytest.md is not there")
 def test_the_documented_example_passes(pytester: pytest.Pytester, _torch_ready: None) -> None:
-    example = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.S)
-    assert example, "docs/pytest.md lost its example test file"
+    section = README.read_text().split("## pytest plugin", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.S)
+    assert example, "the README's pytest section lost its example test file"
     pytester.makepyfile(test_training=example.group(1))
     result = pytester.runpytest()
     result.assert_outcomes(passed=example.group(1).count("\ndef test_"))
