@@ -77,23 +77,24 @@ class Settings:
     def is_excluded(self, path: Path, below: Path | None = None) -> bool:
         """True when ``path`` (file or directory) or one of its parents matches an exclude pattern.
 
-        With ``below`` (a directory given explicitly), only the part of ``path`` under it counts for
-        name patterns, so ``sentinel lint fixtures/`` lints fixtures even if config excludes them.
+        Patterns without ``/`` match any single path component (``build``, ``*.pyi``); patterns with
+        ``/`` match the path relative to the config's directory, or one of its parents
+        (``legacy/*.py``, ``src/generated``). With ``below`` (a directory named explicitly), only what
+        lies under it can be excluded: ``sentinel lint fixtures/`` lints fixtures even if the
+        config excludes ``fixtures``.
         """
-        rel = self._relative(path)
-        parts = rel.split("/")
+        parts = self._relative(path).split("/")
+        start = 0
         if below is not None:
-            base = self._relative(below)
-            if base not in ("", ".") and (rel == base or rel.startswith(base + "/")):
-                parts = rel[len(base) :].lstrip("/").split("/")
-                if any(fnmatch.fnmatch(self._relative(below), p.rstrip("/")) for p in self.exclude if "/" in p):
-                    return any(fnmatch.fnmatch(part, p) for p in self.exclude if "/" not in p for part in parts)
+            base = self._relative(below).split("/")
+            if base != ["."] and parts[: len(base)] == base and len(parts) > len(base):
+                start = len(base)
         for pattern in self.exclude:
             pat = pattern.rstrip("/")
             if "/" in pat:
-                if fnmatch.fnmatch(rel, pat) or rel.startswith(pat + "/") or fnmatch.fnmatch(rel, pat + "/*"):
+                if any(fnmatch.fnmatch("/".join(parts[:i]), pat) for i in range(start + 1, len(parts) + 1)):
                     return True
-            elif any(fnmatch.fnmatch(part, pat) for part in parts):
+            elif any(fnmatch.fnmatch(part, pat) for part in parts[start:]):
                 return True
         return False
 

@@ -78,7 +78,7 @@ def enabled_rules(
     codes = resolve_selection(
         _rule_pairs(),
         select if select is not None else settings.select,
-        [*settings.ignore, *(ignore or [])] if select is None else [*(ignore or []), *settings.ignore],
+        [*settings.ignore, *(ignore or [])],
         [*settings.extend_select, *(extend_select or [])],
     )
     if path is not None:

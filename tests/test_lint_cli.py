@@ -186,6 +186,24 @@ def test_pyproject_config_ignore_exclude_and_per_file_ignores(tmp_path):
     assert "legacy_train.py" in run("lint", "--no-config", "--format", "concise", ".", cwd=tmp_path).stdout
 
 
+def test_exclude_patterns_by_name_and_by_path(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.sentinel]\nexclude = ["fixtures", "src/gen"]\n')
+    for rel in ("fixtures/a/x.py", "src/gen/y.py", "src/z.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(BUGGY)
+
+    def linted(*args):
+        out = run("lint", "--format", "concise", *args, cwd=tmp_path).stdout
+        return sorted(line.split(":")[0] for line in out.splitlines())
+
+    assert linted() == ["src/z.py"]
+    assert linted("src") == ["src/z.py"]
+    # a directory named explicitly is linted even though the config excludes it
+    assert linted("fixtures") == ["fixtures/a/x.py"]
+    assert linted("src/gen") == ["src/gen/y.py"]
+    assert linted("--force-exclude", "src/gen") == []
+
+
 def test_config_ignore_and_cli_select(tmp_path):
     (tmp_path / "pyproject.toml").write_text('[tool.sentinel]\nignore = ["SEN001"]\n')
     (tmp_path / "train.py").write_text(BUGGY)
