@@ -42,6 +42,7 @@ class Event:
     ctx: int  # function activation id
     conds: tuple[str, ...] = ()  # keys of the non-constant `if` conditions guarding the event
     stack: tuple[int, ...] = ()  # function activations on the call stack, outermost first
+    passes: tuple[int, ...] = ()  # per open loop frame, the id of the pass (iteration) it was in
 
     @property
     def frame(self) -> int | None:
@@ -90,6 +91,8 @@ class SnapshotEvent(Event):
     what: str = ""  # "state_dict" | "model" | "append"
     source: str = ""  # "model" | "optimizer"
     persistent: bool = False  # stored on an attribute / container: outlives the function
+    alias: Any = None  # the model / optimizer whose live tensors the snapshot refers to
+    value: Any = None  # the snapshot value itself
 
 
 @dataclass
@@ -98,6 +101,7 @@ class AccumEvent(Event):
     target: str = ""
     value: V | None = None
     outlives: bool = False
+    site: Any = None  # the statement to report (the call into a meter's update(), or the node's own)
 
 
 @dataclass
@@ -116,6 +120,10 @@ class Facts:
     stmt_of: dict[int, cst.CSTNode] = field(default_factory=dict)  # statement of nodes messages cite
     # (ctx id, name) of snapshots stored into a container that outlives the loop iteration
     stored: set = field(default_factory=set)
+    # (value, frames, passes) of every read of a snapshot-like value inside a loop
+    snapshot_reads: list = field(default_factory=list)
+    # submodule identity -> identity of the outermost model it belongs to
+    root_of: dict = field(default_factory=dict)
     proven_graph_taints: set = field(default_factory=set)
     _cache: dict[str, Any] = field(default_factory=dict)
 
@@ -172,6 +180,42 @@ class Facts:
         """Does this loop run backward() and an optimizer step (anywhere inside, helpers included)?"""
         return bool(self.backward_by_frame.get(fid)) and bool(self.step_by_frame.get(fid))
 
+    def trains_after(self, fid: int, alias: Any, seq: int) -> bool:
+        """Does loop ``fid`` step ``alias`` (a model or optimizer) again after ``seq``?
+
+        In a later iteration counts too when the object existed before the loop began; an object
+        the loop creates afresh each iteration (a model built by a helper per run) is not trained
+        again once its iteration is over.
+        """
+        existed = getattr(alias, "created", -1) < self.frames[fid].start
+        root = self.root_of.get(alias, alias)
+        for step in self.step_by_frame.get(fid, ()):
+            if not (step.seq > seq or existed):
+                continue
+            if alias is None or step.model is None or step.ident == alias:
+                return True
+            if any(self.root_of.get(m, m) == root for m in step.model):
+                return True
+        return False
+
+    def read_in_later_iteration(self, snap: SnapshotEvent, fid: int) -> bool:
+        """Is the snapshot read back in a later iteration of loop ``fid`` (a rollback to "best")?"""
+        token = snap.value.ident if snap.value is not None and snap.what != "model" else None
+        if token is None or fid not in snap.frames:
+            return False
+        pass_id = snap.passes[snap.frames.index(fid)]
+        for value, frames, passes in self.snapshot_reads:
+            if value.ident is token and fid in frames and passes[frames.index(fid)] != pass_id:
+                return True
+        return False
+
+    def frame_trains_directly(self, fid: int) -> bool:
+        """Does the loop's own iteration (not a loop nested in it) run backward()/step()?"""
+        key = ("direct", fid)
+        if key not in self._cache:
+            self._cache[key] = any(e.frames[-1] == fid for e in (*self.backwards, *self.steps) if e.frames)
+        return self._cache[key]
+
     def frame_has_training(self, fid: int) -> bool:
         return bool(self.backward_by_frame.get(fid)) or bool(self.step_by_frame.get(fid))
 
@@ -207,7 +251,7 @@ class Facts:
         routine) is a scope of its own: what happens inside it is not part of the training step.
         """
         f = ev.frame
-        if f is None or not self.frame_has_training(f):
+        if f is None or not self.frame_trains_directly(f):
             return False
         loop_ctx = self.frames[f].ctx
         if loop_ctx in ev.stack:
@@ -245,7 +289,7 @@ class Facts:
                 continue
             if ev.id in self.escaped_taints and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
                 continue
-            if self.iteration_trains(ev) and not ev.evalish:
+            if self.iteration_trains(ev) and not (ev.evalish or ev.modes == frozenset({"eval"})):
                 continue
             if ev.frame is None and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
                 continue  # a lone forward with nothing saying "evaluation" (a demo print, a sanity check)
@@ -253,6 +297,10 @@ class Facts:
         self._cache["ef"] = out
         return out
 
-    @staticmethod
-    def region_key(ev: ForwardEvent) -> tuple:
-        return (ev.frame, ev.ctx, ev.model.ident if ev.model is not None else None)
+    def region_key(self, ev: ForwardEvent) -> tuple:
+        """One evaluation region: a function that trains nothing (``evaluate()``, ``forecast()``),
+        or else the innermost loop (a validation loop inside the training function)."""
+        model = ev.model.ident if ev.model is not None else None
+        if ev.ctx != 0 and ev.ctx not in self.training_activations:
+            return ("function", ev.ctx, model)
+        return (ev.frame, ev.ctx, model)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,16 @@ class _Budget(Exception):
     pass
 
 
-@dataclass(eq=False)
+class Ident:
+    """Identity of an object the analysed code creates; ``created`` orders it among the events."""
+
+    __slots__ = ("created",)
+
+    def __init__(self, created: int) -> None:
+        self.created = created
+
+
+@dataclass(eq=False, repr=False)
 class FuncInfo:
     node: cst.FunctionDef
     cls: ClassInfo | None = None
@@ -88,7 +98,7 @@ class FuncInfo:
         return self.node.name.value
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class ClassInfo:
     node: cst.ClassDef
     bases: list[V]
@@ -145,10 +155,11 @@ class ClassInfo:
         return any(api.last(q) == "LightningModule" for q in self._qual_bases())
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Instance:
     cls: ClassInfo
     attrs: dict[str, V] = field(default_factory=dict)
+    created: int = -1
 
 
 @dataclass
@@ -166,6 +177,8 @@ class Ctx:
     returns: list[V] = field(default_factory=list)
     self_value: V | None = None
     closure: dict | None = None
+    call_node: Any = None  # the call (and its statement) in the caller that started this activation
+    call_stmt: Any = None
 
     @property
     def stack(self) -> tuple[int, ...]:
@@ -264,6 +277,13 @@ def _dotted(node: cst.BaseExpression) -> str | None:
     return None
 
 
+def _code(node: cst.CSTNode) -> str:
+    return _EMPTY_MODULE.code_for_node(node)
+
+
+_EMPTY_MODULE = cst.Module([])
+
+
 def _target_text(node: cst.BaseExpression) -> str:
     d = _dotted(node)
     if d:
@@ -307,8 +327,11 @@ class Interpreter:
         self.frame_stack: list[int] = []
         # keys of the non-constant conditions guarding the current point
         self.cond_stack: list[str] = []
+        # one id per pass over each open loop's body: tells iterations of the same loop apart
+        self.pass_stack: list[int] = []
         # state captured at the `yield` of a local @contextmanager
         self._yields: list[Any] = []
+        self._subidents: dict[tuple, Ident] = {}
         self.fresh_stack: list[set[str]] = []
         self.stmt: cst.CSTNode = module
         self.active: list[FuncInfo] = []
@@ -423,8 +446,15 @@ class Interpreter:
             ctx=ctx.id,
             conds=tuple(self.cond_stack),
             stack=ctx.stack,
+            passes=tuple(self.pass_stack),
             **kw,
         )
+
+    def _part_of(self, child: Any, parent: Any) -> None:
+        """Record that ``child`` is a submodule of ``parent`` (its tensors are the parent's too)."""
+        if child is not None and parent is not None and child is not parent:
+            roots = self.facts.root_of
+            roots.setdefault(child, roots.get(parent, parent))
 
     def _where(self, node: cst.CSTNode) -> cst.CSTNode:
         """Remember which statement ``node`` is in, so a message can point at it later."""
@@ -468,6 +498,8 @@ class Interpreter:
         elif isinstance(node, cst.Assign):
             target = node.targets[0].target if len(node.targets) == 1 else None
             acc = _self_add(target, node.value) if target is not None else None
+            if acc is None and target is not None:
+                acc = self._self_cat(target, node.value, state, ctx)
             if acc is not None:
                 old = self.eval(target, state, ctx)
                 value = self.eval(acc, state, ctx)
@@ -596,30 +628,47 @@ class Interpreter:
         )
         self.facts.frames[fid] = frame
         self.frame_stack.append(fid)
+        self.pass_stack.append(next(self.ids))
         self.fresh_stack.append(set())
         return frame
 
     def _pop_frame(self, frame: Frame) -> None:
         frame.end = next(self.seq)
         self.frame_stack.pop()
+        self.pass_stack.pop()
         self.fresh_stack.pop()
 
     def _loop_body(self, node, state: State, ctx: Ctx, bind) -> State:
-        """Run a loop body until the state it leaves is the state it starts from (at most twice)."""
+        """Run a loop body until the state it leaves is the state it starts from (at most twice).
+
+        Values join with the loop's entry (the body may not run), but model and grad modes are taken
+        from the body only: a loop that calls ``model.eval()`` leaves the model in eval mode (assuming
+        it ran at least once), as every training script that tests after its epoch loop expects.
+        """
         entry = state.copy()
         s1 = entry.copy()
         self.fresh_stack[-1] = set()
+        self.pass_stack[-1] = next(self.ids)  # a new pass over the body: a new iteration
         bind(s1)
         self.exec_body(node.body, s1, ctx)
         s1.jumped = False
         if s1.returned or s1.signature() == entry.signature():
-            return join_states([entry, s1])
+            return self._after_loop([entry, s1], [s1])
         s2 = join_states([entry, s1])
         self.fresh_stack[-1] = set()
+        self.pass_stack[-1] = next(self.ids)  # a new pass over the body: a new iteration
         bind(s2)
         self.exec_body(node.body, s2, ctx)
         s2.jumped = False
-        return join_states([entry, s1, s2])
+        return self._after_loop([entry, s1, s2], [s1, s2])
+
+    @staticmethod
+    def _after_loop(all_states: list[State], body_states: list[State]) -> State:
+        out = join_states(all_states)
+        ran = join_states(body_states)
+        if not ran.returned:
+            out.modes, out.grad = ran.modes, ran.grad
+        return out
 
     def exec_for(self, node: cst.For, state: State, ctx: Ctx) -> None:
         it = self.eval(node.iter, state, ctx)
@@ -820,6 +869,8 @@ class Interpreter:
                 state.env[path] = value
             if owner.kind in (INSTANCE, MODEL) and isinstance(owner.ref, Instance):
                 owner.ref.attrs[target.attr.value] = value
+            if owner.kind == MODEL and value.kind == MODEL:
+                self._part_of(value.ident, owner.ident)  # `model.fc = nn.Linear(...)`
         elif isinstance(target, cst.Subscript):
             self.eval(target.value, state, ctx, record=False)
             if not loop_target:
@@ -843,15 +894,26 @@ class Interpreter:
         what = None
         if value.alias is not None and value.kind in (STATE_DICT, DICT):
             what = "state_dict"
-        elif value.kind == MODEL and isinstance(value_node, (cst.Name, cst.Attribute)):
-            src = _dotted(value_node)
-            if src and src != name and api.last(src) != api.last(name):
+        elif value.kind == MODEL and isinstance(value_node, (cst.Name, cst.Attribute, cst.Subscript)):
+            # `best_model = model`, `nets["G_best"] = nets["G"]`: a second name for the same model
+            src = _code(value_node)
+            if src != _code(target) and api.last(src) != api.last(_code(target)):
                 what = "model"
         if what is None:
             return
-        source = "optimizer" if getattr(value, "const", None) == "optimizer" else "model"
+        source = "optimizer" if value.const == "optimizer" else "model"
         self.facts.snapshots.append(
-            self._ev(SnapshotEvent, target, ctx, target=name, what=what, source=source, persistent=persistent)
+            self._ev(
+                SnapshotEvent,
+                target,
+                ctx,
+                target=name,
+                what=what,
+                source=source,
+                persistent=persistent,
+                alias=value.ident if what == "model" else value.alias,
+                value=value,
+            )
         )
 
     def exec_augassign(self, node: cst.AugAssign, state: State, ctx: Ctx) -> None:
@@ -888,8 +950,9 @@ class Interpreter:
             base = text.split(".")[0].split("[")[0]
             persistent = isinstance(target, (cst.Attribute, cst.Subscript))
             outlives = persistent or base not in self.fresh_stack[-1]
+            where, stmt = self._accumulation_site(node, ctx)
             self.facts.accums.append(
-                self._ev(AccumEvent, node, ctx, id=acc_id, target=text, value=value, outlives=outlives)
+                self._ev(AccumEvent, where, ctx, id=acc_id, target=text, value=value, outlives=outlives, site=stmt)
             )
         return V(
             TENSOR if TENSOR in (old.kind, value.kind) else UNKNOWN,
@@ -902,7 +965,7 @@ class Interpreter:
     # =============================================================================================
     def eval_stmt_expr(self, expr: cst.BaseExpression, state: State, ctx: Ctx) -> None:
         # torch.set_grad_enabled(False) as a statement changes the grad mode from here on
-        if isinstance(expr, cst.Call):
+        if type(expr) is cst.Call and _dotted(expr.func) is not None:
             fv = self.eval(expr.func, state, ctx, record=False)
             if fv.kind == QUAL and fv.const in api.SET_GRAD_ENABLED and expr.args:
                 arg = self.eval(expr.args[0].value, state, ctx)
@@ -1059,9 +1122,14 @@ class Interpreter:
             self.facts.last_read[(ctx.id, name)] = next(self.seq)
         v = self._lookup(name, state, ctx)
         if v is not None:
+            if v.alias is not None and record and self.frame_stack and v.kind in (STATE_DICT, DICT, MODEL):
+                # a snapshot read back (e.g. a rollback `model.load_state_dict(best)` in a later epoch)
+                self.facts.snapshot_reads.append((v, tuple(self.frame_stack), tuple(self.pass_stack)))
             return v
         if name in _BUILTINS:
             return V(QUAL, const=f"builtins.{name}")
+        if name in _CONVENTIONAL:  # `from utils import *` brought torch/nn/F in
+            return V(QUAL, const=_CONVENTIONAL[name])
         return TOP
 
     def eval_attribute(self, node: cst.Attribute, state: State, ctx: Ctx, record: bool = True) -> V:
@@ -1076,7 +1144,10 @@ class Interpreter:
             inst = base.ref
             if isinstance(inst, Instance):
                 if attr in inst.attrs:
-                    return inst.attrs[attr]
+                    value = inst.attrs[attr]
+                    if base.kind == MODEL and value.kind == MODEL:
+                        self._part_of(value.ident, base.ident)
+                    return value
                 cls = inst.cls
             else:
                 cls = inst
@@ -1106,7 +1177,15 @@ class Interpreter:
                 return V(TENSOR, graph=False)
             if attr == "training":
                 return V(CONST)
-            return V(MODEL, ident=object()) if not attr.startswith("_") else TOP
+            if attr.startswith("_"):
+                return TOP
+            # `model.fc` of a model whose class sentinel cannot see: one stable identity per attribute
+            key = (base.ident, attr)
+            ident = self._subidents.get(key)
+            if ident is None:
+                ident = self._subidents[key] = Ident(next(self.seq))
+                self._part_of(ident, base.ident)
+            return V(MODEL, ident=ident, sensitive=base.sensitive)
         if base.kind == TENSOR:
             if attr == "data":
                 return base.with_(graph=False)
@@ -1321,6 +1400,7 @@ class Interpreter:
         if name and api.resetish(api.last(name)):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
+        self._stored_by_call(node, state, ctx)
         return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()), graph=None)
 
     def _opaque_training_step(self, node, values: list[V], ctx: Ctx) -> None:
@@ -1391,7 +1471,7 @@ class Interpreter:
         if qual in api.SET_GRAD_ENABLED:
             return V(GRAD_CTX, const=("on" if x.const else "off") if x.is_const else NOCONST)
         if qual in api.WRAPPERS:
-            return x if x.kind == MODEL else V(MODEL, ident=object())
+            return x if x.kind == MODEL else V(MODEL, ident=Ident(next(self.seq)))
         if qual == "torch.nn.Sequential":
             return self._sequential(node, args)
         if qual in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
@@ -1399,12 +1479,17 @@ class Interpreter:
                 MODEL, ident=object(), origin=node, sensitive=_any_sensitive(x.elems) if x.elems is not None else None
             )
         if api.is_module_class(qual):
-            return V(MODEL, ident=object(), origin=node, sensitive=_layer_sensitive(qual, kwargs))
+            return V(MODEL, ident=Ident(next(self.seq)), origin=node, sensitive=_layer_sensitive(qual, kwargs))
         if api.is_scaler_class(qual):
             return V(SCALER, origin=node)
         if api.is_optimizer_class(qual):
             params = args[0] if args else kwargs.get("params", TOP)
-            return V(OPTIMIZER, ident=object(), origin=node, alias=params.ident if params.kind == PARAMS else None)
+            return V(
+                OPTIMIZER,
+                ident=Ident(next(self.seq)),
+                origin=node,
+                alias=params.ident if params.kind == PARAMS else None,
+            )
         if qual == "functools.partial":
             return x if x.kind in (QUAL, FUNC, LOSS, MODEL) else TOP
         if api.is_scheduler(qual):
@@ -1413,7 +1498,7 @@ class Interpreter:
             return V(LOADER, origin=node, label=(args[0].label if args else ""))
         if qual in ("copy.deepcopy",):
             if x.kind == MODEL:
-                return x.with_(ident=object())
+                return x.with_(ident=Ident(next(self.seq)))
             return x.with_(alias=None, graph=False if x.graph else x.graph)
         if x.kind == PARAMS and qual in ("builtins.list", "builtins.tuple", "builtins.iter"):
             return x
@@ -1455,7 +1540,15 @@ class Interpreter:
             )
         if api.resetish(name):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
-        return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()))
+        self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
+        self._stored_by_call(node, state, ctx)
+        # a CamelCase name from another module is most likely a class being instantiated
+        return V(
+            UNKNOWN,
+            taints=merge_taints(*args, *kwargs.values()),
+            origin=node,
+            ref="ctor" if name[:1].isupper() else None,
+        )
 
     def _sequential(self, node: cst.Call, args: list[V]) -> V:
         probs = None
@@ -1471,7 +1564,7 @@ class Interpreter:
                     mod = elems[-1].elems[1]
                     if mod.kind == SOFTMAX:
                         probs = mod.origin or node
-        return V(MODEL, ident=object(), probs=probs, origin=node, sensitive=_any_sensitive(args))
+        return V(MODEL, ident=Ident(next(self.seq)), probs=probs, origin=node, sensitive=_any_sensitive(args))
 
     def _builtin(self, name: str, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         x = args[0] if args else TOP
@@ -1499,6 +1592,9 @@ class Interpreter:
         if name == "dict":
             return x if x.kind in (STATE_DICT, DICT) else V(DICT, taints=x.taints, ident=object())
         if name == "getattr":
+            # getattr(nn, cfg["criterion"]) with a constant name is just an attribute
+            if len(args) >= 2 and x.kind == QUAL and isinstance(x.const, str) and isinstance(args[1].const, str):
+                return V(QUAL, const=api.normalize(f"{x.const}.{args[1].const}"))
             return TOP
         return V(UNKNOWN, taints=merge_taints(*args))
 
@@ -1510,19 +1606,29 @@ class Interpreter:
         if recv.kind in (INSTANCE, MODEL) and isinstance(recv.ref, Instance):
             m = recv.ref.cls.method(meth)
             if m is not None and m.kind != "property":
-                if meth == "forward":
+                module = recv.kind == MODEL and recv.ref.cls.is_module
+                if meth == "forward" and module:
                     return self.forward(recv, node, args, kwargs, state, ctx)
-                return self.inline(m, node, args, kwargs, state, ctx, self_value=recv)
+                before = len(self.facts.backwards) + len(self.facts.steps)
+                result = self.inline(m, node, args, kwargs, state, ctx, self_value=recv)
+                if (
+                    module
+                    and not ctx.model_method
+                    and not meth.startswith("_")
+                    and not api.non_forward_method(meth)
+                    and result.kind in (TENSOR, TUPLE, DICT)
+                    and len(self.facts.backwards) + len(self.facts.steps) == before
+                ):
+                    # `model.predict(x)`, `model.encode(x)`: the model runs its layers, like a forward
+                    fid = self._forward_event(recv, node, args, state, ctx)
+                    result = result.with_(taints=result.taints | {fid})
+                return result
         if recv.kind == FUNC or recv.kind == CLASS:
             return TOP
         x = args[0] if args else TOP
         receiver_name = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
         if meth in _STORE_METHODS and receiver_name and self.frame_stack and self._outlives(receiver_name):
-            for a in node.args:
-                if isinstance(a.value, cst.Name):
-                    v = state.env.get(a.value.value)
-                    if v is not None and v.alias is not None and v.kind in (STATE_DICT, DICT):
-                        self.facts.stored.add((ctx.id, a.value.value))
+            self._note_stored(node.args, state, ctx)
         rname = api.last(receiver_name) if receiver_name else recv.label
 
         if meth == "backward":
@@ -1561,14 +1667,19 @@ class Interpreter:
             if meth == "scale":
                 return x
             return TOP
+        if recv.kind == UNKNOWN and meth in _MODULE_ONLY_METHODS and isinstance(node.func, cst.Attribute):
+            # `net = Net()` from a module sentinel cannot see: `.parameters()`/`.train()` say it is a model
+            recv = self._as_model(recv, node.func.value, state)
         if recv.kind == MODEL:
             return self._model_method(recv, meth, node, args, kwargs, state, ctx)
         if recv.kind == OPTIMIZER:
             if meth == "state_dict":
-                return V(STATE_DICT, alias=recv.ident or object(), const="optimizer")
+                return V(STATE_DICT, alias=recv.ident or object(), const="optimizer", ident=object())
             return TOP
         if meth == "state_dict" and rname and (api.modelish(rname) or api.optimizerish(rname)):
-            return V(STATE_DICT, alias=object(), const="optimizer" if api.optimizerish(rname) else NOCONST)
+            return V(
+                STATE_DICT, alias=object(), const="optimizer" if api.optimizerish(rname) else NOCONST, ident=object()
+            )
         if recv.kind in (STATE_DICT, DICT):
             if meth in ("copy",):
                 return recv
@@ -1586,6 +1697,62 @@ class Interpreter:
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         return TOP
 
+    def _self_cat(self, target, value, state: State, ctx: Ctx) -> cst.BaseExpression | None:
+        """For ``t = torch.cat((t, x))`` return ``x``: growing a tensor across iterations."""
+        text = _dotted(target)
+        if text is None or type(value) is not cst.Call or not value.args:
+            return None
+        fv = self.eval(value.func, state, ctx, record=False)
+        if fv.kind != QUAL or api.last(str(fv.const)) not in _JOIN_FUNCS:
+            return None
+        seq = value.args[0].value
+        if type(seq) not in (cst.Tuple, cst.List) or len(seq.elements) != 2:
+            return None
+        first, second = (e.value for e in seq.elements)
+        if _dotted(first) == text:
+            return second
+        if _dotted(second) == text:
+            return first
+        return None
+
+    def _as_model(self, value: V, expr: cst.BaseExpression, state: State) -> V:
+        path = _dotted(expr)
+        name = (path or "").rsplit(".", 1)[-1]
+        ident = Ident(next(self.seq)) if value.ref == "ctor" else ("guess", path or name)
+        model = V(MODEL, ident=ident, label=value.label or name, origin=value.origin)
+        if path is not None and (path in state.env or "." not in path):
+            state.env[path] = model
+        return model
+
+    def _accumulation_site(self, node: cst.CSTNode, ctx: Ctx) -> tuple[cst.CSTNode, cst.CSTNode]:
+        """Where to report an accumulation: inside a meter's ``update()``/``add()`` the user's mistake
+        is the call that hands it a tensor (`losses.update(loss)`), so point there."""
+        where, stmt = node, self.stmt
+        c: Ctx | None = ctx
+        while c is not None and c.func is not None and c.call_node is not None and c.name in _CONTAINER_API:
+            where, stmt = c.call_node, c.call_stmt
+            c = c.parent
+        return where, stmt
+
+    def _note_stored(self, args: Sequence[cst.Arg], state: State, ctx: Ctx) -> None:
+        """Snapshot variables among ``args`` (or inside tuple/list arguments) go into a container that
+        outlives the iteration (`history.append((epoch, best))`, `heapq.heappush(self.heap, (v, ckpt))`)."""
+        for a in args:
+            nodes = [e.value for e in a.value.elements] if type(a.value) in (cst.Tuple, cst.List) else [a.value]
+            for n in nodes:
+                if type(n) is cst.Name:
+                    v = state.env.get(n.value)
+                    if v is not None and v.alias is not None and v.kind in (STATE_DICT, DICT):
+                        self.facts.stored.add((ctx.id, n.value))
+
+    def _stored_by_call(self, node: cst.Call, state: State, ctx: Ctx) -> None:
+        """An unknown call given a long-lived container and a snapshot stores the snapshot in it."""
+        if not self.frame_stack or len(node.args) < 2:
+            return
+        containers = [_dotted(a.value) for a in node.args if _dotted(a.value)]
+        if any(c and self._outlives(c) and ("." in c or c in state.env) for c in containers):
+            self._note_stored(node.args, state, ctx)
+
     def _closure(self, args: list[V], kwargs: dict[str, V], node, state: State, ctx: Ctx) -> None:
         for v in [*args, *kwargs.values()]:
             if v.kind == FUNC and isinstance(v.ref, FuncInfo):
@@ -1600,7 +1767,16 @@ class Interpreter:
         path = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
         if x.kind in (STATE_DICT, DICT) and x.alias is not None and self.frame_stack and not ctx.model_method:
             self.facts.snapshots.append(
-                self._ev(SnapshotEvent, node, ctx, target=path or "<list>", what="append", persistent=True)
+                self._ev(
+                    SnapshotEvent,
+                    node,
+                    ctx,
+                    target=path or "<list>",
+                    what="append",
+                    persistent=True,
+                    source="optimizer" if x.const == "optimizer" else "model",
+                    alias=x.alias,
+                )
             )
         acc_id = next(self.ids)
         items = x.elems if (meth == "extend" and x.elems is not None) else (x,)
@@ -1614,15 +1790,25 @@ class Interpreter:
             ):
                 base = (path or "").split(".")[0]
                 outlives = bool(path) and ("." in path or base not in self.fresh_stack[-1])
+                where, stmt = self._accumulation_site(node, ctx)
                 self.facts.accums.append(
-                    self._ev(AccumEvent, node, ctx, id=acc_id, target=path or "<list>", value=item, outlives=outlives)
+                    self._ev(
+                        AccumEvent,
+                        where,
+                        ctx,
+                        id=acc_id,
+                        target=path or "<list>",
+                        value=item,
+                        outlives=outlives,
+                        site=stmt,
+                    )
                 )
         first = recv.elems == () or recv.probs is not None
         new = recv.with_(
             taints=recv.taints | x.taints | {acc_id},
             graph=True if x.graph else recv.graph,
             probs=x.probs if (first and x.probs is not None) else None,
-            elems=None,
+            elems=recv.elems + (x,) if recv.elems is not None and meth == "append" else None,
         )
         if isinstance(node.func, cst.Attribute) and isinstance(node.func.value, cst.Attribute):
             owner = self.eval(node.func.value.value, state, ctx, record=False)
@@ -1653,7 +1839,7 @@ class Interpreter:
         if meth in ("parameters", "named_parameters", "modules", "children", "buffers"):
             return V(PARAMS, ident=frozenset({recv.ident}) if recv.ident is not None else None)
         if meth == "state_dict":
-            return V(STATE_DICT, alias=recv.ident if recv.ident is not None else object())
+            return V(STATE_DICT, alias=recv.ident if recv.ident is not None else object(), ident=object())
         if meth in ("load_state_dict", "register_forward_hook", "register_buffer", "add_module"):
             return TOP
         if meth in ("generate", "predict", "sample", "encode", "decode", "embed"):
@@ -1701,6 +1887,10 @@ class Interpreter:
         result = None
         if inst is not None and inst.cls.is_module:
             result = self.class_forward(inst)
+            fwd = inst.cls.method("forward")
+            if fwd is not None and not ctx.model_method and fwd not in self.active and ctx.depth < MAX_DEPTH - 1:
+                # the model's own code, run on these arguments: a loss module gets the real predictions
+                result = self.inline(fwd, node, args, kwargs, state, ctx, self_value=model, model_method=True)
             if result is not None:
                 probs = result.probs
         taints: frozenset = merge_taints(*args, *kwargs.values())
@@ -1730,6 +1920,10 @@ class Interpreter:
 
         if ctx.model_method or ctx.name == "forward":
             return output(frozenset())
+        return output(frozenset({self._forward_event(model, node, args, state, ctx)}))
+
+    def _forward_event(self, model: V, node: cst.Call, args: list[V], state: State, ctx: Ctx) -> int:
+        """Record a forward pass of ``model`` at ``node`` (outside the model's own code); return its id."""
         fid = next(self.ids)
         input_labels = " ".join(a.label for a in args if a.label)
         arg_text = " ".join(_dotted(a.value) or "" for a in node.args)
@@ -1756,7 +1950,7 @@ class Interpreter:
             lightning_eval=ctx.lightning_eval,
         )
         self.facts.forwards.append(ev)
-        return output(frozenset({fid}))
+        return fid
 
     def sensitivity(self, model: V, _seen: set | None = None) -> bool | None:
         """Does the model hold layers that behave differently in train and eval mode? None: unknown."""
@@ -1825,7 +2019,7 @@ class Interpreter:
 
     # -- inlining ---------------------------------------------------------------------------------
     def instantiate(self, cls: ClassInfo, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
-        inst = Instance(cls)
+        inst = Instance(cls, created=next(self.seq))
         value = V(MODEL if cls.is_module else INSTANCE, ident=inst, ref=inst, origin=node)
         init = cls.method("__init__")
         if init is not None:
@@ -1875,6 +2069,8 @@ class Interpreter:
             lightning_eval=lightning_eval or ctx.lightning_eval,
             closure=info.closure,
             entry=False,
+            call_node=node,
+            call_stmt=self.stmt,
         )
         if info.cls is not None and info.kind == "staticmethod":
             self_value = None
@@ -2011,7 +2207,24 @@ def _is_factory(node: Any) -> bool:
 
 
 _MISSING = object()
+_CONVENTIONAL = {"torch": "torch", "nn": "torch.nn", "F": "torch.nn.functional", "optim": "torch.optim"}
+_MODULE_ONLY_METHODS = frozenset(
+    {
+        "parameters",
+        "named_parameters",
+        "train",
+        "eval",
+        "load_state_dict",
+        "modules",
+        "named_modules",
+        "children",
+        "named_children",
+        "register_forward_hook",
+        "register_forward_pre_hook",
+    }
+)
 _JOIN_FUNCS = frozenset({"stack", "cat", "concat", "concatenate", "hstack", "vstack", "dstack"})
+_CONTAINER_API = frozenset({"update", "add", "append", "extend", "record", "push", "accumulate", "log", "put"})
 _STORE_METHODS = frozenset({"update", "append", "extend", "insert", "setdefault", "add"})
 _DUMMY_FACTORIES = frozenset({"zeros", "ones", "randn", "rand", "empty", "full", "randint", "zeros_like", "ones_like"})
 

@@ -364,3 +364,15 @@ _RESETISH = re.compile(r"zero_?grad|clear_?grad|reset_?grad|grad_?reset|zero_?gr
 
 def resetish(name: str) -> bool:
     return bool(_RESETISH.search(name))
+
+
+_NON_FORWARD = re.compile(
+    r"^(init|reset|freeze|unfreeze|load|save|fit|train|eval|configure|parameters|named_|state_dict|"
+    r"num_|get_|set_|extra_repr|zero_grad|apply|to$|cuda$|cpu$|half$|float$|double$|register|prune|"
+    r"update|step|optimi[sz]e|backward|loss|compute_loss|training_step|summary|count)"
+)
+
+
+def non_forward_method(name: str) -> bool:
+    """Methods of a model class that do not run it on data (setup, bookkeeping, training steps)."""
+    return bool(_NON_FORWARD.match(name))

@@ -124,7 +124,7 @@ Trainer(nn.Linear(2, 1)).fit([(torch.randn(4, 2), torch.randn(4, 1))], 2)
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         for snap in facts.snapshots:
-            training = [f for f in snap.frames if facts.frame_has_training(f)]
+            training = [f for f in snap.frames if facts.trains_after(f, snap.alias, snap.seq)]
             if not training:
                 continue
             frame = facts.frames[training[-1]]
@@ -132,6 +132,7 @@ Trainer(nn.Linear(2, 1)).fit([(torch.randn(4, 2), torch.randn(4, 1))], 2)
                 snap.persistent
                 or facts.read_after(snap.ctx, snap.target, frame.end)
                 or (snap.ctx, snap.target) in facts.stored
+                or facts.read_in_later_iteration(snap, frame.id)
             ):
                 continue
             if snap.what == "model":

@@ -12,8 +12,9 @@ class GraphRetainingLossAccumulation(Rule):
     Finds a tensor that carries an autograd graph (a loss, a model output, anything computed from
     them with gradients on) accumulated into something that outlives the loop iteration:
     `total += loss`, `total = total + loss`, `losses.append(loss)`, `outputs.append(out.cpu())`,
-    `self.history.append(loss)`. Accumulating on purpose to call `backward()` on the sum later is
-    recognized and not reported; so is anything under `no_grad`, `.item()`, `.detach()` and `.data`.
+    `self.history.append(loss)`, `preds = torch.cat((preds, out))`. Accumulating on purpose to call
+    `backward()` on the sum later is recognized and not reported; so is anything under `no_grad`,
+    `.item()`, `.detach()` and `.data`.
 
     ## Why is this bad?
     Each such tensor keeps its whole computation graph (and the activations saved for backward)
@@ -63,7 +64,10 @@ class GraphRetainingLossAccumulation(Rule):
     CODE = "SEN006"
     NAME = "graph-retaining-loss-accumulation"
     SUMMARY = "Graph-carrying tensor accumulated across iterations"
-    TRIGGER = (re.compile(r"backward"), re.compile(r"\+=|\.append\(|\.extend\(|=\s*\w[\w.]*\s*\+"))
+    TRIGGER = (
+        re.compile(r"backward"),
+        re.compile(r"\+=|\.append\(|\.extend\(|=\s*\w[\w.]*\s*\+|\b(cat|stack|concat)\("),
+    )
 
     VALID = [
         # micro-batches summed on purpose, one backward on the sum
@@ -133,7 +137,7 @@ def train_epoch(model, loader, opt):
                 continue  # returned to a caller we cannot see, which may backpropagate it
             yield Violation(
                 acc.node,
-                acc.stmt,
+                acc.site or acc.stmt,
                 f"`{acc.target}` accumulates a tensor that carries its autograd graph: every iteration's "
                 "graph stays alive; accumulate `.item()` or `.detach()` instead",
             )
