@@ -59,6 +59,7 @@ class ForwardEvent(Event):
     dummy_input: bool = False  # called on torch.zeros/ones/randn literals (shape inference, warm-up)
     lightning_eval: bool = False
     sensitive: bool | None = None  # the model has dropout/batch-norm style layers (None: unknown)
+    model_expr: str = "the model"  # how the code names the model at this call (`model`, `self.net`)
 
 
 @dataclass
@@ -122,6 +123,8 @@ class Facts:
     stored: set = field(default_factory=set)
     # (value, frames, passes) of every read of a snapshot-like value inside a loop
     snapshot_reads: list = field(default_factory=list)
+    # submodule identity -> identity of the model it is an attribute of
+    parent_of: dict = field(default_factory=dict)
     # submodule identity -> identity of the outermost model it belongs to
     root_of: dict = field(default_factory=dict)
     proven_graph_taints: set = field(default_factory=set)

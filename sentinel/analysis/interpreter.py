@@ -198,9 +198,9 @@ class Ctx:
 
 
 class State:
-    __slots__ = ("env", "modes", "grad", "returned", "jumped", "default_mode")
+    __slots__ = ("env", "modes", "grad", "returned", "jumped", "default_mode", "parents")
 
-    def __init__(self, default_mode: frozenset | None = None) -> None:
+    def __init__(self, default_mode: frozenset | None = None, parents: dict | None = None) -> None:
         self.env: dict[str, V] = {}
         self.modes: dict[Any, frozenset | None] = {}
         self.grad: str | None = "on"
@@ -209,6 +209,8 @@ class State:
         # the mode of a model nothing has switched yet: "train" for models this code built, unknown
         # when the caller is unknown (a function analysed on its own)
         self.default_mode = default_mode
+        # submodule -> the model it is an attribute of: `model.eval()` switches `model.backbone` too
+        self.parents: dict = parents if parents is not None else {}
 
     def mode_of(self, ident: Any) -> frozenset | None:
         if isinstance(ident, Alt):
@@ -216,14 +218,32 @@ class State:
             for member in ident:
                 out = join_modes(out, self.mode_of(member))
             return out
-        if ident in self.modes:
-            return self.modes[ident]
+        seen = 0
+        node = ident
+        while node is not None and seen < 16:
+            if node in self.modes:
+                return self.modes[node]
+            node = self.parents.get(node)
+            seen += 1
         if ident is None or isinstance(ident, tuple):
             return None
         return self.default_mode
 
+    def set_mode(self, ident: Any, mode: frozenset | None) -> None:
+        """``module.train(mode)`` sets the module and, recursively, every submodule."""
+        self.modes[ident] = mode
+        for child, parent in self.parents.items():
+            if parent is ident:
+                self._clear_below(child)
+
+    def _clear_below(self, ident: Any) -> None:
+        self.modes.pop(ident, None)
+        for child, parent in self.parents.items():
+            if parent is ident:
+                self._clear_below(child)
+
     def copy(self) -> State:
-        s = State(self.default_mode)
+        s = State(self.default_mode, self.parents)
         s.env = dict(self.env)
         s.modes = dict(self.modes)
         s.grad = self.grad
@@ -246,7 +266,7 @@ def join_states(states: list[State]) -> State:
     if len(live) == 1:
         s = live[0].copy()
         return s
-    out = State(live[0].default_mode)
+    out = State(live[0].default_mode, live[0].parents)
     keys = set().union(*(s.env.keys() for s in live))
     for k in keys:
         val = None
@@ -349,7 +369,7 @@ class Interpreter:
     # driver
     # =============================================================================================
     def run(self) -> Facts:
-        state = State(TRAIN)
+        state = State(TRAIN, self.facts.parent_of)
         state.env["__name__"] = V(CONST, const="__main__")
         self._global_state = state
         ctx = Ctx(id=0, name="<module>", func=None, parent=None, depth=0)
@@ -376,7 +396,7 @@ class Interpreter:
         return set(_CALLED.findall(self.source))
 
     def run_entry(self, info: FuncInfo, module_state: State) -> None:
-        state = State(None)
+        state = State(None, self.facts.parent_of)
         state.grad = None
         ctx = Ctx(
             id=next(self.ctx_ids),
@@ -415,7 +435,7 @@ class Interpreter:
             cls._static_instance = value
             init = cls.method("__init__")
             if init is not None:
-                st = State(None)
+                st = State(None, self.facts.parent_of)
                 st.grad = None
                 ctx = Ctx(
                     id=next(self.ctx_ids),
@@ -455,6 +475,8 @@ class Interpreter:
         if child is not None and parent is not None and child is not parent:
             roots = self.facts.root_of
             roots.setdefault(child, roots.get(parent, parent))
+            if not isinstance(child, (tuple, Alt)) and child not in self.facts.parent_of:
+                self.facts.parent_of[child] = parent
 
     def _where(self, node: cst.CSTNode) -> cst.CSTNode:
         """Remember which statement ``node`` is in, so a message can point at it later."""
@@ -1416,7 +1438,7 @@ class Interpreter:
         lam: cst.Lambda = fv.ref
         if ctx.depth >= MAX_DEPTH:
             return TOP
-        inner = State(state.default_mode)
+        inner = State(state.default_mode, state.parents)
         inner.modes, inner.grad = state.modes, state.grad
         params = [*lam.params.posonly_params, *lam.params.params]
         for i, p in enumerate(params):
@@ -1536,7 +1558,11 @@ class Interpreter:
                 if parts and all(p.probs is not None for p in parts):
                     probs = parts[0].probs
             return V(
-                TENSOR, graph=graph_of(*flat) if flat else False, taints=merge_taints(*flat), origin=node, probs=probs
+                TENSOR,
+                graph=graph_of(*flat) if flat else False,
+                taints=merge_taints(*flat, *vals),  # the containers' own history too (accumulated lists)
+                origin=node,
+                probs=probs,
             )
         if api.resetish(name):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
@@ -1715,6 +1741,10 @@ class Interpreter:
             return first
         return None
 
+    @staticmethod
+    def _is_method(model: V, name: str) -> bool:
+        return isinstance(model.ref, Instance) and model.ref.cls.method(name) is not None
+
     def _as_model(self, value: V, expr: cst.BaseExpression, state: State) -> V:
         path = _dotted(expr)
         name = (path or "").rsplit(".", 1)[-1]
@@ -1828,9 +1858,16 @@ class Interpreter:
                 mode = (TRAIN if flag.const else EVAL) if flag.is_const else None
             if isinstance(recv.ident, Alt):
                 for member in recv.ident:
-                    state.modes[member] = mode
+                    state.set_mode(member, mode)
             elif recv.ident is not None:
-                state.modes[recv.ident] = mode
+                state.set_mode(recv.ident, mode)
+            # `model.module.eval()` on a DataParallel-style wrapper switches what the wrapper runs
+            func = node.func if isinstance(node, cst.Call) else None
+            if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Attribute):
+                if func.value.attr.value in ("module", "model", "_orig_mod"):
+                    owner = self.eval(func.value.value, state, ctx, record=False)
+                    if owner.kind == MODEL and owner.ident is not None and not isinstance(owner.ident, Alt):
+                        state.modes[owner.ident] = mode
             return recv
         if meth in api.MODEL_SELF_METHODS:
             return recv
@@ -1924,6 +1961,16 @@ class Interpreter:
 
     def _forward_event(self, model: V, node: cst.Call, args: list[V], state: State, ctx: Ctx) -> int:
         """Record a forward pass of ``model`` at ``node`` (outside the model's own code); return its id."""
+        func = node.func
+        # `model(x)` names the model; `model.forward(x)` / `model.predict(x)` name it before the method
+        called = (
+            func.value
+            if type(func) is cst.Attribute
+            and model.kind == MODEL
+            and (func.attr.value == "forward" or self._is_method(model, func.attr.value))
+            else func
+        )
+        model_expr = _dotted(called) or "the model"
         fid = next(self.ids)
         input_labels = " ".join(a.label for a in args if a.label)
         arg_text = " ".join(_dotted(a.value) or "" for a in node.args)
@@ -1948,6 +1995,7 @@ class Interpreter:
             evalish=evalish,
             dummy_input=dummy,
             lightning_eval=ctx.lightning_eval,
+            model_expr=model_expr,
         )
         self.facts.forwards.append(ev)
         return fid
@@ -1994,7 +2042,7 @@ class Interpreter:
         fwd = cls.method("forward")
         if fwd is None or len(self.active) > MAX_DEPTH:
             return None
-        st = State(None)
+        st = State(None, self.facts.parent_of)
         st.grad = None
         ctx = Ctx(id=next(self.ctx_ids), name="forward", func=fwd, parent=None, depth=1, model_method=True, entry=False)
         self_value = V(MODEL, ident=inst, ref=inst)
@@ -2045,7 +2093,7 @@ class Interpreter:
         self.executed.add(id(info.node))
         if info in self.active or ctx.depth >= MAX_DEPTH:
             return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()))
-        callee_state = State(state.default_mode)
+        callee_state = State(state.default_mode, state.parents)
         callee_state.modes = state.modes  # mode changes inside the callee are visible after the call
         callee_state.grad = info.grad if info.grad is not None else state.grad
         cls = info.cls

@@ -3,8 +3,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-import libcst as cst
-
 from sentinel.analysis.facts import Facts, ForwardEvent
 from sentinel.rules.base import Rule, Violation
 
@@ -17,20 +15,6 @@ def first_per_region(events: list[ForwardEvent], facts: Facts) -> list[ForwardEv
         if key not in firsts or ev.seq < firsts[key].seq:
             firsts[key] = ev
     return sorted(firsts.values(), key=lambda e: e.seq)
-
-
-def model_text(node: cst.CSTNode) -> str:
-    func = node.func if isinstance(node, cst.Call) else node
-    if isinstance(func, cst.Attribute) and func.attr.value == "forward":
-        func = func.value
-    parts = []
-    while isinstance(func, cst.Attribute):
-        parts.append(func.attr.value)
-        func = func.value
-    if isinstance(func, cst.Name):
-        parts.append(func.value)
-        return ".".join(reversed(parts))
-    return "the model"
 
 
 class ValidationWithoutEvalMode(Rule):
@@ -194,7 +178,7 @@ for epoch in range(3):
             if ev.modes is not None and "train" in ev.modes and ev.sensitive is not False
         ]
         for ev in first_per_region(candidates, facts):
-            name = model_text(ev.node)
+            name = ev.model_expr
             yield Violation(
                 ev.node,
                 ev.stmt,

@@ -7,7 +7,6 @@ from sentinel.rules.base import Rule, Violation
 from sentinel.rules.sen003_validation_without_eval_mode import (
     ValidationWithoutEvalMode,
     first_per_region,
-    model_text,
 )
 
 
@@ -108,7 +107,7 @@ print(evaluate(model, data))
             yield Violation(
                 ev.node,
                 ev.stmt,
-                f"evaluation forward pass of `{model_text(ev.node)}` with gradient tracking on: the graph "
+                f"evaluation forward pass of `{ev.model_expr}` with gradient tracking on: the graph "
                 "and activations are kept for a backward() that never comes; wrap evaluation in "
                 "`torch.no_grad()` or `torch.inference_mode()`",
             )
