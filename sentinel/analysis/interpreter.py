@@ -1423,7 +1423,11 @@ class Interpreter:
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         self._stored_by_call(node, state, ctx)
-        return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()), graph=None)
+        # `Net()` brought in by `from models import *`: a class being instantiated
+        ctor = fv is TOP and type(node.func) is cst.Name and node.func.value[:1].isupper()
+        return V(
+            UNKNOWN, taints=merge_taints(*args, *kwargs.values()), graph=None, origin=node, ref="ctor" if ctor else None
+        )
 
     def _opaque_training_step(self, node, values: list[V], ctx: Ctx) -> None:
         """A call sentinel cannot see into that gets a model output *and* an optimizer (MAE's
