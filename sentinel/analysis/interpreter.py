@@ -106,6 +106,7 @@ class ClassInfo:
     class_attrs: dict[str, V] = field(default_factory=dict)
     _forward_probs: Any = None
     uses_mode: bool = False  # forward reads self.training or calls F.dropout / F.batch_norm
+    calls_loss: bool = False  # forward computes a loss (a criterion module, a model returning its loss)
     _static_instance: Any = None
 
     @property
@@ -267,12 +268,14 @@ def join_states(states: list[State]) -> State:
         s = live[0].copy()
         return s
     out = State(live[0].default_mode, live[0].parents)
-    keys = set().union(*(s.env.keys() for s in live))
-    for k in keys:
-        val = None
-        for s in live:
-            val = join(val, s.env.get(k)) if val is not None else s.env.get(k, TOP)
-        out.env[k] = val if val is not None else TOP
+    env = out.env = dict(live[0].env)
+    for s in live[1:]:
+        for k, v in s.env.items():
+            cur = env.get(k)
+            if cur is None:
+                env[k] = v  # bound on one path only: keep what that path knows
+            elif cur is not v:
+                env[k] = join(cur, v)
     mkeys = set().union(*(s.modes.keys() for s in live))
     for k in mkeys:
         m: Any = "unset"
@@ -1929,7 +1932,13 @@ class Interpreter:
         if inst is not None and inst.cls.is_module:
             result = self.class_forward(inst)
             fwd = inst.cls.method("forward")
-            if fwd is not None and not ctx.model_method and fwd not in self.active and ctx.depth < MAX_DEPTH - 1:
+            if (
+                fwd is not None
+                and inst.cls.calls_loss
+                and not ctx.model_method
+                and fwd not in self.active
+                and ctx.depth < MAX_DEPTH - 1
+            ):
                 # the model's own code, run on these arguments: a loss module gets the real predictions
                 result = self.inline(fwd, node, args, kwargs, state, ctx, self_value=model, model_method=True)
             if result is not None:
@@ -2056,11 +2065,14 @@ class Interpreter:
         saved_frames, saved_fresh, saved_stmt = self.frame_stack, self.fresh_stack, self.stmt
         self.frame_stack, self.fresh_stack = [], []
         self.active.append(fwd)
+        losses_before = len(self.facts.loss_calls)
         try:
             self.exec_body(fwd.node.body, st, ctx)
         finally:
             self.active.pop()
             self.frame_stack, self.fresh_stack, self.stmt = saved_frames, saved_fresh, saved_stmt
+        # a forward that computes a loss is worth re-running on each call's real arguments
+        cls.calls_loss = len(self.facts.loss_calls) > losses_before
         result = None
         for r in ctx.returns:
             result = r if result is None else join(result, r)
