@@ -135,10 +135,17 @@ class Trainer:
             backwards = sorted(facts.backward_by_frame[fid], key=lambda e: e.seq)
             before = [b for b in backwards if b.seq < step.seq]
             culprit = before[-1] if before else backwards[0]
-            yield Violation(
-                culprit.node,
-                culprit.stmt,
-                "gradients accumulate across iterations: this loop calls backward() and steps the "
-                "optimizer but never resets gradients inside the loop (call optimizer.zero_grad() "
-                "each iteration)",
-            )
+            name = step.optimizer or "the optimizer"
+            if facts.reset_by_frame.get(fid):
+                message = (
+                    f"gradients accumulate across iterations: `{name}` steps with gradients that no reset in "
+                    "this loop clears (the resets here cover other parameters or run only under another "
+                    f"condition); call `{name}.zero_grad()` each iteration"
+                )
+            else:
+                message = (
+                    "gradients accumulate across iterations: this loop calls backward() and steps the "
+                    "optimizer but never resets gradients inside the loop (call optimizer.zero_grad() "
+                    "each iteration)"
+                )
+            yield Violation(culprit.node, culprit.stmt, message)
