@@ -219,9 +219,6 @@ class Facts:
             self._cache[key] = any(e.frames[-1] == fid for e in (*self.backwards, *self.steps) if e.frames)
         return self._cache[key]
 
-    def frame_has_training(self, fid: int) -> bool:
-        return bool(self.backward_by_frame.get(fid)) or bool(self.step_by_frame.get(fid))
-
     def ancestors(self, fid: int) -> Iterator[int]:
         cur: int | None = self.frames[fid].parent
         while cur is not None:

@@ -317,9 +317,6 @@ def _target_text(node: cst.BaseExpression) -> str:
     return "<expr>"
 
 
-_STRING_PREFIXES = ("r", "u", "b", "br", "rb")
-
-
 def _string_value(node: cst.BaseExpression) -> Any:
     if type(node) is cst.SimpleString:
         raw = node.value
@@ -2088,10 +2085,8 @@ class Interpreter:
         init = cls.method("__init__")
         if init is not None:
             self.inline(init, node, args, kwargs, state, ctx, self_value=value, model_method=cls.is_module)
-        elif cls._static_instance is None:
-            cls._static_instance = value
         if cls._static_instance is None:
-            cls._static_instance = value
+            cls._static_instance = value  # what `self` looks like to methods analysed on their own
         return value
 
     def inline(

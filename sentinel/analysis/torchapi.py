@@ -209,7 +209,6 @@ MODEL_SELF_METHODS = frozenset(
         "compile",
     }
 )
-SHAPE_METHODS = frozenset({"size", "dim", "numel", "nelement"})
 
 _SUBMODULE_PREFIXES = (
     "torch.nn.modules.",
