@@ -1531,6 +1531,8 @@ class Interpreter:
         if qual in ("copy.copy", "builtins.dict", "collections.OrderedDict", "builtins.list"):
             if x.kind in (STATE_DICT, DICT) or x.alias is not None:
                 return x
+            if qual == "collections.OrderedDict" and x.elems is not None:
+                return V(DICT, elems=x.elems, taints=x.taints)  # OrderedDict([(name, layer), ...])
             if qual == "builtins.list" and x.kind in (LIST, TUPLE):
                 return x.with_(kind=LIST)
             return V(DICT if "ict" in qual else UNKNOWN, taints=x.taints)
@@ -1822,8 +1824,10 @@ class Interpreter:
                 and item.taints
                 and (item.graph is not False)
             ):
-                base = (path or "").split(".")[0]
-                outlives = bool(path) and ("." in path or base not in self.fresh_stack[-1])
+                container = path or (
+                    _target_text(node.func.value) if isinstance(node.func, cst.Attribute) else ""
+                )  # `history["loss"].append(loss)`: the dict outlives the iteration
+                outlives = bool(container) and not container.startswith("<") and self._outlives(container)
                 where, stmt = self._accumulation_site(node, ctx)
                 self.facts.accums.append(
                     self._ev(
@@ -1831,7 +1835,7 @@ class Interpreter:
                         where,
                         ctx,
                         id=acc_id,
-                        target=path or "<list>",
+                        target=path or (_code(node.func.value) if isinstance(node.func, cst.Attribute) else "<list>"),
                         value=item,
                         outlives=outlives,
                         site=stmt,
