@@ -759,3 +759,22 @@ def test_import_sentinel_stays_torch_free():
     code = "import sys, sentinel, sentinel.findings, sentinel.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_backward_origin_deep_in_the_graph_is_reached_by_on_demand_hooks():
+    class Root(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(6))
+
+        def forward(self, x):
+            return torch.sqrt((x * self.w) ** 2)  # finite, but d sqrt(u)/du = inf at u = 0
+
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 6) for _ in range(6)]
+    model = nn.Sequential(Root(), *[m for lin in layers for m in (lin, nn.Tanh())], nn.Linear(6, 1))
+    x = torch.randn(5, 6)
+    x[2, 3] = 0.0
+    made = {"model": model, "loss_fn": nn.MSELoss(), "batch": (x, torch.randn(5, 1))}
+    d = _finite_details(made)
+    assert (d["stage"], d["module"], d["op"], d["value"]) == ("backward", "0", "SqrtBackward0", "inf")

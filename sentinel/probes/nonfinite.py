@@ -9,28 +9,31 @@ Two layers, so that healthy steps cost almost nothing:
   state the caller restored (see :mod:`sentinel.probes.state`), with light instrumentation:
 
   1. inputs: every floating tensor of the batch;
-  2. forward: every module's ``forward`` is wrapped to record its inputs, outputs (one lazy sum per
-     distinct tensor value, no host sync) and the range of autograd sequence numbers created while
-     it ran. The origin is the first module (in completion order, so the innermost) whose output
-     is non-finite while its inputs were finite;
+  2. forward: every module's ``forward`` is wrapped to record its inputs and outputs (references
+     and autograd versions) and the range of autograd sequence numbers created while it ran. Only
+     when the step failed are the recorded values checked (one sum each, one host sync). The origin
+     is the first module (in completion order, so the innermost) whose output is non-finite while
+     its inputs were finite. If a recorded value was overwritten in place before that check, the
+     forward is replayed once more with a sum taken of every value as it is seen;
   3. loss: non-finite although the model output is finite;
-  4. backward: a hook on every autograd node of the graph checks its outgoing gradients; the origin
-     is the first node, in execution order, that emits a non-finite gradient (its incoming gradient
-     was finite: every earlier node emitted finite ones), and the backward pass is abandoned there.
-     The node is mapped to the innermost module that was running when it was created (by autograd
-     sequence number);
+  4. backward: autograd nodes are hooked on demand (a node gets its hook when a node above it has
+     run, so only the part of the graph the backward reaches is visited); a hook checks the node's
+     outgoing gradients; the origin is the first node, in execution order, that emits a non-finite
+     gradient (its incoming gradient was finite: every earlier node emitted finite ones), and the
+     backward pass is abandoned there. The node is mapped to the innermost module that was running
+     when it was created (by autograd sequence number);
   5. update: the first parameter that is non-finite after ``optimizer.step()``.
 
   Then the model, optimizer and RNGs are restored as they were when ``localize`` was called.
 
-In-place ops are handled: every tensor value is summed when a module receives or returns it,
-before anything can overwrite it, and a value overwritten in place (new autograd version) is a new
-value.
+In-place ops are handled: a value is keyed by tensor and autograd version, so a tensor overwritten
+in place is a new value, and a value that is gone by the time it is checked triggers the eager replay.
 
-Cost: one forward with a thin wrapper and a sum per module call, the backward up to the origin with one hook per
-autograd node, and (only when the gradients were finite) the optimizer step. Parameter values and
-optimizer state are copied only right before that step; buffers, grads (by reference), flags and
-RNGs are captured up front.
+Cost: one forward with a thin wrapper per module call, the backward up to the origin with one hook
+per (non pass-through) node it reached, one sum per recorded value only when the step failed, and
+(only when the gradients were finite) the optimizer step. Parameter values and optimizer state are
+copied only right before that step; buffers, grads (by reference), flags and RNGs are captured up
+front.
 """
 
 from __future__ import annotations
@@ -184,19 +187,25 @@ def _tensors_of(obj: Any) -> list[torch.Tensor]:
 _MISSING = object()
 
 
+_UNKNOWN = object()  # _Tracer.origin(): a value the lazy tracer saw was overwritten in place since
+
+
 class _Tracer:
     """Records every call of ``model``'s modules: which tensors went in and came out and the range
     of autograd sequence numbers created meanwhile. Each module's ``forward`` is wrapped by an
     instance attribute for the duration (cheaper than module hooks, which also push every call onto
     torch's slow path) and put back by :meth:`remove`.
 
-    Every distinct tensor value seen (keyed by ``(id, version)``, so a tensor overwritten in place
-    counts as a new value) gets one lazy sum, taken when it is seen, before anything can overwrite
-    it; :meth:`origin` turns all of them into flags with one host sync.
+    Every distinct tensor value seen is keyed by ``(id, version)``, so a tensor overwritten in place
+    counts as a new value. Lazy (default): only the reference and its version are kept, and
+    :meth:`origin` checks them all at the end (one sum each, one host sync per device); if a value
+    was overwritten in place meanwhile it answers ``_UNKNOWN`` (replay with an eager tracer).
+    Eager: one sum per value, taken when it is seen, before anything can overwrite it.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, eager: bool = False) -> None:
         self.thread = threading.get_ident()
+        self.eager = eager
         self.calls: list[_Call] = []  # completion order
         self.sums: dict[tuple[int, int], torch.Tensor] = {}
         self.tensors: dict[tuple[int, int], torch.Tensor] = {}
@@ -213,29 +222,30 @@ class _Tracer:
 
     def _keys(self, tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
         keys = []
-        sums, kept = self.sums, self.tensors
+        kept, eager, sums = self.tensors, self.eager, self.sums
         for t in tensors:
             key = (id(t), t._version)
-            if key not in sums:
+            if key not in kept:
                 if not _checkable(t):
                     continue
-                sums[key] = _sum_of(t.detach())
                 kept[key] = t
+                if eager:
+                    sums[key] = _sum_of(t.detach())
             keys.append(key)
         return keys
 
     def _wrap(self, module: nn.Module, name: str, forward: Any) -> Any:
-        calls, thread, keys = self.calls, self.thread, self._keys
+        calls, thread, keys, get_ident, seq = self.calls, self.thread, self._keys, threading.get_ident, _sequence_nr
 
         def traced_forward(*args: Any, **kwargs: Any) -> Any:
-            if threading.get_ident() != thread:
+            if get_ident() != thread:
                 return forward(*args, **kwargs)
             ins = _tensors_of(args)
             if kwargs:
                 ins += _tensors_of(kwargs)
-            call = _Call(name, module, _sequence_nr(), keys(ins))
+            call = _Call(name, module, seq(), keys(ins))
             output = forward(*args, **kwargs)
-            call.end = _sequence_nr() - 1
+            call.end = seq() - 1
             call.outputs = keys(_tensors_of(output))
             calls.append(call)
             return output
@@ -250,11 +260,12 @@ class _Tracer:
                 module.__dict__["forward"] = original
         self.saved.clear()
 
-    def origin(self) -> tuple[_Call, torch.Tensor] | None:
-        """The first call whose output was non-finite while its inputs were finite."""
-        if not self.sums:
-            return None
-        keys = list(self.sums)
+    def _flags(self) -> dict[tuple[int, int], bool] | None:
+        """Finite flag per value seen; None when all are finite."""
+        keys = list(self.tensors)
+        if not self.eager:
+            ok = _finite_flags([self.tensors[k] for k in keys])  # one sum each, one sync per device
+            return None if all(ok) else dict(zip(keys, ok, strict=True))
         by_device: dict[torch.device, list[int]] = {}
         for i, k in enumerate(keys):
             by_device.setdefault(self.sums[k].device, []).append(i)
@@ -269,6 +280,19 @@ class _Tracer:
             t = self.tensors[k]
             if not f and t._version == k[1] and bool(torch.isfinite(_values(t)).all()):
                 flags[k] = True
+        return flags
+
+    def origin(self) -> Any:
+        """The first call whose output was non-finite while its inputs were finite, as
+        ``(call, tensor)``; None if there is none; ``_UNKNOWN`` (lazy tracer only) when a value it
+        saw has been overwritten in place since, so its flag cannot be known any more."""
+        if not self.tensors:
+            return None
+        if not self.eager and any(t._version != k[1] for k, t in self.tensors.items()):
+            return _UNKNOWN
+        flags = self._flags()
+        if flags is None:
+            return None
         for c in self.calls:
             bad = [k for k in c.outputs if not flags[k]]
             if bad and all(flags[k] for k in c.inputs):
@@ -278,26 +302,12 @@ class _Tracer:
     def module_at(self, seq: int) -> _Call | None:
         """The innermost module call during which autograd node number ``seq`` was created."""
         best: _Call | None = None
-        for c in self.calls:
-            if c.start <= seq <= c.end and (best is None or c.start >= best.start):
+        for c in self.calls:  # completion order: on equal ranges the inner call comes first
+            if c.start <= seq <= c.end and (
+                best is None or c.start > best.start or (c.start == best.start and c.end < best.end)
+            ):
                 best = c
         return best
-
-
-def _graph_nodes(root: Any) -> list[Any]:
-    seen: set[int] = set()
-    out = []
-    stack = [root]
-    while stack:
-        n = stack.pop()
-        if n is None or id(n) in seen:
-            continue
-        seen.add(id(n))
-        out.append(n)
-        for nxt, _ in n.next_functions:
-            if nxt is not None and id(nxt) not in seen:
-                stack.append(nxt)
-    return out
 
 
 def _bad_param(module: nn.Module | None, prefix: str) -> str | None:
@@ -386,17 +396,61 @@ def _needs_watch(node: Any) -> bool:
     return not hasattr(node, "variable") and node.name() not in _PASS_THROUGH
 
 
-def _watch_node(node: Any) -> Any:
-    def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
-        present = [(i, g) for i, g in enumerate(grad_inputs) if _checkable(g)]
-        if not present:
-            return
-        flags = _finite_flags([g for _, g in present])
-        for (i, g), ok in zip(present, flags, strict=True):
-            if not ok:
-                raise _BackwardOrigin(node, i, g)
+class _BackwardWatch:
+    """Hooks autograd nodes on demand: a node gets its hook just before it can run, when a hooked
+    node above it has run (nodes only run after every node feeding them a gradient), so a backward
+    abandoned early hooks only the few nodes it reached instead of walking the whole graph.
+    Pass-through nodes (see ``_PASS_THROUGH``) and ``AccumulateGrad`` get no hook: their inputs are
+    looked through at once. The hook checks the node's outgoing gradients and raises
+    :class:`_BackwardOrigin` at the first non-finite one."""
 
-    return node.register_hook(hook)
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.nodes: list[Any] = []  # keeps the Python node objects (and so their ids) alive
+        self.handles: list[Any] = []
+
+    def add(self, *roots: Any) -> None:
+        seen, nodes = self.seen, self.nodes
+        stack = list(roots)
+        while stack:
+            n = stack.pop()
+            if n is None or id(n) in seen:
+                continue
+            seen.add(id(n))
+            nodes.append(n)
+            if hasattr(n, "variable"):
+                continue
+            if n.name() in _PASS_THROUGH:
+                stack.extend(nxt for nxt, _ in n.next_functions if nxt is not None)
+                continue
+            self.handles.append(n.register_hook(self._hook(n)))
+
+    def _hook(self, node: Any) -> Any:
+        add = self.add
+
+        def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
+            present = [(i, g) for i, g in enumerate(grad_inputs) if _checkable(g)]
+            if present:
+                if len(present) == 1:
+                    i, g = present[0]
+                    with torch.no_grad():
+                        bad = not (bool(torch.isfinite(_sum_of(g))) or bool(torch.isfinite(_values(g)).all()))
+                    if bad:
+                        raise _BackwardOrigin(node, i, g)
+                else:
+                    for (i, g), ok in zip(present, _finite_flags([g for _, g in present]), strict=True):
+                        if not ok:
+                            raise _BackwardOrigin(node, i, g)
+            add(*(nxt for nxt, _ in node.next_functions))
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.nodes.clear()
+        self.seen.clear()
 
 
 def localize(
@@ -454,7 +508,7 @@ def _localize(
         for p in params:
             p.grad = None
     tracer = _Tracer(model)
-    handles: list[Any] = []
+    watch = _BackwardWatch()
     origin: _BackwardOrigin | None = None
     try:
         with torch.enable_grad():
@@ -462,19 +516,32 @@ def _localize(
         tracer.remove()
         loss_ok = all_finite([loss])
         if loss_ok and loss.grad_fn is not None:
-            handles = [_watch_node(node) for node in _graph_nodes(loss.grad_fn) if _needs_watch(node)]
+            watch.add(loss.grad_fn)
             try:
                 loss.backward()
             except _BackwardOrigin as found:
                 origin = found
     finally:
         tracer.remove()
-        for h in handles:
-            h.remove()
+        watch.remove()
     grads_ok = origin is None and all_finite([p.grad for p in params])
+    bad_grad: str | None = None
+    if not grads_ok and origin is None:
+        named = list(model.named_parameters())
+        k = first_nonfinite([p.grad for _, p in named])
+        bad_grad = named[k][0] if k is not None else None
 
     if not loss_ok or not grads_ok:
         found = tracer.origin()
+        if found is _UNKNOWN:  # a module overwrote a value in place: replay the forward, summing eagerly
+            snap.restore()
+            eager = _Tracer(model, eager=True)
+            try:
+                with torch.enable_grad():
+                    compute(model, loss_fn, batch, compute_loss)
+            finally:
+                eager.remove()
+            found = eager.origin()
         if found is not None:
             call, out = found
             kind = _kind(out)
@@ -521,14 +588,11 @@ def _localize(
             value=kind.lower(),
         )
     if not grads_ok:
-        named = list(model.named_parameters())
-        k = first_nonfinite([p.grad for _, p in named])
-        pname = named[k][0] if k is not None else None
         return _finding(
             "backward",
             step,
             None,
-            pname,
+            bad_grad,
             f"gradients are non-finite at step {step} but no autograd node produced them in this"
             " step (they were already non-finite before backward: gradient accumulation?).",
         )
