@@ -2369,17 +2369,27 @@ def _cond_key(test: cst.BaseExpression) -> str:
 
 
 def _self_add(target: cst.BaseExpression, value: cst.BaseExpression) -> cst.BaseExpression | None:
-    """For ``t = t + x`` (or ``x + t``) return ``x``: an accumulation spelled without ``+=``."""
+    """For ``t = t + x`` (or ``x + t``, or a running average ``t = 0.9 * t + 0.1 * x``) return ``x``:
+    an accumulation spelled without ``+=``."""
     if not isinstance(value, cst.BinaryOperation) or not isinstance(value.operator, cst.Add):
         return None
     text = _dotted(target)
     if text is None:
         return None
-    if _dotted(value.left) == text:
+    if _is_scaled(value.left, text):
         return value.right
-    if _dotted(value.right) == text:
+    if _is_scaled(value.right, text):
         return value.left
     return None
+
+
+def _is_scaled(node: cst.BaseExpression, text: str) -> bool:
+    """``t`` itself, or ``t`` times / divided by something (``0.9 * t``, ``t * momentum``)."""
+    if _dotted(node) == text:
+        return True
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Multiply, cst.Divide)):
+        return _dotted(node.left) == text or (isinstance(node.operator, cst.Multiply) and _dotted(node.right) == text)
+    return False
 
 
 def analyze(module: cst.Module, source: str = "") -> Facts:

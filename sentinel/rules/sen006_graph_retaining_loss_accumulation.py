@@ -66,8 +66,9 @@ class GraphRetainingLossAccumulation(Rule):
     SUMMARY = "Graph-carrying tensor accumulated across iterations"
     TRIGGER = (
         re.compile(r"backward"),
-        re.compile(r"\+=|\.append\(|\.extend\(|=\s*\w[\w.]*\s*\+|\b(cat|stack|concat)\("),
+        re.compile(r"\+|\.append\(|\.extend\(|\.update\(|\b(cat|stack|concat)\("),
     )
+
 
     VALID = [
         # micro-batches summed on purpose, one backward on the sum
