@@ -53,8 +53,10 @@ def _worker(result_path: str, paths: list[str]) -> None:
         start = time.perf_counter()
         cpu_start = time.process_time()
         sink = io.StringIO()
+        saved_argv = sys.argv
         try:
             os.chdir(workdir)
+            sys.argv = [path]  # as `python fixture.py`: scripts with argparse see no arguments
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -64,6 +66,7 @@ def _worker(result_path: str, paths: list[str]) -> None:
         else:
             outcome = {"ok": True, "error": None, "output": ""}
         finally:
+            sys.argv = saved_argv
             os.chdir(REPO)
             # Global autograd state must not leak from one fixture into the next.
             torch.set_grad_enabled(True)
