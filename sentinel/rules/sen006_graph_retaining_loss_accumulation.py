@@ -4,6 +4,7 @@ import re
 from collections.abc import Iterator
 
 from sentinel.analysis.facts import Facts
+from sentinel.analysis.values import TENSOR
 from sentinel.rules.base import Rule, Violation
 
 
@@ -126,7 +127,9 @@ def train_epoch(model, loader, opt):
             if not acc.outlives or acc.value is None:
                 continue
             value = acc.value
-            backpropagated = bool(value.taints & proven)
+            # derived (by tensor operations sentinel can see) from something that was backpropagated;
+            # a value that went through code sentinel cannot see (RPC futures, unknown helpers) is no proof
+            backpropagated = value.kind == TENSOR and bool(value.taints & proven)
             if not (value.graph is True or backpropagated):
                 continue
             if facts.connected_to_backward(frozenset({acc.id})):
