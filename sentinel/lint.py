@@ -256,7 +256,7 @@ def _print_text(console, results: list[FileResult]) -> None:
     for r in results:
         for d in r.diagnostics:
             head = Text()
-            head.append(f"{d.path}:{d.line}:{d.column}:", style="bold")
+            head.append(f"{d.path}:{d.line}:{d.column}", style="bold")
             head.append(" ")
             head.append(d.code, style="bold red")
             head.append(f" {d.message}")

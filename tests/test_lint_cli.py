@@ -72,7 +72,7 @@ def test_clean_file_exits_0(project):
 def test_text_format_shows_the_source_line_and_a_summary(project):
     result = run("lint", str(project / "train.py"), "--color", "never")
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{project / 'train.py'}:11:12: SEN001 {SOFTMAX_MESSAGE}"
+    assert lines[0] == f"{project / 'train.py'}:11:12 SEN001 {SOFTMAX_MESSAGE}"
     assert lines[1] == "  11 |     loss = F.cross_entropy(probs, y)"
     assert lines[2] == " " * 18 + "^" * 25
     assert lines[-1] == "Found 1 problem in 1 of 1 file."

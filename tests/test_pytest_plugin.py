@@ -471,7 +471,7 @@ def test_lint_items_fail_on_findings_and_pass_clean_files(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(
         [
             "*_ sentinel-lint train_bad.py _*",
-            "train_bad.py:10:*: SEN001 *",
+            "train_bad.py:10:* SEN001 *",
             "*10 |*loss = loss_fn(probs, y)",
             "*= help: sentinel rule SEN001",
         ]
