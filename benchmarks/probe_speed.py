@@ -7,11 +7,15 @@ Prints, in one run:
 1. wall time of the whole probe suite (``run_probes``) on the small MLP and the small CNN of
    ``fixtures/probes/healthy.py`` on CPU: the first ("cold": includes torch's one-off lazy imports
    on the first optimizer) and the median of R warm runs, with the per-probe split. Target < 5 s.
-2. on models whose backward produces an Inf/NaN (``fixtures/probes/buggy.py:make_inf_in_backward``,
-   a 12-block residual MLP and a 4-layer transformer encoder with the same bug): the time of one failing step under
-   ``torch.autograd.detect_anomaly()`` (until it raises) against one call of
-   ``sentinel.probes.nonfinite.localize`` on the same step, the ratio (target <= 0.2), the cost of
-   a plain step and of the cheap per-step finiteness check, and what each one blames.
+2. the per-step cost of ``checked_step`` (the finite probe's traced step) on those healthy models
+   against the same step with the cheap finiteness checks only.
+3. on models whose backward produces an Inf/NaN (``fixtures/probes/buggy.py:make_inf_in_backward``,
+   a 12-block residual MLP and a 4-layer transformer encoder with the same bug): the time of one
+   failing step under ``torch.autograd.detect_anomaly()`` (until it raises) against the finite
+   probe's ``checked_step`` on the same step, and what localization adds to it (the checked step
+   minus the same step with the cheap checks only): the ratio localization / anomaly step is the
+   target (<= 0.2). Also the plain step, the cheap check, ``localize()`` replaying the step from
+   scratch (what the loop monitor does), and what each one blames.
 
 Timings are the best of R runs (wall clock, and CPU time of the process for the localization
 figures); on a shared machine they move with the load (the load average is printed). Not a test:
@@ -21,6 +25,7 @@ no assertion, just figures.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import os
 import re
@@ -34,7 +39,7 @@ import torch
 from torch import nn
 
 from sentinel.probes import run_probes
-from sentinel.probes.nonfinite import all_finite, localize
+from sentinel.probes.nonfinite import all_finite, checked_step, localize
 from sentinel.probes.workspace import synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +190,7 @@ def _blamed_by_anomaly(result) -> str:
 def bench_localize(name: str, made: dict, repeat: int) -> None:
     model, loss_fn, batch, opt = made["model"], made["loss_fn"], made["batch"], made["optimizer"]
     x, y = batch
+    named = list(model.named_parameters())
     healthy_grads = [p.detach().clone() for p in model.parameters()]  # same sizes, all finite
 
     def plain() -> None:
@@ -194,38 +200,105 @@ def bench_localize(name: str, made: dict, repeat: int) -> None:
     def cheap() -> bool:
         return all_finite(healthy_grads)
 
+    def detect() -> bool:  # the same step with the cheap checks only: what a step costs without tracing
+        model.zero_grad(set_to_none=True)
+        ok = all_finite([x, y])
+        loss = loss_fn(model(x), y)
+        ok = ok and all_finite([loss])
+        loss.backward()
+        return ok and all_finite([p.grad for _, p in named])
+
     def anomaly():
         return _anomaly_step(model, loss_fn, batch)
 
-    def loc():
+    def checked():
+        model.zero_grad(set_to_none=True)
+        return checked_step(model, batch, lambda: loss_fn(model(x), y), named, step=0)
+
+    def replayed():
         return localize(model, loss_fn, batch, opt, 0)
 
     # Interleaved, so that every contender sees the same load; best of `repeat` for each.
-    fns = {"plain": plain, "cheap": cheap, "anomaly": anomaly, "localize": loc}
+    fns = {"plain": plain, "cheap": cheap, "detect": detect, "anomaly": anomaly, "checked": checked,
+           "replay": replayed}
     wall = {k: float("inf") for k in fns}
     cpu = {k: float("inf") for k in fns}
     out = {}
     for f in fns.values():
         f()  # warm-up
-    for _ in range(repeat):
-        for key, f in fns.items():
-            synchronize()
-            w0, c0 = time.perf_counter(), time.process_time()
-            out[key] = f()
-            synchronize()
-            wall[key] = min(wall[key], time.perf_counter() - w0)
-            cpu[key] = min(cpu[key], time.process_time() - c0)
-    d = out["localize"].details if out["localize"] is not None else {}
-    blamed = f"stage={d.get('stage')} module={d.get('module')!r} op={d.get('op')}" if d else "nothing"
+    gc.disable()  # no collection in the middle of a timed call (collected between calls instead)
+    try:
+        for _ in range(repeat):
+            for key, f in fns.items():
+                out.pop(key, None)
+                gc.collect()
+                synchronize()
+                w0, c0 = time.perf_counter(), time.process_time()
+                out[key] = f()
+                synchronize()
+                wall[key] = min(wall[key], time.perf_counter() - w0)
+                cpu[key] = min(cpu[key], time.process_time() - c0)
+    finally:
+        gc.enable()
+    for key in ("checked", "replay"):
+        d = out[key].details if out[key] is not None else {}
+        out[key] = f"stage={d.get('stage')} module={d.get('module')!r} op={d.get('op')}" if d else "nothing"
+    for t in (wall, cpu):
+        t["extra"] = t["checked"] - t["detect"]
     n_modules = len(list(model.modules()))
-    print(f"-- {name} ({n_modules} modules)".ljust(48) + "wall ms    CPU ms")
-    rows = [("plain forward+backward", "plain", ""), ("cheap check (all grads)", "cheap", "per healthy step"),
-            ("detect_anomaly step", "anomaly", f"blames {_blamed_by_anomaly(out['anomaly'])}"),
-            ("sentinel localize", "localize", f"blames {blamed}")]
+    print(f"-- {name} ({n_modules} modules)".ljust(52) + "wall ms    CPU ms")
+    rows = [
+        ("plain forward+backward", "plain", ""),
+        ("cheap check (all grads)", "cheap", "per healthy step"),
+        ("step with cheap checks", "detect", "plain + batch, loss and grads checked (detects, cannot localize)"),
+        ("detect_anomaly step", "anomaly", f"blames {_blamed_by_anomaly(out['anomaly'])}"),
+        ("sentinel checked step", "checked", f"blames {out['checked']}"),
+        ("  of which localization", "extra", "checked step - step with cheap checks"),
+        ("sentinel replay (localize)", "replay", f"blames {out['replay']}"),
+    ]
     for label, key, note in rows:
-        print(f"   {label:28s} {wall[key] * 1e3:9.2f} {cpu[key] * 1e3:9.2f}   {note}")
-    print(f"   {'ratio localize / anomaly':28s} {wall['localize'] / wall['anomaly']:9.3f}"
-          f" {cpu['localize'] / cpu['anomaly']:9.3f}   (target <= 0.2)")
+        print(f"   {label:32s} {wall[key] * 1e3:9.2f} {cpu[key] * 1e3:9.2f}   {note}")
+    for label, key, target in (
+        ("localization / anomaly step", "extra", "(target <= 0.2)"),
+        ("checked step / anomaly step", "checked", "(the whole failing step)"),
+        ("replay / anomaly step", "replay", "(localize() from scratch)"),
+    ):
+        print(f"   {label:32s} {wall[key] / wall['anomaly']:9.3f} {cpu[key] / cpu['anomaly']:9.3f}   {target}")
+
+
+def bench_healthy_overhead(healthy, repeat: int) -> None:
+    """What the tracing of checked_step costs on a step that is fine (the finite probe's steps)."""
+    print("== checked_step on healthy steps (forward, backward, optimizer step; CPU) ==")
+    for name in ("make_mlp", "make_cnn"):
+        made = healthy.__dict__[name]()
+        model, loss_fn, (x, y) = made["model"], made["loss_fn"], made["batch"]
+        opt = made.get("optimizer") or torch.optim.Adam(model.parameters(), lr=1e-3)
+        named = list(model.named_parameters())
+        params = [p for _, p in named]
+
+        def plain(model=model, loss_fn=loss_fn, x=x, y=y, opt=opt, params=params) -> None:
+            model.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            all_finite([loss])
+            loss.backward()
+            all_finite([p.grad for p in params])
+            opt.step()
+            all_finite(params)
+
+        def checked(model=model, loss_fn=loss_fn, x=x, y=y, opt=opt, named=named) -> None:
+            model.zero_grad(set_to_none=True)
+            checked_step(model, (x, y), lambda: loss_fn(model(x), y), named, update=opt.step)
+
+        for f in (plain, checked):
+            f()
+        best = {"plain": float("inf"), "checked": float("inf")}
+        for _ in range(repeat * 4):
+            for key, f in (("plain", plain), ("checked", checked)):
+                c0 = time.process_time()
+                f()
+                best[key] = min(best[key], time.process_time() - c0)
+        print(f"{name:10s} step with cheap checks {best['plain'] * 1e3:7.2f} ms   checked_step"
+              f" {best['checked'] * 1e3:7.2f} ms   ratio {best['checked'] / best['plain']:.3f}")
 
 
 def main() -> None:
@@ -241,15 +314,19 @@ def main() -> None:
     healthy = _load("healthy")
     buggy = _load("buggy")
     bench_suite(healthy, args.repeat)
+    bench_healthy_overhead(healthy, args.repeat)
     print("== NaN/Inf localization vs torch.autograd.detect_anomaly (one failing step) ==")
-    print("   compared: 'detect_anomaly step' = zero_grad, forward, loss and backward of the failing step under\n"
-          "   torch.autograd.detect_anomaly() until it raises (parsing its message is not timed); 'sentinel\n"
-          "   localize' = one localize() call on the same step from the same state: snapshot, instrumented\n"
-          "   forward replay, backward up to the first non-finite gradient, report, restore. Both start from\n"
-          "   scratch (no graph kept from an earlier pass). Best of N interleaved runs, single process.")
-    bench_localize("buggy.py:make_inf_in_backward", buggy.make_inf_in_backward(), args.repeat * 6)
-    bench_localize("deep residual MLP + sqrt at 0", make_deep(), args.repeat * 6)
-    bench_localize("4-layer transformer + sqrt at 0", make_transformer(), args.repeat * 3)
+    print("   compared on the same failing step, from the same state: 'detect_anomaly step' = zero_grad,\n"
+          "   forward, loss and backward under torch.autograd.detect_anomaly() until it raises (parsing its\n"
+          "   message is not timed); 'sentinel checked step' = the finite probe's step: zero_grad, traced\n"
+          "   forward, checks, backward keeping the graph and the gradients at module boundaries, checks,\n"
+          "   then the origin search (module boundaries, the origin module's nodes re-run) and the finding;\n"
+          "   'localization' = that minus the same step with the cheap checks only (= tracing, search,\n"
+          "   finding); 'replay' = localize() from scratch (snapshot, traced forward, hooked backward,\n"
+          "   restore), what the loop monitor uses. Best of N interleaved runs (no GC inside a timed call).")
+    bench_localize("buggy.py:make_inf_in_backward", buggy.make_inf_in_backward(), args.repeat * 40)
+    bench_localize("deep residual MLP + sqrt at 0", make_deep(), args.repeat * 10)
+    bench_localize("4-layer transformer + sqrt at 0", make_transformer(), args.repeat * 4)
 
 
 if __name__ == "__main__":

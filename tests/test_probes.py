@@ -23,7 +23,7 @@ from sentinel.findings import Finding, ProbeResult, Report
 from sentinel.probes import check_devices, check_finite, check_overfit, check_updates, run_probes
 from sentinel.probes import curve as curves
 from sentinel.probes.batch import plan
-from sentinel.probes.nonfinite import all_finite, first_nonfinite, localize
+from sentinel.probes.nonfinite import all_finite, checked_step, first_nonfinite, localize
 from sentinel.probes.state import Snapshot, preserved, same_bits
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "probes"
@@ -778,3 +778,151 @@ def test_backward_origin_deep_in_the_graph_is_reached_by_on_demand_hooks():
     made = {"model": model, "loss_fn": nn.MSELoss(), "batch": (x, torch.randn(5, 1))}
     d = _finite_details(made)
     assert (d["stage"], d["module"], d["op"], d["value"]) == ("backward", "0", "SqrtBackward0", "inf")
+
+
+# ------------------------------------------------- SEN105: localized from the failing step itself
+
+
+class _Counted(nn.Module):
+    """Wraps a model and counts its forward calls."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(
+    ("make", "where"),
+    [("make_inf_in_backward", ("backward", "inner.dist")), ("make_nan_for_some_inputs", ("forward", "inner.logf"))],
+)
+def test_the_failing_step_is_localized_without_running_the_forward_again(make, where):
+    made = getattr(buggy, make)()
+    model = _Counted(made["model"])
+    x, y = made["batch"]
+    loss_fn = made["loss_fn"]
+    named = list(model.named_parameters())
+    finding = checked_step(model, (x, y), lambda: loss_fn(model(x), y), named, step=4)
+    assert model.calls == 1
+    d = finding.details
+    assert (d["stage"], d["module"], d["step"]) == (*where, 4)
+
+
+def _backward_origin(model: nn.Module, batch, loss_fn=None) -> dict:
+    loss_fn = loss_fn or nn.MSELoss()
+    return _finite_details({"model": model, "loss_fn": loss_fn, "batch": batch})
+
+
+class _Pair(nn.Module):
+    """Two sibling branches reading the same tensor; only ``b`` has a derivative that blows up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(3, 3)
+        self.a = nn.Linear(3, 1)
+        self.b = _SqrtAbs()
+
+    def forward(self, x):
+        h = self.stem(x) * (x[:, :1] * 0)  # exactly 0: sqrt's derivative is inf there
+        return self.a(h) + self.b(h)
+
+
+class _SqrtAbs(nn.Module):
+    def forward(self, h):
+        return h.abs().sqrt().sum(dim=1, keepdim=True)
+
+
+def test_siblings_sharing_an_input_blame_the_one_whose_backward_blows_up():
+    torch.manual_seed(0)
+    d = _backward_origin(_Pair(), (torch.randn(4, 3), torch.randn(4, 1)))
+    assert (d["stage"], d["module"], d["op"]) == ("backward", "b", "SqrtBackward0")
+
+
+class _ScaledBySqrtOfWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.zeros(1))  # sqrt(0): the gradient reaching `gain` is inf
+        self.fc = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.fc(x) * (1 + self.gain.sqrt())
+
+
+def test_an_origin_that_only_feeds_a_parameter_is_found_and_named():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), _ScaledBySqrtOfWeight())
+    d = _backward_origin(model, (torch.randn(4, 3), torch.randn(4, 1)))
+    assert (d["stage"], d["module"], d["parameter"], d["op"]) == ("backward", "1", "1.gain", "SqrtBackward0")
+
+
+def test_a_blow_up_in_the_loss_backward_has_no_module():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x = torch.randn(4, 3)
+
+    def rmse(out, y):
+        return torch.sqrt(((out - y) ** 2).mean())  # the model fits exactly: sqrt(0)
+
+    with torch.no_grad():
+        y = model(x)
+    d = _backward_origin(model, (x, y), loss_fn=rmse)
+    assert (d["stage"], d["module"], d["op"]) == ("backward", None, "SqrtBackward0")
+
+
+class _Normalize(nn.Module):
+    def forward(self, h):
+        return h / h[:, :1]  # a row of zeros becomes 0/0 = NaN
+
+
+class _Masker(nn.Module):
+    """NaN made in a forward, hidden from the loss by nan_to_num; its backward is still NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.norm = _Normalize()
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.fc(x) * (x[:, :1] != 0)  # exactly 0 where the first input is 0
+        return self.out(torch.nan_to_num(self.norm(h), posinf=0.0, neginf=0.0))
+
+
+def test_a_nan_hidden_from_the_loss_is_still_a_forward_origin():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    x[1, 0] = 0.0
+    d = _backward_origin(_Masker(), (x, torch.randn(3, 1)))
+    assert (d["stage"], d["module"], d["value"]) == ("forward", "norm", "nan")
+
+
+class _InPlaceAfterLog(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.logf = _Log()
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x):
+        h = self.logf(self.fc(x))
+        h.mul_(2.0)  # overwrites logf's output in place before anything checked it
+        return self.head(h)
+
+
+class _Log(nn.Module):
+    def forward(self, h):
+        return torch.log(h)
+
+
+def test_a_value_overwritten_in_place_is_checked_by_an_eager_replay():
+    torch.manual_seed(0)
+    model = _InPlaceAfterLog()
+    made = {"model": model, "loss_fn": nn.MSELoss(), "batch": (torch.randn(6, 3), torch.randn(6, 1))}
+    before = fingerprint(model, None)
+    d = _finite_details(made)
+    assert (d["stage"], d["module"], d["value"]) == ("forward", "logf", "nan")
+    assert fingerprint(model, None) == before

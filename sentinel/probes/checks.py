@@ -20,11 +20,11 @@ from torch import nn
 
 from sentinel.findings import Finding, ProbeResult, Report, Status
 from sentinel.probes import curve as curves
-from sentinel.probes.batch import ComputeLoss, plan, tensor_items
+from sentinel.probes.batch import ComputeLoss, plan
 from sentinel.probes.devices import Mismatches, find_mismatches
 from sentinel.probes.errors import UserCodeError, call_user
-from sentinel.probes.nonfinite import all_finite, localize
-from sentinel.probes.state import Snapshot, same_bits
+from sentinel.probes.nonfinite import checked_step, localize
+from sentinel.probes.state import RNGState, capture_rng, restore_rng, same_bits
 from sentinel.probes.workspace import (
     DeviceLike,
     Workspace,
@@ -447,42 +447,48 @@ def check_overfit(
 def _finite(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], str]:
     with ctx.workspace() as ws:
         opt, _ = ws.make_optimizer()
-        batch_ok = all_finite([t for _, t in tensor_items(ws.batch)])
+        named = ws.named_parameters()
         for step in range(steps):
-            snap = Snapshot.capture(ws.modules(), opt)
-            stage = "input"
-            ok = batch_ok
-            if ok:
+            rng = capture_rng()
+
+            def replay(step: int = step, rng: RNGState = rng) -> Finding:
+                # Only when a module overwrote a value in place before it could be checked: redo the
+                # step from its start (the parameters have not been updated yet) with eager checks.
+                restore_rng(rng)
                 ws.zero_grad()
-                loss, _ = ws.forward()
-                stage, ok = "forward", all_finite([loss])
-            if ok:
-                ws.backward(loss)
-                stage, ok = "backward", all_finite([p.grad for _, p in ws.named_parameters()])
-            if ok and opt is not None:
-                ws.step(opt)
-                stage, ok = "update", all_finite([p for _, p in ws.named_parameters()])
-            if ok:
-                continue
-            snap.restore()
-            finding = call_user(
-                "the replayed step",
-                localize,
-                ws.model,
-                ws.loss_fn,
-                ws.batch,
-                opt,
-                step,
-                compute_loss=ws.compute_loss,
-            )
-            if finding is None:  # the replay did not reproduce it (non-deterministic kernels?)
-                finding = Finding(
-                    "SEN105",
-                    f"a NaN/Inf appeared at step {step} ({stage}) but did not reappear when the step was"
-                    " replayed, so it could not be localized (non-deterministic kernels?).",
-                    {"stage": stage, "module": None, "parameter": None, "step": step},
+                finding = call_user(
+                    "the replayed step",
+                    localize,
+                    ws.model,
+                    ws.loss_fn,
+                    ws.batch,
+                    opt,
+                    step,
+                    compute_loss=ws.compute_loss,
+                    eager=True,
                 )
-            return [finding], {"steps": step + 1}, ""
+                if finding is None:  # the replay did not reproduce it (non-deterministic kernels?)
+                    finding = Finding(
+                        "SEN105",
+                        f"a NaN/Inf appeared at step {step} but did not reappear when the step was replayed,"
+                        " so it could not be localized (non-deterministic kernels?).",
+                        {"stage": None, "module": None, "parameter": None, "step": step},
+                    )
+                return finding
+
+            ws.zero_grad()
+            finding = checked_step(
+                ws.model,
+                ws.batch,
+                lambda: ws.forward()[0],
+                named,
+                backward=ws.backward,
+                update=(lambda: ws.step(opt)) if opt is not None else None,
+                step=step,
+                replay=replay,
+            )
+            if finding is not None:
+                return [finding], {"steps": step + 1}, ""
         return [], {"steps": steps}, ""
 
 
@@ -496,9 +502,10 @@ def check_finite(
     device: DeviceLike = None,
     compute_loss: ComputeLoss | None = None,
 ) -> ProbeResult:
-    """SEN105: run ``steps`` training steps on a copy with a cheap finiteness check per step (loss,
-    all gradients, all parameters); on the first failure, replay that step with module and autograd
-    hooks (:func:`sentinel.probes.nonfinite.localize`) and report the first place a NaN/Inf appears:
+    """SEN105: run ``steps`` training steps on a copy with a cheap finiteness check per step (batch,
+    loss, all gradients, all parameters) and a lazy record of every module's inputs and outputs; on
+    the first failure, find its origin from that record and the step's kept graph
+    (:func:`sentinel.probes.nonfinite.checked_step`) and report the first place a NaN/Inf appears:
     ``details`` ``stage`` (input|forward|loss|backward|update), ``module``, ``parameter``, ``step``
     (0-based: the index of the training step)."""
     if steps < 1:

@@ -2,45 +2,52 @@
 
 Two layers, so that healthy steps cost almost nothing:
 
-- :func:`first_nonfinite` / :func:`all_finite`: one sum per tensor and a single host sync per
-  device over a list of tensors. A training loop calls it on the loss, on all gradients after
+- :func:`first_nonfinite` / :func:`all_finite`: one fused norm per (device, dtype) and one host sync
+  over a list of tensors. A training loop calls it on the loss, on all gradients after
   ``backward()`` and on all parameters after ``step()``.
-- :func:`localize`: called only when that cheap check failed. It replays the step once, from the
-  state the caller restored (see :mod:`sentinel.probes.state`), with light instrumentation:
+- :func:`checked_step`: one training step run with those checks and light tracing, so that when a
+  check fails the origin is found from what that very step left behind, without running the
+  forward again. The triage order is:
 
   1. inputs: every floating tensor of the batch;
   2. forward: every module's ``forward`` is wrapped to record its inputs and outputs (references
      and autograd versions) and the range of autograd sequence numbers created while it ran. Only
-     when the step failed are the recorded values checked (one sum each, one host sync). The origin
-     is the first module (in completion order, so the innermost) whose output is non-finite while
-     its inputs were finite. If a recorded value was overwritten in place before that check, the
-     forward is replayed once more with a sum taken of every value as it is seen;
+     when the step failed are the recorded values checked. The origin is the first module (in
+     completion order, so the innermost) whose output is non-finite while its inputs were finite.
+     Inputs of in-place modules (``inplace=True``) are summed before they are overwritten; if some
+     other recorded value was overwritten in place, the step is replayed with a sum taken of every
+     value as it is seen;
   3. loss: non-finite although the model output is finite;
-  4. backward: autograd nodes are hooked on demand (a node gets its hook when a node above it has
-     run, so only the part of the graph the backward reaches is visited); a hook checks the node's
-     outgoing gradients; the origin is the first node, in execution order, that emits a non-finite
-     gradient (its incoming gradient was finite: every earlier node emitted finite ones), and the
-     backward pass is abandoned there. The node is mapped to the innermost module that was running
-     when it was created (by autograd sequence number);
+  4. backward: the step keeps its graph and a tensor hook keeps (by reference) the gradient that
+     reached every recorded value. The origin is a module call whose outputs received a finite
+     gradient while its inputs (or its parameters) received a non-finite one; only that call's part
+     of the graph is backpropagated again, node by node, to name the first op emitting a NaN/Inf.
+     When that finds nothing (the origin is outside every module, e.g. in the loss), the whole kept
+     graph is backpropagated again with autograd nodes hooked on demand (a node gets its hook when
+     a node above it has run), abandoning the pass at the first node emitting a non-finite
+     gradient. Either way the node is mapped to the innermost module that was running when it was
+     created (by autograd sequence number);
   5. update: the first parameter that is non-finite after ``optimizer.step()``.
 
-  Then the model, optimizer and RNGs are restored as they were when ``localize`` was called.
+- :func:`localize`: the same search on a replay of a step known to fail, from the state the caller
+  restored (see :mod:`sentinel.probes.state`), for loops that no longer hold the failing step's
+  graph; the model, optimizer and RNGs are restored afterwards.
 
 In-place ops are handled: a value is keyed by tensor and autograd version, so a tensor overwritten
 in place is a new value, and a value that is gone by the time it is checked triggers the eager replay.
 
-Cost: one forward with a thin wrapper per module call, the backward up to the origin with one hook
-per (non pass-through) node it reached, one sum per recorded value only when the step failed, and
-(only when the gradients were finite) the optimizer step. Parameter values and optimizer state are
-copied only right before that step; buffers, grads (by reference), flags and RNGs are captured up
-front.
+Cost on a healthy step: a thin wrapper per module call and a tensor hook per recorded value that
+requires grad (benchmarks/probe_speed.py prints both). On a failing step: one norm per recorded
+value, the re-run of the origin module's nodes (or of the backward up to the origin) and the finding.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -50,7 +57,7 @@ from sentinel.findings import Finding
 from sentinel.probes.batch import ComputeLoss, compute, tensor_items
 from sentinel.probes.state import Snapshot
 
-__all__ = ["STAGES", "all_finite", "first_nonfinite", "localize", "optimizer_step"]
+__all__ = ["STAGES", "all_finite", "checked_step", "first_nonfinite", "localize", "optimizer_step"]
 
 STAGES = ("input", "forward", "loss", "backward", "update")
 
@@ -66,7 +73,7 @@ def _values(t: torch.Tensor) -> torch.Tensor:
 
 
 def _sum_of(t: torch.Tensor) -> torch.Tensor:
-    """A float32 scalar that is non-finite whenever an element of ``t`` is (call under no_grad)."""
+    """A float32 scalar that is non-finite whenever an element of ``t`` is (pass a detached ``t``)."""
     if t.is_sparse:
         t = t.coalesce().values()
     if t.dtype is torch.float32:
@@ -78,23 +85,38 @@ def _sum_of(t: torch.Tensor) -> torch.Tensor:
     return t.sum().float()
 
 
-def _finite_flags(tensors: Sequence[torch.Tensor]) -> list[bool]:
-    """Per tensor: True when every element is finite.
+def _exactly_finite(t: torch.Tensor) -> bool:
+    with torch.no_grad():
+        return bool(torch.isfinite(_values(t)).all())
 
-    One sum per tensor and one host sync per device: a sum is non-finite whenever an element is
-    (Inf cannot cancel into a finite value), so a finite sum proves the tensor finite. A non-finite
-    sum may also be an overflow of large finite values: those tensors are re-checked exactly.
+
+_FEW = 8  # up to this many CPU tensors, one sum and .item() each is cheaper than a fused norm
+
+
+def _screen(tensors: Sequence[torch.Tensor]) -> list[bool]:
+    """Per tensor: True when it is proven finite, False when it may not be.
+
+    A norm (or a sum) is non-finite whenever an element is (Inf cannot cancel into a finite value),
+    so a finite one proves the tensor finite; a non-finite one may also be an overflow of large
+    finite values, which :func:`_exactly_finite` tells apart. One fused ``torch._foreach_norm`` per
+    (device, dtype) group and one host sync per group: no Python work per element, little per tensor
+    (a few CPU tensors: one sum each).
     """
-    by_device: dict[torch.device, list[int]] = {}
+    if len(tensors) <= _FEW and all(t.device.type == "cpu" for t in tensors):
+        return [math.isfinite(_sum_of(t.detach()).item()) for t in tensors]  # no sync to save on CPU
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
+        groups.setdefault((t.device, t.dtype), []).append(i)
     flags = [True] * len(tensors)
     with torch.no_grad():
-        for idx in by_device.values():
-            ok = torch.isfinite(torch.stack([_sum_of(tensors[i]) for i in idx])).tolist()
-            for i, f in zip(idx, ok, strict=True):
-                if not f:
-                    flags[i] = bool(torch.isfinite(_values(tensors[i])).all())
+        for idx in groups.values():
+            group = [_values(tensors[i]) if tensors[i].is_sparse else tensors[i].detach() for i in idx]
+            try:
+                norms = torch._foreach_norm(group)
+            except (RuntimeError, TypeError, AttributeError):  # pragma: no cover - exotic tensor types
+                norms = [_sum_of(t) for t in group]
+            for i, ok in zip(idx, torch.isfinite(torch.stack(norms)).tolist(), strict=True):
+                flags[i] = bool(ok)
     return flags
 
 
@@ -103,40 +125,16 @@ def first_nonfinite(tensors: Sequence[Any]) -> int | None:
     pos = [i for i, t in enumerate(tensors) if _checkable(t)]
     if not pos:
         return None
-    flags = _finite_flags([tensors[i] for i in pos])
-    for i, ok in zip(pos, flags, strict=True):
-        if not ok:
+    for i, ok in zip(pos, _screen([tensors[i] for i in pos]), strict=True):
+        if not ok and not _exactly_finite(tensors[i]):
             return i
     return None
 
 
 def all_finite(tensors: Sequence[Any]) -> bool:
-    """True when no tensor in ``tensors`` holds a NaN or Inf (one sum per tensor, one sync per device)."""
-    if len(tensors) == 1:
-        t = tensors[0]
-        if not _checkable(t):
-            return True
-        with torch.no_grad():
-            return bool(torch.isfinite(_sum_of(t))) or bool(torch.isfinite(_values(t)).all())
+    """True when no tensor in ``tensors`` holds a NaN or Inf (one fused norm per device and dtype,
+    one host sync each)."""
     return first_nonfinite(tensors) is None
-
-
-_BULK_LIMIT = 1 << 24  # elements per (device, dtype) group that _bulk_finite may copy
-
-
-def _bulk_finite(tensors: Sequence[torch.Tensor]) -> bool | None:
-    """Whether all ``tensors`` (checkable) are finite, from one concatenation and one sum per
-    (device, dtype) group; None when a group is too large to copy (then use per-tensor checks)."""
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t)
-    sums = []
-    with torch.no_grad():
-        for group in groups.values():
-            if any(t.is_sparse for t in group) or sum(t.numel() for t in group) > _BULK_LIMIT:
-                return None
-            sums.append(_sum_of(torch.cat([t.reshape(-1) for t in group])))
-    return bool(torch.isfinite(torch.stack([s.cpu() for s in sums])).all()) if sums else True
 
 
 def _kind(t: torch.Tensor) -> str:
@@ -190,6 +188,25 @@ _MISSING = object()
 _UNKNOWN = object()  # _Tracer.origin(): a value the lazy tracer saw was overwritten in place since
 
 
+def _named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``list(model.named_modules())`` (same names, same order), without its recursive generators."""
+    out: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        out.append((name, module))
+        children = module._modules
+        if children:
+            stack.extend(
+                reversed([(f"{name}.{k}" if name else k, c) for k, c in children.items() if c is not None])
+            )
+    return out
+
+
 class _Tracer:
     """Records every call of ``model``'s modules: which tensors went in and came out and the range
     of autograd sequence numbers created meanwhile. Each module's ``forward`` is wrapped by an
@@ -198,20 +215,28 @@ class _Tracer:
 
     Every distinct tensor value seen is keyed by ``(id, version)``, so a tensor overwritten in place
     counts as a new value. Lazy (default): only the reference and its version are kept, and
-    :meth:`origin` checks them all at the end (one sum each, one host sync per device); if a value
-    was overwritten in place meanwhile it answers ``_UNKNOWN`` (replay with an eager tracer).
-    Eager: one sum per value, taken when it is seen, before anything can overwrite it.
+    :meth:`origin` checks them all at the end (one sum each, one host sync per device). The inputs
+    of a module that works in place (``inplace=True``: ReLU, Dropout, ...) are summed when the call
+    starts, before the module overwrites them. If some other value was overwritten in place meanwhile
+    (an in-place op inside a ``forward``), :meth:`origin` answers ``_UNKNOWN``: replay with an eager
+    tracer, which takes one sum per value when it is seen.
     """
 
-    def __init__(self, model: nn.Module, eager: bool = False) -> None:
+    def __init__(self, model: nn.Module, eager: bool = False, grads: bool = False) -> None:
         self.thread = threading.get_ident()
         self.eager = eager
         self.calls: list[_Call] = []  # completion order
         self.sums: dict[tuple[int, int], torch.Tensor] = {}
         self.tensors: dict[tuple[int, int], torch.Tensor] = {}
         self.saved: list[tuple[nn.Module, Any]] = []
+        # grads=True: a tensor hook on every value that requires grad keeps the gradient that reaches
+        # it in the backward (a reference, no computation), in the order they arrive.
+        self.hook_grads = grads
+        self.grads: dict[tuple[int, int], torch.Tensor] = {}
+        self.arrival: dict[tuple[int, int], int] = {}
+        self.grad_handles: list[Any] = []
         try:
-            for name, module in model.named_modules():
+            for name, module in _named_modules(model):
                 original = module.__dict__.get("forward", _MISSING)
                 wrapper = self._wrap(module, name, module.forward)
                 self.saved.append((module, original))
@@ -220,22 +245,26 @@ class _Tracer:
             self.remove()
             raise
 
-    def _keys(self, tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+    def _keys(self, tensors: list[torch.Tensor], eager: bool) -> list[tuple[int, int]]:
         keys = []
-        kept, eager, sums = self.tensors, self.eager, self.sums
+        kept, sums = self.tensors, self.sums
         for t in tensors:
             key = (id(t), t._version)
             if key not in kept:
                 if not _checkable(t):
                     continue
                 kept[key] = t
-                if eager:
-                    sums[key] = _sum_of(t.detach())
+                if self.hook_grads and t.requires_grad:
+                    self.grad_handles.append(t.register_hook(partial(self._got_grad, key)))
+            if eager and key not in sums:
+                sums[key] = _sum_of(t.detach())
             keys.append(key)
         return keys
 
     def _wrap(self, module: nn.Module, name: str, forward: Any) -> Any:
         calls, thread, keys, get_ident, seq = self.calls, self.thread, self._keys, threading.get_ident, _sequence_nr
+        eager_out = self.eager
+        eager_in = eager_out or module.__dict__.get("inplace") is True
 
         def traced_forward(*args: Any, **kwargs: Any) -> Any:
             if get_ident() != thread:
@@ -243,14 +272,25 @@ class _Tracer:
             ins = _tensors_of(args)
             if kwargs:
                 ins += _tensors_of(kwargs)
-            call = _Call(name, module, seq(), keys(ins))
+            call = _Call(name, module, seq(), keys(ins, eager_in))
             output = forward(*args, **kwargs)
             call.end = seq() - 1
-            call.outputs = keys(_tensors_of(output))
+            call.outputs = keys(_tensors_of(output), eager_out)
             calls.append(call)
             return output
 
         return traced_forward
+
+    def _got_grad(self, key: tuple[int, int], grad: torch.Tensor) -> None:
+        if key not in self.grads:
+            self.arrival[key] = len(self.arrival)
+        self.grads[key] = grad
+
+    def release(self) -> None:
+        """Remove the gradient hooks (the module wrappers are removed by :meth:`remove`)."""
+        for h in self.grad_handles:
+            h.remove()
+        self.grad_handles.clear()
 
     def remove(self) -> None:
         for module, original in reversed(self.saved):
@@ -260,43 +300,45 @@ class _Tracer:
                 module.__dict__["forward"] = original
         self.saved.clear()
 
-    def _flags(self) -> dict[tuple[int, int], bool] | None:
-        """Finite flag per value seen; None when all are finite."""
+    def _screened(self) -> dict[tuple[int, int], bool]:
+        """Per value seen: True when proven finite (from its sum if one was taken, else from the
+        tensor, which still holds that value), False when it may not be."""
         keys = list(self.tensors)
-        if not self.eager:
-            ok = _finite_flags([self.tensors[k] for k in keys])  # one sum each, one sync per device
-            return None if all(ok) else dict(zip(keys, ok, strict=True))
-        by_device: dict[torch.device, list[int]] = {}
-        for i, k in enumerate(keys):
-            by_device.setdefault(self.sums[k].device, []).append(i)
-        ok = [True] * len(keys)
-        for idx in by_device.values():
-            for i, f in zip(idx, torch.isfinite(torch.stack([self.sums[keys[i]] for i in idx])).tolist(), strict=True):
-                ok[i] = bool(f)
-        if all(ok):
-            return None
-        flags = dict(zip(keys, ok, strict=True))
-        for k, f in flags.items():  # a non-finite sum may be an overflow: re-check what still exists
-            t = self.tensors[k]
-            if not f and t._version == k[1] and bool(torch.isfinite(_values(t)).all()):
-                flags[k] = True
-        return flags
+        live = [k for k in keys if k not in self.sums]
+        screened = dict(zip(live, _screen([self.tensors[k] for k in live]), strict=True)) if live else {}
+        summed = [k for k in keys if k in self.sums]
+        by_device: dict[torch.device, list[tuple[int, int]]] = {}
+        for k in summed:
+            by_device.setdefault(self.sums[k].device, []).append(k)
+        for ks in by_device.values():
+            screened.update(zip(ks, torch.isfinite(torch.stack([self.sums[k] for k in ks])).tolist(), strict=True))
+        return screened
 
     def origin(self) -> Any:
         """The first call whose output was non-finite while its inputs were finite, as
-        ``(call, tensor)``; None if there is none; ``_UNKNOWN`` (lazy tracer only) when a value it
-        saw has been overwritten in place since, so its flag cannot be known any more."""
+        ``(call, tensor)``; None if there is none; ``_UNKNOWN`` when a value that was not summed
+        has been overwritten in place since, so its flag cannot be known any more."""
         if not self.tensors:
             return None
-        if not self.eager and any(t._version != k[1] for k, t in self.tensors.items()):
+        if any(t._version != k[1] and k not in self.sums for k, t in self.tensors.items()):
             return _UNKNOWN
-        flags = self._flags()
-        if flags is None:
+        screened = self._screened()
+        if all(screened.values()):
             return None
+        exact: dict[tuple[int, int], bool] = {}
+
+        def finite(k: tuple[int, int]) -> bool:
+            if screened[k]:
+                return True
+            if k not in exact:  # a non-finite sum may be an overflow: re-check what is still there
+                t = self.tensors[k]
+                exact[k] = t._version == k[1] and _exactly_finite(t)
+            return exact[k]
+
         for c in self.calls:
-            bad = [k for k in c.outputs if not flags[k]]
-            if bad and all(flags[k] for k in c.inputs):
-                return c, self.tensors[bad[0]]
+            bad = next((k for k in c.outputs if not finite(k)), None)
+            if bad is not None and all(finite(k) for k in c.inputs):
+                return c, self.tensors[bad]
         return None
 
     def module_at(self, seq: int) -> _Call | None:
@@ -392,8 +434,7 @@ _PASS_THROUGH = frozenset(
 )
 
 
-def _needs_watch(node: Any) -> bool:
-    return not hasattr(node, "variable") and node.name() not in _PASS_THROUGH
+_ACCUMULATE_GRAD = "torch::autograd::AccumulateGrad"
 
 
 class _BackwardWatch:
@@ -418,9 +459,10 @@ class _BackwardWatch:
                 continue
             seen.add(id(n))
             nodes.append(n)
-            if hasattr(n, "variable"):
+            name = n.name()
+            if name == _ACCUMULATE_GRAD:
                 continue
-            if n.name() in _PASS_THROUGH:
+            if name in _PASS_THROUGH:
                 stack.extend(nxt for nxt, _ in n.next_functions if nxt is not None)
                 continue
             self.handles.append(n.register_hook(self._hook(n)))
@@ -429,18 +471,11 @@ class _BackwardWatch:
         add = self.add
 
         def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
-            present = [(i, g) for i, g in enumerate(grad_inputs) if _checkable(g)]
+            present = [(i, g) for i, g in enumerate(grad_inputs) if g is not None and _checkable(g)]
             if present:
-                if len(present) == 1:
-                    i, g = present[0]
-                    with torch.no_grad():
-                        bad = not (bool(torch.isfinite(_sum_of(g))) or bool(torch.isfinite(_values(g)).all()))
-                    if bad:
+                for (i, g), ok in zip(present, _screen([g for _, g in present]), strict=True):
+                    if not ok and not _exactly_finite(g):
                         raise _BackwardOrigin(node, i, g)
-                else:
-                    for (i, g), ok in zip(present, _finite_flags([g for _, g in present]), strict=True):
-                        if not ok:
-                            raise _BackwardOrigin(node, i, g)
             add(*(nxt for nxt, _ in node.next_functions))
 
         return hook
@@ -453,6 +488,293 @@ class _BackwardWatch:
         self.seen.clear()
 
 
+def _run_module_backward(
+    roots: list[tuple[Any, int, torch.Tensor]], lo: int, hi: int
+) -> _BackwardOrigin | None:
+    """Backpropagate once more through the part of the kept graph made by one module call (autograd
+    nodes numbered ``lo..hi``), starting from ``roots`` ``(node, input slot, gradient)``, by calling
+    the nodes themselves in the engine's order (highest sequence number first). Returns the first
+    node emitting a NaN/Inf, or None. Raises when a node cannot be called again (freed buffers)."""
+    buffers: dict[int, tuple[Any, list[Any]]] = {}
+
+    def feed(node: Any, slot: int, grad: torch.Tensor) -> None:
+        entry = buffers.get(id(node))
+        if entry is None:
+            metadata = getattr(node, "_input_metadata", None)
+            size = len(metadata) if metadata is not None else slot + 1
+            entry = buffers[id(node)] = (node, [None] * max(size, slot + 1))
+        slots = entry[1]
+        slots[slot] = grad if slots[slot] is None else slots[slot] + grad
+
+    for node, slot, grad in roots:
+        feed(node, slot, grad)
+    with torch.no_grad():
+        while buffers:
+            key = max(buffers, key=lambda k: buffers[k][0]._sequence_nr())
+            node, slots = buffers.pop(key)
+            out = node(*slots)
+            outs = out if isinstance(out, tuple) else (out,)
+            present = [(i, g) for i, g in enumerate(outs) if g is not None and _checkable(g)]
+            if present:
+                for (i, g), ok in zip(present, _screen([g for _, g in present]), strict=True):
+                    if not ok and not _exactly_finite(g):
+                        return _BackwardOrigin(node, i, g)
+            for (nxt, slot), g in zip(node.next_functions, outs, strict=False):
+                if nxt is None or g is None or nxt.name() == _ACCUMULATE_GRAD:
+                    continue
+                if lo <= nxt._sequence_nr() <= hi:
+                    feed(nxt, slot, g)
+    return None
+
+
+def _module_origin(tracer: _Tracer, params: Sequence[tuple[str, torch.Tensor]]) -> _BackwardOrigin | None:
+    """The backward origin, found from the gradients the live backward left at module boundaries.
+
+    A module call is a candidate when the gradient that reached its outputs is finite and the one it
+    passed on to its inputs (or, failing that, to its parameters) is not. Candidates are tried in the
+    order the backward reached them: only that call's part of the kept graph is backpropagated again
+    (:func:`_run_module_backward`), from its outputs with the gradient they received, and the first
+    op emitting a NaN/Inf is the origin. None when no candidate reproduces it (the caller then hooks
+    the whole backward).
+    """
+    grads = tracer.grads
+    if not grads:
+        return None
+    # Screened only: a gradient whose norm overflows counts as non-finite here; if that hides the
+    # origin, no candidate reproduces and the caller's exact search runs.
+    keys = list(grads)
+    finite = dict(zip(keys, _screen([grads[k] for k in keys]), strict=True)).__getitem__
+
+    def candidates(bad_params: set[int] | None) -> list[tuple[int, _Call, list[tuple[int, int]]]]:
+        found = []
+        for c in tracer.calls:
+            outs = [k for k in c.outputs if k in grads]
+            if not outs or not all(finite(k) for k in outs):
+                continue
+            if bad_params is None:
+                hit = any(not finite(k) for k in c.inputs if k in grads)
+            else:
+                hit = any(id(p) in bad_params for p in c.module.parameters())
+            if hit:
+                found.append((min(tracer.arrival[k] for k in outs), c, outs))
+        found.sort(key=lambda item: item[0])
+        return found
+
+    def bad_parameters() -> set[int]:
+        with_grad = [p for _, p in params if p.grad is not None and _checkable(p.grad)]
+        flags = _screen([p.grad for p in with_grad]) if with_grad else []
+        return {id(p) for p, ok in zip(with_grad, flags, strict=True) if not ok}
+
+    for bad in (None, bad_parameters):
+        for _, c, outs in candidates(None if bad is None else bad()):
+            tensors = [tracer.tensors[k] for k in outs]
+            if any(t._version != k[1] or t.grad_fn is None for t, k in zip(tensors, outs, strict=True)):
+                continue  # overwritten in place since: its node is not the one the gradient reached
+            roots = [(t.grad_fn, t.output_nr, grads[k]) for t, k in zip(tensors, outs, strict=True)]
+            try:
+                origin = _run_module_backward(roots, c.start, c.end)
+            except Exception:  # a node that cannot run twice: let the caller hook the whole backward
+                return None
+            if origin is not None:
+                return origin
+    return None
+
+
+Backward = Callable[[torch.Tensor, bool], None]
+
+
+def _plain_backward(loss: torch.Tensor, retain_graph: bool) -> None:
+    loss.backward(retain_graph=retain_graph)
+
+
+def checked_step(
+    model: nn.Module,
+    batch: Any,
+    forward: Callable[[], torch.Tensor],
+    params: Sequence[tuple[str, torch.Tensor]],
+    *,
+    backward: Backward = _plain_backward,
+    update: Callable[[], None] | None = None,
+    step: int = 0,
+    replay: Callable[[], Finding | None] | None = None,
+    eager: bool = False,
+    expect_failure: bool = False,
+) -> Finding | None:
+    """Run one training step with the cheap checks and, if one fails, localize the failure from
+    what this very step left behind, without running the forward again (SEN105); None when the
+    step was finite.
+
+    ``forward()`` runs the model and the loss and returns the scalar loss; ``params`` are the named
+    parameters to check (their grads must be None on entry, except with ``expect_failure``, which
+    never backpropagates twice); ``backward(loss, retain_graph)`` runs
+    the user's backward; ``update()`` the optimizer step. The step is: finiteness of the batch,
+    forward under a lazy :class:`_Tracer`, finiteness of the loss, backward keeping the graph,
+    finiteness of all gradients, update, finiteness of all parameters. When a check fails:
+
+    - forward or loss: the recorded module inputs and outputs name the origin;
+    - backward: the gradients the step left at module boundaries name the origin module, whose
+      nodes are run again to name the op (:func:`_module_origin`); failing that, the grads are
+      cleared and the kept graph is backpropagated once more with autograd node hooks
+      (:class:`_BackwardWatch`), which stop at the first node emitting a NaN/Inf;
+    - update: the first parameter that is no longer finite.
+
+    Only when a module overwrote a recorded value in place (so its flag is lost) is ``replay()``
+    called, to redo the step from the state before it with an eager tracer. ``expect_failure``
+    (a replay of a step known to fail) hooks the backward at once instead of keeping the graph.
+    Exceptions raised by the user's code propagate.
+    """
+    found_input = _input_finding(batch, step)
+    if found_input is not None:
+        return found_input
+    tracer = _Tracer(model, eager=eager, grads=not expect_failure)
+    watch = _BackwardWatch()
+    origin: _BackwardOrigin | None = None
+    try:
+        try:
+            loss = forward()
+        finally:
+            tracer.remove()
+        loss_ok = all_finite([loss])
+        grads_ok = True
+        if loss_ok and loss.grad_fn is not None:
+            if expect_failure:
+                watch.add(loss.grad_fn)
+                try:
+                    loss.backward()
+                except _BackwardOrigin as found:
+                    origin = found
+            else:
+                backward(loss, True)
+            grads_ok = origin is None and all_finite([p.grad for _, p in params])
+        if not loss_ok or not grads_ok:
+            found_fwd = tracer.origin()
+            if found_fwd is _UNKNOWN:
+                if replay is not None:
+                    return replay()
+                found_fwd = None
+            if found_fwd is not None:
+                return _forward_finding(*found_fwd, step)
+            if not loss_ok:
+                return _loss_finding(loss, step)
+            if origin is None and not expect_failure:
+                origin = _module_origin(tracer, params)
+            if origin is None and not expect_failure:
+                for _, p in params:
+                    p.grad = None
+                watch.add(loss.grad_fn)
+                try:
+                    loss.backward()
+                except _BackwardOrigin as found:
+                    origin = found
+            if origin is not None:
+                return _backward_finding(origin, tracer, params, step)
+            named = list(params)
+            k = first_nonfinite([p.grad for _, p in named])
+            return _finding(
+                "backward",
+                step,
+                None,
+                named[k][0] if k is not None else None,
+                f"gradients are non-finite at step {step} but no autograd node produced them in this"
+                " step (they were already non-finite before backward: gradient accumulation?).",
+            )
+    finally:
+        watch.remove()
+        tracer.remove()
+        tracer.release()
+    del loss, tracer
+    if update is None:
+        return None
+    update()
+    named = list(params)
+    k = first_nonfinite([p for _, p in named])
+    if k is None:
+        return None
+    pname, p = named[k]
+    kind = _kind(p)
+    return _finding(
+        "update",
+        step,
+        pname.rpartition(".")[0],
+        pname,
+        f"parameter `{pname}` becomes {kind} in optimizer step {step} although loss and"
+        " gradients were finite: the learning rate is probably too high (or eps/weight"
+        " decay is invalid).",
+        value=kind.lower(),
+    )
+
+
+def _input_finding(batch: Any, step: int) -> Finding | None:
+    items = list(tensor_items(batch))
+    i = first_nonfinite([t for _, t in items])
+    if i is None:
+        return None
+    name, t = items[i]
+    kind = _kind(t)
+    return _finding(
+        "input",
+        step,
+        None,
+        None,
+        f"{name} holds {kind} values before the model runs (step {step}): the data pipeline "
+        "produced them; filter or clean the batch.",
+        tensor=name,
+        value=kind.lower(),
+    )
+
+
+def _forward_finding(call: _Call, out: torch.Tensor, step: int) -> Finding:
+    kind = _kind(out)
+    parameter = _bad_param(call.module, call.name)
+    why = f"; its parameter `{parameter}` is already non-finite" if parameter else ""
+    return _finding(
+        "forward",
+        step,
+        call.name,
+        parameter,
+        f"{kind} first appears in the output of {_describe(call.name, call.module)} at step {step}"
+        f" although its inputs were finite{why}. Look for log/sqrt/pow/division of values that"
+        " can reach 0 or below for some inputs, or overflowing exp.",
+        value=kind.lower(),
+    )
+
+
+def _loss_finding(loss: torch.Tensor, step: int) -> Finding:
+    kind = _kind(loss)
+    return _finding(
+        "loss",
+        step,
+        None,
+        None,
+        f"the loss is {kind} at step {step} although the model output is finite: check the loss"
+        " (log of 0, division by zero, targets out of range, probabilities outside [0, 1]).",
+        value=kind.lower(),
+    )
+
+
+def _backward_finding(
+    origin: _BackwardOrigin, tracer: _Tracer, params: Sequence[tuple[str, torch.Tensor]], step: int
+) -> Finding:
+    node = origin.node
+    call = tracer.module_at(node._sequence_nr())
+    mod_name = call.name if call is not None else None
+    kind = _kind(origin.grad)
+    where = _describe(mod_name, call.module if call is not None else None)
+    parameter = _param_fed_by(node, origin.index, {id(p): n for n, p in params})
+    return _finding(
+        "backward",
+        step,
+        mod_name,
+        parameter,
+        f"the gradient becomes {kind} in {node.name()} inside {where}"
+        f" at step {step}, although the gradient flowing into it was finite. The forward value"
+        " was finite, its derivative is not: typically sqrt/pow/log/div evaluated at 0 (add an"
+        " epsilon, e.g. sqrt(x + 1e-12)) or a torch.where whose unused branch is non-finite.",
+        op=node.name(),
+        value=kind.lower(),
+    )
+
+
 def localize(
     model: nn.Module,
     loss_fn: Any,
@@ -462,6 +784,7 @@ def localize(
     *,
     compute_loss: ComputeLoss | None = None,
     zero_grad: bool = True,
+    eager: bool = False,
 ) -> Finding | None:
     """Replay one training step and report the first place a NaN/Inf appears (SEN105), or None.
 
@@ -469,154 +792,51 @@ def localize(
     step; ``step`` is only copied into the finding. The step is: (``zero_grad``: set grads to None),
     forward, loss, backward, ``optimizer.step()`` (skipped when ``optimizer`` is None). Everything
     it touches (model, ``loss_fn`` if it is a module, optimizer, RNGs) is restored before returning.
-    Exceptions raised by the user's model or loss propagate.
+    ``eager`` sums every module input and output as it is seen (for models that overwrite values in
+    place; otherwise that is only done when needed, by a second replay). Exceptions raised by the
+    user's model or loss propagate. A training loop that still holds the failing step's graph
+    should use :func:`checked_step` instead, which does not run the forward again.
     """
     snap = Snapshot.capture([model, loss_fn], None, grads="ref" if zero_grad else True, values=False)
-    try:
-        return _localize(model, loss_fn, batch, optimizer, step, compute_loss, zero_grad, snap)
-    finally:
-        snap.restore()
+    before_step: list[Snapshot] = []
+    named = list(model.named_parameters())
+    if isinstance(loss_fn, nn.Module) and loss_fn is not model:
+        seen = {id(p) for _, p in named}
+        named += [(f"loss_fn.{n}", p) for n, p in loss_fn.named_parameters() if id(p) not in seen]
+    pre_grads = {id(p): p.grad for _, p in named}
 
-
-def _localize(
-    model: nn.Module,
-    loss_fn: Any,
-    batch: Any,
-    optimizer: torch.optim.Optimizer | None,
-    step: int,
-    compute_loss: ComputeLoss | None,
-    zero_grad: bool,
-    snap: Snapshot,
-) -> Finding | None:
-    items = list(tensor_items(batch))
-    i = first_nonfinite([t for _, t in items])
-    if i is not None:
-        name, t = items[i]
-        kind = _kind(t)
-        return _finding(
-            "input",
-            step,
-            None,
-            None,
-            f"{name} holds {kind} values before the model runs (step {step}): the data pipeline "
-            "produced them; filter or clean the batch.",
-            tensor=name,
-            value=kind.lower(),
-        )
-    params = [pr.param for pr in snap.params]  # model's (and a module loss's) parameters
-    if zero_grad:
-        for p in params:
-            p.grad = None
-    tracer = _Tracer(model)
-    watch = _BackwardWatch()
-    origin: _BackwardOrigin | None = None
-    try:
+    def forward() -> torch.Tensor:
         with torch.enable_grad():
             loss, _ = compute(model, loss_fn, batch, compute_loss)
-        tracer.remove()
-        loss_ok = all_finite([loss])
-        if loss_ok and loss.grad_fn is not None:
-            watch.add(loss.grad_fn)
-            try:
-                loss.backward()
-            except _BackwardOrigin as found:
-                origin = found
-    finally:
-        tracer.remove()
-        watch.remove()
-    grads_ok = origin is None and all_finite([p.grad for p in params])
-    bad_grad: str | None = None
-    if not grads_ok and origin is None:
-        named = list(model.named_parameters())
-        k = first_nonfinite([p.grad for _, p in named])
-        bad_grad = named[k][0] if k is not None else None
+        return loss
 
-    if not loss_ok or not grads_ok:
-        found = tracer.origin()
-        if found is _UNKNOWN:  # a module overwrote a value in place: replay the forward, summing eagerly
-            snap.restore()
-            eager = _Tracer(model, eager=True)
-            try:
-                with torch.enable_grad():
-                    compute(model, loss_fn, batch, compute_loss)
-            finally:
-                eager.remove()
-            found = eager.origin()
-        if found is not None:
-            call, out = found
-            kind = _kind(out)
-            parameter = _bad_param(call.module, call.name)
-            why = f"; its parameter `{parameter}` is already non-finite" if parameter else ""
-            return _finding(
-                "forward",
-                step,
-                call.name,
-                parameter,
-                f"{kind} first appears in the output of {_describe(call.name, call.module)} at step {step}"
-                f" although its inputs were finite{why}. Look for log/sqrt/pow/division of values that"
-                " can reach 0 or below for some inputs, or overflowing exp.",
-                value=kind.lower(),
-            )
-    if not loss_ok:
-        kind = _kind(loss)
-        return _finding(
-            "loss",
-            step,
-            None,
-            None,
-            f"the loss is {kind} at step {step} although the model output is finite: check the loss"
-            " (log of 0, division by zero, targets out of range, probabilities outside [0, 1]).",
-            value=kind.lower(),
+    def update() -> None:
+        assert optimizer is not None
+        before_step.append(Snapshot.capture([model], optimizer, rng=False, grads=False, buffers=False))
+        optimizer_step(optimizer)
+
+    def run(eager_now: bool) -> Finding | None:
+        for _, p in named:
+            p.grad = None if zero_grad else pre_grads[id(p)]
+        return checked_step(
+            model,
+            batch,
+            forward,
+            named,
+            update=update if optimizer is not None else None,
+            step=step,
+            replay=None if eager_now else replay,
+            eager=eager_now,
+            expect_failure=True,
         )
-    if origin is not None:
-        node = origin.node
-        call = tracer.module_at(node._sequence_nr())
-        mod_name = call.name if call is not None else None
-        kind = _kind(origin.grad)
-        where = _describe(mod_name, call.module if call is not None else None)
-        parameter = _param_fed_by(node, origin.index, {id(p): n for n, p in model.named_parameters()})
-        return _finding(
-            "backward",
-            step,
-            mod_name,
-            parameter,
-            f"the gradient becomes {kind} in {node.name()} inside {where}"
-            f" at step {step}, although the gradient flowing into it was finite. The forward value"
-            " was finite, its derivative is not: typically sqrt/pow/log/div evaluated at 0 (add an"
-            " epsilon, e.g. sqrt(x + 1e-12)) or a torch.where whose unused branch is non-finite.",
-            op=node.name(),
-            value=kind.lower(),
-        )
-    if not grads_ok:
-        return _finding(
-            "backward",
-            step,
-            None,
-            bad_grad,
-            f"gradients are non-finite at step {step} but no autograd node produced them in this"
-            " step (they were already non-finite before backward: gradient accumulation?).",
-        )
-    if optimizer is not None:
-        before_step = Snapshot.capture([model], optimizer, rng=False, grads=False, buffers=False)
-        try:
-            optimizer_step(optimizer)
-            if all_finite(params):
-                return None
-            named = list(model.named_parameters())
-            k = first_nonfinite([p for _, p in named])
-            if k is not None:
-                pname, p = named[k]
-                kind = _kind(p)
-                return _finding(
-                    "update",
-                    step,
-                    pname.rpartition(".")[0],
-                    pname,
-                    f"parameter `{pname}` becomes {kind} in optimizer step {step} although loss and"
-                    " gradients were finite: the learning rate is probably too high (or eps/weight"
-                    " decay is invalid).",
-                    value=kind.lower(),
-                )
-        finally:
-            before_step.restore()
-    return None
+
+    def replay() -> Finding | None:
+        snap.restore()
+        return run(True)
+
+    try:
+        return run(eager)
+    finally:
+        for s in reversed(before_step):
+            s.restore()
+        snap.restore()

@@ -198,9 +198,9 @@ class Workspace:
         except LossTypeError as exc:
             raise UserCodeError(exc.what, exc) from exc
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
         if loss.requires_grad:
-            call_user("loss.backward()", loss.backward)
+            call_user("loss.backward()", loss.backward, retain_graph=retain_graph)
 
     def zero_grad(self) -> None:
         for _, p in self.named_parameters():
