@@ -269,7 +269,7 @@ def test_same_bits_distinguishes_bits_not_values():
 
 @pytest.mark.parametrize(
     "factory", ["make_mlp", "make_mlp_default_optimizer", "make_cnn", "make_frozen", "make_regression",
-                "make_dict_batch"],
+                "make_dict_batch", "make_float16_table"],
 )
 def test_healthy_models_have_no_finding(factory):
     made = getattr(healthy, factory)()
@@ -284,6 +284,44 @@ def test_healthy_models_have_no_finding(factory):
     assert overfit.data["steps"] < 100  # stopped early
     assert overfit.data["final_loss"] <= overfit.data["threshold"]
     assert overfit.message == f"memorized in {overfit.data['steps']} steps"
+
+
+def test_a_slow_optimizer_on_a_healthy_model_is_projected_not_reported():
+    made = healthy.make_plain_sgd()
+    report = run_probes(*_args(made))
+    assert report.findings == [] and report.exit_code() == 0
+    d = report.probes[-1].data
+    assert (d["memorized"], d["steps"], d["max_steps"]) == (False, 400, 400)
+    assert d["final_loss"] > d["threshold"]
+    assert 400 < d["projected_steps"] <= curves.HORIZON * 100
+    assert report.probes[-1].message.startswith("on course to memorize: loss 2.34 -> 1.282 in 400 steps")
+    capped = check_overfit(*_args(made), steps=100).data  # an explicit budget is not extended
+    assert (capped["memorized"], capped["steps"], capped["max_steps"]) == (False, 100, 100)
+    assert capped["projected_steps"] <= curves.HORIZON * 100
+    ten_times_slower = dict(made, optimizer=torch.optim.SGD(made["model"].parameters(), lr=0.001))
+    d = _overfit_finding(ten_times_slower).details  # would need thousands of steps: too slow
+    assert (d["trend"], d["steps"], d["causes"][0]) == ("slow", 400, "learning-rate")
+    assert "projected_steps" not in d
+    falling = [2.34, 2.33, 2.32, 2.31, 2.30, 2.29, 2.28, 2.27]  # 0.01 a step: 204 more steps to 0.234
+    assert curves.projected_steps(falling, 0.234) == 7 + 204
+    assert curves.projected_steps([1.0] * 8, 0.1) is None
+
+
+def test_a_buffer_kept_in_another_dtype_and_cast_where_used_passes():
+    result = check_devices(*_args(healthy.make_float16_table()))
+    assert result.status == "pass" and result.findings == []
+    assert result.data == {"device": "cpu", "dtype": "float32", "cast_on_use": ["model.table"]}
+    assert result.message == (
+        "1 model tensor of another dtype (model.table) never reaches the output: the forward and the loss stay float32"
+    )
+
+
+def test_a_float64_buffer_that_promotes_the_output_is_a_dtype_mismatch():
+    report = run_probes(*_args(buggy.make_float64_buffer()))
+    assert [(f.code, f.details) for f in report.findings] == [
+        ("SEN104", {"tensors": [{"name": "model.scale", "dtype": "float64", "expected": "float32"}]}),
+    ]
+    assert "cast_on_use" not in report.probes[0].data
 
 
 def test_overfit_data_of_a_healthy_mlp():
@@ -427,7 +465,7 @@ def test_target_shape_broadcast_is_named():
 
 
 def test_missing_param_group_leads_the_causes():
-    f = _overfit_finding(buggy.make_missing_param_group())
+    f = _overfit_finding(buggy.make_missing_param_group(), steps=100)
     assert f.details["causes"][0] == "not-in-optimizer"
 
 

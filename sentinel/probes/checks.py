@@ -20,7 +20,7 @@ from torch import nn
 
 from sentinel.findings import Finding, ProbeResult, Report, Status
 from sentinel.probes import curve as curves
-from sentinel.probes.batch import ComputeLoss, plan
+from sentinel.probes.batch import ComputeLoss, plan, tensor_items
 from sentinel.probes.devices import Mismatches, find_mismatches
 from sentinel.probes.errors import UserCodeError, call_user
 from sentinel.probes.nonfinite import checked_step, localize
@@ -37,6 +37,7 @@ from sentinel.probes.workspace import (
 __all__ = [
     "DEFAULT_FINITE_STEPS",
     "DEFAULT_OVERFIT_STEPS",
+    "MAX_OVERFIT_STEPS",
     "check_devices",
     "check_finite",
     "check_overfit",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 DEFAULT_OVERFIT_STEPS = 100
+MAX_OVERFIT_STEPS = 400  # with no explicit budget, a curve still falling steadily gets up to this many
 DEFAULT_FINITE_STEPS = 3
 
 _CE_FUNCTIONS = (F.cross_entropy,)
@@ -142,12 +144,38 @@ def _devices(ctx: _Context) -> tuple[list[Finding], dict[str, Any], str]:
     mm = find_mismatches(
         ctx.model, ctx.loss_fn, ctx.batch, ctx.optimizer, device=ctx.device, compute_loss=ctx.compute_loss
     )
-    ctx.mismatches = mm
-    data = {
+    data: dict[str, Any] = {
         "device": str(mm.device) if mm.device is not None else None,
         "dtype": str(mm.dtype).removeprefix("torch.") if mm.dtype is not None else None,
     }
-    return mm.findings(), data, ""
+    message = ""
+    own = [e for e in mm.dtypes if e["name"].startswith(("model.", "loss_fn.")) and e["expected"] != "int64"]
+    if own and not mm.devices and mm.dtype is not None and _cast_on_use(ctx, mm.dtype):
+        mm.dtypes = [e for e in mm.dtypes if e not in own]
+        data["cast_on_use"] = [e["name"] for e in own]
+        message = (
+            f"{_plural(len(own), 'model tensor')} of another dtype ({', '.join(e['name'] for e in own)}) never"
+            f" reach{'es' if len(own) == 1 else ''} the output: the forward and the loss stay {data['dtype']}"
+        )
+    ctx.mismatches = mm
+    return mm.findings(), data, message
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _cast_on_use(ctx: _Context, dtype: torch.dtype) -> bool:
+    """Whether a trial forward (on a copy, without autograd) runs and keeps every floating output
+    and the loss in ``dtype``: a parameter or buffer of another dtype is then cast where it is used
+    (a float16 lookup table, a float64 accumulator), which is deliberate, not a mismatch."""
+    try:
+        with ctx.workspace() as ws, torch.no_grad():
+            loss, out = ws.forward()
+    except Exception:  # it crashes (a dtype error, most likely): the mismatch is real
+        return False
+    produced = [t for _, t in tensor_items(out, "")] if out is not None else []
+    return all(t.dtype == dtype for t in [*produced, loss] if t.is_floating_point())
 
 
 def check_devices(
@@ -313,7 +341,12 @@ def _lr_zero(opt: torch.optim.Optimizer | None) -> bool:
     return bool(lrs) and all(isinstance(v, (int, float)) and v == 0 for v in lrs)
 
 
-def _overfit(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], str]:
+def _overfit(ctx: _Context, steps: int | None) -> tuple[list[Finding], dict[str, Any], str]:
+    # No explicit budget: 100 steps, extended by rounds of 100 (up to 400) while the curve is still
+    # falling steadily, so that a healthy model with a slow optimizer is not called broken.
+    extend = steps is None
+    budget = steps if steps is not None else DEFAULT_OVERFIT_STEPS
+    round_size = budget
     with ctx.workspace() as ws:
         opt, opt_desc = ws.make_optimizer()
         values: list[float] = []
@@ -323,7 +356,9 @@ def _overfit(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], 
         no_grad: list[str] = []
         memorized = False
         taken = 0
-        for i in range(steps + 1):
+        i = -1
+        while True:
+            i += 1
             ws.zero_grad()
             loss, out = ws.forward()
             value = float(loss.detach().float().item())
@@ -338,8 +373,10 @@ def _overfit(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], 
             if value <= threshold:
                 memorized = True
                 break
-            if i == steps:
-                break
+            if i == budget:
+                if not (extend and budget < MAX_OVERFIT_STEPS and curves.classify(values) == "slow"):
+                    break
+                budget += round_size
             if i == 0 and not loss.requires_grad:
                 no_grad = [n for n, p in ws.named_parameters() if p.requires_grad]
                 break  # nothing can change: the loss is cut off from every parameter
@@ -365,7 +402,7 @@ def _overfit(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], 
         "final_loss": values[-1],
         "min_loss": min(finite) if finite else values[-1],
         "steps": taken,
-        "max_steps": steps,
+        "max_steps": budget,
         "threshold": threshold,
         "memorized": memorized,
         "optimizer": opt_desc,
@@ -376,6 +413,15 @@ def _overfit(ctx: _Context, steps: int) -> tuple[list[Finding], dict[str, Any], 
     if memorized:
         return [], data, f"memorized in {taken} step{'s' if taken != 1 else ''}"
     trend = curves.classify(values)
+    evidence = lr_zero or probabilities or no_grad or not_in_opt or shape_mismatch
+    projected = curves.projected_steps(values, threshold) if trend == "slow" and not evidence else None
+    if projected is not None and projected <= curves.HORIZON * round_size:
+        data["projected_steps"] = projected
+        return [], data, (
+            f"on course to memorize: loss {_fmt(values[0])} -> {_fmt(values[-1])} in {taken} steps, still falling"
+            f" steadily; at this rate it reaches {_fmt(threshold)} in about {projected} steps (a slow optimizer,"
+            " not a broken model)"
+        )
     causes = curves.likely_causes(
         trend,
         optimizer=opt_desc,
@@ -425,17 +471,21 @@ def check_overfit(
     batch: Any,
     optimizer: torch.optim.Optimizer | None = None,
     *,
-    steps: int = DEFAULT_OVERFIT_STEPS,
+    steps: int | None = None,
     device: DeviceLike = None,
     compute_loss: ComputeLoss | None = None,
 ) -> ProbeResult:
-    """SEN101: train a copy on this one batch for up to ``steps`` steps (a fresh optimizer of the
-    user's class and hyperparameters, or Adam(lr=1e-3)) and check that the loss falls to 10% of its
-    initial value (of its distance to the loss floor). Stops as soon as it does. On failure the
-    finding says what the curve looked like and the likely causes. ``details``: ``initial_loss``,
-    ``final_loss``, ``min_loss``, ``steps``, ``max_steps``, ``threshold``, ``trend``, ``curve``,
-    ``optimizer``, ``causes``; ``result.data`` holds the same figures on success."""
-    if steps < 1:
+    """SEN101: train a copy on this one batch (a fresh optimizer of the user's class and
+    hyperparameters, or Adam(lr=1e-2)) and check that the loss falls to 10% of its initial value
+    (of its distance to the loss floor). Stops as soon as it does. ``steps`` caps the steps; by
+    default the probe takes 100, and up to 400 while the curve is still falling steadily (a healthy
+    model with a slow optimizer). A curve still falling steadily at the end, with no sign of a known
+    bug, passes when its recent rate would reach the target within ``curve.HORIZON`` times the
+    budget (``data["projected_steps"]``). On failure the finding says what the curve looked like and the
+    likely causes. ``details``: ``initial_loss``, ``final_loss``, ``min_loss``, ``steps``,
+    ``max_steps``, ``threshold``, ``trend``, ``curve``, ``optimizer``, ``causes``; ``result.data``
+    holds the same figures on success."""
+    if steps is not None and steps < 1:
         raise ValueError("steps must be >= 1")
     ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
     return _probe("overfit", ctx, lambda: _overfit(ctx, steps))
@@ -529,7 +579,8 @@ def run_probes(
     compute_loss: ComputeLoss | None = None,
 ) -> Report:
     """Run every probe: devices (SEN103/104) first, then finite (SEN105), updates (SEN102) and
-    overfit (SEN101). ``steps`` caps the overfit probe (default 100) and the finite probe (default 3).
+    overfit (SEN101). ``steps`` caps the overfit probe (default: 100, up to 400 while the loss is still
+    falling steadily) and the finite probe (default 3).
 
     When devices or dtypes mismatch, the probes whose step then crashes are reported ``skipped``
     with the reason; when the step produces NaN/Inf, the overfit probe is skipped (its curve would
@@ -537,9 +588,9 @@ def run_probes(
     """
     ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
     ctx.in_suite = True
-    overfit_steps = steps if steps is not None else DEFAULT_OVERFIT_STEPS
+    overfit_steps = steps
     finite_steps = min(steps, DEFAULT_FINITE_STEPS) if steps is not None else DEFAULT_FINITE_STEPS
-    if overfit_steps < 1:
+    if steps is not None and steps < 1:
         raise ValueError("steps must be >= 1")
     results = [_probe("devices", ctx, lambda: _devices(ctx))]
     if ctx.mismatches is None:  # the device check itself crashed: nothing else is reliable

@@ -12,6 +12,9 @@ label smoothing). A failing curve is one of:
 - ``noisy``: bounced up and down far more than it went down overall;
 - ``plateau``: went down, then stopped moving well above the floor;
 - ``slow``: still going down steadily when the steps ran out.
+
+A ``slow`` curve is projected (:func:`projected_steps`): the probe does not call a model broken
+because its optimizer is slow.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "ABS_FLOOR",
+    "HORIZON",
     "REL_TARGET",
     "Cause",
     "classify",
     "likely_causes",
+    "projected_steps",
     "smoothed_ce_floor",
     "subsample",
     "threshold",
@@ -33,6 +38,8 @@ __all__ = [
 
 REL_TARGET = 0.1
 ABS_FLOOR = 1e-6
+HORIZON = 20
+"""A ``slow`` curve passes when its recent rate reaches the target within HORIZON x the step budget."""
 
 
 def threshold(initial: float, floor: float = 0.0) -> float:
@@ -82,6 +89,20 @@ def classify(curve: Sequence[float]) -> str:
     if net > 0 and (tail[0] - tail[-1]) / net < 0.05:
         return "plateau"
     return "slow"
+
+
+def projected_steps(curve: Sequence[float], target: float) -> int | None:
+    """Steps from the start until ``curve`` reaches ``target`` if it keeps falling at the rate of
+    its last quarter (a straight line: optimistic for a curve that is slowing down, which is why
+    only ``slow`` curves without other evidence of a bug are projected); None if it is not falling."""
+    n = len(curve)
+    if n < 8 or not all(math.isfinite(v) for v in curve):
+        return None
+    q = max(2, n // 4)
+    rate = (curve[-q] - curve[-1]) / (q - 1)
+    if rate <= 0:
+        return None
+    return n - 1 + math.ceil(max(curve[-1] - target, 0.0) / rate)
 
 
 @dataclass
