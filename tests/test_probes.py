@@ -324,6 +324,25 @@ def test_a_float64_buffer_that_promotes_the_output_is_a_dtype_mismatch():
     assert "cast_on_use" not in report.probes[0].data
 
 
+class _Fourier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("freqs", 2.0 ** torch.arange(4, dtype=torch.float64))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        a = x * self.freqs  # the features are computed in float64, then cast back
+        return self.fc(torch.cat([a.sin(), a.cos()], -1).float())
+
+
+def test_a_wider_buffer_is_reported_even_when_cast_back():
+    torch.manual_seed(0)
+    result = check_devices(_Fourier(), nn.CrossEntropyLoss(), (torch.rand(6, 1), torch.randint(0, 2, (6,))))
+    assert [(f.code, f.details) for f in result.findings] == [
+        ("SEN104", {"tensors": [{"name": "model.freqs", "dtype": "float64", "expected": "float32"}]}),
+    ]
+
+
 def test_overfit_data_of_a_healthy_mlp():
     result = check_overfit(*_args(healthy.make_mlp()))
     assert result.status == "pass" and result.findings == []

@@ -149,7 +149,16 @@ def _devices(ctx: _Context) -> tuple[list[Finding], dict[str, Any], str]:
         "dtype": str(mm.dtype).removeprefix("torch.") if mm.dtype is not None else None,
     }
     message = ""
-    own = [e for e in mm.dtypes if e["name"].startswith(("model.", "loss_fn.")) and e["expected"] != "int64"]
+    # A narrower float (a float16 table in a float32 model) may be kept to save memory and cast where it
+    # is used; a wider one (float64) promotes whatever it touches, so it is always reported.
+    own = [
+        e
+        for e in mm.dtypes
+        if e["name"].startswith(("model.", "loss_fn."))
+        and e["expected"] != "int64"
+        and mm.dtype is not None
+        and getattr(torch, e["dtype"]).itemsize < mm.dtype.itemsize
+    ]
     if own and not mm.devices and mm.dtype is not None and _cast_on_use(ctx, mm.dtype):
         mm.dtypes = [e for e in mm.dtypes if e not in own]
         data["cast_on_use"] = [e["name"] for e in own]
@@ -167,8 +176,8 @@ def _plural(n: int, word: str) -> str:
 
 def _cast_on_use(ctx: _Context, dtype: torch.dtype) -> bool:
     """Whether a trial forward (on a copy, without autograd) runs and keeps every floating output
-    and the loss in ``dtype``: a parameter or buffer of another dtype is then cast where it is used
-    (a float16 lookup table, a float64 accumulator), which is deliberate, not a mismatch."""
+    and the loss in ``dtype``: a narrower parameter or buffer (a float16 lookup table) is then cast
+    where it is used, which is deliberate, not a mismatch."""
     try:
         with ctx.workspace() as ws, torch.no_grad():
             loss, out = ws.forward()
