@@ -219,6 +219,37 @@ def test_model_that_cannot_be_deep_copied_is_probed_in_place_and_restored():
     assert fingerprint(model, opt) == before
 
 
+class _LambdaBlock(nn.Module):
+    """minGPT's style: the MLP is a lambda closing over the block's own ModuleDict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.ModuleDict({"fc": nn.Linear(4, 8), "proj": nn.Linear(8, 4)})
+        m = self.mlp
+        self.mlpf = lambda x: m.proj(torch.relu(m.fc(x)))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(x + self.mlpf(x))
+
+
+def test_a_model_whose_lambdas_capture_its_modules_is_probed_in_place():
+    # A deep copy would share the lambda, so the copy's forward would run the *original* MLP and its
+    # parameters (in the copy) would get no gradient: a false SEN102.
+    torch.manual_seed(0)
+    model = _LambdaBlock()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    before = fingerprint(model, opt)
+    report = run_probes(model, nn.CrossEntropyLoss(), batch, opt)
+    assert report.findings == []
+    assert report.probes[2].data["notes"] == [
+        "the model holds a function that captures the model's own modules or tensors"
+        " (e.g. self.f = lambda x: self.fc(x)), which a copy would still share: probed in place and restored"
+    ]
+    assert fingerprint(model, opt) == before
+
+
 def test_snapshot_restores_in_place_after_arbitrary_changes():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))

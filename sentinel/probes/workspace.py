@@ -13,7 +13,9 @@ still restores them (moved tensors get their old storage back, so views held els
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import types
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,6 +131,37 @@ def _construct(cls: type, groups: list[dict[str, Any]], defaults: dict[str, Any]
     else:
         kwargs = {k: _copy_hparam(v) for k, v in defaults.items() if k in params}
     return cls(groups, **kwargs)
+
+
+def _captured_refs(value: Any) -> list[Any]:
+    """Objects a function-like ``value`` keeps: closure cells, defaults, a partial's arguments, a
+    bound method's ``self`` (``copy.deepcopy`` shares functions, so the copy keeps these too)."""
+    if isinstance(value, functools.partial):
+        return [value.func, *value.args, *value.keywords.values()]
+    if isinstance(value, types.MethodType):
+        return [value.__self__]
+    if isinstance(value, types.FunctionType):
+        refs = [c.cell_contents for c in value.__closure__ or () if c.cell_contents is not None]
+        return refs + list(value.__defaults__ or ())
+    return []
+
+
+def _captured_original(original: nn.Module, copied: nn.Module) -> str | None:
+    """The name of the first module of ``copied`` holding a function (attribute, or forward/backward
+    hook) that captures a module, parameter or buffer of ``original``; None when the copy is
+    independent."""
+    owned = {id(m) for m in original.modules()}
+    owned |= {id(t) for t in original.parameters()} | {id(t) for t in original.buffers()}
+    for name, module in copied.named_modules():
+        values: list[Any] = list(module.__dict__.values())
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            values += list(getattr(module, hooks, {}).values())
+        values += [v for container in values if isinstance(container, (list, tuple)) for v in container]
+        for value in values:
+            for ref in _captured_refs(value):
+                if id(ref) in owned or any(id(r) in owned for r in _captured_refs(ref)):
+                    return f"module `{name}` of the model" if name else "the model"
+    return None
 
 
 @dataclass
@@ -247,10 +280,20 @@ def workspace(
     try:
         names = user_param_names(model, loss_fn)
         inplace = False
+        note = "the model could not be deep-copied: probed in place and restored"
         try:
             model_c, loss_c, compute_c = copy.deepcopy((model, loss_fn, compute_loss))
         except Exception:
             model_c, loss_c, compute_c, inplace = model, loss_fn, compute_loss, True
+        else:
+            captured = _captured_original(model, model_c)
+            if captured is not None:
+                model_c, loss_c, compute_c, inplace = model, loss_fn, compute_loss, True
+                note = (
+                    f"{captured} holds a function that captures the model's own modules or"
+                    " tensors (e.g. self.f = lambda x: self.fc(x)), which a copy would still share:"
+                    " probed in place and restored"
+                )
         for m in (model_c, loss_c):
             if isinstance(m, nn.Module):
                 if not inplace:
@@ -269,7 +312,7 @@ def workspace(
             inplace=inplace,
         )
         if inplace:
-            ws.notes.append("the model could not be deep-copied: probed in place and restored")
+            ws.notes.append(note)
         yield ws
     finally:
         snap.restore()
