@@ -579,7 +579,7 @@ def _finite_details(made: dict, **kw) -> dict:
 
 def test_nan_for_some_inputs_is_blamed_on_the_log_module():
     assert _finite_details(buggy.make_nan_for_some_inputs()) == {
-        "stage": "forward", "module": "logf", "parameter": None, "step": 0, "value": "nan",
+        "stage": "forward", "module": "logf", "parameter": None, "step": 0, "value": "nan", "indices": [3],
     }
 
 
@@ -657,7 +657,7 @@ def test_localize_with_compute_loss_and_no_batch():
         model, None, None, None, 3, compute_loss=lambda m, lf, b: nn.functional.cross_entropy(m(x), y)
     )
     assert finding.details == {
-        "stage": "forward", "module": "logf", "parameter": None, "step": 3, "value": "nan",
+        "stage": "forward", "module": "logf", "parameter": None, "step": 3, "value": "nan", "indices": [3],
     }
 
 

@@ -316,8 +316,9 @@ class _Tracer:
 
     def origin(self) -> Any:
         """The first call whose output was non-finite while its inputs were finite, as
-        ``(call, tensor)``; None if there is none; ``_UNKNOWN`` when a value that was not summed
-        has been overwritten in place since, so its flag cannot be known any more."""
+        ``(call, tensor, whether the tensor still holds that value)``; None if there is none;
+        ``_UNKNOWN`` when a value that was not summed has been overwritten in place since, so its
+        flag cannot be known any more."""
         if not self.tensors:
             return None
         if any(t._version != k[1] and k not in self.sums for k, t in self.tensors.items()):
@@ -338,7 +339,8 @@ class _Tracer:
         for c in self.calls:
             bad = next((k for k in c.outputs if not finite(k)), None)
             if bad is not None and all(finite(k) for k in c.inputs):
-                return c, self.tensors[bad]
+                t = self.tensors[bad]
+                return c, t, t._version == bad[1]
         return None
 
     def module_at(self, seq: int) -> _Call | None:
@@ -723,19 +725,39 @@ def _input_finding(batch: Any, step: int) -> Finding | None:
     )
 
 
-def _forward_finding(call: _Call, out: torch.Tensor, step: int) -> Finding:
+def _bad_positions(t: torch.Tensor) -> tuple[int, list[int]] | None:
+    """``(size of dim 0, the indices along dim 0 holding a NaN/Inf)`` when only some of them do
+    (typically: some samples of the batch); None otherwise."""
+    if t.is_sparse or t.dim() < 1 or t.shape[0] < 2:
+        return None
+    with torch.no_grad():
+        bad = (~torch.isfinite(t.detach())).reshape(t.shape[0], -1).any(1)
+    idx = bad.nonzero().flatten().tolist()
+    return (t.shape[0], idx) if 0 < len(idx) < t.shape[0] else None
+
+
+def _forward_finding(call: _Call, out: torch.Tensor, fresh: bool, step: int) -> Finding:
     kind = _kind(out)
     parameter = _bad_param(call.module, call.name)
     why = f"; its parameter `{parameter}` is already non-finite" if parameter else ""
+    extra: dict[str, Any] = {}
+    where = ""
+    positions = _bad_positions(out) if fresh else None
+    if positions is not None:
+        size, idx = positions
+        shown = ", ".join(map(str, idx[:8])) + (", ..." if len(idx) > 8 else "")
+        where = f" for {len(idx)} of {size} entries along dim 0 (index {shown})"
+        extra["indices"] = idx[:32]
     return _finding(
         "forward",
         step,
         call.name,
         parameter,
-        f"{kind} first appears in the output of {_describe(call.name, call.module)} at step {step}"
+        f"{kind} first appears in the output of {_describe(call.name, call.module)} at step {step}{where}"
         f" although its inputs were finite{why}. Look for log/sqrt/pow/division of values that"
         " can reach 0 or below for some inputs, or overflowing exp.",
         value=kind.lower(),
+        **extra,
     )
 
 
