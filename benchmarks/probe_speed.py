@@ -9,7 +9,8 @@ Prints, in one run:
    on the first optimizer) and the median of R warm runs, with the per-probe split. Target < 5 s.
 2. the per-step cost of ``checked_step`` (the finite probe's traced step) on those healthy models
    against the same step with the cheap finiteness checks only.
-3. on models whose backward produces an Inf/NaN (``fixtures/probes/buggy.py:make_inf_in_backward``,
+3. on a model whose forward makes a NaN for one sample (``fixtures/probes/buggy.py:make_nan_for_some_inputs``)
+   and on models whose backward produces an Inf/NaN (``fixtures/probes/buggy.py:make_inf_in_backward``,
    a 12-block residual MLP and a 4-layer transformer encoder with the same bug): the time of one
    failing step under ``torch.autograd.detect_anomaly()`` (until it raises) against the finite
    probe's ``checked_step`` on the same step, and what localization adds to it (the checked step
@@ -324,6 +325,7 @@ def main() -> None:
           "   'localization' = that minus the same step with the cheap checks only (= tracing, search,\n"
           "   finding); 'replay' = localize() from scratch (snapshot, traced forward, hooked backward,\n"
           "   restore), what the loop monitor uses. Best of N interleaved runs (no GC inside a timed call).")
+    bench_localize("buggy.py:make_nan_for_some_inputs", buggy.make_nan_for_some_inputs(), args.repeat * 40)
     bench_localize("buggy.py:make_inf_in_backward", buggy.make_inf_in_backward(), args.repeat * 40)
     bench_localize("deep residual MLP + sqrt at 0", make_deep(), args.repeat * 10)
     bench_localize("4-layer transformer + sqrt at 0", make_transformer(), args.repeat * 4)

@@ -792,6 +792,48 @@ def test_batch_conventions():
     assert p.args == (x,) and p.target_name == "batch.targets"
 
 
+class _Weighted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x, weights):
+        return self.fc(x) * weights
+
+
+class _ByKeyword(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, **fields):
+        return self.fc(fields["x"]) * fields["weights"]
+
+
+class _Positional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, features, weights=None):
+        return self.fc(features) * (1 if weights is None else weights)
+
+
+def test_extra_fields_of_a_dict_batch_reach_the_model_by_keyword():
+    x, w, y = torch.randn(4, 3), torch.rand(4, 1), torch.randint(0, 2, (4,))
+    batch = {"x": x, "weights": w, "mask": torch.ones(4), "targets": y}
+    p = plan(batch, _Weighted())  # forward(x, weights): everything it names, by keyword
+    assert p.args == () and set(p.kwargs) == {"x", "weights"} and p.target_name == 'batch["targets"]'
+    p = plan(batch, _ByKeyword())  # forward(**fields): every field but the target
+    assert p.args == () and set(p.kwargs) == {"x", "weights", "mask"}
+    p = plan(batch, _Positional())  # forward(features, weights): x positionally, weights by name
+    assert p.args[0] is x and set(p.kwargs) == {"weights"}
+    assert p.input_names == ['batch["x"]', 'batch["weights"]']
+    for model in (_Weighted(), _ByKeyword(), _Positional()):
+        report = run_probes(model, nn.CrossEntropyLoss(), batch, steps=3)
+        assert [p.status for p in report.probes[:3]] == ["pass", "pass", "pass"], report.probes
+
+
 def test_unsupervised_batch_and_compute_loss():
     torch.manual_seed(0)
     auto = nn.Sequential(nn.Linear(6, 2), nn.Linear(2, 6))

@@ -77,7 +77,9 @@ EXPECTED = {
         ]}),
     ],
     "nan_mid_training.py": [
-        ("SEN105", {"stage": "forward", "module": "norm", "parameter": None, "step": 5, "value": "nan", "indices": [3]}),
+        ("SEN105", {
+            "stage": "forward", "module": "norm", "parameter": None, "step": 5, "value": "nan", "indices": [3],
+        }),
     ],
     "eval_without_eval_mode.py": [("SEN107", {"modules": ["1", "3"]})],
     "losses_append.py": [("SEN108", {"steps": 9})],

@@ -11,6 +11,9 @@ The batch convention (documented in the README):
 ``{"inputs": ..., "targets": ...}``            ``loss_fn(model(inputs), targets)``; input keys tried in
                                                order ``inputs``, ``input``, ``x``; target keys
                                                ``targets``, ``target``, ``labels``, ``label``, ``y``
+``{"x": ..., "weights": ..., "y": ...}``       other fields are inputs too: ``model(x=..., weights=...)``
+                                               when ``forward`` takes ``x`` by name (or ``**kwargs``),
+                                               else ``model(x, weights=...)`` for the names it takes
 ``{"input_ids": ..., "labels": ...}``          no input key: ``loss_fn(model(**rest), labels)`` where
                                                ``rest`` is every key but the target key
 =============================================  ==========================================================
@@ -26,6 +29,8 @@ Tensor names used in findings: ``batch[0]``, ``batch[1]``, ``batch["x"]``, neste
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -78,29 +83,57 @@ def _spread(inputs: Any, prefix: str) -> tuple[tuple[Any, ...], dict[str, Any], 
     return (inputs,), {}, [prefix]
 
 
-def _plan_mapping(batch: Mapping[str, Any], name: Callable[[Any], str]) -> Plan:
+@functools.lru_cache(maxsize=256)
+def _keywords(cls: type) -> tuple[frozenset[str], bool]:
+    """The keyword names ``cls.forward`` accepts, and whether it takes ``**kwargs`` (the class's
+    own ``forward``: an instance may be wrapped while a probe traces it)."""
+    try:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]  # skip self
+    except (TypeError, ValueError):
+        return frozenset(), True
+    names = frozenset(
+        p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    )
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _plan_mapping(batch: Mapping[str, Any], name: Callable[[Any], str], model: Any = None) -> Plan:
     tkey = next((k for k in TARGET_KEYS if k in batch), None)
     ikey = next((k for k in INPUT_KEYS if k in batch), None)
-    if ikey is not None:
+    extra = [k for k in batch if k not in (tkey, ikey)]
+    if ikey is not None and extra and isinstance(model, nn.Module):
+        # {"x": ..., "weights": ..., "y": ...}: the other fields are inputs too, passed by keyword
+        names, var_kw = _keywords(type(model))
+        if var_kw or ikey in names:
+            kwargs = {k: v for k, v in batch.items() if k != tkey and (var_kw or k in names)}
+            args: tuple[Any, ...] = ()
+            input_names = [name(k) for k in kwargs]
+        else:
+            args, kwargs, input_names = _spread(batch[ikey], name(ikey))
+            kwargs.update({k: batch[k] for k in extra if k in names})
+            input_names += [name(k) for k in extra if k in names]
+        p = Plan(args=args, kwargs=kwargs, input_names=input_names)
+    elif ikey is not None:
         args, kwargs, names = _spread(batch[ikey], name(ikey))
+        p = Plan(args=args, kwargs=kwargs, input_names=names)
     else:
         kwargs = {k: v for k, v in batch.items() if k != tkey}
-        args, names = (), [name(k) for k in kwargs]
-    p = Plan(args=args, kwargs=kwargs, input_names=names)
+        p = Plan(args=(), kwargs=kwargs, input_names=[name(k) for k in kwargs])
     if tkey is not None:
         p.has_targets, p.targets, p.target_name = True, batch[tkey], name(tkey)
     return p
 
 
-def plan(batch: Any) -> Plan:
-    """Decide how ``batch`` is fed to the model and the loss (see the module docstring)."""
+def plan(batch: Any, model: Any = None) -> Plan:
+    """Decide how ``batch`` is fed to the model and the loss (see the module docstring); ``model``
+    tells which extra fields of a mapping batch its ``forward`` takes by keyword."""
     if isinstance(batch, tuple) and hasattr(batch, "_asdict"):  # namedtuple
         fields = batch._asdict()
         if any(k in fields for k in INPUT_KEYS + TARGET_KEYS):
-            return _plan_mapping(fields, lambda k: f"batch.{k}")
+            return _plan_mapping(fields, lambda k: f"batch.{k}", model)
         batch = tuple(batch)
     if isinstance(batch, Mapping):
-        return _plan_mapping(batch, lambda k: "batch" + _key(k))
+        return _plan_mapping(batch, lambda k: "batch" + _key(k), model)
     if isinstance(batch, (tuple, list)):
         items = list(batch)
         if len(items) == 0:
@@ -147,7 +180,7 @@ def compute(
         loss = call("compute_loss", compute_loss, model, loss_fn, batch)
         output = None
     else:
-        p = plan(batch)
+        p = plan(batch, model)
         output = call("model", model, *p.args, **p.kwargs)
         if p.has_targets:
             loss = call("loss_fn", loss_fn, output, p.targets)
