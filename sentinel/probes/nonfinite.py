@@ -255,7 +255,10 @@ class _Tracer:
                     continue
                 kept[key] = t
                 if self.hook_grads and t.requires_grad:
-                    self.grad_handles.append(t.register_hook(partial(self._got_grad, key)))
+                    try:
+                        self.grad_handles.append(t.register_hook(partial(self._got_grad, key)))
+                    except RuntimeError:  # a tensor type that takes no hooks: its module is not a candidate
+                        pass
             if eager and key not in sums:
                 sums[key] = _sum_of(t.detach())
             keys.append(key)
