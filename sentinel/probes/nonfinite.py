@@ -86,8 +86,9 @@ def _sum_of(t: torch.Tensor) -> torch.Tensor:
 
 
 def _exactly_finite(t: torch.Tensor) -> bool:
+    """Exact (no overflow): the largest magnitude, which a NaN or an Inf propagates into."""
     with torch.no_grad():
-        return bool(torch.isfinite(_values(t)).all())
+        return math.isfinite(torch.linalg.vector_norm(_values(t), math.inf).item())
 
 
 _FEW = 8  # up to this many CPU tensors, one sum and .item() each is cheaper than a fused norm
