@@ -12,46 +12,12 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 
 import libcst as cst
 
 from sentinel.analysis import analyze
+from sentinel.diagnostics import Diagnostic, SourceError
 from sentinel.rules import Rule, Violation, all_rules
-
-
-@dataclass(frozen=True, order=True)
-class Diagnostic:
-    """One finding. Lines and columns are 1-based; ``end_*`` point just past the flagged code."""
-
-    path: str
-    line: int
-    column: int
-    end_line: int
-    end_column: int
-    code: str
-    name: str
-    message: str
-
-    def format_concise(self) -> str:
-        return f"{self.path}:{self.line}:{self.column}: {self.code} {self.message}"
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["url"] = rule_class(self.code).url() if rule_class(self.code) else None
-        return {
-            k: out[k] for k in ("code", "name", "path", "line", "column", "end_line", "end_column", "message", "url")
-        }
-
-
-class SourceError(Exception):
-    """The source could not be analysed; ``line``/``column`` are 1-based when known."""
-
-    def __init__(self, reason: str, line: int | None = None, column: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.line = line
-        self.column = column
 
 
 def rule_class(code: str) -> type[Rule] | None:
