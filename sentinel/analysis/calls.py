@@ -1,0 +1,332 @@
+"""Calls: argument evaluation, dispatch on what is called (a local function, a class, a lambda, a
+model, the torch API, a builtin), and the model of the torch API's constructors and functions
+(layers, ``nn.Sequential``, losses, optimizers, grad-mode functions, softmax)."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from sentinel.analysis import torchapi as api
+from sentinel.analysis.facts import (
+    LossCallEvent,
+    ResetEvent,
+)
+from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
+from sentinel.analysis.syntax import _JOIN_FUNCS, _MODE_FUNCS, _any_sensitive, _dotted, _layer_sensitive
+from sentinel.analysis.values import (
+    CLASS,
+    CONST,
+    DICT,
+    FUNC,
+    GRAD_CTX,
+    INSTANCE,
+    LIST,
+    LOADER,
+    LOSS,
+    MODEL,
+    NOCONST,
+    OPTIMIZER,
+    PARAMS,
+    QUAL,
+    SCALER,
+    SCHEDULER,
+    SOFTMAX,
+    STATE_DICT,
+    TENSOR,
+    TOP,
+    TUPLE,
+    UNKNOWN,
+    V,
+    graph_of,
+    merge_taints,
+)
+
+
+class CallsMixin:
+    """Dispatches calls; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
+
+    # =============================================================================================
+    # calls
+    # =============================================================================================
+    def _args(self, node: cst.Call, state: State, ctx: Ctx) -> tuple[list[V], dict[str, V], bool]:
+        args: list[V] = []
+        kwargs: dict[str, V] = {}
+        starred = False
+        for a in node.args:
+            v = self.eval(a.value, state, ctx)
+            if a.keyword is not None:
+                kwargs[a.keyword.value] = v
+            elif a.star:
+                starred = True
+                if v.elems is not None and a.star == "*":
+                    args.extend(v.elems)
+                elif a.star == "*":
+                    args.append(V(UNKNOWN, taints=v.taints))  # unknown elements
+            else:
+                args.append(v)
+        return args, kwargs, starred
+
+    def eval_call(self, node: cst.Call, state: State, ctx: Ctx) -> V:
+        func = node.func
+        if isinstance(func, cst.Attribute):
+            path = _dotted(func)
+            receiver = state.env.get(path) if path is not None and path in state.env else None
+            if receiver is not None and receiver.kind not in (QUAL,):
+                args, kwargs, _ = self._args(node, state, ctx)
+                return self.call_value(receiver, node, args, kwargs, state, ctx)
+            recv = self.eval(func.value, state, ctx)
+            if isinstance(recv.ref, Instance) and recv.kind in (INSTANCE, MODEL):
+                attr_value = recv.ref.attrs.get(func.attr.value)
+                if attr_value is None:
+                    for c in recv.ref.cls.mro():
+                        if func.attr.value in c.class_attrs:
+                            attr_value = c.class_attrs[func.attr.value]
+                            break
+                if attr_value is not None:
+                    args, kwargs, _ = self._args(node, state, ctx)
+                    return self.call_value(attr_value, node, args, kwargs, state, ctx)
+            if recv.kind == QUAL and isinstance(recv.const, str):
+                fv = V(QUAL, const=api.normalize(f"{recv.const}.{func.attr.value}"))
+                args, kwargs, star = self._args(node, state, ctx)
+                return self.call_value(fv, node, args, kwargs, state, ctx)
+            args, kwargs, _ = self._args(node, state, ctx)
+            return self.call_method(recv, func.attr.value, node, args, kwargs, state, ctx)
+        fv = self.eval(func, state, ctx)
+        args, kwargs, _ = self._args(node, state, ctx)
+        return self.call_value(fv, node, args, kwargs, state, ctx)
+
+    def call_value(self, fv: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        kind = fv.kind
+        if kind == FUNC and isinstance(fv.ref, cst.Lambda):
+            return self.call_lambda(fv, node, args, kwargs, state, ctx)
+        if kind == FUNC and isinstance(fv.ref, FuncInfo):
+            self_value = fv.ident if isinstance(fv.ident, V) else None
+            return self.inline(fv.ref, node, args, kwargs, state, ctx, self_value=self_value)
+        if kind == CLASS and isinstance(fv.ref, ClassInfo):
+            return self.instantiate(fv.ref, node, args, kwargs, state, ctx)
+        if kind == QUAL and isinstance(fv.const, str):
+            return self.call_api(fv.const, node, args, kwargs, state, ctx)
+        if kind == MODEL:
+            return self.forward(fv, node, args, kwargs, state, ctx)
+        if kind == SOFTMAX:
+            x = args[0] if args else TOP
+            return V(TENSOR, probs=self._where(node), graph=x.graph, taints=x.taints)
+        if kind == LOSS:
+            return self.loss_call(fv.const == "ce", node, args, kwargs, ctx)
+        if kind == INSTANCE and isinstance(fv.ref, Instance):
+            call = fv.ref.cls.method("__call__")
+            if call is not None:
+                return self.inline(call, node, args, kwargs, state, ctx, self_value=fv)
+        # unknown callable
+        name = _dotted(node.func) or ""
+        if name and api.resetish(api.last(name)):
+            self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+        self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
+        self._stored_by_call(node, state, ctx)
+        # `Net()` brought in by `from models import *`: a class being instantiated
+        ctor = fv is TOP and type(node.func) is cst.Name and node.func.value[:1].isupper()
+        return V(
+            UNKNOWN, taints=merge_taints(*args, *kwargs.values()), graph=None, origin=node, ref="ctor" if ctor else None
+        )
+
+    def _opaque_training_step(self, node, values: list[V], ctx: Ctx) -> None:
+        """A call sentinel cannot see into that gets a model output *and* an optimizer (MAE's
+        ``loss_scaler(loss, optimizer)``, a user's ``backward_and_step(loss, opt)``) backpropagates it."""
+        if not any(v.kind == OPTIMIZER for v in values):
+            return
+        taints = merge_taints(*(v for v in values if v.kind in (TENSOR, UNKNOWN)))
+        if taints:
+            self._backward(node, V(TENSOR, taints=taints), ctx)
+
+    def call_lambda(self, fv: V, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        lam: cst.Lambda = fv.ref
+        if ctx.depth >= MAX_DEPTH:
+            return TOP
+        inner = State(state.default_mode, state.parents)
+        inner.modes, inner.grad = state.modes, state.grad
+        params = [*lam.params.posonly_params, *lam.params.params]
+        for i, p in enumerate(params):
+            name = p.name.value
+            inner.env[name] = args[i] if i < len(args) else kwargs.get(name, self._guess(name))
+        closure, stmt = fv.ident if isinstance(fv.ident, tuple) else (None, self.stmt)
+        callee = Ctx(
+            id=next(self.ctx_ids),
+            name="<lambda>",
+            func=None,
+            parent=ctx,
+            depth=ctx.depth + 1,
+            model_method=ctx.model_method,
+            lightning_eval=ctx.lightning_eval,
+            closure=closure,
+        )
+        saved, self.stmt = self.stmt, stmt
+        try:
+            return self.eval(lam.body, inner, callee)
+        finally:
+            self.stmt = saved
+
+    def loss_call(self, is_ce: bool, node: cst.Call, args: list[V], kwargs: dict[str, V], ctx: Ctx) -> V:
+        inp = args[0] if args else kwargs.get("input", TOP)
+        tgt = args[1] if len(args) > 1 else kwargs.get("target", TOP)
+        self.facts.loss_calls.append(self._ev(LossCallEvent, node, ctx, is_ce=is_ce, input=inp))
+        vals = [*args, *kwargs.values()]
+        return V(TENSOR, graph=graph_of(inp, tgt), taints=merge_taints(*vals), origin=node)
+
+    # -- torch API --------------------------------------------------------------------------------
+    def call_api(self, qual: str, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        name = api.last(qual)
+        x = args[0] if args else TOP
+        if name in _MODE_FUNCS and ctx.func is not None and ctx.func.cls is not None:
+            ctx.func.cls.uses_mode = True
+        if qual in api.SOFTMAX_FUNCS:
+            return V(TENSOR, probs=self._where(node), graph=x.graph, taints=x.taints, origin=node)
+        if qual in api.CROSS_ENTROPY_FUNCS:
+            return self.loss_call(True, node, args, kwargs, ctx)
+        if api.is_functional_loss(qual):
+            return self.loss_call(False, node, args, kwargs, ctx)
+        if qual in api.CROSS_ENTROPY_CLASSES:
+            return V(LOSS, const="ce", origin=node)
+        if qual in api.SOFTMAX_CLASSES:
+            return V(SOFTMAX, origin=self._where(node))
+        if api.is_loss_class(qual):
+            return V(LOSS, const=name, origin=node)
+        if qual in api.NO_GRAD_CTX:
+            return V(GRAD_CTX, const="off")
+        if qual in api.ENABLE_GRAD_CTX:
+            return V(GRAD_CTX, const="on")
+        if qual in api.SET_GRAD_ENABLED:
+            return V(GRAD_CTX, const=("on" if x.const else "off") if x.is_const else NOCONST)
+        if qual in api.WRAPPERS:
+            return x if x.kind == MODEL else V(MODEL, ident=Ident(next(self.seq)))
+        if qual == "torch.nn.Sequential":
+            return self._sequential(node, args)
+        if qual in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
+            return V(
+                MODEL, ident=object(), origin=node, sensitive=_any_sensitive(x.elems) if x.elems is not None else None
+            )
+        if api.is_module_class(qual):
+            return V(MODEL, ident=Ident(next(self.seq)), origin=node, sensitive=_layer_sensitive(qual, kwargs))
+        if api.is_scaler_class(qual):
+            return V(SCALER, origin=node)
+        if api.is_optimizer_class(qual):
+            params = args[0] if args else kwargs.get("params", TOP)
+            return V(
+                OPTIMIZER,
+                ident=Ident(next(self.seq)),
+                origin=node,
+                alias=params.ident if params.kind == PARAMS else None,
+            )
+        if qual == "functools.partial":
+            return x if x.kind in (QUAL, FUNC, LOSS, MODEL) else TOP
+        if api.is_scheduler(qual):
+            return V(SCHEDULER, origin=node)
+        if name == "DataLoader":
+            return V(LOADER, origin=node, label=(args[0].label if args else ""))
+        if qual in ("copy.deepcopy",):
+            if x.kind == MODEL:
+                return x.with_(ident=Ident(next(self.seq)))
+            return x.with_(alias=None, graph=False if x.graph else x.graph)
+        if x.kind == PARAMS and qual in ("builtins.list", "builtins.tuple", "builtins.iter"):
+            return x
+        if qual in ("copy.copy", "builtins.dict", "collections.OrderedDict", "builtins.list"):
+            if x.kind in (STATE_DICT, DICT) or x.alias is not None:
+                return x
+            if qual == "collections.OrderedDict" and x.elems is not None:
+                return V(DICT, elems=x.elems, taints=x.taints)  # OrderedDict([(name, layer), ...])
+            if qual == "builtins.list" and x.kind in (LIST, TUPLE):
+                return x.with_(kind=LIST)
+            return V(DICT if "ict" in qual else UNKNOWN, taints=x.taints)
+        if qual in ("torch.autograd.backward",):
+            self._backward(node, x, ctx)
+            return TOP
+        if qual.startswith("builtins."):
+            return self._builtin(name, node, args, kwargs, state, ctx)
+        if qual.startswith("tqdm") or name in ("tqdm", "trange"):
+            return x if x.kind != QUAL else TOP
+        if qual.startswith("torch.") or qual.startswith("numpy.") or qual.startswith("np."):
+            if name in api.NO_GRAPH_FUNCS or qual.startswith(("numpy.", "np.")):
+                return V(TENSOR, graph=False, origin=node)
+            if name in ("log_softmax",):
+                return V(TENSOR, graph=x.graph, taints=x.taints)
+            if name in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (
+                len(args) > 1 or "dim" in kwargs
+            ):
+                return V(
+                    TUPLE, elems=(V(TENSOR, graph=x.graph, taints=x.taints), V(TENSOR, graph=False)), taints=x.taints
+                )
+            vals = [*args, *kwargs.values()]
+            flat = []
+            for v in vals:
+                flat.extend(v.elems if v.elems is not None and v.kind != DICT else (v,))
+            probs = None
+            if name in _JOIN_FUNCS and args:
+                parts = x.elems if x.elems else (x,)
+                if parts and all(p.probs is not None for p in parts):
+                    probs = parts[0].probs
+            return V(
+                TENSOR,
+                graph=graph_of(*flat) if flat else False,
+                taints=merge_taints(*flat, *vals),  # the containers' own history too (accumulated lists)
+                origin=node,
+                probs=probs,
+            )
+        if api.resetish(name):
+            self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+        self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
+        self._stored_by_call(node, state, ctx)
+        # a CamelCase name from another module is most likely a class being instantiated
+        return V(
+            UNKNOWN,
+            taints=merge_taints(*args, *kwargs.values()),
+            origin=node,
+            ref="ctor" if name[:1].isupper() else None,
+        )
+
+    def _sequential(self, node: cst.Call, args: list[V]) -> V:
+        probs = None
+        if args:
+            last = args[-1]
+            if last.kind == SOFTMAX:
+                probs = last.origin or node
+            elif last.kind == MODEL and last.probs is not None:
+                probs = last.probs
+            elif last.kind == DICT or last.elems:
+                elems = last.elems or ()
+                if elems and elems[-1].elems and len(elems[-1].elems) == 2:
+                    mod = elems[-1].elems[1]
+                    if mod.kind == SOFTMAX:
+                        probs = mod.origin or node
+        return V(MODEL, ident=Ident(next(self.seq)), probs=probs, origin=node, sensitive=_any_sensitive(args))
+
+    def _builtin(self, name: str, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        x = args[0] if args else TOP
+        if name in ("float", "int", "bool", "str", "len", "round", "abs", "repr", "print", "isinstance", "format"):
+            if name == "abs":
+                return x
+            return V(CONST, graph=False)
+        if name in ("enumerate",):
+            return (
+                V(UNKNOWN, label=x.label, graph=x.graph, taints=x.taints, alias=x.alias, ref="enumerate", elems=None)
+                if x.kind != PARAMS
+                else x
+            )
+        if name in ("list", "tuple", "iter") and x.kind == PARAMS:
+            return x
+        if name in ("zip", "iter", "reversed", "sorted", "list", "tuple", "next"):
+            if name == "list" and x.kind in (LIST, TUPLE):
+                return x.with_(kind=LIST)
+            labels = ",".join(a.label for a in args if a.label)
+            return V(UNKNOWN, label=labels, taints=merge_taints(*args))
+        if name == "range":
+            return V(UNKNOWN, graph=False, label="range")
+        if name in ("sum", "max", "min"):
+            return V(TENSOR if x.graph else UNKNOWN, graph=x.graph, taints=x.taints)
+        if name == "dict":
+            return x if x.kind in (STATE_DICT, DICT) else V(DICT, taints=x.taints, ident=object())
+        if name == "getattr":
+            # getattr(nn, cfg["criterion"]) with a constant name is just an attribute
+            if len(args) >= 2 and x.kind == QUAL and isinstance(x.const, str) and isinstance(args[1].const, str):
+                return V(QUAL, const=api.normalize(f"{x.const}.{args[1].const}"))
+            return TOP
+        return V(UNKNOWN, taints=merge_taints(*args))
+

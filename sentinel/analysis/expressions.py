@@ -1,0 +1,406 @@
+"""Expression evaluation: names (with closures and module globals), attributes, constants and
+operators, comparisons, subscripts, comprehensions and iteration over containers and loaders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libcst as cst
+
+from sentinel.analysis import torchapi as api
+from sentinel.analysis.objects import ClassInfo, Ctx, Ident, Instance, State
+from sentinel.analysis.syntax import _BINOPS, _BUILTINS, _CMPOPS, _CONVENTIONAL, _dotted, _string_value, _target_text
+from sentinel.analysis.values import (
+    CLASS,
+    CONST,
+    DICT,
+    FUNC,
+    INSTANCE,
+    LIST,
+    LOADER,
+    LOSS,
+    MODEL,
+    NOCONST,
+    OPTIMIZER,
+    PARAMS,
+    QUAL,
+    SCALER,
+    SCHEDULER,
+    STATE_DICT,
+    TENSOR,
+    TOP,
+    TUPLE,
+    UNKNOWN,
+    V,
+    graph_of,
+    join,
+    merge_taints,
+)
+
+
+class ExpressionsMixin:
+    """Evaluates expressions to abstract values; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
+
+    # =============================================================================================
+    # expressions
+    # =============================================================================================
+    def eval_stmt_expr(self, expr: cst.BaseExpression, state: State, ctx: Ctx) -> None:
+        # torch.set_grad_enabled(False) as a statement changes the grad mode from here on
+        if type(expr) is cst.Call and _dotted(expr.func) is not None:
+            fv = self.eval(expr.func, state, ctx, record=False)
+            if fv.kind == QUAL and fv.const in api.SET_GRAD_ENABLED and expr.args:
+                arg = self.eval(expr.args[0].value, state, ctx)
+                state.grad = ("on" if arg.const else "off") if arg.is_const else None
+                return
+        self.eval(expr, state, ctx)
+
+    def eval(self, node: cst.BaseExpression | None, state: State, ctx: Ctx, record: bool = True) -> V:
+        if node is None:
+            return TOP
+        t = type(node)
+        if t is cst.Name:
+            return self.eval_name(node, state, ctx, record)
+        if t is cst.Attribute:
+            return self.eval_attribute(node, state, ctx, record)
+        if t is cst.Call:
+            return self.eval_call(node, state, ctx)
+        if t is cst.Integer or t is cst.Float:
+            try:
+                text = node.value.replace("_", "")
+                return V(CONST, const=int(text, 0) if t is cst.Integer else float(text))
+            except ValueError:
+                return V(CONST)
+        if t is cst.Imaginary:
+            return V(CONST)
+        if t in (cst.SimpleString, cst.ConcatenatedString):
+            return V(CONST, const=_string_value(node))
+        if t is cst.FormattedString:
+            for part in node.parts:
+                if isinstance(part, cst.FormattedStringExpression):
+                    self.eval(part.expression, state, ctx)
+            return V(CONST)
+        if t is cst.Comparison:
+            return self.eval_comparison(node, state, ctx)
+        if t is cst.BinaryOperation:
+            left = self.eval(node.left, state, ctx)
+            right = self.eval(node.right, state, ctx)
+            if left.is_const and right.is_const:
+                try:
+                    return V(CONST, const=_BINOPS[type(node.operator)](left.const, right.const))
+                except Exception:
+                    pass
+            if left.kind == PARAMS and right.kind == PARAMS:
+                both = left.ident | right.ident if left.ident is not None and right.ident is not None else None
+                return V(PARAMS, ident=both)
+            kind = TENSOR if TENSOR in (left.kind, right.kind) else UNKNOWN
+            return V(kind, graph=graph_of(left, right), taints=merge_taints(left, right))
+        if t is cst.UnaryOperation:
+            v = self.eval(node.expression, state, ctx)
+            if isinstance(node.operator, cst.Not):
+                return V(CONST, const=not v.const) if v.is_const else V(CONST)
+            if v.is_const:
+                try:
+                    return V(CONST, const=-v.const if isinstance(node.operator, cst.Minus) else v.const)
+                except Exception:
+                    return V(CONST)
+            return v.with_(probs=None)
+        if t is cst.BooleanOperation:
+            left = self.eval(node.left, state, ctx)
+            if left.is_const:
+                if isinstance(node.operator, cst.And):
+                    return self.eval(node.right, state, ctx) if left.const else left
+                return left if left.const else self.eval(node.right, state, ctx)
+            right = self.eval(node.right, state, ctx)
+            if right.is_const and isinstance(node.operator, cst.And) and not right.const:
+                return right
+            return V(CONST, taints=merge_taints(left, right))
+        if t is cst.Subscript:
+            return self.eval_subscript(node, state, ctx)
+        if t in (cst.Tuple, cst.List, cst.Set):
+            elems = []
+            for el in node.elements:
+                ev = self.eval(el.value, state, ctx)
+                if isinstance(el, cst.StarredElement):
+                    if ev.elems is not None:
+                        elems.extend(ev.elems)
+                        continue
+                    return V(TUPLE if t is cst.Tuple else LIST, taints=ev.taints, ident=object())
+                elems.append(ev)
+            kind = TUPLE if t is cst.Tuple else LIST
+            return V(
+                kind,
+                elems=tuple(elems),
+                taints=merge_taints(*elems),
+                graph=graph_of(*elems) if elems else False,
+                ident=object() if kind == LIST else None,
+                alias=next((e.alias for e in elems if e.alias is not None), None),
+            )
+        if t is cst.Dict:
+            vals = []
+            items = []
+            for el in node.elements:
+                if isinstance(el, cst.DictElement):
+                    key = self.eval(el.key, state, ctx)
+                    value = self.eval(el.value, state, ctx)
+                    if key.is_const and isinstance(key.const, (str, int)):
+                        items.append((key.const, value))
+                    vals.append(value)
+                else:
+                    vals.append(self.eval(el.value, state, ctx))
+            return V(
+                DICT,
+                taints=merge_taints(*vals),
+                graph=graph_of(*vals) if vals else False,
+                alias=next((v.alias for v in vals if v.alias is not None), None),
+                ident=object(),
+                items=tuple(items) if len(items) == len(vals) else None,
+            )
+        if t in (cst.ListComp, cst.SetComp, cst.GeneratorExp, cst.DictComp):
+            return self.eval_comprehension(node, state, ctx)
+        if t is cst.IfExp:
+            test = self.eval(node.test, state, ctx)
+            if test.is_const:
+                return self.eval(node.body if test.const else node.orelse, state, ctx)
+            return join(self.eval(node.body, state, ctx), self.eval(node.orelse, state, ctx))
+        if t is cst.NamedExpr:
+            v = self.eval(node.value, state, ctx)
+            self.assign(node.target, v, state, ctx, node.value)
+            return v
+        if t is cst.Lambda:
+            return V(FUNC, ref=node, origin=node, ident=(state.env, self.stmt))
+        if t is cst.Yield:
+            value = self.eval(node.value, state, ctx) if isinstance(node.value, cst.BaseExpression) else TOP
+            if self._yields and self._yields[-1] is None:
+                self._yields[-1] = (value, state.grad, dict(state.modes))
+            return TOP
+        if t is cst.Await:
+            return self.eval(node.expression, state, ctx)
+        if t is cst.StarredElement:
+            return self.eval(node.value, state, ctx)
+        if t is cst.Ellipsis:
+            return V(CONST, const=...)
+        return TOP
+
+    def _lookup(self, name: str, state: State, ctx: Ctx) -> V | None:
+        v = state.env.get(name)
+        if v is not None:
+            return v
+        c: Ctx | None = ctx
+        while c is not None:
+            if c.closure is not None and name in c.closure:
+                return c.closure[name]
+            c = c.parent
+        g = self._global_state.env if self._global_state is not None else None
+        if g is not None and name in g:
+            return g[name]
+        if name in ("True", "False", "None"):
+            return V(CONST, const={"True": True, "False": False, "None": None}[name])
+        return None
+
+    def eval_name(self, node: cst.Name, state: State, ctx: Ctx, record: bool = True) -> V:
+        name = node.value
+        if record:
+            self.facts.last_read[(ctx.id, name)] = next(self.seq)
+        v = self._lookup(name, state, ctx)
+        if v is not None:
+            if v.alias is not None and record and self.frame_stack and v.kind in (STATE_DICT, DICT, MODEL):
+                # a snapshot read back (e.g. a rollback `model.load_state_dict(best)` in a later epoch)
+                self.facts.snapshot_reads.append((v, tuple(self.frame_stack), tuple(self.pass_stack)))
+            return v
+        if name in _BUILTINS:
+            return V(QUAL, const=f"builtins.{name}")
+        if name in _CONVENTIONAL:  # `from utils import *` brought torch/nn/F in
+            return V(QUAL, const=_CONVENTIONAL[name])
+        return TOP
+
+    def eval_attribute(self, node: cst.Attribute, state: State, ctx: Ctx, record: bool = True) -> V:
+        path = _dotted(node)
+        if path is not None and path in state.env:
+            return state.env[path]
+        base = self.eval(node.value, state, ctx, record)
+        attr = node.attr.value
+        if base.kind == QUAL and isinstance(base.const, str):
+            return V(QUAL, const=api.normalize(f"{base.const}.{attr}"))
+        if base.kind in (INSTANCE, MODEL, CLASS) and base.ref is not None:
+            inst = base.ref
+            if isinstance(inst, Instance):
+                if attr in inst.attrs:
+                    value = inst.attrs[attr]
+                    if base.kind == MODEL and value.kind == MODEL:
+                        self._part_of(value.ident, base.ident)
+                    return value
+                cls = inst.cls
+            else:
+                cls = inst
+            if attr == "training" and isinstance(cls, ClassInfo):
+                cls.uses_mode = True
+                return V(CONST)
+            if isinstance(cls, ClassInfo):
+                m = cls.method(attr)
+                if m is not None:
+                    return V(FUNC, ref=m, ident=base)  # bound method: ident carries self
+                for c in cls.mro():
+                    if attr in c.class_attrs:
+                        return c.class_attrs[attr]
+                if (
+                    isinstance(inst, Instance)
+                    and cls._static_instance is not None
+                    and cls._static_instance.ref is not inst
+                ):
+                    st = cls._static_instance.ref.attrs.get(attr)
+                    if st is not None:
+                        return st
+            return self._guess(attr)
+        if base.kind == MODEL:
+            if attr == "module":
+                return base
+            if attr in ("weight", "bias"):
+                return V(TENSOR, graph=False)
+            if attr == "training":
+                return V(CONST)
+            if attr.startswith("_"):
+                return TOP
+            # `model.fc` of a model whose class sentinel cannot see: one stable identity per attribute
+            key = (base.ident, attr)
+            ident = self._subidents.get(key)
+            if ident is None:
+                ident = self._subidents[key] = Ident(next(self.seq))
+                self._part_of(ident, base.ident)
+            return V(MODEL, ident=ident, sensitive=base.sensitive)
+        if base.kind == TENSOR:
+            if attr == "data":
+                return base.with_(graph=False)
+            if attr == "grad":
+                return V(TENSOR, graph=False)
+            if attr in ("shape", "dtype", "device", "requires_grad", "is_cuda", "ndim"):
+                return V(CONST)
+            if attr in ("T", "mT", "real"):
+                return base
+            return V(TENSOR, graph=base.graph, taints=base.taints)
+        if base.kind in (UNKNOWN,) and path is not None:
+            return self._guess(attr)
+        return TOP
+
+    def _guess(self, name: str) -> V:
+        """A value we cannot see (parameter, unknown attribute): type it by its name."""
+        if api.modelish(name):
+            return V(MODEL, ident=("guess", name), label=name)
+        if api.optimizerish(name):
+            return V(OPTIMIZER, ident=("guess", name), label=name)
+        if api.schedulerish(name):
+            return V(SCHEDULER, label=name)
+        if api.scalerish(name):
+            return V(SCALER, label=name)
+        if api.criterionish(name):
+            return V(LOSS, label=name)
+        if "loader" in name.lower():
+            return V(LOADER, label=name)
+        return V(UNKNOWN, label=name)
+
+    def eval_comparison(self, node: cst.Comparison, state: State, ctx: Ctx) -> V:
+        left = self.eval(node.left, state, ctx)
+        result: Any = True
+        for comp in node.comparisons:
+            right = self.eval(comp.comparator, state, ctx)
+            if result is True and left.is_const and (right.is_const or right.elems is not None):
+                op = type(comp.operator)
+                try:
+                    if op in (cst.In, cst.NotIn) and right.elems is not None:
+                        if not all(e.is_const for e in right.elems):
+                            result = NOCONST
+                        else:
+                            inside = left.const in [e.const for e in right.elems]
+                            result = inside if op is cst.In else not inside
+                    else:
+                        result = _CMPOPS[op](left.const, right.const)
+                except Exception:
+                    result = NOCONST
+            else:
+                result = NOCONST
+            left = right
+        return V(CONST, const=result) if result is not NOCONST else V(CONST, graph=False)
+
+    def eval_subscript(self, node: cst.Subscript, state: State, ctx: Ctx) -> V:
+        base = self.eval(node.value, state, ctx)
+        index: V = TOP
+        if len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
+            index = self.eval(node.slice[0].slice.value, state, ctx)
+        else:
+            for s in node.slice:
+                if isinstance(s.slice, cst.Index):
+                    self.eval(s.slice.value, state, ctx)
+        if base.items is not None and index.is_const:
+            for key, value in base.items:
+                if key == index.const:
+                    return value
+        if base.elems is not None and index.is_const and isinstance(index.const, int):
+            try:
+                return base.elems[index.const]
+            except IndexError:
+                return TOP
+        label = base.label
+        if index.is_const and isinstance(index.const, str):
+            label = f"{label}[{index.const}]" if label else index.const
+        if base.kind == TENSOR:
+            return base.with_(label=label)
+        if base.kind == MODEL:
+            return base
+        if base.kind in (DICT, LIST, TUPLE, STATE_DICT):
+            return V(
+                UNKNOWN, graph=base.graph if base.graph else None, taints=base.taints, label=label, alias=base.alias
+            )
+        if base.kind == LOADER:
+            return V(LOADER, label=label)
+        return V(UNKNOWN, taints=base.taints, label=label)
+
+    def eval_comprehension(self, node, state: State, ctx: Ctx) -> V:
+        s = state.copy()
+        comp = node.for_in
+        while comp is not None:
+            it = self.eval(comp.iter, s, ctx)
+            self.assign(comp.target, self.iter_element(it, comp.iter, s, ctx), s, ctx, None, loop_target=True)
+            for cond in comp.ifs:
+                self.eval(cond.test, s, ctx)
+            comp = comp.inner_for_in
+        if isinstance(node, cst.DictComp):
+            self.eval(node.key, s, ctx)
+            elt = self.eval(node.value, s, ctx)
+            return V(DICT, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
+        elt = self.eval(node.elt, s, ctx)
+        return V(LIST, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
+
+    def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:
+        """The value one iteration over ``it`` binds."""
+        if it.kind == PARAMS:
+            return V(TENSOR, graph=False, label="param")
+        if it.kind == STATE_DICT:
+            return V(UNKNOWN)
+        if it.elems is not None:
+            out = None
+            for e in it.elems:
+                out = join(out, e) if out is not None else e
+            return out if out is not None else TOP
+        if it.kind == QUAL:
+            return TOP
+        if it.kind == TUPLE and it.ref == "items":
+            return V(TUPLE, elems=(V(CONST), V(TENSOR, graph=False, alias=it.alias)), alias=it.alias)
+        # batches from a loader: tensors without a graph, labelled by the loader
+        return V(
+            UNKNOWN,
+            graph=False if it.graph is False else None,
+            label=it.label,
+            taints=it.taints if it.graph is not False else frozenset(),
+        )
+
+    @staticmethod
+    def _expr_label(node) -> str:
+        d = _dotted(node) if node is not None else None
+        if d:
+            return d
+        if isinstance(node, cst.Call):
+            parts = [_dotted(a.value) or "" for a in node.args]
+            return ",".join(p for p in parts if p)
+        if isinstance(node, cst.Subscript):
+            return _target_text(node)
+        return ""
+

@@ -1,0 +1,319 @@
+"""Forward passes and inlining: a model call records a forward event (mode, grad mode, whether the
+model has dropout/batch norm) and runs the class's ``forward``; calls to the program's own functions,
+methods and classes are inlined with their arguments bound, so every call site gets its own context."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from sentinel.analysis import torchapi as api
+from sentinel.analysis.facts import (
+    ForwardEvent,
+)
+from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Instance, State
+from sentinel.analysis.syntax import _dotted, _is_factory
+from sentinel.analysis.values import (
+    CLASS,
+    CONST,
+    DICT,
+    INSTANCE,
+    MODEL,
+    TENSOR,
+    TUPLE,
+    UNKNOWN,
+    V,
+    join,
+    merge_taints,
+)
+
+
+class InliningMixin:
+    """Forward passes and inlined calls; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
+
+    # -- forward passes -----------------------------------------------------------------------------
+    def forward(self, model: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        probs = model.probs
+        inst = model.ref if isinstance(model.ref, Instance) else None
+        result = None
+        if inst is not None and inst.cls.is_module:
+            result = self.class_forward(inst)
+            fwd = inst.cls.method("forward")
+            if (
+                fwd is not None
+                and inst.cls.calls_loss
+                and not ctx.model_method
+                and fwd not in self.active
+                and ctx.depth < MAX_DEPTH - 1
+            ):
+                # the model's own code, run on these arguments: a loss module gets the real predictions
+                result = self.inline(fwd, node, args, kwargs, state, ctx, self_value=model, model_method=True)
+            if result is not None:
+                probs = result.probs
+        taints: frozenset = merge_taints(*args, *kwargs.values())
+        graph = True if state.grad == "on" else (False if state.grad == "off" else None)
+
+        def output(extra: frozenset) -> V:
+            """The forward's value: a tensor, or the tuple / dict the class's forward returns."""
+
+            def part(e: V) -> V:
+                return e.with_(
+                    taints=e.taints | taints | extra, graph=graph if e.kind in (TENSOR, UNKNOWN) else e.graph
+                )
+
+            if result is not None and result.elems is not None:
+                return V(
+                    TUPLE, elems=tuple(part(e) for e in result.elems), taints=taints | extra, graph=graph, origin=node
+                )
+            if result is not None and result.items is not None:
+                return V(
+                    DICT,
+                    items=tuple((k, part(e)) for k, e in result.items),
+                    taints=taints | extra,
+                    graph=graph,
+                    origin=node,
+                )
+            return V(TENSOR, probs=probs, graph=graph, taints=taints | extra, origin=node)
+
+        if ctx.model_method or ctx.name == "forward":
+            return output(frozenset())
+        return output(frozenset({self._forward_event(model, node, args, state, ctx)}))
+
+    def _forward_event(self, model: V, node: cst.Call, args: list[V], state: State, ctx: Ctx) -> int:
+        """Record a forward pass of ``model`` at ``node`` (outside the model's own code); return its id."""
+        func = node.func
+        # `model(x)` names the model; `model.forward(x)` / `model.predict(x)` name it before the method
+        called = (
+            func.value
+            if type(func) is cst.Attribute
+            and model.kind == MODEL
+            and (func.attr.value == "forward" or self._is_method(model, func.attr.value))
+            else func
+        )
+        model_expr = _dotted(called) or "the model"
+        fid = next(self.ids)
+        input_labels = " ".join(a.label for a in args if a.label)
+        arg_text = " ".join(_dotted(a.value) or "" for a in node.args)
+        fn_names = ctx.names()
+        frames = [self.facts.frames[f] for f in self.frame_stack]
+        evalish = (
+            any(api.evalish_function(n) for n in fn_names)
+            or any(api.evalish(f.label) for f in frames[-1:])
+            or api.evalish(input_labels)
+            or api.evalish(arg_text)
+        )
+        dummy = bool(args) and not api.evalish(arg_text) and all(_is_factory(a.origin) for a in args)
+        ev = self._ev(
+            ForwardEvent,
+            node,
+            ctx,
+            id=fid,
+            model=model,
+            modes=state.mode_of(model.ident),
+            sensitive=self.sensitivity(model),
+            grad=state.grad,
+            evalish=evalish,
+            dummy_input=dummy,
+            lightning_eval=ctx.lightning_eval,
+            model_expr=model_expr,
+        )
+        self.facts.forwards.append(ev)
+        return fid
+
+    def sensitivity(self, model: V, _seen: set | None = None) -> bool | None:
+        """Does the model hold layers that behave differently in train and eval mode? None: unknown."""
+        if model.sensitive is not None:
+            return model.sensitive
+        inst = model.ref
+        if not (isinstance(inst, Instance) and inst.cls.is_module):
+            return None
+        seen = _seen if _seen is not None else set()
+        if id(inst) in seen:
+            return False
+        seen.add(id(inst))
+        cls = inst.cls
+        self.class_forward(inst)
+        if any(c.uses_mode for c in cls.mro()):
+            return True
+        if any(not q.startswith("torch.nn.") for q in cls._qual_bases()):
+            return None  # a subclass of some library model: cannot tell
+        result: bool | None = False
+        static = (
+            cls._static_instance.ref.attrs
+            if cls._static_instance is not None and isinstance(cls._static_instance.ref, Instance)
+            else {}
+        )
+        for v in [*inst.attrs.values(), *static.values()]:
+            if v.kind != MODEL:
+                continue
+            sub = self.sensitivity(v, seen)
+            if sub:
+                return True
+            if sub is None:
+                result = None
+        return result
+
+    def class_forward(self, inst: Instance) -> V | None:
+        """What the model class's ``forward`` returns (probabilities? a tuple?), analysed once per class."""
+        cls = inst.cls
+        if cls._forward_probs is not None:
+            return cls._forward_probs if isinstance(cls._forward_probs, V) else None
+        cls._forward_probs = False  # recursion guard
+        fwd = cls.method("forward")
+        if fwd is None or len(self.active) > MAX_DEPTH:
+            return None
+        st = State(None, self.facts.parent_of)
+        st.grad = None
+        ctx = Ctx(id=next(self.ctx_ids), name="forward", func=fwd, parent=None, depth=1, model_method=True, entry=False)
+        self_value = V(MODEL, ident=inst, ref=inst)
+        self._bind_params(
+            fwd, ctx, st, args=[], kwargs={}, self_value=self_value, unknown_callers=True, default_kind=TENSOR
+        )
+        saved_frames, saved_fresh, saved_stmt = self.frame_stack, self.fresh_stack, self.stmt
+        self.frame_stack, self.fresh_stack = [], []
+        self.active.append(fwd)
+        losses_before = len(self.facts.loss_calls)
+        try:
+            self.exec_body(fwd.node.body, st, ctx)
+        finally:
+            self.active.pop()
+            self.frame_stack, self.fresh_stack, self.stmt = saved_frames, saved_fresh, saved_stmt
+        # a forward that computes a loss is worth re-running on each call's real arguments
+        cls.calls_loss = len(self.facts.loss_calls) > losses_before
+        result = None
+        for r in ctx.returns:
+            result = r if result is None else join(result, r)
+        if result is not None and result.elems is None and result.items is None and result.probs is None:
+            result = V(TENSOR)
+        cls._forward_probs = result if result is not None else False
+        return result
+
+    # -- inlining ---------------------------------------------------------------------------------
+    def instantiate(self, cls: ClassInfo, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        inst = Instance(cls, created=next(self.seq))
+        value = V(MODEL if cls.is_module else INSTANCE, ident=inst, ref=inst, origin=node)
+        init = cls.method("__init__")
+        if init is not None:
+            self.inline(init, node, args, kwargs, state, ctx, self_value=value, model_method=cls.is_module)
+        if cls._static_instance is None:
+            cls._static_instance = value  # what `self` looks like to methods analysed on their own
+        return value
+
+    def inline(
+        self,
+        info: FuncInfo,
+        node,
+        args: list[V],
+        kwargs: dict[str, V],
+        state: State,
+        ctx: Ctx,
+        *,
+        self_value: V | None = None,
+        model_method: bool | None = None,
+    ) -> V:
+        self.executed.add(id(info.node))
+        if info in self.active or ctx.depth >= MAX_DEPTH:
+            return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()))
+        callee_state = State(state.default_mode, state.parents)
+        callee_state.modes = state.modes  # mode changes inside the callee are visible after the call
+        callee_state.grad = info.grad if info.grad is not None else state.grad
+        cls = info.cls
+        is_model_method = (
+            model_method
+            if model_method is not None
+            else bool(cls is not None and cls.is_module and not cls.is_lightning and info.name != "__call__")
+        )
+        lightning_eval = bool(
+            cls is not None
+            and cls.is_lightning
+            and info.name.startswith(("validation_step", "test_step", "predict_step"))
+        )
+        callee = Ctx(
+            id=next(self.ctx_ids),
+            name=info.name,
+            func=info,
+            parent=ctx,
+            depth=ctx.depth + 1,
+            model_method=is_model_method or ctx.model_method,
+            lightning_eval=lightning_eval or ctx.lightning_eval,
+            closure=info.closure,
+            entry=False,
+            call_node=node,
+            call_stmt=self.stmt,
+        )
+        if info.cls is not None and info.kind == "staticmethod":
+            self_value = None
+        self._bind_params(info, callee, callee_state, args, kwargs, self_value=self_value, unknown_callers=False)
+        saved_stmt = self.stmt
+        self.active.append(info)
+        try:
+            self.exec_body(info.node.body, callee_state, callee)
+        finally:
+            self.active.pop()
+            self.stmt = saved_stmt
+        if callee_state.grad != state.grad and info.grad is None:
+            # set_grad_enabled(...) as a statement inside the callee leaks out, like the real thing
+            state.grad = callee_state.grad
+        state.modes = callee_state.modes
+        result = None
+        for r in callee.returns:
+            result = r if result is None else join(result, r)
+        return result if result is not None else V(CONST, const=None)
+
+    def _bind_params(
+        self,
+        info: FuncInfo,
+        ctx: Ctx,
+        state: State,
+        args: list[V],
+        kwargs: dict[str, V],
+        *,
+        self_value: V | None,
+        unknown_callers: bool,
+        default_kind: str | None = None,
+    ) -> None:
+        params = info.node.params
+        positional = [*params.posonly_params, *params.params]
+        args = list(args)
+        if info.cls is not None and info.kind != "staticmethod" and positional:
+            first = positional[0]
+            state.env[first.name.value] = self_value if self_value is not None else V(CLASS, ref=info.cls)
+            ctx.self_value = state.env[first.name.value]
+            positional = positional[1:]
+        for i, p in enumerate(positional):
+            name = p.name.value
+            if i < len(args):
+                v = args[i]
+            elif name in kwargs:
+                v = kwargs[name]
+            elif p.default is not None:
+                v = (
+                    self.eval(p.default, state, ctx, record=False)
+                    if unknown_callers is False
+                    else self._param_default(p, name, state, ctx)
+                )
+            else:
+                v = self._guess(name) if default_kind is None else V(default_kind, label=name)
+            state.env[name] = v if not (v.kind == UNKNOWN and not v.label) else v.with_(label=name)
+        for p in params.kwonly_params:
+            name = p.name.value
+            if name in kwargs:
+                v = kwargs[name]
+            elif p.default is not None:
+                v = self._param_default(p, name, state, ctx)
+            else:
+                v = self._guess(name)
+            state.env[name] = v
+        if isinstance(params.star_arg, cst.Param):
+            state.env[params.star_arg.name.value] = V(
+                TUPLE, elems=tuple(args[len(positional) :]) if not unknown_callers else None
+            )
+        if params.star_kwarg is not None:
+            state.env[params.star_kwarg.name.value] = V(DICT)
+
+    def _param_default(self, p: cst.Param, name: str, state: State, ctx: Ctx) -> V:
+        assert p.default is not None
+        v = self.eval(p.default, state, ctx, record=False)
+        if v.kind == CONST and v.const is None:
+            return self._guess(name)
+        return v
+

@@ -1,0 +1,353 @@
+"""Method calls on known objects: models (``train``/``eval``/``zero_grad``/``state_dict``...),
+optimizers and scalers (``step``/``zero_grad``), tensors (``backward``/``detach``/``item``...) and
+containers that accumulate values (``append``, meters' ``update``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import libcst as cst
+
+from sentinel.analysis import torchapi as api
+from sentinel.analysis.facts import (
+    AccumEvent,
+    BackwardEvent,
+    ResetEvent,
+    SnapshotEvent,
+    StepEvent,
+)
+from sentinel.analysis.objects import EVAL, TRAIN, Ctx, FuncInfo, Ident, Instance, State
+from sentinel.analysis.syntax import (
+    _CONTAINER_API,
+    _JOIN_FUNCS,
+    _MODULE_ONLY_METHODS,
+    _STORE_METHODS,
+    _code,
+    _dotted,
+    _target_text,
+)
+from sentinel.analysis.values import (
+    CLASS,
+    CONST,
+    DICT,
+    FUNC,
+    INSTANCE,
+    LIST,
+    LOADER,
+    MODEL,
+    NOCONST,
+    OPTIMIZER,
+    PARAMS,
+    QUAL,
+    SCALER,
+    SCHEDULER,
+    STATE_DICT,
+    TENSOR,
+    TOP,
+    TUPLE,
+    UNKNOWN,
+    Alt,
+    V,
+    graph_of,
+    merge_taints,
+)
+
+
+class MethodsMixin:
+    """Models method calls on known objects; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
+
+    # -- methods ----------------------------------------------------------------------------------
+    def call_method(
+        self, recv: V, meth: str, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx
+    ) -> V:
+        # a method defined in this file wins over everything else
+        if recv.kind in (INSTANCE, MODEL) and isinstance(recv.ref, Instance):
+            m = recv.ref.cls.method(meth)
+            if m is not None and m.kind != "property":
+                module = recv.kind == MODEL and recv.ref.cls.is_module
+                if meth == "forward" and module:
+                    return self.forward(recv, node, args, kwargs, state, ctx)
+                before = len(self.facts.backwards) + len(self.facts.steps)
+                result = self.inline(m, node, args, kwargs, state, ctx, self_value=recv)
+                if (
+                    module
+                    and not ctx.model_method
+                    and not meth.startswith("_")
+                    and not api.non_forward_method(meth)
+                    and result.kind in (TENSOR, TUPLE, DICT)
+                    and len(self.facts.backwards) + len(self.facts.steps) == before
+                ):
+                    # `model.predict(x)`, `model.encode(x)`: the model runs its layers, like a forward
+                    fid = self._forward_event(recv, node, args, state, ctx)
+                    result = result.with_(taints=result.taints | {fid})
+                return result
+        if recv.kind == FUNC or recv.kind == CLASS:
+            return TOP
+        x = args[0] if args else TOP
+        receiver_name = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
+        if meth in _STORE_METHODS and receiver_name and self.frame_stack and self._outlives(receiver_name):
+            self._note_stored(node.args, state, ctx)
+        rname = api.last(receiver_name) if receiver_name else recv.label
+
+        if meth == "backward":
+            target = recv if recv.kind in (TENSOR, UNKNOWN) and (recv.taints or not args) else x
+            self._backward(node, target if target.taints else recv, ctx)
+            return TOP
+        if "backward" in meth and (args or kwargs):
+            self._backward(node, x, ctx)
+            return TOP
+        if meth == "zero_grad":
+            kind = "optimizer" if recv.kind == OPTIMIZER else ("model" if recv.kind in (MODEL, INSTANCE) else None)
+            self.facts.resets.append(self._ev(ResetEvent, node, ctx, target=recv.ident if kind else None, kind=kind))
+            return TOP
+        if meth == "step":
+            if recv.kind == OPTIMIZER or (
+                recv.kind not in (SCHEDULER, SCALER, MODEL, LOADER) and rname and api.optimizerish(rname)
+            ):
+                self.facts.steps.append(
+                    self._ev(StepEvent, node, ctx, optimizer=rname or "", ident=recv.ident, model=recv.alias)
+                )
+                self._closure(args, kwargs, node, state, ctx)
+            elif recv.kind == SCALER or (rname and api.scalerish(rname)):
+                self.facts.steps.append(
+                    self._ev(
+                        StepEvent,
+                        node,
+                        ctx,
+                        optimizer=x.label or "scaler",
+                        ident=x.ident if x.kind == OPTIMIZER else None,
+                        model=x.alias,
+                    )
+                )
+                self._closure(args[1:], kwargs, node, state, ctx)
+            return TOP
+        if recv.kind == SCALER or (recv.kind == UNKNOWN and rname and api.scalerish(rname)):
+            if meth == "scale":
+                return x
+            return TOP
+        if recv.kind == UNKNOWN and meth in _MODULE_ONLY_METHODS and isinstance(node.func, cst.Attribute):
+            # `net = Net()` from a module sentinel cannot see: `.parameters()`/`.train()` say it is a model
+            recv = self._as_model(recv, node.func.value, state)
+        if recv.kind == MODEL:
+            return self._model_method(recv, meth, node, args, kwargs, state, ctx)
+        if recv.kind == OPTIMIZER:
+            if meth == "state_dict":
+                return V(STATE_DICT, alias=recv.ident or object(), const="optimizer", ident=object())
+            return TOP
+        if meth == "state_dict" and rname and (api.modelish(rname) or api.optimizerish(rname)):
+            return V(
+                STATE_DICT, alias=object(), const="optimizer" if api.optimizerish(rname) else NOCONST, ident=object()
+            )
+        if recv.kind in (STATE_DICT, DICT):
+            if meth in ("copy",):
+                return recv
+            if meth == "items":
+                return V(TUPLE, ref="items", alias=recv.alias)
+            if meth == "values":
+                return V(LIST, elems=None, alias=recv.alias)
+            return V(UNKNOWN)
+        if recv.kind in (LIST, UNKNOWN, TUPLE) and meth in ("append", "extend", "insert", "add"):
+            return self._append(recv, meth, node, args, state, ctx)
+        if recv.kind == PARAMS:
+            return TOP
+        if recv.kind in (TENSOR, UNKNOWN):
+            return self._tensor_method(recv, meth, node, args, kwargs, ctx)
+        self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
+        return TOP
+
+    def _self_cat(self, target, value, state: State, ctx: Ctx) -> cst.BaseExpression | None:
+        """For ``t = torch.cat((t, x))`` return ``x``: growing a tensor across iterations."""
+        text = _dotted(target)
+        if text is None or type(value) is not cst.Call or not value.args:
+            return None
+        fv = self.eval(value.func, state, ctx, record=False)
+        if fv.kind != QUAL or api.last(str(fv.const)) not in _JOIN_FUNCS:
+            return None
+        seq = value.args[0].value
+        if type(seq) not in (cst.Tuple, cst.List) or len(seq.elements) != 2:
+            return None
+        first, second = (e.value for e in seq.elements)
+        if _dotted(first) == text:
+            return second
+        if _dotted(second) == text:
+            return first
+        return None
+
+    @staticmethod
+    def _is_method(model: V, name: str) -> bool:
+        return isinstance(model.ref, Instance) and model.ref.cls.method(name) is not None
+
+    def _as_model(self, value: V, expr: cst.BaseExpression, state: State) -> V:
+        path = _dotted(expr)
+        name = (path or "").rsplit(".", 1)[-1]
+        ident = Ident(next(self.seq)) if value.ref == "ctor" else ("guess", path or name)
+        model = V(MODEL, ident=ident, label=value.label or name, origin=value.origin)
+        if path is not None and (path in state.env or "." not in path):
+            state.env[path] = model
+        return model
+
+    def _accumulation_site(self, node: cst.CSTNode, ctx: Ctx) -> tuple[cst.CSTNode, cst.CSTNode]:
+        """Where to report an accumulation: inside a meter's ``update()``/``add()`` the user's mistake
+        is the call that hands it a tensor (`losses.update(loss)`), so point there."""
+        where, stmt = node, self.stmt
+        c: Ctx | None = ctx
+        while c is not None and c.func is not None and c.call_node is not None and c.name in _CONTAINER_API:
+            where, stmt = c.call_node, c.call_stmt
+            c = c.parent
+        return where, stmt
+
+    def _note_stored(self, args: Sequence[cst.Arg], state: State, ctx: Ctx) -> None:
+        """Snapshot variables among ``args`` (or inside tuple/list arguments) go into a container that
+        outlives the iteration (`history.append((epoch, best))`, `heapq.heappush(self.heap, (v, ckpt))`)."""
+        for a in args:
+            nodes = [e.value for e in a.value.elements] if type(a.value) in (cst.Tuple, cst.List) else [a.value]
+            for n in nodes:
+                if type(n) is cst.Name:
+                    v = state.env.get(n.value)
+                    if v is not None and v.alias is not None and v.kind in (STATE_DICT, DICT):
+                        self.facts.stored.add((ctx.id, n.value))
+
+    def _stored_by_call(self, node: cst.Call, state: State, ctx: Ctx) -> None:
+        """An unknown call given a long-lived container and a snapshot stores the snapshot in it."""
+        if not self.frame_stack or len(node.args) < 2:
+            return
+        containers = [_dotted(a.value) for a in node.args if _dotted(a.value)]
+        if any(c and self._outlives(c) and ("." in c or c in state.env) for c in containers):
+            self._note_stored(node.args, state, ctx)
+
+    def _closure(self, args: list[V], kwargs: dict[str, V], node, state: State, ctx: Ctx) -> None:
+        for v in [*args, *kwargs.values()]:
+            if v.kind == FUNC and isinstance(v.ref, FuncInfo):
+                self.inline(v.ref, node, [], {}, state, ctx)
+
+    def _backward(self, node, value: V, ctx: Ctx) -> None:
+        self.facts.backwards.append(self._ev(BackwardEvent, node, ctx, taints=value.taints))
+        self.facts.proven_graph_taints.update(value.taints)
+
+    def _append(self, recv: V, meth: str, node, args: list[V], state: State, ctx: Ctx) -> V:
+        x = args[-1] if args else TOP
+        path = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
+        if x.kind in (STATE_DICT, DICT) and x.alias is not None and self.frame_stack and not ctx.model_method:
+            self.facts.snapshots.append(
+                self._ev(
+                    SnapshotEvent,
+                    node,
+                    ctx,
+                    target=path or "<list>",
+                    what="append",
+                    persistent=True,
+                    source="optimizer" if x.const == "optimizer" else "model",
+                    alias=x.alias,
+                )
+            )
+        acc_id = next(self.ids)
+        items = x.elems if (meth == "extend" and x.elems is not None) else (x,)
+        for item in items:
+            if (
+                self.frame_stack
+                and not ctx.model_method
+                and item.kind in (TENSOR, UNKNOWN)
+                and item.taints
+                and (item.graph is not False)
+            ):
+                container = path or (
+                    _target_text(node.func.value) if isinstance(node.func, cst.Attribute) else ""
+                )  # `history["loss"].append(loss)`: the dict outlives the iteration
+                outlives = bool(container) and not container.startswith("<") and self._outlives(container)
+                where, stmt = self._accumulation_site(node, ctx)
+                self.facts.accums.append(
+                    self._ev(
+                        AccumEvent,
+                        where,
+                        ctx,
+                        id=acc_id,
+                        target=path or (_code(node.func.value) if isinstance(node.func, cst.Attribute) else "<list>"),
+                        value=item,
+                        outlives=outlives,
+                        site=stmt,
+                    )
+                )
+        first = recv.elems == () or recv.probs is not None
+        new = recv.with_(
+            taints=recv.taints | x.taints | {acc_id},
+            graph=True if x.graph else recv.graph,
+            probs=x.probs if (first and x.probs is not None) else None,
+            elems=recv.elems + (x,) if recv.elems is not None and meth == "append" else None,
+        )
+        if isinstance(node.func, cst.Attribute) and isinstance(node.func.value, cst.Attribute):
+            owner = self.eval(node.func.value.value, state, ctx, record=False)
+            if isinstance(owner.ref, Instance):
+                owner.ref.attrs[node.func.value.attr.value] = new
+        if path is not None:
+            if path in state.env or "." not in path:
+                state.env[path] = new
+        return TOP
+
+    def _model_method(self, recv: V, meth: str, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        if meth in ("train", "eval"):
+            if meth == "eval":
+                mode: frozenset | None = EVAL
+            else:
+                flag = args[0] if args else kwargs.get("mode", V(CONST, const=True))
+                mode = (TRAIN if flag.const else EVAL) if flag.is_const else None
+            if isinstance(recv.ident, Alt):
+                for member in recv.ident:
+                    state.set_mode(member, mode)
+            elif recv.ident is not None:
+                state.set_mode(recv.ident, mode)
+            # `model.module.eval()` on a DataParallel-style wrapper switches what the wrapper runs
+            func = node.func if isinstance(node, cst.Call) else None
+            if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Attribute):
+                if func.value.attr.value in ("module", "model", "_orig_mod"):
+                    owner = self.eval(func.value.value, state, ctx, record=False)
+                    if owner.kind == MODEL and owner.ident is not None and not isinstance(owner.ident, Alt):
+                        state.modes[owner.ident] = mode
+            return recv
+        if meth in api.MODEL_SELF_METHODS:
+            return recv
+        if meth == "forward":
+            return self.forward(recv, node, args, kwargs, state, ctx)
+        if meth in ("parameters", "named_parameters", "modules", "children", "buffers"):
+            return V(PARAMS, ident=frozenset({recv.ident}) if recv.ident is not None else None)
+        if meth == "state_dict":
+            return V(STATE_DICT, alias=recv.ident if recv.ident is not None else object(), ident=object())
+        if meth in ("load_state_dict", "register_forward_hook", "register_buffer", "add_module"):
+            return TOP
+        if meth in ("generate", "predict", "sample", "encode", "decode", "embed"):
+            return V(TENSOR, graph=None, taints=merge_taints(*args))
+        return TOP
+
+    def _tensor_method(self, recv: V, meth: str, node, args: list[V], kwargs: dict[str, V], ctx: Ctx) -> V:
+        if meth in api.TENSOR_SCALAR_METHODS:
+            return V(CONST, graph=False)
+        if meth in ("detach", "detach_"):
+            return recv.with_(graph=False)
+        if meth == "clone":
+            return recv.with_(alias=None)
+        if meth in api.TENSOR_MOVE_METHODS:
+            return recv.with_(alias=None)
+        if meth in api.TENSOR_IDENTITY_METHODS:
+            return recv
+        if meth == "softmax":
+            return V(TENSOR, probs=self._where(node), graph=recv.graph, taints=recv.taints, origin=node)
+        if meth in api.TENSOR_NO_GRAPH_METHODS:
+            return V(TENSOR, graph=False)
+        if meth in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (args or kwargs):
+            return V(
+                TUPLE,
+                elems=(V(TENSOR, graph=recv.graph, taints=recv.taints), V(TENSOR, graph=False)),
+                taints=recv.taints,
+            )
+        if meth in ("zero_", "fill_") and isinstance(node.func, cst.Attribute):
+            text = _dotted(node.func.value) or ""
+            if text.endswith(".grad") or text.endswith(".grad.data"):
+                self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+            return TOP
+        if meth in ("get", "pop", "keys", "split", "format", "join", "startswith", "endswith", "replace", "lower"):
+            return V(UNKNOWN)
+        vals = [recv, *args, *kwargs.values()]
+        if recv.kind == UNKNOWN:
+            self._opaque_training_step(node, vals[1:], ctx)
+        kind = TENSOR if recv.kind == TENSOR else UNKNOWN
+        return V(kind, graph=graph_of(*vals), taints=merge_taints(*vals), alias=None)
+

@@ -1,0 +1,245 @@
+"""Syntax-level helpers the interpreter shares: dotted names, literal strings, call and condition keys,
+and the fixed vocabularies (builtins, container methods, dummy-tensor factories) it matches against."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import libcst as cst
+
+from sentinel.analysis import torchapi as api
+from sentinel.analysis.values import (
+    CONST,
+    MODEL,
+    NOCONST,
+    SOFTMAX,
+    V,
+)
+
+
+def _dotted(node: cst.BaseExpression) -> str | None:
+    t = type(node)
+    if t is cst.Name:
+        return node.value
+    if t is cst.Attribute:
+        base = _dotted(node.value)
+        return f"{base}.{node.attr.value}" if base else None
+    return None
+
+
+def _code(node: cst.CSTNode) -> str:
+    return _EMPTY_MODULE.code_for_node(node)
+
+
+_EMPTY_MODULE = cst.Module([])
+
+
+def _target_text(node: cst.BaseExpression) -> str:
+    d = _dotted(node)
+    if d:
+        return d
+    if isinstance(node, cst.Subscript):
+        base = _dotted(node.value)
+        return f"{base}[]" if base else "<subscript>"
+    return "<expr>"
+
+
+def _string_value(node: cst.BaseExpression) -> Any:
+    if type(node) is cst.SimpleString:
+        raw = node.value
+        q = raw[-1]
+        # the common case, a plain 'text' or "text" without escapes, without ast.literal_eval
+        if raw[0] == q and "\\" not in raw and len(raw) >= 2 and not raw.startswith(q * 3):
+            return raw[1:-1]
+        try:
+            return node.evaluated_value
+        except Exception:  # pragma: no cover - malformed escapes
+            return NOCONST
+    if isinstance(node, cst.ConcatenatedString):
+        left, right = _string_value(node.left), _string_value(node.right)
+        if isinstance(left, str) and isinstance(right, str):
+            return left + right
+    return NOCONST
+
+
+
+_CALLED = re.compile(r"(?<!def )\b([A-Za-z_]\w*)\s*\(")
+_MODE_FUNCS = frozenset(
+    {
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "dropout3d",
+        "alpha_dropout",
+        "feature_alpha_dropout",
+        "batch_norm",
+        "instance_norm",
+    }
+)
+
+
+def _layer_sensitive(qual: str, kwargs: dict[str, V]) -> bool | None:
+    """Whether a layer constructor builds a module whose output depends on train/eval mode."""
+    name = api.last(qual)
+    if not qual.startswith("torch.nn."):
+        return True  # zoo models (torchvision, timm, transformers) have dropout and batch norm
+    if "Dropout" in name or "BatchNorm" in name:
+        return True
+    if name.startswith("Transformer"):
+        d = kwargs.get("dropout")
+        return not (d is not None and d.is_const and d.const == 0)
+    if name in ("MultiheadAttention", "RNN", "LSTM", "GRU"):
+        d = kwargs.get("dropout")
+        if d is None:
+            return False
+        return bool(d.const) if d.is_const else None
+    if name.startswith("InstanceNorm"):
+        t = kwargs.get("track_running_stats")
+        return bool(t.const) if t is not None and t.is_const else (None if t is not None else False)
+    if name in ("Sequential", "ModuleList", "ModuleDict"):
+        return None
+    return False
+
+
+def _any_sensitive(values) -> bool | None:
+    result: bool | None = False
+    for v in values or ():
+        if v.kind == MODEL:
+            if v.sensitive:
+                return True
+            if v.sensitive is None:
+                result = None
+        elif v.kind not in (SOFTMAX, CONST):
+            result = None
+    return result
+
+
+def _is_factory(node: Any) -> bool:
+    """Was this tensor made by ``torch.randn(...)``-style factories (a smoke test, a shape probe)?"""
+    return isinstance(node, cst.Call) and (_dotted(node.func) or "").rsplit(".", 1)[-1] in _DUMMY_FACTORIES
+
+
+_MISSING = object()
+_CONVENTIONAL = {"torch": "torch", "nn": "torch.nn", "F": "torch.nn.functional", "optim": "torch.optim"}
+_MODULE_ONLY_METHODS = frozenset(
+    {
+        "parameters",
+        "named_parameters",
+        "train",
+        "eval",
+        "load_state_dict",
+        "modules",
+        "named_modules",
+        "children",
+        "named_children",
+        "register_forward_hook",
+        "register_forward_pre_hook",
+    }
+)
+_JOIN_FUNCS = frozenset({"stack", "cat", "concat", "concatenate", "hstack", "vstack", "dstack"})
+_CONTAINER_API = frozenset({"update", "add", "append", "extend", "record", "push", "accumulate", "log", "put"})
+_STORE_METHODS = frozenset({"update", "append", "extend", "insert", "setdefault", "add"})
+_DUMMY_FACTORIES = frozenset({"zeros", "ones", "randn", "rand", "empty", "full", "randint", "zeros_like", "ones_like"})
+
+_BUILTINS = frozenset(
+    {
+        "len",
+        "range",
+        "enumerate",
+        "zip",
+        "print",
+        "float",
+        "int",
+        "str",
+        "bool",
+        "sum",
+        "max",
+        "min",
+        "abs",
+        "round",
+        "list",
+        "tuple",
+        "dict",
+        "set",
+        "sorted",
+        "reversed",
+        "iter",
+        "next",
+        "isinstance",
+        "getattr",
+        "format",
+        "repr",
+        "open",
+        "map",
+        "filter",
+        "any",
+        "all",
+        "super",
+        "type",
+        "hasattr",
+        "setattr",
+    }
+)
+
+_BINOPS: dict[type, Any] = {
+    cst.Add: lambda a, b: a + b,
+    cst.Subtract: lambda a, b: a - b,
+    cst.Multiply: lambda a, b: a * b,
+    cst.Divide: lambda a, b: a / b,
+    cst.FloorDivide: lambda a, b: a // b,
+    cst.Modulo: lambda a, b: a % b,
+    cst.Power: lambda a, b: a**b if abs(b) < 64 else NOCONST,
+}
+_CMPOPS: dict[type, Any] = {
+    cst.Equal: lambda a, b: a == b,
+    cst.NotEqual: lambda a, b: a != b,
+    cst.LessThan: lambda a, b: a < b,
+    cst.LessThanEqual: lambda a, b: a <= b,
+    cst.GreaterThan: lambda a, b: a > b,
+    cst.GreaterThanEqual: lambda a, b: a >= b,
+    cst.Is: lambda a, b: a is b,
+    cst.IsNot: lambda a, b: a is not b,
+    cst.In: lambda a, b: a in b,
+    cst.NotIn: lambda a, b: a not in b,
+}
+
+
+def _cond_key(test: cst.BaseExpression) -> str:
+    """A key under which two guards count as the same condition.
+
+    ``i % accum == 0`` and ``(i + 1) % accum == 0`` both pace on ``accum``: gradient accumulation written
+    with the reset at the top and the step at the bottom of the iteration shares one key.
+    """
+    if isinstance(test, cst.Comparison) and isinstance(test.left, cst.BinaryOperation):
+        if isinstance(test.left.operator, cst.Modulo):
+            return "% " + cst.Module([]).code_for_node(test.left.right).strip()
+    if isinstance(test, cst.BinaryOperation) and isinstance(test.operator, cst.Modulo):
+        return "% " + cst.Module([]).code_for_node(test.right).strip()
+    return cst.Module([]).code_for_node(test).strip()
+
+
+def _self_add(target: cst.BaseExpression, value: cst.BaseExpression) -> cst.BaseExpression | None:
+    """For ``t = t + x`` (or ``x + t``, or a running average ``t = 0.9 * t + 0.1 * x``) return ``x``:
+    an accumulation spelled without ``+=``."""
+    if not isinstance(value, cst.BinaryOperation) or not isinstance(value.operator, cst.Add):
+        return None
+    text = _dotted(target)
+    if text is None:
+        return None
+    if _is_scaled(value.left, text):
+        return value.right
+    if _is_scaled(value.right, text):
+        return value.left
+    return None
+
+
+def _is_scaled(node: cst.BaseExpression, text: str) -> bool:
+    """``t`` itself, or ``t`` times / divided by something (``0.9 * t``, ``t * momentum``)."""
+    if _dotted(node) == text:
+        return True
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Multiply, cst.Divide)):
+        return _dotted(node.left) == text or (isinstance(node.operator, cst.Multiply) and _dotted(node.right) == text)
+    return False
+
+
