@@ -1,23 +1,30 @@
-"""Lint one source: pre-filter, one parse, one analysis, every enabled rule, locations, suppressions.
+"""Lint one source with the project it belongs to: pre-filter, one parse, one analysis, every enabled
+rule, locations, suppressions.
 
-Cost model (see ``benchmarks/lint_speed.py``): LibCST's parser dominates. A file whose text cannot
-trigger any enabled rule (no ``backward``, no ``softmax`` ... see each rule's ``TRIGGER``) is never
-parsed. Line numbers are not computed with LibCST's ``PositionProvider`` (more expensive than the parse
-itself); only files that have findings pay for positions, through CPython's own ``ast`` parser, which
-is about ten times faster than LibCST's.
+Cost model (see ``benchmarks/lint_speed.py``): LibCST's parser dominates. A file whose text, together
+with the project files it imports, cannot trigger any enabled rule (no ``backward``, no ``softmax`` ...
+see each rule's ``TRIGGER``) is never parsed, and LibCST is not even imported for it: CPython's parser
+still checks its syntax. Imported project files are parsed only where the analysis uses one of their
+definitions (:mod:`sentinel.analysis.imports`). Findings may lie in an imported file (a ``validate()``
+helper in ``engine.py`` called from ``train.py``): they are reported at that file's lines.
 """
 
 from __future__ import annotations
 
-import ast
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import libcst as cst
-
-from sentinel.analysis import analyze
 from sentinel.diagnostics import Diagnostic, SourceError
 from sentinel.rules import Rule, Violation, all_rules
+from sentinel.sourcefile import decode, syntax_check
+
+if TYPE_CHECKING:
+    from sentinel.analysis.project import Project
+
+__all__ = ["Diagnostic", "SourceError", "check_source", "decode", "project_for", "syntax_check"]
 
 
 def rule_class(code: str) -> type[Rule] | None:
@@ -57,175 +64,52 @@ def file_suppressions(source: str) -> list[set[str] | None]:
     return [_split_codes(m.group("codes")) if m.group("codes") else None for m in _FILE_NOQA.finditer(source)]
 
 
-# -- locations ---------------------------------------------------------------------------------------
-class Locator:
-    """Maps LibCST nodes to 1-based (line, column) ranges using CPython's ``ast`` for statements."""
-
-    def __init__(self, source: str, module: cst.Module) -> None:
-        self.source = source
-        self.module = module
-        self.lines = source.splitlines(keepends=True)
-        self.offsets = [0]
-        for ln in self.lines:
-            self.offsets.append(self.offsets[-1] + len(ln))
-        self._stmt_pos: dict[int, tuple[int, int]] | None = None
-
-    def _build(self) -> dict[int, tuple[int, int]]:
-        out: dict[int, tuple[int, int]] = {}
-        try:
-            tree = ast.parse(self.source)
-            _map_block(self.module.body, tree.body, out, self)
-        except (SyntaxError, ValueError, IndexError, AttributeError):  # pragma: no cover - defensive
-            pass
-        return out
-
-    def _char_col(self, line: int, byte_col: int) -> int:
-        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
-        return len(text.encode("utf-8")[:byte_col].decode("utf-8", "replace"))
-
-    def statement_start(self, stmt: cst.CSTNode) -> tuple[int, int]:
-        if self._stmt_pos is None:
-            self._stmt_pos = self._build()
-        return self._stmt_pos.get(id(stmt), (1, 0))
-
-    def locate(self, node: cst.CSTNode, stmt: cst.CSTNode) -> tuple[int, int, int, int]:
-        line, col = self.statement_start(stmt)
-        start = self.offsets[line - 1] + col if line - 1 < len(self.offsets) else 0
-        code = self.module.code_for_node(node).strip()
-        found = self.source.find(code, start) if code else -1
-        if found < 0 and code:
-            found = self.source.find(code)
-        if found < 0:
-            first = code.splitlines()[0] if code else ""
-            found = self.source.find(first, start) if first else -1
-            if found < 0:
-                return line, col + 1, line, col + 1
-            code = first
-        # offsets -> (line, col)
-        import bisect
-
-        sline = bisect.bisect_right(self.offsets, found) - 1
-        scol = found - self.offsets[sline]
-        end = found + len(code)
-        eline = bisect.bisect_right(self.offsets, end - 1) - 1 if code else sline
-        ecol = end - self.offsets[eline]
-        return sline + 1, scol + 1, eline + 1, ecol + 1
+# -- projects ----------------------------------------------------------------------------------------
+_PROJECTS: dict[Path, Project] = {}
 
 
-def _map_block(cst_body: Sequence[cst.CSTNode], ast_body: list[ast.stmt], out: dict, loc: Locator) -> None:
-    i = 0
-    for st in cst_body:
-        if isinstance(st, cst.SimpleStatementLine):
-            first = None
-            for small in st.body:
-                a = ast_body[i]
-                i += 1
-                pos = (a.lineno, loc._char_col(a.lineno, a.col_offset))
-                out[id(small)] = pos
-                first = first or pos
-            if first:
-                out[id(st)] = first
-        else:
-            a = ast_body[i]
-            i += 1
-            _map_compound(st, a, out, loc)
+def project_for(path: Path) -> Project:
+    """The :class:`Project` of ``path``, shared by every file of that root linted in this process."""
+    from sentinel.analysis.project import Project, find_root
+
+    root = find_root(path)
+    project = _PROJECTS.get(root)
+    if project is None:
+        project = _PROJECTS[root] = Project(root)
+    return project
 
 
-def _map_suite(suite: cst.BaseSuite, ast_body: list[ast.stmt], out: dict, loc: Locator) -> None:
-    if isinstance(suite, cst.IndentedBlock):
-        _map_block(suite.body, ast_body, out, loc)
-    elif isinstance(suite, cst.SimpleStatementSuite):
-        for small, a in zip(suite.body, ast_body):
-            out[id(small)] = (a.lineno, loc._char_col(a.lineno, a.col_offset))
+def _real_file(path: str) -> Path | None:
+    if not path or path.startswith("<"):
+        return None
+    p = Path(path)
+    return p if p.parent.is_dir() else None
 
 
-def _map_compound(st: cst.CSTNode, a: ast.stmt, out: dict, loc: Locator) -> None:
-    out[id(st)] = (a.lineno, loc._char_col(a.lineno, a.col_offset))
-    if isinstance(st, (cst.FunctionDef, cst.ClassDef, cst.With)):
-        _map_suite(st.body, a.body, out, loc)  # type: ignore[attr-defined]
-    elif isinstance(st, cst.If):
-        _map_suite(st.body, a.body, out, loc)  # type: ignore[attr-defined]
-        if isinstance(st.orelse, cst.If):
-            _map_compound(st.orelse, a.orelse[0], out, loc)  # type: ignore[attr-defined]
-        elif isinstance(st.orelse, cst.Else):
-            _map_suite(st.orelse.body, a.orelse, out, loc)  # type: ignore[attr-defined]
-    elif isinstance(st, (cst.For, cst.While)):
-        _map_suite(st.body, a.body, out, loc)  # type: ignore[attr-defined]
-        if st.orelse is not None:
-            _map_suite(st.orelse.body, a.orelse, out, loc)  # type: ignore[attr-defined]
-    elif isinstance(st, (cst.Try, cst.TryStar)):
-        _map_suite(st.body, a.body, out, loc)  # type: ignore[attr-defined]
-        for h, ah in zip(st.handlers, a.handlers):  # type: ignore[attr-defined]
-            _map_suite(h.body, ah.body, out, loc)
-        if st.orelse is not None:
-            _map_suite(st.orelse.body, a.orelse, out, loc)  # type: ignore[attr-defined]
-        if st.finalbody is not None:
-            _map_suite(st.finalbody.body, a.finalbody, out, loc)  # type: ignore[attr-defined]
-    elif isinstance(st, cst.Match):
-        for case, acase in zip(st.cases, a.cases):  # type: ignore[attr-defined]
-            _map_suite(case.body, acase.body, out, loc)
+def _display(dep: Path, path: str) -> str:
+    """How to print an imported file's path: like the linted file's (relative stays relative)."""
+    if os.path.isabs(path):
+        return str(dep)
+    try:
+        return os.path.relpath(dep)
+    except ValueError:  # pragma: no cover - another drive on Windows
+        return str(dep)
 
 
 # -- the check ---------------------------------------------------------------------------------------
-def decode(data: bytes) -> str:
-    """Decode a Python source as the interpreter would (PEP 263 cookie, BOM); raise SourceError."""
-    import io
-    import tokenize
-
-    if b"\x00" in data:
-        raise SourceError("binary file (contains NUL bytes), not Python source")
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
-    except SyntaxError as exc:
-        if "encoding problem" in str(exc) or "unknown encoding" in str(exc):
-            raise SourceError(str(exc)) from None
-        encoding = "utf-8"  # an undecodable first line: report it like any other bad byte below
-    try:
-        text = data.decode(encoding)
-    except (UnicodeDecodeError, LookupError) as exc:
-        if isinstance(exc, UnicodeDecodeError):
-            line = data[: exc.start].count(b"\n") + 1
-            byte = data[exc.start : exc.start + 1].hex()
-            raise SourceError(f"not valid {encoding} text (byte 0x{byte}) and no encoding declaration", line) from None
-        raise SourceError(f"unknown encoding {encoding!r}") from None
-    return text.lstrip("\ufeff")
-
-
-def syntax_check(source: str) -> None:
-    """Raise :class:`SourceError` if ``source`` is not valid Python (cheaply: CPython's parser first)."""
-    try:
-        ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        # CPython's grammar may be older than the file's (3.12 syntax on 3.11): LibCST decides
-        _parse(source)
-
-
-def _parse(source: str) -> cst.Module:
-    try:
-        return cst.parse_module(source)
-    except cst.ParserSyntaxError as exc:
-        # CPython words syntax errors better ("'(' was never closed"); use it when it agrees
-        try:
-            ast.parse(source)
-        except SyntaxError as py:
-            raise SourceError(f"syntax error: {py.msg}", py.lineno, py.offset) from None
-        except (ValueError, RecursionError, MemoryError):
-            pass
-        raise SourceError(f"syntax error: {exc.message}", exc.raw_line, exc.raw_column + 1) from None
-    except RecursionError:
-        raise SourceError("too deeply nested for the parser") from None
-
-
 def check_source(
     source: str,
     path: str = "<string>",
     rules: Iterable[type[Rule]] | None = None,
     *,
     prefilter: bool = True,
+    project: Project | None | bool = None,
 ) -> list[Diagnostic]:
     """Lint ``source`` with ``rules`` (default: all). Raises :class:`SourceError` on a syntax error.
 
-    ``prefilter=False`` analyses the file even when no rule's trigger text occurs in it.
+    ``path`` names the file; when it is a real file's path, the project it belongs to is read too
+    (``project=False`` turns that off; a :class:`Project` may be passed in). ``prefilter=False``
+    analyses the file even when no rule's trigger text occurs in it.
     """
     rule_list = list(all_rules() if rules is None else rules)
     file_level = file_suppressions(source) if "sentinel" in source else []
@@ -233,21 +117,54 @@ def check_source(
         return []
     if file_level:
         rule_list = [r for r in rule_list if not any(_matches(codes, r) for codes in file_level)]
-    active = [r for r in rule_list if r.triggered(source)] if prefilter else rule_list
+    file = _real_file(path)
+    proj: Project | None = None
+    if project is not False and file is not None:
+        proj = project if project not in (None, True) else project_for(file)  # type: ignore[assignment]
+    text = source
+    if proj is not None and prefilter:
+        proj.set_text(file, source)
+        deps = proj.closure(file, source, file)
+        if deps:
+            text = "\n".join([source, *(proj.text(d) or "" for d in deps)])
+    active = [r for r in rule_list if r.triggered(text)] if prefilter else rule_list
     if not active:
         # nothing here can trigger a rule: skip LibCST, but still report a file Python cannot parse
         syntax_check(source)
         return []
-    module = _parse(source)
-    facts = analyze(module, source)
+    return _analyse(source, path, file, proj, active)
+
+
+def _analyse(source: str, path: str, file: Path | None, proj: Project | None, active: list[type[Rule]]) -> list:
+    from sentinel.analysis.interpreter import Interpreter
+    from sentinel.locate import Locator
+    from sentinel.parse import parse
+
+    module = parse(source)
+    if proj is not None and file is not None:
+        proj.set_text(file, source)
+    interp = Interpreter(module, source, path=file, project=proj)
+    facts = interp.run()
     violations: list[tuple[type[Rule], Violation]] = []
     for rule_cls in active:
         for v in rule_cls().check(facts):
             violations.append((rule_cls, v))
     if not violations:
         return []
-    locator = Locator(source, module)
-    lines = locator.lines
+    # where each flagged statement lives: the linted file, or a snippet of an imported one
+    entry = Locator(source, module)
+    places: list[tuple[str, Locator, list[str]]] = [(path, entry, entry.lines)]
+    for dep, dep_source, snippets in interp.imported_sources():
+        dep_lines = dep_source.splitlines(keepends=True)
+        for snippet, padded in snippets:
+            places.append((_display(dep, path), Locator(padded, snippet), dep_lines))
+
+    def where(stmt) -> tuple[str, Locator, list[str]]:
+        for place in places:
+            if place[1].knows(stmt):
+                return place
+        return places[0]
+
     seen: set[tuple[str, int]] = set()
     out: list[Diagnostic] = []
     for rule_cls, v in violations:
@@ -255,16 +172,31 @@ def check_source(
         if key in seen:
             continue
         seen.add(key)
+        at, locator, lines = where(v.stmt)
         line, col, eline, ecol = locator.locate(v.node, v.stmt)
         if _suppressed(rule_cls, lines, line, eline):
             continue
+        if at != path and file_suppressions_apply(lines, rule_cls):
+            continue
         message = v.message
         if v.related is not None:
-            rline = locator.locate(v.related, v.related_stmt or v.related)[0]
-            if rline != line:
+            rstmt = v.related_stmt or v.related
+            rat, rloc, _ = where(rstmt)
+            rline = rloc.locate(v.related, rstmt)[0]
+            if rat != at:
+                message += f" ({v.related_label} at {rat}:{rline})"
+            elif rline != line:
                 message += f" ({v.related_label} on line {rline})"
-        out.append(Diagnostic(path, line, col, eline, ecol, rule_cls.CODE, rule_cls.NAME, message))
+        out.append(Diagnostic(at, line, col, eline, ecol, rule_cls.CODE, rule_cls.NAME, message))
     return sorted(set(out))
+
+
+def file_suppressions_apply(lines: list[str], rule: type[Rule]) -> bool:
+    """Does an imported file's own ``# sentinel: noqa`` line silence ``rule`` there?"""
+    text = "".join(lines)
+    if "sentinel" not in text:
+        return False
+    return any(_matches(codes, rule) for codes in file_suppressions(text))
 
 
 def _suppressed(rule: type[Rule], lines: list[str], line: int, end_line: int) -> bool:

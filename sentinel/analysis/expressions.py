@@ -8,6 +8,7 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
+from sentinel.analysis.imports import lookup_star
 from sentinel.analysis.objects import ClassInfo, Ctx, Ident, Instance, State
 from sentinel.analysis.syntax import _BINOPS, _BUILTINS, _CMPOPS, _CONVENTIONAL, _dotted, _string_value, _target_text
 from sentinel.analysis.values import (
@@ -20,6 +21,7 @@ from sentinel.analysis.values import (
     LOADER,
     LOSS,
     MODEL,
+    MODULE,
     NOCONST,
     OPTIMIZER,
     PARAMS,
@@ -190,9 +192,18 @@ class ExpressionsMixin:
             if c.closure is not None and name in c.closure:
                 return c.closure[name]
             c = c.parent
-        g = self._global_state.env if self._global_state is not None else None
+        gs = self._global_state
+        g = gs.env if gs is not None else None
         if g is not None and name in g:
             return g[name]
+        if gs is not None and (gs.loader is not None or gs.stars):
+            if gs.loader is not None:
+                gs.loader(name)
+                if name in g:
+                    return g[name]
+            found = lookup_star(self, gs, name)
+            if found is not None:
+                return found
         if name in ("True", "False", "None"):
             return V(CONST, const={"True": True, "False": False, "None": None}[name])
         return None
@@ -221,6 +232,9 @@ class ExpressionsMixin:
         attr = node.attr.value
         if base.kind == QUAL and isinstance(base.const, str):
             return V(QUAL, const=api.normalize(f"{base.const}.{attr}"))
+        if base.kind == MODULE:
+            found = self.unit_attr(base.ref, attr)
+            return found if found is not None else TOP
         if base.kind in (INSTANCE, MODEL, CLASS) and base.ref is not None:
             inst = base.ref
             if isinstance(inst, Instance):

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import libcst as cst
+if TYPE_CHECKING:
+    import libcst as cst
 
 from sentinel.analysis.values import V
 
@@ -129,6 +130,26 @@ class Facts:
     root_of: dict = field(default_factory=dict)
     proven_graph_taints: set = field(default_factory=set)
     _cache: dict[str, Any] = field(default_factory=dict)
+
+    # -- budget ------------------------------------------------------------------------------------
+    _EVENT_LISTS = ("forwards", "backwards", "steps", "resets", "loss_calls", "snapshots", "accums", "snapshot_reads")
+    _EVENT_SETS = ("escaped_taints", "stored", "proven_graph_taints")
+
+    def checkpoint(self) -> tuple:
+        """A mark to :meth:`rollback` to: what was recorded up to now."""
+        lists = tuple(len(getattr(self, n)) for n in self._EVENT_LISTS)
+        sets = tuple(set(getattr(self, n)) for n in self._EVENT_SETS)
+        return lists, sets
+
+    def rollback(self, mark: tuple) -> None:
+        """Forget everything recorded after ``mark`` (work the analysis budget cut short)."""
+        lists, sets = mark
+        for name, n in zip(self._EVENT_LISTS, lists):
+            del getattr(self, name)[n:]
+        for name, kept in zip(self._EVENT_SETS, sets):
+            current = getattr(self, name)
+            current.intersection_update(kept)
+        self._cache.clear()
 
     # -- loop structure --------------------------------------------------------------------------
     def _per_frame(self, events: list) -> dict[int, list]:

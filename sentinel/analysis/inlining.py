@@ -169,7 +169,10 @@ class InliningMixin:
             fwd, ctx, st, args=[], kwargs={}, self_value=self_value, unknown_callers=True, default_kind=TENSOR
         )
         saved_frames, saved_fresh, saved_stmt = self.frame_stack, self.fresh_stack, self.stmt
+        saved_globals = self._global_state
         self.frame_stack, self.fresh_stack = [], []
+        if fwd.globals is not None:
+            self._global_state = fwd.globals
         self.active.append(fwd)
         losses_before = len(self.facts.loss_calls)
         try:
@@ -177,6 +180,7 @@ class InliningMixin:
         finally:
             self.active.pop()
             self.frame_stack, self.fresh_stack, self.stmt = saved_frames, saved_fresh, saved_stmt
+            self._global_state = saved_globals
         # a forward that computes a loss is worth re-running on each call's real arguments
         cls.calls_loss = len(self.facts.loss_calls) > losses_before
         result = None
@@ -243,13 +247,15 @@ class InliningMixin:
         if info.cls is not None and info.kind == "staticmethod":
             self_value = None
         self._bind_params(info, callee, callee_state, args, kwargs, self_value=self_value, unknown_callers=False)
-        saved_stmt = self.stmt
+        saved_stmt, saved_globals = self.stmt, self._global_state
+        if info.globals is not None:
+            self._global_state = info.globals  # a function from another module sees that module's names
         self.active.append(info)
         try:
             self.exec_body(info.node.body, callee_state, callee)
         finally:
             self.active.pop()
-            self.stmt = saved_stmt
+            self.stmt, self._global_state = saved_stmt, saved_globals
         if callee_state.grad != state.grad and info.grad is None:
             # set_grad_enabled(...) as a statement inside the callee leaks out, like the real thing
             state.grad = callee_state.grad

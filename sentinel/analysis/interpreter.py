@@ -16,6 +16,7 @@ the caller is claimed about them.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import libcst as cst
@@ -25,9 +26,11 @@ from sentinel.analysis.expressions import ExpressionsMixin
 from sentinel.analysis.facts import (
     Facts,
 )
+from sentinel.analysis.imports import ImportsMixin
 from sentinel.analysis.inlining import InliningMixin
 from sentinel.analysis.methods import MethodsMixin
 from sentinel.analysis.objects import TRAIN, ClassInfo, Ctx, FuncInfo, Ident, Instance, State, _Budget
+from sentinel.analysis.project import Project
 from sentinel.analysis.statements import StatementsMixin
 from sentinel.analysis.syntax import _CALLED
 from sentinel.analysis.values import (
@@ -38,11 +41,24 @@ from sentinel.analysis.values import (
     V,
 )
 
+#: analysis steps per file: a fixed allowance plus so many per source line (see ``_bounded``)
+BUDGET_BASE = 4000
+BUDGET_PER_LINE = 60
 
-class Interpreter(StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, InliningMixin):
+
+class Interpreter(ImportsMixin, StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, InliningMixin):
     """Run the abstract interpretation of one module and return its :class:`Facts`."""
 
-    def __init__(self, module: cst.Module, source: str = "", *, budget: int = 0) -> None:
+    def __init__(
+        self,
+        module: cst.Module,
+        source: str = "",
+        *,
+        budget: int = 0,
+        path: Path | None = None,
+        project: Project | None = None,
+    ) -> None:
+        self._init_imports(project, path)
         self.module = module
         self.source = source
         self.facts = Facts()
@@ -64,8 +80,10 @@ class Interpreter(StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, I
         self.classes: list[ClassInfo] = []
         self.module_state: State | None = None
         n_lines = max(1, source.count("\n"))
-        self.budget = 4000 + 60 * n_lines if budget == 0 else budget
+        self.budget = BUDGET_BASE + BUDGET_PER_LINE * n_lines if budget == 0 else budget
+        self.exhausted = False  # the budget ran out: what was cut short was dropped, not guessed
         self._global_state: State | None = None
+        self.entry_state: State | None = None
         self.steps = 0
         self.ctx_ids = itertools.count(1)
 
@@ -75,26 +93,45 @@ class Interpreter(StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, I
     def run(self) -> Facts:
         state = State(TRAIN, self.facts.parent_of)
         state.env["__name__"] = V(CONST, const="__main__")
-        self._global_state = state
-        ctx = Ctx(id=0, name="<module>", func=None, parent=None, depth=0)
+        self._global_state = self.entry_state = state
+        ctx = Ctx(id=0, name="<module>", func=None, parent=None, depth=0, module_level=True)
         self.module_ctx = ctx
-        try:
-            self.exec_block(self.module.body, state, ctx)
-        except _Budget:
-            pass
+        for stmt in self.module.body:
+            if state.returned:
+                break
+            if not self._bounded(lambda s=stmt: self.exec_block([s], state, ctx)):
+                break
         self.module_state = state
         # functions and methods no call reached: analyse them on their own
         called = self._called_names()
         pending = [f for f in self.functions if id(f.node) not in self.executed]
         pending.sort(key=lambda f: (f.name in called, 0))
         for info in pending:
+            if self.exhausted:
+                break
             if id(info.node) in self.executed:
                 continue
-            try:
-                self.run_entry(info, state)
-            except _Budget:
-                break
+            self._bounded(lambda i=info: self.run_entry(i, state))
         return self.facts
+
+    def _bounded(self, work) -> bool:
+        """Run ``work``; if the budget runs out inside it, drop every fact it recorded and say so.
+
+        A half-analysed statement could make a rule believe something is *missing* (a reset, an
+        ``eval()``) that the rest of it would have shown: cut-short work is unknown, never evidence.
+        """
+        mark = self.facts.checkpoint()
+        saved_globals = self._global_state
+        try:
+            work()
+            return True
+        except _Budget:
+            self.exhausted = True
+            self.facts.rollback(mark)
+            self._global_state = saved_globals
+            self.frame_stack, self.cond_stack, self.pass_stack, self.fresh_stack = [], [], [], []
+            self.active.clear()
+            return False
 
     def _called_names(self) -> set[str]:
         return set(_CALLED.findall(self.source))
@@ -111,7 +148,7 @@ class Interpreter(StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, I
             entry=True,
             closure=info.closure,
         )
-        self._global_state = module_state
+        self._global_state = info.globals if info.globals is not None else module_state
         self_value = None
         if info.cls is not None and info.kind not in ("staticmethod",):
             self_value = self._static_self(info.cls)
@@ -151,11 +188,15 @@ class Interpreter(StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, I
                     model_method=cls.is_module,
                 )
                 self._bind_params(init, ctx, st, args=[], kwargs={}, self_value=value, unknown_callers=True)
+                saved_globals = self._global_state
+                if init.globals is not None:
+                    self._global_state = init.globals
                 self.active.append(init)
                 try:
                     self.exec_body(init.node.body, st, ctx)
                 finally:
                     self.active.pop()
+                    self._global_state = saved_globals
         return cls._static_instance
 
     # =============================================================================================
@@ -194,6 +235,8 @@ class Interpreter(StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, I
 
 
 
-def analyze(module: cst.Module, source: str = "") -> Facts:
-    """Run the shared analysis on a parsed module."""
-    return Interpreter(module, source).run()
+def analyze(
+    module: cst.Module, source: str = "", *, path: Path | None = None, project: Project | None = None
+) -> Facts:
+    """Run the shared analysis on a parsed module (with the project it belongs to, when given)."""
+    return Interpreter(module, source, path=path, project=project).run()

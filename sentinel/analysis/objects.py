@@ -47,6 +47,7 @@ class FuncInfo:
     closure: dict | None = None
     grad: str | None = None  # "off" when decorated with @torch.no_grad()
     kind: str = "function"  # function | staticmethod | classmethod | property
+    globals: Any = None  # the State of the module defining it: its body looks names up there
 
     @property
     def name(self) -> str:
@@ -135,6 +136,7 @@ class Ctx:
     closure: dict | None = None
     call_node: Any = None  # the call (and its statement) in the caller that started this activation
     call_stmt: Any = None
+    module_level: bool = False  # a module body: functions defined here take no closure
 
     @property
     def stack(self) -> tuple[int, ...]:
@@ -154,7 +156,7 @@ class Ctx:
 
 
 class State:
-    __slots__ = ("env", "modes", "grad", "returned", "jumped", "default_mode", "parents")
+    __slots__ = ("env", "modes", "grad", "returned", "jumped", "default_mode", "parents", "loader", "stars", "unit")
 
     def __init__(self, default_mode: frozenset | None = None, parents: dict | None = None) -> None:
         self.env: dict[str, V] = {}
@@ -167,6 +169,11 @@ class State:
         self.default_mode = default_mode
         # submodule -> the model it is an attribute of: `model.eval()` switches `model.backbone` too
         self.parents: dict = parents if parents is not None else {}
+        # module globals only: binds a missing name lazily (an imported project module), the modules
+        # `from X import *` brought in, and the project module (imports.Unit) these globals belong to
+        self.loader: Any = None
+        self.stars: list = []
+        self.unit: Any = None
 
     def mode_of(self, ident: Any) -> frozenset | None:
         if isinstance(ident, Alt):

@@ -103,21 +103,9 @@ class StatementsMixin:
         elif isinstance(node, (cst.Break, cst.Continue)):
             state.jumped = True
         elif isinstance(node, cst.Import):
-            for alias in node.names:
-                full = _dotted(alias.name) or ""
-                if alias.asname is not None:
-                    state.env[alias.asname.name.value] = V(QUAL, const=api.normalize(full))
-                else:
-                    top = full.split(".")[0]
-                    state.env[top] = V(QUAL, const=top)
+            self.exec_import(node, state)
         elif isinstance(node, cst.ImportFrom):
-            if node.module is None or isinstance(node.names, cst.ImportStar):
-                return
-            mod = _dotted(node.module) or ""
-            for alias in node.names:
-                name = alias.name.value if isinstance(alias.name, cst.Name) else _dotted(alias.name) or ""
-                bound = alias.asname.name.value if alias.asname is not None else name
-                state.env[bound] = V(QUAL, const=api.normalize(f"{mod}.{name}"))
+            self.exec_import_from(node, state)
         elif isinstance(node, cst.Del):
             pass
         elif isinstance(node, (cst.Raise, cst.Assert)):
@@ -380,9 +368,11 @@ class StatementsMixin:
             g = self._grad_of_ctx(v)
             if g == "off":
                 info.grad = "off"
-        if ctx.func is not None or cls is None and ctx is not self.module_ctx:
+        if ctx.func is not None or cls is None and not ctx.module_level:
             info.closure = state.env
-        self.functions.append(info)
+        info.globals = self._global_state
+        if self._global_state is self.entry_state:  # the linted file's own functions, not imported ones
+            self.functions.append(info)
         if cls is None:
             state.env[node.name.value] = V(FUNC, ref=info, origin=node)
         return info
@@ -390,7 +380,8 @@ class StatementsMixin:
     def define_class(self, node: cst.ClassDef, state: State, ctx: Ctx) -> None:
         bases = [self.eval(arg.value, state, ctx) for arg in node.bases]
         info = ClassInfo(node=node, bases=bases)
-        self.classes.append(info)
+        if self._global_state is self.entry_state:
+            self.classes.append(info)
         body = node.body.body if isinstance(node.body, cst.IndentedBlock) else []
         for stmt in body:
             if isinstance(stmt, cst.FunctionDef):

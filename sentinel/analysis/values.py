@@ -36,6 +36,7 @@ TUPLE = "tuple"
 QUAL = "qual"  # a (possibly dotted) imported name, const = qualified name
 CONST = "const"
 LOADER = "loader"
+MODULE = "module"  # a project module the analysis can read (ref: imports.Unit)
 
 
 _EMPTY: frozenset = frozenset()

@@ -1,0 +1,250 @@
+"""Imports: the analysed file together with the project modules it imports.
+
+``import models as M``, ``from models.resnet import ResNet``, ``from .layers import Block``, names
+re-exported by a package's ``__init__`` and ``from utils import *`` bind to what the project file
+defines, exactly as if it were defined in the importing file: a class is a :class:`ClassInfo` whose
+``forward`` is inlined at every call, a function a :class:`FuncInfo` inlined at every call site.
+
+Imported modules are not interpreted as a whole. A :class:`Unit` stands for one project module; its
+top-level names are bound lazily: the first lookup of a name parses, with LibCST, only the top-level
+statement(s) that bind it (located by the module's :class:`~sentinel.analysis.project.ModuleIndex`)
+and executes them in that module's own global scope (``__name__`` is the module's name, so a
+``__main__`` block never runs). Line numbers are kept (the snippet is parsed after as many blank
+lines as precede it), so findings inside an imported file are located in that file.
+
+Anything that does not resolve to a project file keeps its qualified name (``torch.nn.Linear``),
+as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libcst as cst
+
+from sentinel.analysis import torchapi as api
+from sentinel.analysis.objects import Ctx, State
+from sentinel.analysis.project import ModuleIndex, Project
+from sentinel.analysis.syntax import _dotted
+from sentinel.analysis.values import CONST, MODULE, QUAL, V
+
+#: project modules one analysis may load (bounded, like everything else in the interpreter)
+MAX_UNITS = 64
+
+
+@dataclass(eq=False)
+class Unit:
+    """One imported project module as the interpreter sees it."""
+
+    path: Path
+    name: str
+    index: ModuleIndex
+    source: str
+    state: State
+    ctx: Ctx
+    done: set[tuple[int, int]] = field(default_factory=set)  # statement spans already executed
+    loading: set[str] = field(default_factory=set)  # names being bound now (import cycles)
+    snippets: list[tuple[cst.Module, str]] = field(default_factory=list)  # (module, padded source)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.source.splitlines(keepends=True)
+
+
+class ImportsMixin:
+    """Binds imports to project modules; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
+
+    project: Project | None
+    path: Path | None
+
+    def _init_imports(self, project: Project | None, path: Path | None) -> None:
+        self.project = project
+        self.path = path.resolve() if path is not None else None
+        self.units: dict[Path, Unit] = {}
+        self._unit_stack: list[Unit] = []
+
+    # -- statements ------------------------------------------------------------------------------
+    def exec_import(self, node: cst.Import, state: State) -> None:
+        for alias in node.names:
+            full = _dotted(alias.name) or ""
+            if alias.asname is not None:
+                bound = alias.asname.name.value
+                unit = self._unit_for(full, 0)
+                state.env[bound] = self._module_value(unit) if unit else V(QUAL, const=api.normalize(full))
+            else:
+                top = full.split(".")[0]
+                unit = self._unit_for(top, 0)
+                state.env[top] = self._module_value(unit) if unit else V(QUAL, const=top)
+
+    def exec_import_from(self, node: cst.ImportFrom, state: State) -> None:
+        level = len(node.relative)
+        mod = _dotted(node.module) if node.module is not None else ""
+        mod = mod or ""
+        if isinstance(node.names, cst.ImportStar):
+            unit = self._unit_for(mod, level)
+            if unit is not None:
+                stars = getattr(state, "stars", None)
+                if stars is not None:
+                    stars.append(unit)
+            return
+        unit = self._unit_for(mod, level) if (mod or level) else None
+        for alias in node.names:
+            name = alias.name.value if isinstance(alias.name, cst.Name) else _dotted(alias.name) or ""
+            bound = alias.asname.name.value if alias.asname is not None else name
+            value = self._from_unit(unit, mod, level, name) if (unit is not None or level) else None
+            if value is None:
+                if level:
+                    value = V(QUAL, const=name)  # a relative import we cannot see: nothing is known
+                else:
+                    value = V(QUAL, const=api.normalize(f"{mod}.{name}"))
+            state.env[bound] = value
+
+    # -- units -----------------------------------------------------------------------------------
+    def _current_file(self) -> Path | None:
+        return self._unit_stack[-1].path if self._unit_stack else self.path
+
+    def _unit_for(self, module: str, level: int) -> Unit | None:
+        if self.project is None or self.path is None:
+            return None
+        importer = self._current_file()
+        if importer is None:
+            return None
+        if not level and api.normalize(module).startswith(("torch", "numpy", "builtins")):
+            return None
+        target = self.project.resolve(importer, module, level, self.path)
+        return self._unit(target) if target is not None else None
+
+    def _unit(self, target: Path) -> Unit | None:
+        target = target.resolve()
+        unit = self.units.get(target)
+        if unit is not None:
+            return unit
+        if len(self.units) >= MAX_UNITS or target == self.path:
+            return None
+        text = self.project.text(target) if self.project else None
+        index = self.project.index(target) if self.project else None
+        if text is None or index is None or not index.ok:
+            return None
+        try:
+            rel = target.relative_to(self.project.root)
+            parts = list(rel.with_suffix("").parts)
+        except ValueError:  # pragma: no cover - resolve() keeps files inside the root
+            parts = [target.stem]
+        if parts and parts[-1] == "__init__":
+            parts.pop()
+        if parts and parts[0] == "src":
+            parts.pop(0)
+        name = ".".join(parts) or target.parent.name
+        state = State(None, self.facts.parent_of)
+        state.grad = None
+        state.env["__name__"] = V(CONST, const=name)
+        ctx = Ctx(id=next(self.ctx_ids), name=f"<module {name}>", func=None, parent=None, depth=1, entry=True)
+        ctx.module_level = True
+        unit = Unit(target, name, index, text, state, ctx)
+        state.loader = lambda key, u=unit: self._load_name(u, key)
+        self.units[target] = unit
+        return unit
+
+    @staticmethod
+    def _module_value(unit: Unit) -> V:
+        return V(MODULE, ref=unit, label=unit.name)
+
+    def _from_unit(self, unit: Unit | None, mod: str, level: int, name: str) -> V | None:
+        """``from mod import name``: a name the module binds, else a submodule ``mod.name``."""
+        if unit is not None:
+            value = self.unit_attr(unit, name)
+            if value is not None:
+                return value
+        sub = self._unit_for(f"{mod}.{name}" if mod else name, level)
+        return self._module_value(sub) if sub is not None else None
+
+    def unit_attr(self, unit: Unit, name: str) -> V | None:
+        """``unit.name``: a top-level binding of the module, else its submodule."""
+        value = unit.state.env.get(name)
+        if value is None:
+            self._load_name(unit, name)
+            value = unit.state.env.get(name)
+        if value is None and unit.path.name == "__init__.py" and self.project is not None:
+            sub = self.project._find(unit.path.parent, [name])
+            if sub is not None:
+                subunit = self._unit(sub)
+                if subunit is not None:
+                    value = self._module_value(subunit)
+        return value
+
+    def _load_name(self, unit: Unit, name: str) -> None:
+        """Bind ``name`` in ``unit`` by executing the top-level statements that bind it."""
+        spans = unit.index.bindings.get(name)
+        if not spans:
+            for mod, level in unit.index.star:
+                if name in unit.loading:
+                    return
+                star = self._unit_for_in(unit, mod, level)
+                if star is not None and star is not unit:
+                    unit.loading.add(name)
+                    try:
+                        value = self.unit_attr(star, name)
+                    finally:
+                        unit.loading.discard(name)
+                    if value is not None:
+                        unit.state.env[name] = value
+                        return
+            return
+        if name in unit.loading:
+            return
+        unit.loading.add(name)
+        try:
+            for span in spans:
+                if span not in unit.done:
+                    unit.done.add(span)
+                    self._exec_span(unit, span)
+        finally:
+            unit.loading.discard(name)
+
+    def _unit_for_in(self, unit: Unit, module: str, level: int) -> Unit | None:
+        self._unit_stack.append(unit)
+        try:
+            return self._unit_for(module, level)
+        finally:
+            self._unit_stack.pop()
+
+    def _exec_span(self, unit: Unit, span: tuple[int, int]) -> None:
+        first, last = span
+        lines = unit.lines
+        text = "\n" * (first - 1) + "".join(lines[first - 1 : last])
+        if not text.endswith("\n"):
+            text += "\n"
+        try:
+            module = cst.parse_module(text)
+        except (cst.ParserSyntaxError, RecursionError):
+            return
+        unit.snippets.append((module, text))
+        saved = (self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state)
+        self.frame_stack, self.cond_stack, self.pass_stack = [], [], []
+        self._global_state = unit.state
+        self._unit_stack.append(unit)
+        try:
+            self.exec_block(module.body, unit.state, unit.ctx)
+        finally:
+            self._unit_stack.pop()
+            self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state = saved
+            unit.state.returned = unit.state.jumped = False
+
+    # -- where nodes come from ---------------------------------------------------------------------
+    def imported_sources(self) -> list[tuple[Path, str, list[tuple[cst.Module, str]]]]:
+        """Every project file this analysis read, with the snippets parsed from it."""
+        return [(u.path, u.source, u.snippets) for u in self.units.values()]
+
+    def read_paths(self) -> list[Path]:
+        return [u.path for u in self.units.values()]
+
+
+def lookup_star(interp: Any, state: State, name: str) -> V | None:
+    """A name no binding provides, looked up in the modules ``from X import *`` brought in."""
+    for unit in getattr(state, "stars", ()) or ():
+        value = interp.unit_attr(unit, name)
+        if value is not None:
+            return value
+    return None

@@ -1,0 +1,297 @@
+"""The project a file belongs to: its root, how its imports resolve to files, and module indexes.
+
+A file is analysed together with the project files it imports, never the whole tree. This module
+owns the file-system side of that:
+
+- :func:`find_root`: the nearest directory up holding ``pyproject.toml``, ``setup.cfg``, ``setup.py``
+  or ``.git`` (the file's own directory when there is none).
+- :class:`Project`: resolves an import (absolute from the importing script's directory, the root or a
+  ``src/`` layout; relative imports; packages with ``__init__.py``) to a file inside the root.
+- :class:`ModuleIndex`: what a module binds at top level and on which lines, built with CPython's
+  ``ast`` (about ten times cheaper than LibCST) and cached by content, so the interpreter parses with
+  LibCST only the definitions an importer actually uses (:mod:`sentinel.analysis.imports`).
+- :meth:`Project.closure`: the project files a source imports, transitively, found by a text scan;
+  the engine reads their text to decide which rules can trigger before parsing anything.
+
+Nothing here imports LibCST.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
+#: transitive imports followed for trigger text and cache keys; deeper chains are rare in training code
+MAX_CLOSURE = 64
+MAX_MODULE_BYTES = 2_000_000
+
+
+def find_root(path: Path) -> Path:
+    """The project root of ``path``: the nearest directory up with a root marker, else its directory."""
+    start = path.resolve().parent if not path.is_dir() else path.resolve()
+    cur = start
+    while True:
+        if any((cur / m).exists() for m in ROOT_MARKERS):
+            return cur
+        if cur.parent == cur:
+            return start
+        cur = cur.parent
+
+
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+@dataclass
+class ModuleIndex:
+    """Top-level bindings of one module: ``name -> [(first line, last line), ...]`` of the statements
+    that bind it (decorators included), in source order; ``star`` lists ``from X import *`` sources
+    as ``(module, level)``. Statements under ``if __name__ == "__main__":`` bind nothing here."""
+
+    bindings: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    star: list[tuple[str, int]] = field(default_factory=list)
+    ok: bool = True  # False: the module does not parse; it contributes nothing
+
+    def to_json(self) -> dict:
+        return {"b": self.bindings, "s": self.star, "ok": self.ok}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModuleIndex:
+        return cls(
+            {k: [tuple(r) for r in v] for k, v in data["b"].items()},
+            [tuple(s) for s in data["s"]],
+            data["ok"],
+        )
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    if not isinstance(node, ast.If):
+        return False
+    t = node.test
+    return (
+        isinstance(t, ast.Compare)
+        and isinstance(t.left, ast.Name)
+        and t.left.id == "__name__"
+        and len(t.comparators) == 1
+        and isinstance(t.comparators[0], ast.Constant)
+        and t.comparators[0].value == "__main__"
+    )
+
+
+def _bound_names(node: ast.AST) -> set[str]:
+    out: set[str] = set()
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        out.add(node.name)
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+        for a in node.names:
+            if a.name != "*":
+                out.add(a.asname or a.name.split(".")[0])
+    elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for t in targets:
+            for n in ast.walk(t):
+                if isinstance(n, ast.Name):
+                    out.add(n.id)
+    elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)) or type(node).__name__ == "TryStar":
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                out |= _bound_names(child)
+            elif isinstance(child, ast.ExceptHandler):
+                for s in child.body:
+                    out |= _bound_names(s)
+    return out
+
+
+def build_index(source: str) -> ModuleIndex:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ModuleIndex(ok=False)
+    index = ModuleIndex()
+    for node in tree.body:
+        if _is_main_guard(node) or isinstance(node, (ast.For, ast.While, ast.With, ast.AsyncFor, ast.AsyncWith)):
+            continue  # run only as a script; loops and blocks at import time define nothing we follow
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            index.star.append((node.module or "", node.level))
+            continue
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))])
+        span = (first, node.end_lineno or node.lineno)
+        for name in _bound_names(node):
+            index.bindings.setdefault(name, []).append(span)
+    return index
+
+
+_IMPORT_LINE = re.compile(r"^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(.+)|import[ \t]+(.+))", re.M)
+
+
+def scan_imports(source: str) -> list[tuple[str, int, list[str]]]:
+    """Imports found by a text scan: ``(module, level, names)``; over-approximates, never parses."""
+    out = []
+    for m in _IMPORT_LINE.finditer(source):
+        if m.group(4) is not None:
+            for part in m.group(4).split(","):
+                name = part.strip().split(" ")[0].strip("()\\ ")
+                if name and re.fullmatch(r"[\w.]+", name):
+                    out.append((name, 0, []))
+        else:
+            names = [p.strip().split(" ")[0].strip("()\\ ") for p in m.group(3).split(",")]
+            out.append((m.group(2), len(m.group(1)), [n for n in names if re.fullmatch(r"\w+", n or "")]))
+    return out
+
+
+class Project:
+    """One project root and everything read from it during a run (texts and indexes, by path)."""
+
+    def __init__(self, root: Path, index_cache: object | None = None) -> None:
+        self.root = root.resolve()
+        self._texts: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}
+        self._indexes: dict[Path, ModuleIndex] = {}
+        self._resolved: dict[tuple, Path | None] = {}
+        self._cache = index_cache  # an object with get_index(digest) / put_index(digest, index)
+
+    # -- files -------------------------------------------------------------------------------------
+    def contains(self, path: Path) -> bool:
+        try:
+            path.resolve().relative_to(self.root)
+        except ValueError:
+            return False
+        return True
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def text(self, path: Path) -> str | None:
+        """The decoded text of a project file, or None when it cannot be read as Python source.
+
+        Re-read when the file changed since (a long-lived process: the pytest plugin, an editor)."""
+        path = path.resolve()
+        stamp = self._stamp(path)
+        cached = self._texts.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        from sentinel.diagnostics import SourceError
+        from sentinel.sourcefile import decode
+
+        try:
+            data = path.read_bytes()
+            text = decode(data) if len(data) <= MAX_MODULE_BYTES else None
+        except (OSError, SourceError):
+            text = None
+        self._texts[path] = (stamp, text)
+        self._indexes.pop(path, None)
+        return text
+
+    def set_text(self, path: Path, text: str) -> None:
+        """Use ``text`` for ``path`` while the file is unchanged (the source being linted: from stdin,
+        a notebook's code cells)."""
+        path = path.resolve()
+        cached = self._texts.get(path)
+        if cached is None or cached[1] != text:
+            self._indexes.pop(path, None)
+        self._texts[path] = (self._stamp(path), text)
+
+    def index(self, path: Path) -> ModuleIndex:
+        path = path.resolve()
+        text = self.text(path)  # re-reads (and drops the index) when the file changed
+        idx = self._indexes.get(path)
+        if idx is None:
+            if text is None:
+                idx = ModuleIndex(ok=False)
+            else:
+                key = digest(text)
+                idx = self._cache.get_index(key) if self._cache is not None else None
+                if idx is None:
+                    idx = build_index(text)
+                    if self._cache is not None:
+                        self._cache.put_index(key, idx)
+            self._indexes[path] = idx
+        return idx
+
+    # -- imports -----------------------------------------------------------------------------------
+    def _bases(self, importer: Path, entry: Path | None) -> list[Path]:
+        out = []
+        for b in (importer.parent, entry.parent if entry else None, self.root, self.root / "src"):
+            if b is not None and b not in out:
+                out.append(b)
+        return out
+
+    def resolve(self, importer: Path, module: str, level: int = 0, entry: Path | None = None) -> Path | None:
+        """The file that ``import module`` (or ``from .module import``, ``level`` dots) in ``importer``
+        loads, when it is a file of this project; a package resolves to its ``__init__.py``."""
+        importer = importer.resolve()
+        key = (importer.parent, entry.parent if entry and not level else None, module, level)
+        if key in self._resolved:
+            return self._resolved[key]
+        parts = [p for p in module.split(".") if p]
+        found: Path | None = None
+        if level:
+            base = importer.parent
+            for _ in range(level - 1):
+                base = base.parent
+            found = self._find(base, parts) if parts else self._package(base)
+        else:
+            for base in self._bases(importer, entry):
+                found = self._find(base, parts)
+                if found is not None:
+                    break
+        if found is not None and (not self.contains(found) or found == importer):
+            found = None
+        self._resolved[key] = found
+        return found
+
+    @staticmethod
+    def _package(d: Path) -> Path | None:
+        init = d / "__init__.py"
+        return init if init.is_file() else None
+
+    def _find(self, base: Path, parts: list[str]) -> Path | None:
+        if not parts:
+            return None
+        d = base.joinpath(*parts)
+        f = d.with_suffix(".py")
+        if f.is_file():
+            return f
+        init = d / "__init__.py"
+        if init.is_file():
+            return init
+        return None
+
+    def closure(self, path: Path, source: str, entry: Path | None = None) -> list[Path]:
+        """Project files that ``source`` (at ``path``) imports, transitively (text scan, bounded)."""
+        seen: list[Path] = []
+        todo = [(path.resolve(), source)]
+        visited = {path.resolve()}
+        while todo and len(seen) < MAX_CLOSURE:
+            cur, text = todo.pop()
+            for module, level, names in scan_imports(text):
+                targets = []
+                target = self.resolve(cur, module, level, entry)
+                if target is not None:
+                    targets.append(target)
+                    if target.name == "__init__.py":  # `from pkg import sub`: sub may be a module
+                        targets += [t for n in names if (t := self._find(target.parent, [n])) is not None]
+                elif level and not module:
+                    base = cur.parent
+                    for _ in range(level - 1):
+                        base = base.parent
+                    targets += [t for n in names if (t := self._find(base, [n])) is not None]
+                for t in targets:
+                    t = t.resolve()
+                    if t in visited or not self.contains(t):
+                        continue
+                    visited.add(t)
+                    t_text = self.text(t)
+                    if t_text is None:
+                        continue
+                    seen.append(t)
+                    todo.append((t, t_text))
+        return seen
