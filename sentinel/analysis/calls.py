@@ -24,6 +24,7 @@ from sentinel.analysis.values import (
     LOADER,
     LOSS,
     MODEL,
+    MODULE,
     NOCONST,
     OPTIMIZER,
     PARAMS,
@@ -85,6 +86,10 @@ class CallsMixin:
                 if attr_value is not None:
                     args, kwargs, _ = self._args(node, state, ctx)
                     return self.call_value(attr_value, node, args, kwargs, state, ctx)
+            if recv.kind == MODULE:  # `M.Net(...)`, `utils.evaluate(...)`: what the project module binds
+                fv = self.unit_attr(recv.ref, func.attr.value) or TOP
+                args, kwargs, _ = self._args(node, state, ctx)
+                return self.call_value(fv, node, args, kwargs, state, ctx)
             if recv.kind == QUAL and isinstance(recv.const, str):
                 fv = V(QUAL, const=api.normalize(f"{recv.const}.{func.attr.value}"))
                 args, kwargs, star = self._args(node, state, ctx)

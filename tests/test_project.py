@@ -1,0 +1,339 @@
+"""Project analysis: a file is linted with the project modules it imports, as if they were one file.
+
+Each test writes a small project (its own ``pyproject.toml`` marks the root) and checks the exact
+findings: code, file and line. The bugs sit in one file and the evidence in another.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sentinel.analysis.project import Project, build_index, find_root, scan_imports
+from sentinel.engine import check_source
+
+MODEL_SOFTMAX = """
+    import torch.nn as nn
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3))
+            self.out = nn.Softmax(dim=1)
+
+        def forward(self, x):
+            return self.out(self.body(x))
+    """
+
+TRAIN_TEMPLATE = textwrap.dedent(
+    """
+    import torch
+    import torch.nn as nn
+    {imports}
+
+    model = {ctor}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = nn.CrossEntropyLoss()
+    loader = [(torch.randn(4, 4), torch.randint(0, 3, (4,))) for _ in range(3)]
+    for epoch in range(2):
+        model.train()
+        for x, y in loader:
+            opt.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            opt.step()
+    """
+)
+
+
+def make_project(root: Path, files: dict[str, str], marker: str = "pyproject.toml") -> Path:
+    (root / marker).write_text("[project]\nname = 'demo'\n" if marker == "pyproject.toml" else "")
+    for rel, text in files.items():
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(textwrap.dedent(text).lstrip("\n"))
+    return root
+
+
+def lint(root: Path, rel: str) -> set[tuple[str, str, int]]:
+    path = root / rel
+    diags = check_source(path.read_text(), str(path))
+    return {(d.code, Path(d.path).resolve().relative_to(root.resolve()).as_posix(), d.line) for d in diags}
+
+
+def train(imports: str, ctor: str) -> str:
+    return TRAIN_TEMPLATE.format(imports=imports, ctor=ctor)
+
+
+def line_of(root: Path, rel: str, needle: str) -> int:
+    lines = (root / rel).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if needle in text)
+
+
+@pytest.mark.parametrize(
+    ("files", "imports", "ctor"),
+    [
+        ({"models.py": MODEL_SOFTMAX}, "from models import Net", "Net()"),
+        ({"models.py": MODEL_SOFTMAX}, "import models as M", "M.Net()"),
+        ({"models.py": MODEL_SOFTMAX}, "import models", "models.Net()"),
+        ({"models/__init__.py": "", "models/net.py": MODEL_SOFTMAX}, "from models.net import Net", "Net()"),
+        ({"models/__init__.py": "", "models/net.py": MODEL_SOFTMAX}, "from models import net", "net.Net()"),
+        (
+            {"models/__init__.py": "from .net import Net\n", "models/net.py": MODEL_SOFTMAX},
+            "from models import Net",
+            "Net()",
+        ),
+        (
+            {"models/__init__.py": "from models.net import *\n", "models/net.py": MODEL_SOFTMAX},
+            "from models import Net",
+            "Net()",
+        ),
+        ({"models.py": MODEL_SOFTMAX}, "from models import Net as Classifier", "Classifier()"),
+        ({"models.py": MODEL_SOFTMAX}, "from models import *", "Net()"),
+    ],
+    ids=["from", "import-as", "import", "submodule", "from-package-import-module", "reexport", "star-reexport",
+         "alias", "star"],
+)
+def test_a_model_class_from_another_file_is_known_where_it_is_used(tmp_path, files, imports, ctor):
+    root = make_project(tmp_path, {**files, "train.py": train(imports, ctor)})
+    assert lint(root, "train.py") == {("SEN001", "train.py", line_of(root, "train.py", "loss = criterion"))}
+
+
+def test_src_layout_and_relative_imports_inside_the_package(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "src/demo/__init__.py": "",
+            "src/demo/layers/__init__.py": "",
+            "src/demo/layers/head.py": """
+                import torch.nn as nn
+
+
+                def make_head(n_in, n_out):
+                    return nn.Sequential(nn.Linear(n_in, n_out), nn.Softmax(dim=-1))
+                """,
+            "src/demo/model.py": """
+                import torch.nn as nn
+
+                from .layers.head import make_head
+
+
+                class Net(nn.Module):
+                    def __init__(self):
+                        super().__init__()
+                        self.trunk = nn.Linear(4, 8)
+                        self.head = make_head(8, 3)
+
+                    def forward(self, x):
+                        return self.head(self.trunk(x))
+                """,
+            "scripts/train.py": train("from demo.model import Net", "Net()"),
+        },
+    )
+    loss_line = line_of(root, "scripts/train.py", "loss = criterion")
+    assert lint(root, "scripts/train.py") == {("SEN001", "scripts/train.py", loss_line)}
+
+
+def test_a_base_class_in_another_file_gives_the_subclass_its_dropout(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "base.py": """
+                import torch.nn as nn
+
+
+                class Base(nn.Module):
+                    def __init__(self, width):
+                        super().__init__()
+                        self.drop = nn.Dropout(0.5)
+                        self.layers = nn.ModuleList([nn.Linear(width, width) for _ in range(2)])
+                """,
+            "model.py": """
+                from base import Base
+
+
+                class Net(Base):
+                    def forward(self, x):
+                        for layer in self.layers:
+                            x = self.drop(layer(x))
+                        return x
+                """,
+            "evaluate.py": """
+                import torch
+
+                from model import Net
+
+                model = Net(4)
+                model.load_state_dict(torch.load("ckpt.pt"))
+                val_loader = [torch.randn(2, 4) for _ in range(3)]
+                with torch.no_grad():
+                    for x in val_loader:
+                        print(model(x).sum())
+                """,
+        },
+    )
+    # the subclass's dropout (from the base class in base.py) makes the missing eval() a bug
+    assert lint(root, "evaluate.py") == {("SEN003", "evaluate.py", 10)}
+
+
+def test_findings_inside_an_imported_helper_are_located_in_that_file(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "models.py": MODEL_SOFTMAX.replace("return self.out(self.body(x))", "return self.body(x)"),
+            "engine.py": """
+                import torch
+
+
+                def evaluate(model, loader, criterion):
+                    total = 0.0
+                    for x, y in loader:
+                        out = model(x)
+                        total += criterion(out, y).item()
+                    return total
+                """,
+            "train.py": train("from models import Net\nfrom engine import evaluate", "Net()")
+            + "    print(evaluate(model, loader, criterion))\n",
+        },
+    )
+    assert lint(root, "train.py") == {("SEN003", "engine.py", 7), ("SEN004", "engine.py", 7)}
+
+
+def test_a_noqa_in_the_imported_file_silences_its_finding(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "models.py": MODEL_SOFTMAX.replace("return self.out(self.body(x))", "return self.body(x)"),
+            "engine.py": """
+                import torch
+
+
+                def evaluate(model, loader):
+                    model.eval()
+                    return [model(x) for x, _ in loader]  # noqa: SEN004
+                """,
+            "train.py": train("from models import Net\nfrom engine import evaluate", "Net()")
+            + "    print(evaluate(model, loader))\n",
+        },
+    )
+    assert lint(root, "train.py") == set()
+
+
+def test_the_trigger_text_of_imported_files_counts(tmp_path):
+    """train.py never says "softmax": the model file does, and that is enough to analyse train.py."""
+    root = make_project(tmp_path, {"models.py": MODEL_SOFTMAX, "train.py": train("from models import Net", "Net()")})
+    assert "softmax" not in (root / "train.py").read_text().lower()
+    assert lint(root, "train.py") == {("SEN001", "train.py", line_of(root, "train.py", "loss = criterion"))}
+
+
+def test_unknown_names_and_import_cycles_stay_quiet(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "a.py": "from b import helper\nfrom b import missing_name\n\nVALUE = 1\n",
+            "b.py": "from a import VALUE\n\n\ndef helper(m):\n    return m\n",
+            "train.py": train("from a import helper, missing_name\nfrom models_not_here import Net", "Net()"),
+        },
+    )
+    assert lint(root, "train.py") == set()
+
+
+def test_only_imported_files_are_read(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "models.py": MODEL_SOFTMAX,
+            "broken.py": "def oops(:\n",  # not imported: never read, never reported
+            "unrelated/big.py": "x = 1\n" * 10,
+            "train.py": train("from models import Net", "Net()"),
+        },
+    )
+    project = Project(root)
+    path = root / "train.py"
+    check_source(path.read_text(), str(path), project=project)
+    read = {p.relative_to(root.resolve()).as_posix() for p in project._texts}
+    assert read == {"train.py", "models.py"}
+
+
+def test_an_edited_dependency_is_read_again(tmp_path):
+    root = make_project(tmp_path, {"models.py": MODEL_SOFTMAX, "train.py": train("from models import Net", "Net()")})
+    assert lint(root, "train.py") == {("SEN001", "train.py", line_of(root, "train.py", "loss = criterion"))}
+    fixed = MODEL_SOFTMAX.replace("return self.out(self.body(x))", "return self.body(x)  # logits now")
+    (root / "models.py").write_text(textwrap.dedent(fixed).lstrip("\n"))
+    assert lint(root, "train.py") == set()
+
+
+def test_a_main_block_of_an_imported_module_does_not_run(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "models.py": textwrap.dedent(MODEL_SOFTMAX)
+            + "\n\nif __name__ == '__main__':\n    Net = None  # a script-only rebinding\n",
+            "train.py": train("from models import Net", "Net()"),
+        },
+    )
+    assert lint(root, "train.py") == {("SEN001", "train.py", line_of(root, "train.py", "loss = criterion"))}
+
+
+def test_find_root_uses_the_nearest_marker(tmp_path):
+    make_project(tmp_path, {"pkg/sub/x.py": "x = 1\n"})
+    (tmp_path / "pkg" / "setup.py").write_text("")
+    assert find_root(tmp_path / "pkg" / "sub" / "x.py") == (tmp_path / "pkg").resolve()
+    (tmp_path / "pkg" / "setup.py").unlink()
+    assert find_root(tmp_path / "pkg" / "sub" / "x.py") == tmp_path.resolve()
+
+
+def test_module_index_lists_top_level_bindings_with_their_lines():
+    source = textwrap.dedent(
+        """
+        import torch
+        from torch import nn as tnn
+
+        @decorate
+        def f():
+            pass
+
+        try:
+            import apex
+        except ImportError:
+            apex = None
+
+        if __name__ == "__main__":
+            main_only = 1
+        from helpers import *
+        """
+    ).lstrip("\n")
+    idx = build_index(source)
+    assert idx.bindings["torch"] == [(1, 1)]
+    assert idx.bindings["tnn"] == [(2, 2)]
+    assert idx.bindings["f"] == [(4, 6)]  # the decorator line is part of the definition
+    assert idx.bindings["apex"] == [(8, 11)]
+    assert "main_only" not in idx.bindings
+    assert idx.star == [("helpers", 0)]
+
+
+def test_scan_imports_reads_every_import_form():
+    text = "import a.b as c, d\nfrom . import e\nfrom ..f.g import (h,\n    i)\n    from j import k as kk\n"
+    assert scan_imports(text) == [
+        ("a.b", 0, []),
+        ("d", 0, []),
+        ("", 1, ["e"]),
+        ("f.g", 2, ["h"]),
+        ("j", 0, ["k"]),
+    ]
+
+
+def test_a_file_no_rule_can_trigger_is_answered_without_libcst(tmp_path):
+    root = make_project(tmp_path, {"util.py": "def add(a, b):\n    return a + b\n"})
+    code = (
+        "import sys\nfrom sentinel.lint import lint_file\n"
+        f"r = lint_file(__import__('pathlib').Path({str(root / 'util.py')!r}))\n"
+        "assert r.ok, r\nprint('libcst' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
