@@ -59,6 +59,9 @@ class ExpressionsMixin:
     def eval(self, node: cst.BaseExpression | None, state: State, ctx: Ctx, record: bool = True) -> V:
         if node is None:
             return TOP
+        self.steps += 1
+        if self.steps > self.budget:
+            self._tick()
         t = type(node)
         if t is cst.Name:
             return self.eval_name(node, state, ctx, record)

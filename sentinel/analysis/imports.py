@@ -25,7 +25,7 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
-from sentinel.analysis.objects import Ctx, State
+from sentinel.analysis.objects import BUDGET_PER_LINE, Ctx, State
 from sentinel.analysis.project import ModuleIndex, Project
 from sentinel.analysis.syntax import _dotted
 from sentinel.analysis.values import CONST, MODULE, QUAL, V
@@ -221,6 +221,7 @@ class ImportsMixin:
         except (cst.ParserSyntaxError, RecursionError):
             return
         unit.snippets.append((module, text))
+        self.budget += BUDGET_PER_LINE * (last - first + 1)
         saved = (self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state)
         self.frame_stack, self.cond_stack, self.pass_stack = [], [], []
         self._global_state = unit.state

@@ -29,7 +29,18 @@ from sentinel.analysis.facts import (
 from sentinel.analysis.imports import ImportsMixin
 from sentinel.analysis.inlining import InliningMixin
 from sentinel.analysis.methods import MethodsMixin
-from sentinel.analysis.objects import TRAIN, ClassInfo, Ctx, FuncInfo, Ident, Instance, State, _Budget
+from sentinel.analysis.objects import (
+    BUDGET_BASE,
+    BUDGET_PER_LINE,
+    TRAIN,
+    ClassInfo,
+    Ctx,
+    FuncInfo,
+    Ident,
+    Instance,
+    State,
+    _Budget,
+)
 from sentinel.analysis.project import Project
 from sentinel.analysis.statements import StatementsMixin
 from sentinel.analysis.syntax import _CALLED
@@ -40,10 +51,6 @@ from sentinel.analysis.values import (
     Alt,
     V,
 )
-
-#: analysis steps per file: a fixed allowance plus so many per source line (see ``_bounded``)
-BUDGET_BASE = 4000
-BUDGET_PER_LINE = 60
 
 
 class Interpreter(ImportsMixin, StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, InliningMixin):

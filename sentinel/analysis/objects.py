@@ -23,6 +23,13 @@ from sentinel.analysis.values import (
 )
 
 MAX_DEPTH = 8
+#: Analysis steps (one per statement and per expression evaluated) allowed per file: a fixed
+#: allowance plus so many per line parsed (the file's own, and each imported definition it reads).
+#: Realistic training files need under 30 per line (the corpus: median 10, most 26); a step costs
+#: about 1/25 of a line's LibCST parse, so a file that exhausts the budget still costs under ~3x its
+#: parse. What the budget cuts short is dropped (``_bounded``): a finding is never made from it.
+BUDGET_BASE = 2000
+BUDGET_PER_LINE = 40
 TRAIN = frozenset({"train"})
 EVAL = frozenset({"eval"})
 

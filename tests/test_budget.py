@@ -1,0 +1,74 @@
+"""The analysis budget: a pathological file costs a bounded amount and never yields a guessed finding."""
+
+from __future__ import annotations
+
+import textwrap
+
+import libcst as cst
+
+from sentinel.analysis.interpreter import Interpreter
+from sentinel.engine import check_source
+
+# each helper calls the next six times: fully inlined, that is 6**7 calls
+EXPLOSIVE_HELPERS = "".join(
+    f"def h{k}(x):\n" + "".join(f"    x = h{k + 1}(x)\n" for _ in range(6)) + "    return x\n\n\n" for k in range(7)
+) + "def h7(x):\n    return x + 1\n"
+
+# the reset comes after the helper that exhausts the budget: a half-analysed iteration "has no reset"
+TRAINING = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(4)]
+    for x, y in loader:
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        x = h0(x)
+        opt.zero_grad()
+    """
+)
+
+
+def test_work_the_budget_cuts_short_is_dropped_not_guessed():
+    source = EXPLOSIVE_HELPERS + TRAINING
+    interp = Interpreter(cst.parse_module(source), source)
+    facts = interp.run()
+    assert interp.exhausted
+    # the training loop was cut short inside h0(): none of what it recorded is kept
+    assert facts.backwards == [] and facts.steps == [] and facts.resets == []
+    assert check_source(source, "<string>") == []
+
+
+def test_the_same_loop_without_the_explosion_is_analysed_fully():
+    source = "def h0(x):\n    return x\n\n\n" + TRAINING
+    interp = Interpreter(cst.parse_module(source), source)
+    facts = interp.run()
+    assert not interp.exhausted
+    assert len(facts.backwards) >= 1 and len(facts.resets) >= 1
+    assert check_source(source, "<string>") == []
+
+
+def test_a_real_bug_before_the_explosion_is_still_found():
+    """Top-level statements finished before the budget ran out keep their findings."""
+    buggy = textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+
+        model = nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(4)]
+        for x, y in loader:
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+        """
+    )
+    source = EXPLOSIVE_HELPERS + buggy + "h0(1)\n"
+    lines = source.splitlines()
+    backward_line = next(i for i, text in enumerate(lines, 1) if "loss.backward()" in text)
+    assert [(d.code, d.line) for d in check_source(source, "<string>")] == [("SEN002", backward_line)]
