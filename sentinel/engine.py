@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,17 +66,23 @@ def file_suppressions(source: str) -> list[set[str] | None]:
 
 
 # -- projects ----------------------------------------------------------------------------------------
-_PROJECTS: dict[Path, Project] = {}
+_PROJECTS: dict[tuple[Path, bool], Project] = {}
 
 
-def project_for(path: Path) -> Project:
-    """The :class:`Project` of ``path``, shared by every file of that root linted in this process."""
+def project_for(path: Path, *, cache: bool = False) -> Project:
+    """The :class:`Project` of ``path``, shared by every file of that root linted in this process;
+    with ``cache``, backed by its ``.sentinel_cache/``."""
     from sentinel.analysis.project import Project, find_root
 
     root = find_root(path)
-    project = _PROJECTS.get(root)
+    project = _PROJECTS.get((root, cache))
     if project is None:
-        project = _PROJECTS[root] = Project(root)
+        store = None
+        if cache:
+            from sentinel.cache import Cache
+
+            store = Cache(root)
+        project = _PROJECTS[(root, cache)] = Project(root, store)
     return project
 
 
@@ -104,12 +111,15 @@ def check_source(
     *,
     prefilter: bool = True,
     project: Project | None | bool = None,
+    cache: bool = False,
 ) -> list[Diagnostic]:
     """Lint ``source`` with ``rules`` (default: all). Raises :class:`SourceError` on a syntax error.
 
     ``path`` names the file; when it is a real file's path, the project it belongs to is read too
     (``project=False`` turns that off; a :class:`Project` may be passed in). ``prefilter=False``
-    analyses the file even when no rule's trigger text occurs in it.
+    analyses the file even when no rule's trigger text occurs in it. With ``cache``, findings are
+    kept in the project's ``.sentinel_cache/`` (see :mod:`sentinel.cache`) and reused while the file
+    and every project file it imports are unchanged.
     """
     rule_list = list(all_rules() if rules is None else rules)
     file_level = file_suppressions(source) if "sentinel" in source else []
@@ -120,19 +130,43 @@ def check_source(
     file = _real_file(path)
     proj: Project | None = None
     if project is not False and file is not None:
-        proj = project if project not in (None, True) else project_for(file)  # type: ignore[assignment]
+        if project in (None, True):
+            proj = project_for(file, cache=cache)
+        else:
+            proj = project  # type: ignore[assignment]
+    deps: list[Path] = []
     text = source
-    if proj is not None and prefilter:
+    if proj is not None:
         proj.set_text(file, source)
         deps = proj.closure(file, source, file)
-        if deps:
+        if deps and prefilter:
             text = "\n".join([source, *(proj.text(d) or "" for d in deps)])
+    store = proj.cache if proj is not None and cache else None
+    key = ""
+    if store is not None:
+        from sentinel.cache import settings_key
+
+        key = settings_key([r.CODE for r in rule_list], "prefilter" if prefilter else "all")
+        hit = store.get(file, source, key, proj.text)
+        if hit is not None:
+            return [_redisplay(d, path, file) for d in hit]
     active = [r for r in rule_list if r.triggered(text)] if prefilter else rule_list
     if not active:
         # nothing here can trigger a rule: skip LibCST, but still report a file Python cannot parse
         syntax_check(source)
-        return []
-    return _analyse(source, path, file, proj, active)
+        found: list[Diagnostic] = []
+    else:
+        found = _analyse(source, path, file, proj, active)
+    if store is not None:
+        absolute = [replace(d, path=str(file.resolve() if d.path == path else Path(d.path).resolve())) for d in found]
+        store.put(file, source, key, {d: proj.text(d) or "" for d in deps}, absolute)
+    return found
+
+
+def _redisplay(d: Diagnostic, path: str, file: Path) -> Diagnostic:
+    """A cached finding (absolute path) as this run names it: the linted file as given."""
+    where = Path(d.path)
+    return replace(d, path=path if where == file.resolve() else _display(where, path))
 
 
 def _analyse(source: str, path: str, file: Path | None, proj: Project | None, active: list[type[Rule]]) -> list:

@@ -23,6 +23,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 #: transitive imports followed for trigger text and cache keys; deeper chains are rare in training code
@@ -146,12 +147,12 @@ def scan_imports(source: str) -> list[tuple[str, int, list[str]]]:
 class Project:
     """One project root and everything read from it during a run (texts and indexes, by path)."""
 
-    def __init__(self, root: Path, index_cache: object | None = None) -> None:
+    def __init__(self, root: Path, index_cache: Any = None) -> None:
         self.root = root.resolve()
         self._texts: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}
         self._indexes: dict[Path, ModuleIndex] = {}
         self._resolved: dict[tuple, Path | None] = {}
-        self._cache = index_cache  # an object with get_index(digest) / put_index(digest, index)
+        self.cache = index_cache  # a sentinel.cache.Cache (indexes and results), or None
 
     # -- files -------------------------------------------------------------------------------------
     def contains(self, path: Path) -> bool:
@@ -208,11 +209,11 @@ class Project:
                 idx = ModuleIndex(ok=False)
             else:
                 key = digest(text)
-                idx = self._cache.get_index(key) if self._cache is not None else None
+                idx = self.cache.get_index(key) if self.cache is not None else None
                 if idx is None:
                     idx = build_index(text)
-                    if self._cache is not None:
-                        self._cache.put_index(key, idx)
+                    if self.cache is not None:
+                        self.cache.put_index(key, idx)
             self._indexes[path] = idx
         return idx
 
