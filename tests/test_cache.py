@@ -57,7 +57,8 @@ def project(tmp_path: Path) -> Path:
 def run(root: Path) -> list[tuple[str, str, int, str]]:
     engine._PROJECTS.clear()
     path = root / "train.py"
-    return [(d.code, Path(d.path).name, d.line, d.message) for d in check_source(path.read_text(), str(path), cache=True)]
+    found = check_source(path.read_text(), str(path), cache=True)
+    return [(d.code, Path(d.path).name, d.line, d.message) for d in found]
 
 
 @pytest.fixture
