@@ -174,9 +174,11 @@ def _analyse(source: str, path: str, file: Path | None, proj: Project | None, ac
     from sentinel.locate import Locator
     from sentinel.parse import parse
 
-    module = parse(source)
     if proj is not None and file is not None:
         proj.set_text(file, source)
+        module = proj.module(file, source)
+    else:
+        module = parse(source)
     interp = Interpreter(module, source, path=file, project=proj)
     facts = interp.run()
     violations: list[tuple[type[Rule], Violation]] = []

@@ -309,10 +309,11 @@ def test_module_index_lists_top_level_bindings_with_their_lines():
         """
     ).lstrip("\n")
     idx = build_index(source)
-    assert idx.bindings["torch"] == [(1, 1)]
-    assert idx.bindings["tnn"] == [(2, 2)]
-    assert idx.bindings["f"] == [(4, 6)]  # the decorator line is part of the definition
-    assert idx.bindings["apex"] == [(8, 11)]
+    # (first line, last line, index among the top-level statements)
+    assert idx.bindings["torch"] == [(1, 1, 0)]
+    assert idx.bindings["tnn"] == [(2, 2, 1)]
+    assert idx.bindings["f"] == [(4, 6, 2)]  # the decorator line is part of the definition
+    assert idx.bindings["apex"] == [(8, 11, 3)]
     assert "main_only" not in idx.bindings
     assert idx.star == [("helpers", 0)]
 
@@ -337,3 +338,51 @@ def test_a_file_no_rule_can_trigger_is_answered_without_libcst(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_each_file_is_parsed_at_most_once_per_run(tmp_path, monkeypatch):
+    """Two scripts import the same model file, which is linted too: one parse each, three in all."""
+    import libcst
+
+    root = make_project(
+        tmp_path,
+        {
+            "models.py": MODEL_SOFTMAX,
+            "train.py": train("from models import Net", "Net()"),
+            "finetune.py": train("from models import Net", "Net()"),
+        },
+    )
+    parsed: list[str] = []
+    real = libcst.parse_module
+    monkeypatch.setattr(libcst, "parse_module", lambda text, *a, **k: parsed.append(text) or real(text, *a, **k))
+    project = Project(root)
+    files = [root / "train.py", root / "finetune.py", root / "models.py"]
+    project.expect(files)
+    found = set()
+    for f in files:
+        found |= {(d.code, Path(d.path).name, d.line) for d in check_source(f.read_text(), str(f), project=project)}
+    assert len(parsed) == 3
+    line = line_of(root, "train.py", "loss = criterion")
+    assert found == {("SEN001", "train.py", line), ("SEN001", "finetune.py", line)}
+
+
+def test_definitions_of_files_outside_the_run_are_parsed_once_and_alone(tmp_path, monkeypatch):
+    import libcst
+
+    root = make_project(
+        tmp_path,
+        {
+            "models.py": textwrap.dedent(MODEL_SOFTMAX) + "\n\ndef unrelated():\n    return 1\n",
+            "train.py": train("from models import Net", "Net()"),
+            "finetune.py": train("from models import Net", "Net()"),
+        },
+    )
+    parsed: list[str] = []
+    real = libcst.parse_module
+    monkeypatch.setattr(libcst, "parse_module", lambda text, *a, **k: parsed.append(text) or real(text, *a, **k))
+    project = Project(root)
+    for name in ("train.py", "finetune.py"):
+        f = root / name
+        check_source(f.read_text(), str(f), project=project)
+    snippets = [t for t in parsed if "class Net" in t]
+    assert len(snippets) == 1 and "def unrelated" not in snippets[0]

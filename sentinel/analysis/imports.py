@@ -44,7 +44,7 @@ class Unit:
     source: str
     state: State
     ctx: Ctx
-    done: set[tuple[int, int]] = field(default_factory=set)  # statement spans already executed
+    done: set[tuple[int, int, int]] = field(default_factory=set)  # statement spans already executed
     loading: set[str] = field(default_factory=set)  # names being bound now (import cycles)
     snippets: list[tuple[cst.Module, str]] = field(default_factory=list)  # (module, padded source)
 
@@ -63,7 +63,6 @@ class ImportsMixin:
         self.project = project
         self.path = path.resolve() if path is not None else None
         self.units: dict[Path, Unit] = {}
-        self._unit_stack: list[Unit] = []
 
     # -- statements ------------------------------------------------------------------------------
     def exec_import(self, node: cst.Import, state: State) -> None:
@@ -103,7 +102,8 @@ class ImportsMixin:
 
     # -- units -----------------------------------------------------------------------------------
     def _current_file(self) -> Path | None:
-        return self._unit_stack[-1].path if self._unit_stack else self.path
+        gs = self._global_state
+        return gs.unit.path if gs is not None and gs.unit is not None else self.path
 
     def _unit_for(self, module: str, level: int) -> Unit | None:
         if self.project is None or self.path is None:
@@ -144,6 +144,7 @@ class ImportsMixin:
         ctx.module_level = True
         unit = Unit(target, name, index, text, state, ctx)
         state.loader = lambda key, u=unit: self._load_name(u, key)
+        state.unit = unit
         self.units[target] = unit
         return unit
 
@@ -204,32 +205,26 @@ class ImportsMixin:
             unit.loading.discard(name)
 
     def _unit_for_in(self, unit: Unit, module: str, level: int) -> Unit | None:
-        self._unit_stack.append(unit)
+        saved, self._global_state = self._global_state, unit.state
         try:
             return self._unit_for(module, level)
         finally:
-            self._unit_stack.pop()
+            self._global_state = saved
 
-    def _exec_span(self, unit: Unit, span: tuple[int, int]) -> None:
-        first, last = span
-        lines = unit.lines
-        text = "\n" * (first - 1) + "".join(lines[first - 1 : last])
-        if not text.endswith("\n"):
-            text += "\n"
-        try:
-            module = cst.parse_module(text)
-        except (cst.ParserSyntaxError, RecursionError):
+    def _exec_span(self, unit: Unit, span: tuple[int, int, int]) -> None:
+        found = self.project.definition(unit.path, span) if self.project is not None else None
+        if found is None:
             return
-        unit.snippets.append((module, text))
-        self.budget += BUDGET_PER_LINE * (last - first + 1)
+        module, text, statements = found
+        if not any(m is module for m, _ in unit.snippets):
+            unit.snippets.append((module, text))
+        self.budget += BUDGET_PER_LINE * (span[1] - span[0] + 1)
         saved = (self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state)
         self.frame_stack, self.cond_stack, self.pass_stack = [], [], []
         self._global_state = unit.state
-        self._unit_stack.append(unit)
         try:
-            self.exec_block(module.body, unit.state, unit.ctx)
+            self.exec_block(statements, unit.state, unit.ctx)
         finally:
-            self._unit_stack.pop()
             self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state = saved
             unit.state.returned = unit.state.jumped = False
 

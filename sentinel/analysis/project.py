@@ -49,11 +49,12 @@ def digest(text: str) -> str:
 
 @dataclass
 class ModuleIndex:
-    """Top-level bindings of one module: ``name -> [(first line, last line), ...]`` of the statements
-    that bind it (decorators included), in source order; ``star`` lists ``from X import *`` sources
-    as ``(module, level)``. Statements under ``if __name__ == "__main__":`` bind nothing here."""
+    """Top-level bindings of one module: ``name -> [(first line, last line, ordinal), ...]`` of the
+    statements that bind it (decorators included; ``ordinal``: its index among the module's top-level
+    statements), in source order; ``star`` lists ``from X import *`` sources as ``(module, level)``.
+    Statements under ``if __name__ == "__main__":`` bind nothing here."""
 
-    bindings: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    bindings: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     star: list[tuple[str, int]] = field(default_factory=list)
     ok: bool = True  # False: the module does not parse; it contributes nothing
 
@@ -113,14 +114,14 @@ def build_index(source: str) -> ModuleIndex:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return ModuleIndex(ok=False)
     index = ModuleIndex()
-    for node in tree.body:
+    for ordinal, node in enumerate(tree.body):
         if _is_main_guard(node) or isinstance(node, (ast.For, ast.While, ast.With, ast.AsyncFor, ast.AsyncWith)):
             continue  # run only as a script; loops and blocks at import time define nothing we follow
         if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
             index.star.append((node.module or "", node.level))
             continue
         first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))])
-        span = (first, node.end_lineno or node.lineno)
+        span = (first, node.end_lineno or node.lineno, ordinal)
         for name in _bound_names(node):
             index.bindings.setdefault(name, []).append(span)
     return index
@@ -152,6 +153,11 @@ class Project:
         self._texts: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}
         self._indexes: dict[Path, ModuleIndex] = {}
         self._resolved: dict[tuple, Path | None] = {}
+        # LibCST parses shared by every analysis of this run: whole modules of files that are both
+        # linted and imported, and single definitions of the other imported files
+        self.run_files: set[Path] = set()
+        self._modules: dict[Path, tuple[str, Any]] = {}
+        self._definitions: dict[tuple[Path, int, int, str], tuple[Any, str, list]] = {}
         self.cache = index_cache  # a sentinel.cache.Cache (indexes and results), or None
 
     # -- files -------------------------------------------------------------------------------------
@@ -216,6 +222,59 @@ class Project:
                         self.cache.put_index(key, idx)
             self._indexes[path] = idx
         return idx
+
+    # -- parses ------------------------------------------------------------------------------------
+    def expect(self, paths: list[Path]) -> None:
+        """These files are linted in this run: when one is imported, parse it whole, once, and reuse
+        that parse for its own analysis (each file is parsed at most once per run)."""
+        self.run_files.update(p.resolve() for p in paths)
+
+    def module(self, path: Path, text: str) -> Any:
+        """The LibCST module of a linted file (the run's shared parse when there is one)."""
+        from sentinel.parse import parse
+
+        path = path.resolve()
+        key = digest(text)
+        cached = self._modules.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        module = parse(text)
+        if path in self.run_files:
+            self._modules[path] = (key, module)
+        return module
+
+    def definition(self, path: Path, span: tuple[int, int, int]) -> tuple[Any, str, list] | None:
+        """The top-level statement(s) at ``span`` of an imported file, parsed at most once per run:
+        ``(module, source of that module, statements)``. A file linted in this run is parsed whole;
+        any other only at that definition, after blank lines so that line numbers are the file's."""
+        import libcst as cst
+
+        path = path.resolve()
+        text = self.text(path)
+        if text is None:
+            return None
+        key = digest(text)
+        if path in self.run_files:
+            try:
+                module = self.module(path, text)
+            except Exception:  # a syntax error there is reported when that file is linted
+                return None
+            stmt = _nth_statement(module, span[2])
+            return (module, text, [stmt]) if stmt is not None else None
+        dkey = (path, span[0], span[1], key)
+        found = self._definitions.get(dkey)
+        if found is None:
+            first, last, _ = span
+            lines = text.splitlines(keepends=True)
+            snippet = "\n" * (first - 1) + "".join(lines[first - 1 : last])
+            if not snippet.endswith("\n"):
+                snippet += "\n"
+            try:
+                module = cst.parse_module(snippet)
+            except (cst.ParserSyntaxError, RecursionError):
+                return None
+            found = self._definitions[dkey] = (module, snippet, list(module.body))
+        return found
 
     # -- imports -----------------------------------------------------------------------------------
     def _bases(self, importer: Path, entry: Path | None) -> list[Path]:
@@ -296,3 +355,17 @@ class Project:
                     seen.append(t)
                     todo.append((t, t_text))
         return seen
+
+
+def _nth_statement(module: Any, ordinal: int) -> Any:
+    """The top-level LibCST statement holding the ``ordinal``-th ``ast`` statement (a line of several
+    ``;``-separated statements is one LibCST statement)."""
+    import libcst as cst
+
+    count = 0
+    for stmt in module.body:
+        width = len(stmt.body) if isinstance(stmt, cst.SimpleStatementLine) else 1
+        if ordinal < count + width:
+            return stmt
+        count += width
+    return None
