@@ -12,7 +12,13 @@ same files:
 * ``sentinel`` with the pre-filter off (every file parsed, analysed and checked by every rule): the
   cost of all rules and the analysis together, as a ratio to the bare parse (target <= 1.5x),
 * the same restricted to the files the pre-filter lets through,
-* the wall time of ``lint_paths`` with ``--jobs`` processes.
+* the wall time of ``lint_paths`` with ``--jobs`` processes,
+* the worst files: each triggered file's lint time against its own bare parse (target <= 3x), and
+  how many files ran out of analysis budget (their cut-short work is dropped, never guessed).
+
+Files are linted with their projects (a file's imports of its own repository are followed), as
+``sentinel lint`` does: put each repository in its own directory with a root marker (``.git``,
+``pyproject.toml``...), e.g. a git checkout.
 
 Times are the best of ``--repeat`` runs (default 3), so a busy machine perturbs them less.
 """
@@ -101,6 +107,27 @@ def main() -> None:
         f"ratio {t_lint_trig / t_parse_trig:.2f}x"
     )
     print(f"sentinel lint --jobs {args.jobs:<3}      {t_jobs:8.3f} s  {n / t_jobs:8.1f} files/s  (wall, incl. startup)")
+    worst_files(triggered, rules, args.repeat)
+
+
+def worst_files(files: list[tuple[Path, str]], rules, repeat: int, top: int = 5) -> None:
+    from sentinel.analysis.interpreter import Interpreter
+    from sentinel.engine import project_for
+
+    rows = []
+    exhausted = 0
+    for f, t in files:
+        t_parse = best(lambda t=t: cst.parse_module(t), repeat)
+        t_lint = best(lambda f=f, t=t: check_source(t, str(f), rules), repeat)
+        interp = Interpreter(cst.parse_module(t), t, path=f, project=project_for(f))
+        interp.run()
+        exhausted += interp.exhausted
+        rows.append((t_lint / t_parse, t_lint, t.count("\n") + 1, interp.exhausted, f))
+    rows.sort(key=lambda r: -r[0])
+    print(f"analysis budget exhausted in {exhausted} of {len(files)} triggered files")
+    print("worst files (lint / own bare parse):")
+    for ratio, secs, n_lines, ex, f in rows[:top]:
+        print(f"  {ratio:5.2f}x  {secs:6.3f} s  {n_lines:5d} lines  {'budget exhausted  ' if ex else ''}{f}")
 
 
 if __name__ == "__main__":
