@@ -1,20 +1,26 @@
 """Every rule against the whole corpus: each fixture's findings are exactly its ``# expect:`` lines.
 
 Buggy fixtures must be found on the annotated line (recall); tricky-clean and clean fixtures, and the
-buggy fixtures of *other* rules, must produce nothing else (precision).
+buggy fixtures of *other* rules, must produce nothing else (precision). A multi-file project is linted
+whole, as ``sentinel lint PROJECT`` does: the findings of all its files together must be exactly the
+expectations of all its files (a bug may be found from another file than the one it is in).
 """
 
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import pytest
 
+from sentinel.analysis.project import Project
+from sentinel.engine import check_source
 from sentinel.lint import lint_source
 from sentinel.rules import all_rules
-from tests.lint_corpus import CORPUS, corpus_files, expectations
+from tests.lint_corpus import CORPUS, corpus_files, expectations, project_dirs
 
 FILES = corpus_files()
+PROJECT_DIRS = project_dirs()
 
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(CORPUS)) for p in FILES])
@@ -22,6 +28,22 @@ def test_fixture_findings_match_expectations(path):
     source = path.read_text(encoding="utf-8")
     expected = expectations(source)
     found = {(d.code, d.line) for d in lint_source(source, str(path))}
+    assert found == expected, f"missing: {sorted(expected - found)}; unexpected: {sorted(found - expected)}"
+
+
+@pytest.mark.parametrize("root", PROJECT_DIRS, ids=[p.name for p in PROJECT_DIRS])
+def test_project_findings_match_expectations(root):
+    files = sorted(root.rglob("*.py"))
+    project = Project(root)
+    project.expect(files)
+    expected = set()
+    found = set()
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        source = path.read_text(encoding="utf-8")
+        expected |= {(rel, code, line) for code, line in expectations(source)}
+        for d in check_source(source, str(path), project=project):
+            found.add((Path(d.path).resolve().relative_to(root.resolve()).as_posix(), d.code, d.line))
     assert found == expected, f"missing: {sorted(expected - found)}; unexpected: {sorted(found - expected)}"
 
 
