@@ -156,7 +156,7 @@ def check_source(
         syntax_check(source)
         found: list[Diagnostic] = []
     else:
-        found = _analyse(source, path, file, proj, active)
+        found = _analyse(source, path, file, proj, active)[0]
     if store is not None:
         absolute = [replace(d, path=str(file.resolve() if d.path == path else Path(d.path).resolve())) for d in found]
         store.put(file, source, key, {d: proj.text(d) or "" for d in deps}, absolute)
@@ -169,7 +169,25 @@ def _redisplay(d: Diagnostic, path: str, file: Path) -> Diagnostic:
     return replace(d, path=path if where == file.resolve() else _display(where, path))
 
 
-def _analyse(source: str, path: str, file: Path | None, proj: Project | None, active: list[type[Rule]]) -> list:
+def lint_with_violations(source: str, path: str, rules: Iterable[type[Rule]]) -> tuple[list, list, object]:
+    """For fixes: ``(diagnostics, fixable, module)``, where ``fixable`` lists ``(rule, violation,
+    diagnostic)`` for the findings located in ``source`` itself, and ``module`` is its LibCST tree.
+    Raises :class:`SourceError` when ``source`` does not parse."""
+    file = _real_file(path)
+    proj = project_for(file) if file is not None else None
+    rule_list = list(rules)
+    file_level = file_suppressions(source) if "sentinel" in source else []
+    if any(codes is None for codes in file_level):
+        return [], [], None
+    rule_list = [r for r in rule_list if not any(_matches(codes, r) for codes in file_level)]
+    if not rule_list:
+        return [], [], None
+    return _analyse(source, path, file, proj, rule_list)
+
+
+def _analyse(
+    source: str, path: str, file: Path | None, proj: Project | None, active: list[type[Rule]]
+) -> tuple[list[Diagnostic], list, object]:
     from sentinel.analysis.interpreter import Interpreter
     from sentinel.locate import Locator
     from sentinel.parse import parse
@@ -186,7 +204,7 @@ def _analyse(source: str, path: str, file: Path | None, proj: Project | None, ac
         for v in rule_cls().check(facts):
             violations.append((rule_cls, v))
     if not violations:
-        return []
+        return [], [], module
     # where each flagged statement lives: the linted file, or a snippet of an imported one
     entry = Locator(source, module)
     places: list[tuple[str, Locator, list[str]]] = [(path, entry, entry.lines)]
@@ -203,6 +221,7 @@ def _analyse(source: str, path: str, file: Path | None, proj: Project | None, ac
 
     seen: set[tuple[str, int]] = set()
     out: list[Diagnostic] = []
+    fixable: list = []
     for rule_cls, v in violations:
         key = (rule_cls.CODE, id(v.node))
         if key in seen:
@@ -223,8 +242,11 @@ def _analyse(source: str, path: str, file: Path | None, proj: Project | None, ac
                 message += f" ({v.related_label} at {rat}:{rline})"
             elif rline != line:
                 message += f" ({v.related_label} on line {rline})"
-        out.append(Diagnostic(at, line, col, eline, ecol, rule_cls.CODE, rule_cls.NAME, message))
-    return sorted(set(out))
+        diag = Diagnostic(at, line, col, eline, ecol, rule_cls.CODE, rule_cls.NAME, message)
+        out.append(diag)
+        if locator is entry:
+            fixable.append((rule_cls, v, diag))
+    return sorted(set(out)), fixable, module
 
 
 def file_suppressions_apply(lines: list[str], rule: type[Rule]) -> bool:

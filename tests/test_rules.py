@@ -51,3 +51,25 @@ def test_codes_and_names_match_the_design_contract():
         ("SEN005", "state-dict-snapshot-without-copy"),
         ("SEN006", "graph-retaining-loss-accumulation"),
     ]
+
+
+FIX_CASES = [(r, i, before, after) for r in all_rules() for i, (before, after) in enumerate(r.FIXES)]
+
+
+@pytest.mark.parametrize(
+    ("rule", "i", "before", "after"), FIX_CASES, ids=[f"{r.CODE}-FIXES[{i}]" for r, i, _, _ in FIX_CASES]
+)
+def test_rule_fix_examples(rule, i, before, after):
+    from sentinel.fixes import fix_source
+
+    outcome = fix_source(before, "example.py", all_rules(), unsafe=True)
+    assert outcome.source == after
+    assert {d.code for d in outcome.fixed} == {rule.CODE}
+    assert fix_source(after, "example.py", all_rules(), unsafe=True).source == after
+
+
+@pytest.mark.parametrize("rule", all_rules(), ids=lambda r: r.CODE)
+def test_a_rule_that_fixes_documents_its_fix_safety(rule):
+    assert rule.FIX in (None, "safe", "unsafe")
+    if rule.FIX is not None:
+        assert "## Fix safety" in rule.doc()

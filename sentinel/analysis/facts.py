@@ -129,6 +129,8 @@ class Facts:
     # submodule identity -> identity of the outermost model it belongs to
     root_of: dict = field(default_factory=dict)
     proven_graph_taints: set = field(default_factory=set)
+    # function activation id -> the FunctionDef it runs (None: a module body)
+    functions: dict[int, Any] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- budget ------------------------------------------------------------------------------------

@@ -210,6 +210,8 @@ class Interpreter(ImportsMixin, StatementsMixin, ExpressionsMixin, CallsMixin, M
     # events
     # =============================================================================================
     def _ev(self, cls, node, ctx: Ctx, **kw):
+        if ctx.id not in self.facts.functions:
+            self.facts.functions[ctx.id] = ctx.func.node if ctx.func is not None else None
         return cls(
             seq=next(self.seq),
             node=node,

@@ -16,10 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import libcst as cst
+
+    from sentinel.fixes import Fix
 
 from sentinel.analysis.facts import Facts
 
@@ -35,6 +37,8 @@ class Violation:
     related: cst.CSTNode | None = None
     related_stmt: cst.CSTNode | None = None
     related_label: str = ""
+    #: what the rule's fix needs to know (an event, a region), when it can fix the finding
+    data: Any = None
 
 
 class Rule:
@@ -48,6 +52,10 @@ class Rule:
     TRIGGER: ClassVar[tuple[re.Pattern[str], ...]]
     VALID: ClassVar[list[str]] = []
     INVALID: ClassVar[list[str]] = []
+    #: "safe" or "unsafe" when :meth:`fix` can rewrite what the rule finds (see :mod:`sentinel.fixes`)
+    FIX: ClassVar[str | None] = None
+    #: examples of fixes: ``(invalid source, fixed source)`` pairs, tested like ``VALID``/``INVALID``
+    FIXES: ClassVar[list[tuple[str, str]]] = []
 
     @classmethod
     def triggered(cls, source: str) -> bool:
@@ -55,6 +63,10 @@ class Rule:
 
     def check(self, facts: Facts) -> Iterable[Violation]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def fix(self, violation: Violation, module: cst.Module) -> Fix | None:
+        """The rewrite that removes ``violation`` (rules with ``FIX`` set), or None when not certain."""
+        return None
 
     @classmethod
     def url(cls) -> str:

@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sentinel.analysis.facts import Facts
 from sentinel.rules.base import Rule, Violation
+
+if TYPE_CHECKING:
+    from sentinel.fixes import Fix
 
 
 class SoftmaxBeforeCrossEntropy(Rule):
@@ -58,6 +62,14 @@ class SoftmaxBeforeCrossEntropy(Rule):
     probs = F.softmax(model(x), dim=1)  # probabilities for reporting are fine
     ```
 
+    ## Fix safety
+    The fix is unsafe (`--fix --unsafe-fixes`) and only offered where the probabilities serve nothing
+    but the loss: a softmax written inside the loss call (`criterion(F.softmax(out, 1), y)` becomes
+    `criterion(out, y)`), or a variable holding the softmax that nothing else reads (its assignment
+    is removed and the loss receives the logits). It changes the loss values and the gradients, which
+    is the point; a model whose `forward` ends in softmax is left for you to change, since other code
+    may rely on its probabilities.
+
     ## References
     - [`torch.nn.CrossEntropyLoss`](https://pytorch.org/docs/stable/generated/torch.nn.CrossEntropyLoss.html):
       "The input is expected to contain the unnormalized logits for each class."
@@ -67,6 +79,37 @@ class SoftmaxBeforeCrossEntropy(Rule):
     NAME = "softmax-before-cross-entropy"
     SUMMARY = "Softmax probabilities passed to a cross-entropy loss that expects logits"
     TRIGGER = (re.compile(r"(?i)softmax"), re.compile(r"(?i)cross_?entropy"))
+    FIX = "unsafe"
+
+    def fix(self, violation: Violation, module) -> Fix | None:
+        import libcst as cst
+
+        from sentinel.fixes import Fix, softmax_input, statement_line
+
+        loss, probs = violation.node, violation.related
+        if not isinstance(loss, cst.Call) or not isinstance(probs, cst.Call):
+            return None
+        logits = softmax_input(probs)
+        if logits is None:
+            return None
+        args = [a.value for a in loss.args]
+        if any(a is probs for a in args):  # the softmax written inside the loss call
+            return Fix([(probs, logits)], description="pass the logits")
+        # `probs = softmax(logits)` read by nothing but this loss call
+        stmt = violation.related_stmt
+        if not (isinstance(stmt, cst.Assign) and stmt.value is probs and len(stmt.targets) == 1):
+            return None
+        target = stmt.targets[0].target
+        if not isinstance(target, cst.Name):
+            return None
+        name = target.value
+        uses = [a for a in args if isinstance(a, cst.Name) and a.value == name]
+        if len(uses) != 1 or len(re.findall(rf"(?<![\w.]){re.escape(name)}\b", module.code)) != 2:
+            return None
+        line = statement_line(module, stmt)
+        if line is None or len(line.body) != 1:
+            return None
+        return Fix([(uses[0], logits), (line, None)], description="drop the softmax, pass the logits")
 
     VALID = [
         # log_softmax into CrossEntropyLoss computes the same loss: not reported

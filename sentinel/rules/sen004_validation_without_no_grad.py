@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from sentinel.analysis.facts import Facts
+from sentinel.analysis.facts import Facts, ForwardEvent
 from sentinel.rules.base import Rule, Violation
 from sentinel.rules.sen003_validation_without_eval_mode import (
     ValidationWithoutEvalMode,
     first_per_region,
 )
+
+if TYPE_CHECKING:
+    from sentinel.fixes import Fix
 
 
 class ValidationWithoutNoGrad(Rule):
@@ -53,6 +57,16 @@ class ValidationWithoutNoGrad(Rule):
             correct += (logits.argmax(1) == y).sum().item()
     ```
 
+    ## Fix safety
+    The fix is unsafe (`--fix --unsafe-fixes`): an evaluation function is decorated with
+    `@torch.no_grad()`, an evaluation loop inside a training function is wrapped in
+    `with torch.no_grad():`, and a lone evaluation statement inside a loop that also trains is
+    wrapped on its own. Code that also trains in another iteration (a train/val phase loop sharing one
+    forward) gets no fix: write `with torch.set_grad_enabled(phase == "train"):` there. It changes
+    behaviour if anything later backpropagates through the outputs of
+    that code (sentinel saw nothing do so), and a decorated function no longer builds graphs for any
+    caller.
+
     ## References
     - [`torch.no_grad`](https://pytorch.org/docs/stable/generated/torch.no_grad.html),
       [`torch.inference_mode`](https://pytorch.org/docs/stable/generated/torch.inference_mode.html)
@@ -62,6 +76,25 @@ class ValidationWithoutNoGrad(Rule):
     NAME = "validation-without-no-grad"
     SUMMARY = "Evaluation runs with gradient tracking enabled"
     TRIGGER = ValidationWithoutEvalMode.TRIGGER  # the same evaluation code, the same cheap test
+    FIX = "unsafe"
+
+    def fix(self, violation: Violation, module) -> Fix | None:
+        import libcst as cst
+
+        from sentinel.fixes import Fix, no_grad_decorated, no_grad_region, statement_line, torch_name
+
+        if violation.data is None:
+            return None
+        kind, node = violation.data
+        torch, imports = torch_name(module)
+        if kind == "function" and isinstance(node, cst.FunctionDef):
+            return Fix([(node, no_grad_decorated(node, torch))], imports, "decorate with @torch.no_grad()")
+        if kind == "loop" and isinstance(node, (cst.For, cst.While)):
+            return Fix([(node, no_grad_region(node, torch))], imports, "wrap in `with torch.no_grad():`")
+        line = statement_line(module, violation.stmt) if kind == "statement" else None
+        if line is not None and len(line.body) == 1:
+            return Fix([(line, no_grad_region(line, torch))], imports, "wrap in `with torch.no_grad():`")
+        return None
 
     VALID = [
         """
@@ -110,4 +143,25 @@ print(evaluate(model, data))
                 f"evaluation forward pass of `{ev.model_expr}` with gradient tracking on: the graph "
                 "and activations are kept for a backward() that never comes; wrap evaluation in "
                 "`torch.no_grad()` or `torch.inference_mode()`",
+                data=_region(ev, facts),
             )
+
+
+def _region(ev: ForwardEvent, facts: Facts) -> tuple[str, object]:
+    """What to put under ``no_grad`` to fix ``ev``: its evaluation function, its evaluation loop, or
+    (inside a loop that also trains) the statement alone; ``("none", None)`` when the same code also
+    trains in another activation or iteration (a phase loop), where no syntactic fix is right."""
+    if any(f.node is ev.node and facts.connected_to_backward(frozenset({f.id})) for f in facts.forwards):
+        return "none", None
+    if facts.region_key(ev)[0] == "function":
+        func = facts.functions.get(ev.ctx)
+        if func is not None and not any(
+            c in facts.training_activations for c, node in facts.functions.items() if node is func
+        ):
+            return "function", func
+        return "none", None
+    if ev.frame is not None and facts.frames[ev.frame].ctx == ev.ctx:
+        loop = facts.frames[ev.frame].node
+        if not any(facts.frame_trains(fid) for fid, frame in facts.frames.items() if frame.node is loop):
+            return "loop", loop
+    return "statement", None

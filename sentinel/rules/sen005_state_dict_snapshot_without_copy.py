@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sentinel.analysis.facts import Facts
 from sentinel.rules.base import Rule, Violation
+
+if TYPE_CHECKING:
+    from sentinel.fixes import Fix
 
 
 class StateDictSnapshotWithoutCopy(Rule):
@@ -64,6 +68,12 @@ class StateDictSnapshotWithoutCopy(Rule):
     model.load_state_dict(best_state)
     ```
 
+    ## Fix safety
+    The fix (`--fix`) wraps the snapshot in `copy.deepcopy(...)` and adds `import copy` when the file
+    lacks it: `best_state = copy.deepcopy(model.state_dict())`, `best_model = copy.deepcopy(model)`.
+    It is safe: the snapshot then holds the values of that moment, which is what the code reads it
+    for. It costs one copy of the weights (on the device they are on) per snapshot.
+
     ## References
     - [Saving and loading models](https://pytorch.org/tutorials/beginner/saving_loading_models.html):
       `state_dict()` returns references to the parameters.
@@ -73,6 +83,52 @@ class StateDictSnapshotWithoutCopy(Rule):
     NAME = "state-dict-snapshot-without-copy"
     SUMMARY = "Snapshot of a model's state keeps references to weights that training keeps changing"
     TRIGGER = (re.compile(r"state_dict|best|snapshot"), re.compile(r"backward|\.step\("))
+    FIX = "safe"
+    FIXES = [
+        (
+            "import torch\n"
+            "model = torch.nn.Linear(3, 1)\n"
+            "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+            "best, best_loss = None, float('inf')\n"
+            "for x in [torch.randn(4, 3) for _ in range(3)]:\n"
+            "    opt.zero_grad()\n"
+            "    loss = model(x).pow(2).mean()\n"
+            "    loss.backward()\n"
+            "    opt.step()\n"
+            "    if loss.item() < best_loss:\n"
+            "        best_loss, best = loss.item(), model.state_dict()\n"
+            "model.load_state_dict(best)\n",
+            "import torch\n"
+            "import copy\n"
+            "\n"
+            "model = torch.nn.Linear(3, 1)\n"
+            "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+            "best, best_loss = None, float('inf')\n"
+            "for x in [torch.randn(4, 3) for _ in range(3)]:\n"
+            "    opt.zero_grad()\n"
+            "    loss = model(x).pow(2).mean()\n"
+            "    loss.backward()\n"
+            "    opt.step()\n"
+            "    if loss.item() < best_loss:\n"
+            "        best_loss, best = loss.item(), copy.deepcopy(model.state_dict())\n"
+            "model.load_state_dict(best)\n",
+        ),
+    ]
+
+    def fix(self, violation: Violation, module) -> Fix | None:
+        import libcst as cst
+
+        from sentinel.fixes import Fix, call_of, module_binds
+
+        value = _snapshot_value(violation)
+        if value is None:
+            return None
+        copy_name = module_binds(module, "copy")
+        return Fix(
+            [(value, call_of(f"{copy_name or 'copy'}.deepcopy", value.with_changes(lpar=[], rpar=[])))],
+            imports=[] if copy_name else ["copy"],
+            description="snapshot a `copy.deepcopy`",
+        ) if not isinstance(value, cst.Call) or not _is_deepcopy(value) else None
 
     VALID = [
         """
@@ -147,3 +203,33 @@ Trainer(nn.Linear(2, 1)).fit([(torch.randn(4, 2), torch.randn(4, 1))], 2)
                     "each tensor"
                 )
             yield Violation(snap.node, snap.stmt, message)
+
+
+def _snapshot_value(violation: Violation):
+    """The expression holding the snapshot: the value assigned to the flagged target (a tuple target
+    takes its element), or the argument of the flagged ``append``."""
+    import libcst as cst
+
+    node, stmt = violation.node, violation.stmt
+    if isinstance(node, cst.Call):
+        args = [a for a in node.args if a.keyword is None and not a.star]
+        return args[-1].value if args else None
+    if isinstance(stmt, (cst.Assign, cst.AnnAssign)) and stmt.value is not None:
+        value = stmt.value
+        targets = [t.target for t in stmt.targets] if isinstance(stmt, cst.Assign) else [stmt.target]
+        for target in targets:
+            if target is node:
+                return value
+            if isinstance(target, cst.Tuple) and isinstance(value, cst.Tuple):
+                for t, v in zip(target.elements, value.elements):
+                    if t.value is node and not isinstance(v, cst.StarredElement):
+                        return v.value
+    return None
+
+
+def _is_deepcopy(call) -> bool:
+    import libcst as cst
+
+    func = call.func
+    name = func.attr.value if isinstance(func, cst.Attribute) else getattr(func, "value", "")
+    return name == "deepcopy"

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sentinel.analysis.facts import Facts
 from sentinel.analysis.values import TENSOR
 from sentinel.rules.base import Rule, Violation
+
+if TYPE_CHECKING:
+    from sentinel.fixes import Fix
 
 
 class GraphRetainingLossAccumulation(Rule):
@@ -57,6 +61,14 @@ class GraphRetainingLossAccumulation(Rule):
     print(total_loss / 100)
     ```
 
+    ## Fix safety
+    The fix (`--fix`) appends `.detach()` to the accumulated value: `total_loss += loss.detach()`,
+    `losses.append(loss.detach())`. It is safe: the accumulator keeps its type (a tensor, on the same
+    device) and its values, only without the graph, which nothing backpropagates through (a sum that
+    is backpropagated is not reported). Where a Python number is what you want, `.item()` is the
+    idiomatic choice, but it changes the type (and synchronizes with the GPU), so the fix does not
+    make it for you.
+
     ## References
     - [PyTorch FAQ: "My model reports cuda runtime error(2): out of memory"](https://pytorch.org/docs/stable/notes/faq.html)
       ("Don't accumulate history across your training loop.")
@@ -69,6 +81,31 @@ class GraphRetainingLossAccumulation(Rule):
         re.compile(r"backward"),
         re.compile(r"\+|\.append\(|\.extend\(|\.update\(|\b(cat|stack|concat)\("),
     )
+    FIX = "safe"
+    FIXES = [
+        (
+            "import torch\n"
+            "model = torch.nn.Linear(3, 1)\n"
+            "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+            "history = []\n"
+            "for x in [torch.randn(4, 3) for _ in range(3)]:\n"
+            "    opt.zero_grad()\n"
+            "    loss = model(x).pow(2).mean()\n"
+            "    loss.backward()\n"
+            "    opt.step()\n"
+            "    history.append(loss)\n",
+            "import torch\n"
+            "model = torch.nn.Linear(3, 1)\n"
+            "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+            "history = []\n"
+            "for x in [torch.randn(4, 3) for _ in range(3)]:\n"
+            "    opt.zero_grad()\n"
+            "    loss = model(x).pow(2).mean()\n"
+            "    loss.backward()\n"
+            "    opt.step()\n"
+            "    history.append(loss.detach())\n",
+        ),
+    ]
 
 
     VALID = [
@@ -119,6 +156,14 @@ def train_epoch(model, loader, opt):
     return torch.cat(outputs)
 """,
     ]
+
+    def fix(self, violation: Violation, module) -> Fix | None:
+        from sentinel.fixes import Fix, accumulated_expression, wrap_attribute_call
+
+        expr = accumulated_expression(violation.node)
+        if expr is None:
+            return None
+        return Fix([(expr, wrap_attribute_call(expr, "detach"))], description="accumulate `.detach()`")
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         forward_ids = {ev.id for ev in facts.forwards}
