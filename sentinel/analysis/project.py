@@ -28,6 +28,7 @@ from typing import Any
 ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 #: transitive imports followed for trigger text and cache keys; deeper chains are rare in training code
 MAX_CLOSURE = 64
+MAX_CLOSURE_DEPTH = 4
 MAX_MODULE_BYTES = 2_000_000
 
 
@@ -326,35 +327,66 @@ class Project:
         return None
 
     def closure(self, path: Path, source: str, entry: Path | None = None) -> list[Path]:
-        """Project files that ``source`` (at ``path``) imports, transitively (text scan, bounded)."""
+        """Project files that ``source`` (at ``path``) imports, transitively (text scan, bounded).
+
+        ``from pkg import A`` through a package's ``__init__`` follows only the lines of the
+        ``__init__`` that bind ``A`` (a package that re-exports a hundred modules is not a hundred
+        dependencies of every importer)."""
+        path = path.resolve()
         seen: list[Path] = []
-        todo = [(path.resolve(), source)]
-        visited = {path.resolve()}
+        visited = {path}
+        scanned = {path}  # files whose every import was followed already
+        todo: list[tuple[Path, str, int]] = [(path, source, 0)]
         while todo and len(seen) < MAX_CLOSURE:
-            cur, text = todo.pop()
+            cur, text, depth = todo.pop()
+            if depth >= MAX_CLOSURE_DEPTH:
+                continue
             for module, level, names in scan_imports(text):
-                targets = []
-                target = self.resolve(cur, module, level, entry)
-                if target is not None:
-                    targets.append(target)
-                    if target.name == "__init__.py":  # `from pkg import sub`: sub may be a module
-                        targets += [t for n in names if (t := self._find(target.parent, [n])) is not None]
-                elif level and not module:
-                    base = cur.parent
-                    for _ in range(level - 1):
-                        base = base.parent
-                    targets += [t for n in names if (t := self._find(base, [n])) is not None]
-                for t in targets:
-                    t = t.resolve()
-                    if t in visited or not self.contains(t):
-                        continue
-                    visited.add(t)
-                    t_text = self.text(t)
-                    if t_text is None:
-                        continue
-                    seen.append(t)
-                    todo.append((t, t_text))
-        return seen
+                for target, scan in self._import_targets(cur, module, level, names, entry):
+                    if target not in visited:
+                        visited.add(target)
+                        seen.append(target)
+                    if scan is None:
+                        if target in scanned:
+                            continue
+                        scanned.add(target)
+                        scan = self.text(target)
+                    if scan:
+                        todo.append((target, scan, depth + 1))
+        return [p for p in seen if self.text(p) is not None]
+
+    def _import_targets(
+        self, importer: Path, module: str, level: int, names: list[str], entry: Path | None
+    ) -> list[tuple[Path, str | None]]:
+        """Files one import statement reads, each with the text to scan further (None: all of it)."""
+        out: list[tuple[Path, str | None]] = []
+        target = self.resolve(importer, module, level, entry) if (module or not level) else None
+        if target is None and level and not module:  # `from . import a, b`
+            base = importer.parent
+            for _ in range(level - 1):
+                base = base.parent
+            target = self._package(base)
+            if target is None:
+                return [(t.resolve(), None) for n in names if (t := self._find(base, [n])) is not None]
+        if target is None:
+            return out
+        target = target.resolve()
+        if target.name != "__init__.py" or not names:
+            return [(target, None)]
+        text = self.text(target) or ""
+        lines = text.splitlines(keepends=True)
+        index = self.index(target)
+        binding_text = []
+        for n in names:
+            sub = self._find(target.parent, [n])
+            if sub is not None:
+                out.append((sub.resolve(), None))
+            for first, last, _ in index.bindings.get(n, ()):
+                binding_text.append("".join(lines[first - 1 : last]))
+        if index.star:
+            binding_text += [line for line in lines if "import *" in line]
+        out.insert(0, (target, "".join(binding_text)))
+        return out
 
 
 def _nth_statement(module: Any, ordinal: int) -> Any:
