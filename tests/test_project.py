@@ -386,3 +386,14 @@ def test_definitions_of_files_outside_the_run_are_parsed_once_and_alone(tmp_path
         check_source(f.read_text(), str(f), project=project)
     snippets = [t for t in parsed if "class Net" in t]
     assert len(snippets) == 1 and "def unrelated" not in snippets[0]
+
+
+def test_closure_follows_only_what_the_package_binds_for_the_imported_names(tmp_path):
+    files = {f"layers/m{i}.py": f"class L{i}:\n    pass\n" for i in range(20)}
+    files["layers/__init__.py"] = "".join(f"from .m{i} import L{i}\n" for i in range(20))
+    files["train.py"] = "from layers import L3\nfrom layers import m7\n"
+    root = make_project(tmp_path, files)
+    project = Project(root)
+    deps = project.closure(root / "train.py", (root / "train.py").read_text())
+    names = sorted(p.relative_to(root.resolve()).as_posix() for p in deps)
+    assert names == ["layers/__init__.py", "layers/m3.py", "layers/m7.py"]
