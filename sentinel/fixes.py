@@ -255,3 +255,36 @@ def softmax_input(call: cst.Call) -> cst.BaseExpression | None:
         if receiver not in _FUNCTIONAL:
             return func.value  # the method form
     return positional[0].value if positional else None
+
+
+def unified_diff(before: str, after: str, path: str) -> str:
+    import difflib
+
+    return "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True), after.splitlines(keepends=True), fromfile=path, tofile=path
+        )
+    )
+
+
+def write_atomically(path, text: str, encoding: str = "utf-8") -> None:
+    """Replace ``path``'s content with ``text`` in one rename, keeping its permission bits."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path)
+    mode = target.stat().st_mode & 0o7777 if target.exists() else None
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".sentinel-fix")
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
+            fh.write(text)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
