@@ -397,3 +397,75 @@ def test_closure_follows_only_what_the_package_binds_for_the_imported_names(tmp_
     deps = project.closure(root / "train.py", (root / "train.py").read_text())
     names = sorted(p.relative_to(root.resolve()).as_posix() for p in deps)
     assert names == ["layers/__init__.py", "layers/m3.py", "layers/m7.py"]
+
+
+def test_a_helper_stepping_on_the_callers_accumulation_condition_is_not_a_missing_reset(tmp_path):
+    """A loss scaler in another file steps under `if update_grad:`, bound to the caller's condition."""
+    scaler = """
+        import torch
+
+
+        class Scaler:
+            def __init__(self):
+                self._scaler = torch.cuda.amp.GradScaler()
+
+            def __call__(self, loss, optimizer, update_grad=True):
+                self._scaler.scale(loss).backward()
+                if update_grad:
+                    self._scaler.step(optimizer)
+                    self._scaler.update()
+        """
+    loop = """
+        import torch
+        from util import Scaler
+
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss_scaler = Scaler()
+        accum_iter = 4
+        optimizer.zero_grad()
+        for step, x in enumerate([torch.randn(2, 3) for _ in range(8)]):
+            loss = model(x).pow(2).mean() / accum_iter
+            loss_scaler(loss, optimizer, update_grad=(step + 1) % accum_iter == 0)
+            if (step + 1) % accum_iter == 0:
+                optimizer.zero_grad()
+        """
+    root = make_project(tmp_path, {"util.py": scaler, "train.py": loop})
+    assert lint(root, "train.py") == set()
+    reset = "    if (step + 1) % accum_iter == 0:\n        optimizer.zero_grad()\n"
+    no_reset = textwrap.dedent(loop).replace(reset, "")
+    (root / "train.py").write_text(no_reset)
+    assert lint(root, "train.py") == {("SEN002", "util.py", line_of(root, "util.py", ".backward()"))}
+
+
+def test_zero_grad_on_a_model_covers_the_optimized_parts_of_its_submodules(tmp_path):
+    models = """
+        import torch.nn as nn
+
+
+        class Encoder(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.backbone = nn.Linear(4, 4)
+                self.linear = nn.Linear(4, 2)
+
+            def forward(self, x):
+                return self.linear(self.backbone(x))
+        """
+    train = """
+        import torch
+        from models import Encoder
+
+        encoder = Encoder()
+        head = torch.nn.Linear(2, 1)
+        params = list(head.parameters()) + list(encoder.linear.parameters())
+        optimizer = torch.optim.Adam(params, lr=1e-3)
+        for x in [torch.randn(2, 4) for _ in range(3)]:
+            loss = head(encoder(x)).mean()
+            head.zero_grad()
+            encoder.zero_grad()
+            loss.backward()
+            optimizer.step()
+        """
+    root = make_project(tmp_path, {"models.py": models, "train.py": train})
+    assert lint(root, "train.py") == set()

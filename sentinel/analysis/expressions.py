@@ -335,7 +335,9 @@ class ExpressionsMixin:
             else:
                 result = NOCONST
             left = right
-        return V(CONST, const=result) if result is not NOCONST else V(CONST, graph=False)
+        # an unknown outcome remembers its expression: a helper's `if flag:` on a parameter bound to it
+        # is then the caller's condition (gradient accumulation paced in the caller, stepped in a helper)
+        return V(CONST, const=result) if result is not NOCONST else V(CONST, graph=False, origin=node)
 
     def eval_subscript(self, node: cst.Subscript, state: State, ctx: Ctx) -> V:
         base = self.eval(node.value, state, ctx)

@@ -159,6 +159,8 @@ class StatementsMixin:
                 self.exec_body(node.orelse.body, state, ctx)
             return
         key = _cond_key(node.test)
+        if isinstance(node.test, cst.Name) and isinstance(test.origin, cst.Comparison):
+            key = _cond_key(test.origin)  # a parameter bound to the caller's condition
         a = state.copy()
         self.cond_stack.append(key)
         try:
