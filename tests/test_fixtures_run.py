@@ -1,7 +1,17 @@
-"""Every program of the lint corpus (fixtures/lint/**.py) must run to completion.
+"""Every program of the lint corpus must run to completion.
 
-The corpus is meant to be realistic training code, so each file has to be a working program:
-a fixture that crashes would make its lint expectations meaningless.
+The corpus is meant to be realistic training code, so each program has to work: a fixture that
+crashes would make its lint expectations meaningless. A program is one of
+
+- a single-file fixture (``fixtures/lint/**.py`` outside ``projects/``), run as ``python file.py``;
+- a project (``fixtures/lint/projects/<name>/``, its root holds ``pyproject.toml``): its entry point
+  ``train.py`` / ``main.py`` at the root runs as ``python train.py`` from the root (the root first on
+  ``sys.path``); a ``src/`` layout without a root entry runs as ``python -m <pkg>.train`` from ``src``.
+  The project's own modules are purged from ``sys.modules`` afterwards (names like ``models`` and
+  ``utils`` repeat across projects);
+- a notebook (``fixtures/lint/notebooks/*.ipynb``): its code cells run in order in one namespace, as
+  Jupyter would, with IPython line magics (``%...``) and shell lines (``!...``) replaced by ``pass``,
+  Python cell magics (``%%time``, ``%%capture``, ...) run as their body, other cell magics skipped.
 
 Importing torch costs seconds, so the files are not run one interpreter each. Instead this module
 starts a couple of worker interpreters (this same file run as a script); each imports torch once and
@@ -24,12 +34,86 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "fixtures" / "lint"
-FIXTURES = sorted(CORPUS.rglob("*.py"))
+PROJECTS_DIR = CORPUS / "projects"
+NOTEBOOKS_DIR = CORPUS / "notebooks"
+FIXTURES = sorted(p for p in CORPUS.rglob("*.py") if PROJECTS_DIR not in p.parents)
+PROJECTS = sorted(p.parent for p in PROJECTS_DIR.glob("*/pyproject.toml"))
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+PROGRAMS = FIXTURES + PROJECTS + NOTEBOOKS
+# Cell magics whose body is Python that runs (once, for our purposes); any other cell magic
+# (%%bash, %%writefile, %%html, ...) is not Python and its cell is skipped.
+PYTHON_CELL_MAGICS = {"time", "timeit", "capture", "prun", "debug"}
 WORKERS = 2
 # A fixture is meant to take well under ~1.5 s; this only catches a runaway loop or a hang,
 # with a wide margin for slow or busy CI machines.
 PER_FILE_LIMIT_S = 20.0
 TOTAL_TIMEOUT_S = 600
+
+
+def project_entry(root: Path) -> tuple[Path, str | None]:
+    """How a project runs: (working directory, module name) or (entry script, None)."""
+    for name in ("train.py", "main.py"):
+        if (root / name).is_file():
+            return root / name, None
+    for name in ("train", "main", "__main__"):
+        found = sorted((root / "src").glob(f"*/{name}.py"))
+        if found:
+            pkg = found[0].parent.name
+            return root / "src", pkg if name == "__main__" else f"{pkg}.{name}"
+    raise FileNotFoundError(f"{root}: no train.py/main.py at the root and no src/<pkg>/train.py")
+
+
+def notebook_cells(path: Path) -> list[str]:
+    """The code cells of a notebook as Python sources, magics and shell lines masked, line numbers kept."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    sources = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        src = cell["source"]
+        lines = ("".join(src) if isinstance(src, list) else src).split("\n")
+        if lines and lines[0].startswith("%%"):
+            magic = lines[0][2:].split()[0] if lines[0][2:].strip() else ""
+            if magic not in PYTHON_CELL_MAGICS:
+                continue
+            lines[0] = ""
+        masked = []
+        for line in lines:
+            stripped = line.lstrip()
+            if stripped.startswith(("%", "!")):
+                masked.append(line[: len(line) - len(stripped)] + "pass")
+            else:
+                masked.append(line)
+        sources.append("\n".join(masked))
+    return sources
+
+
+def _run_project(root: Path) -> None:
+    import runpy
+
+    target, module = project_entry(root)
+    saved_path = list(sys.path)
+    try:
+        if module is None:
+            os.chdir(root)
+            sys.path.insert(0, str(root))
+            runpy.run_path(str(target), run_name="__main__")
+        else:
+            os.chdir(target)
+            sys.path.insert(0, str(target))
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+    finally:
+        sys.path[:] = saved_path
+        for name, mod in list(sys.modules.items()):
+            where = getattr(mod, "__file__", None) or next(iter(getattr(mod, "__path__", None) or []), None)
+            if where and Path(where).resolve().is_relative_to(root.resolve()):
+                del sys.modules[name]
+
+
+def _run_notebook(path: Path) -> None:
+    namespace: dict = {"__name__": "__main__"}
+    for index, source in enumerate(notebook_cells(path), 1):
+        exec(compile(source, f"{path}:code-cell-{index}", "exec"), namespace)
 
 
 def _worker(result_path: str, paths: list[str]) -> None:
@@ -60,7 +144,13 @@ def _worker(result_path: str, paths: list[str]) -> None:
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    runpy.run_path(path, run_name="__main__")
+                    target = Path(path)
+                    if target.is_dir():
+                        _run_project(target)
+                    elif target.suffix == ".ipynb":
+                        _run_notebook(target)
+                    else:
+                        runpy.run_path(path, run_name="__main__")
         except BaseException:  # SystemExit included: a fixture must not exit.
             outcome = {"ok": False, "error": traceback.format_exc(), "output": sink.getvalue()[-2000:]}
         else:
@@ -81,7 +171,7 @@ def _worker(result_path: str, paths: list[str]) -> None:
 @pytest.fixture(scope="module")
 def run_results(tmp_path_factory) -> dict:
     out_dir = tmp_path_factory.mktemp("fixture-runs")
-    paths = [str(p) for p in FIXTURES]
+    paths = [str(p) for p in PROGRAMS]
     chunks = [paths[i::WORKERS] for i in range(WORKERS)]
     procs = []
     for i, chunk in enumerate(chunks):
@@ -158,7 +248,26 @@ def test_corpus_layout_and_expectations():
     assert len(list((CORPUS / "clean").glob("*.py"))) >= MIN_CLEAN
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(CORPUS)))
+def test_projects_and_notebooks_layout():
+    """Projects and notebooks exist, each notebook is nbformat 4 JSON, and every `# expect:` is well formed."""
+    assert len(PROJECTS) >= 14, f"only {len(PROJECTS)} projects"
+    assert len(NOTEBOOKS) >= 10, f"only {len(NOTEBOOKS)} notebooks"
+    for root in PROJECTS:
+        project_entry(root)
+        assert "[project]" in (root / "pyproject.toml").read_text(encoding="utf-8"), root.name
+        for path in root.rglob("*.py"):
+            _expectations(path)
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["language"] == "python", path.name
+        for cell in nb["cells"]:
+            assert cell["cell_type"] in ("code", "markdown"), path.name
+            for line in "".join(cell["source"]).splitlines():
+                if "expect:" in line:
+                    assert EXPECT_RE.search(line), f"{path.name}: malformed expectation comment: {line}"
+
+
+@pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: str(p.relative_to(CORPUS)))
 def test_fixture_runs(path: Path, run_results: dict) -> None:
     outcome = run_results[str(path)]
     assert outcome["ok"], (
