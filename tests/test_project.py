@@ -469,3 +469,53 @@ def test_zero_grad_on_a_model_covers_the_optimized_parts_of_its_submodules(tmp_p
         """
     root = make_project(tmp_path, {"models.py": models, "train.py": train})
     assert lint(root, "train.py") == set()
+
+
+def test_super_init_runs_the_base_class_init_from_another_file(tmp_path):
+    root = make_project(
+        tmp_path,
+        {
+            "base.py": """
+                import torch.nn as nn
+
+
+                class BaseModel(nn.Module):
+                    def __init__(self, dropout=0.25):
+                        super().__init__()
+                        self.dropout = nn.Dropout(dropout)
+                """,
+            "model.py": """
+                from torch import nn
+
+                from base import BaseModel
+
+
+                class Classifier(BaseModel):
+                    def __init__(self):
+                        super().__init__(dropout=0.3)
+                        self.fc = nn.Linear(8, 2)
+
+                    def forward(self, x):
+                        return self.fc(self.dropout(x))
+                """,
+            "train.py": """
+                import torch
+
+                from model import Classifier
+
+                model = Classifier()
+                opt = torch.optim.SGD(model.parameters(), lr=0.1)
+                val_loader = [torch.randn(4, 8) for _ in range(2)]
+                for epoch in range(2):
+                    model.train()
+                    loss = model(torch.randn(4, 8)).sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    with torch.no_grad():
+                        for x in val_loader:
+                            print(model(x).sum())
+                """,
+        },
+    )
+    assert lint(root, "train.py") == {("SEN003", "train.py", line_of(root, "train.py", "print(model(x)"))}

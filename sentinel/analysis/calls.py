@@ -69,6 +69,8 @@ class CallsMixin:
 
     def eval_call(self, node: cst.Call, state: State, ctx: Ctx) -> V:
         func = node.func
+        if isinstance(func, cst.Attribute) and _is_super(func.value):
+            return self.call_super(func.attr.value, node, state, ctx)
         if isinstance(func, cst.Attribute):
             path = _dotted(func)
             receiver = state.env.get(path) if path is not None and path in state.env else None
@@ -99,6 +101,23 @@ class CallsMixin:
         fv = self.eval(func, state, ctx)
         args, kwargs, _ = self._args(node, state, ctx)
         return self.call_value(fv, node, args, kwargs, state, ctx)
+
+    def call_super(self, meth: str, node: cst.Call, state: State, ctx: Ctx) -> V:
+        """``super().meth(...)`` in a method: the next class in the MRO that defines ``meth`` (a base
+        class of this file or of another project file); a torch base class's method does nothing
+        sentinel models (``nn.Module.__init__``)."""
+        args, kwargs, _ = self._args(node, state, ctx)
+        c: Ctx | None = ctx
+        while c is not None and (c.func is None or c.func.cls is None):
+            c = c.parent if c.closure is not None else None
+        if c is None or c.self_value is None:
+            return TOP
+        mro = c.func.cls.mro()
+        for cls in mro[1:]:
+            m = cls.methods.get(meth)
+            if m is not None and m.kind != "property":
+                return self.inline(m, node, args, kwargs, state, ctx, self_value=c.self_value)
+        return V(CONST, const=None) if meth == "__init__" else TOP
 
     def call_value(self, fv: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         kind = fv.kind
@@ -335,3 +354,11 @@ class CallsMixin:
             return TOP
         return V(UNKNOWN, taints=merge_taints(*args))
 
+
+
+def _is_super(node: cst.BaseExpression) -> bool:
+    return (
+        isinstance(node, cst.Call)
+        and isinstance(node.func, cst.Name)
+        and node.func.value == "super"
+    )
