@@ -61,6 +61,8 @@ class CallsMixin:
                 starred = True
                 if v.elems is not None and a.star == "*":
                     args.extend(v.elems)
+                elif a.star == "*" and v.kind in (LIST, TUPLE) and v.sensitive is not None:
+                    args.append(v)  # elements unknown, but what kind of layers they are is known
                 elif a.star == "*":
                     args.append(V(UNKNOWN, taints=v.taints))  # unknown elements
             else:

@@ -10,7 +10,16 @@ import libcst as cst
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.imports import lookup_star
 from sentinel.analysis.objects import ClassInfo, Ctx, Ident, Instance, State
-from sentinel.analysis.syntax import _BINOPS, _BUILTINS, _CMPOPS, _CONVENTIONAL, _dotted, _string_value, _target_text
+from sentinel.analysis.syntax import (
+    _BINOPS,
+    _BUILTINS,
+    _CMPOPS,
+    _CONVENTIONAL,
+    _any_sensitive,
+    _dotted,
+    _string_value,
+    _target_text,
+)
 from sentinel.analysis.values import (
     CLASS,
     CONST,
@@ -139,6 +148,7 @@ class ExpressionsMixin:
                 graph=graph_of(*elems) if elems else False,
                 ident=object() if kind == LIST else None,
                 alias=next((e.alias for e in elems if e.alias is not None), None),
+                sensitive=_any_sensitive(elems),  # a list of layers: does it hold dropout/batch norm?
             )
         if t is cst.Dict:
             vals = []

@@ -22,9 +22,12 @@ from sentinel.analysis.syntax import (
     _JOIN_FUNCS,
     _MODULE_ONLY_METHODS,
     _STORE_METHODS,
+    _any_sensitive,
     _code,
     _dotted,
     _target_text,
+    list_sensitive,
+    union_sensitive,
 )
 from sentinel.analysis.values import (
     CLASS,
@@ -273,6 +276,10 @@ class MethodsMixin:
             graph=True if x.graph else recv.graph,
             probs=x.probs if (first and x.probs is not None) else None,
             elems=recv.elems + (x,) if recv.elems is not None and meth == "append" else None,
+            sensitive=union_sensitive(
+                list_sensitive(recv) if recv.kind in (LIST, TUPLE) else recv.sensitive,
+                list_sensitive(x) if meth == "extend" and x.kind in (LIST, TUPLE) else _any_sensitive((x,)),
+            ),
         )
         if isinstance(node.func, cst.Attribute) and isinstance(node.func.value, cst.Attribute):
             owner = self.eval(node.func.value.value, state, ctx, record=False)

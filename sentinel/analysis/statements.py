@@ -16,7 +16,16 @@ from sentinel.analysis.facts import (
     SnapshotEvent,
 )
 from sentinel.analysis.objects import ClassInfo, Ctx, FuncInfo, Instance, State, join_states
-from sentinel.analysis.syntax import _MISSING, _code, _cond_key, _dotted, _self_add, _target_text
+from sentinel.analysis.syntax import (
+    _MISSING,
+    _code,
+    _cond_key,
+    _dotted,
+    _self_add,
+    _target_text,
+    list_sensitive,
+    union_sensitive,
+)
 from sentinel.analysis.values import (
     CLASS,
     CONST,
@@ -490,7 +499,8 @@ class StatementsMixin:
         old = self.eval(node.target, state, ctx)
         if old.kind == LIST and value.kind in (LIST, TUPLE) and isinstance(node.operator, cst.AddAssign):
             elems = old.elems + value.elems if old.elems is not None and value.elems is not None else None
-            new = old.with_(elems=elems, taints=old.taints | value.taints)
+            sensitive = union_sensitive(list_sensitive(old), list_sensitive(value))
+            new = old.with_(elems=elems, taints=old.taints | value.taints, sensitive=sensitive)
         elif isinstance(node.operator, (cst.AddAssign, cst.SubtractAssign)):
             new = self._accumulate(node, node.target, old, value, state, ctx)
         else:

@@ -11,9 +11,11 @@ import libcst as cst
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.values import (
     CONST,
+    LIST,
     MODEL,
     NOCONST,
     SOFTMAX,
+    TUPLE,
     V,
 )
 
@@ -105,7 +107,13 @@ def _layer_sensitive(qual: str, kwargs: dict[str, V]) -> bool | None:
 def _any_sensitive(values) -> bool | None:
     result: bool | None = False
     for v in values or ():
-        if v.kind == MODEL:
+        if v.kind in (LIST, TUPLE):  # `nn.Sequential(*layers)`, `nn.ModuleList(blocks)`
+            s = list_sensitive(v)
+            if s:
+                return True
+            if s is None:
+                result = None
+        elif v.kind == MODEL:
             if v.sensitive:
                 return True
             if v.sensitive is None:
@@ -113,6 +121,18 @@ def _any_sensitive(values) -> bool | None:
         elif v.kind not in (SOFTMAX, CONST):
             result = None
     return result
+
+
+def list_sensitive(v: V) -> bool | None:
+    """Whether a list of layers holds a dropout/batch-norm style layer: its elements when known, else
+    what every ``append``/``+=`` that built it added (a list built in a loop)."""
+    return _any_sensitive(v.elems) if v.elems is not None else v.sensitive
+
+
+def union_sensitive(a: bool | None, b: bool | None) -> bool | None:
+    if a or b:
+        return True
+    return None if a is None or b is None else False
 
 
 def _is_factory(node: Any) -> bool:
