@@ -83,6 +83,10 @@ class MethodsMixin:
                     # `model.predict(x)`, `model.encode(x)`: the model runs its layers, like a forward
                     fid = self._forward_event(recv, node, args, state, ctx)
                     result = result.with_(taints=result.taints | {fid})
+                elif module and result.kind == TENSOR and not result.taints and not ctx.model_method:
+                    # `loss = module.training_step(batch)`: a tensor the model computed; if it is
+                    # backpropagated, every place that kept it kept its graph
+                    result = result.with_(taints=frozenset({next(self.ids)}))
                 return result
         if recv.kind == FUNC or recv.kind == CLASS:
             return TOP
