@@ -519,3 +519,48 @@ def test_super_init_runs_the_base_class_init_from_another_file(tmp_path):
         },
     )
     assert lint(root, "train.py") == {("SEN003", "train.py", line_of(root, "train.py", "print(model(x)"))}
+
+
+def test_a_model_method_that_runs_no_layer_is_not_a_forward(tmp_path):
+    """`model.estimate_mfu(...)` after training computes a number from the config: not an evaluation."""
+    root = make_project(
+        tmp_path,
+        {
+            "model.py": """
+                import torch.nn as nn
+
+
+                class GPT(nn.Module):
+                    def __init__(self):
+                        super().__init__()
+                        self.drop = nn.Dropout(0.1)
+                        self.head = nn.Linear(8, 8)
+
+                    def forward(self, x):
+                        return self.head(self.drop(x))
+
+                    def num_params(self):
+                        return sum(p.numel() for p in self.parameters())
+
+                    def estimate_mfu(self, steps, dt):
+                        return 6 * self.num_params() * steps / dt / 312e12
+                """,
+            "bench.py": """
+                import torch
+
+                from model import GPT
+
+                model = GPT()
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                for stage in range(2):
+                    for k in range(3):
+                        loss = model(torch.randn(2, 8)).pow(2).mean()
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                    mfu = model.estimate_mfu(3, 0.5)
+                    print(mfu)
+                """,
+        },
+    )
+    assert lint(root, "bench.py") == set()

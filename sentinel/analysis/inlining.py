@@ -32,6 +32,7 @@ class InliningMixin:
 
     # -- forward passes -----------------------------------------------------------------------------
     def forward(self, model: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        self.module_calls += 1
         probs = model.probs
         inst = model.ref if isinstance(model.ref, Instance) else None
         result = None

@@ -92,6 +92,7 @@ class Interpreter(ImportsMixin, StatementsMixin, ExpressionsMixin, CallsMixin, M
         self._global_state: State | None = None
         self.entry_state: State | None = None
         self.steps = 0
+        self.module_calls = 0  # calls of a module (a forward), anywhere: did a method run any layer?
         self.ctx_ids = itertools.count(1)
 
     # =============================================================================================

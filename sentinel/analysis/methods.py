@@ -71,9 +71,11 @@ class MethodsMixin:
                 if meth == "forward" and module:
                     return self.forward(recv, node, args, kwargs, state, ctx)
                 before = len(self.facts.backwards) + len(self.facts.steps)
+                calls_before = self.module_calls
                 result = self.inline(m, node, args, kwargs, state, ctx, self_value=recv)
                 if (
                     module
+                    and self.module_calls > calls_before  # it ran layers (not `estimate_mfu()`)
                     and not ctx.model_method
                     and not meth.startswith("_")
                     and not api.non_forward_method(meth)
