@@ -13,7 +13,17 @@ import click
 
 from sentinel import __version__
 
-FORMATS_LINT = ("text", "json", "concise", "github")
+
+def _lint_formats() -> tuple[str, ...]:
+    from sentinel.reporters import reporter_names
+
+    return reporter_names()
+
+
+def _format_help() -> str:
+    from sentinel.reporters import reporters
+
+    return "; ".join(f"{name}: {cls.HELP}" for name, cls in reporters().items()) + "."
 
 
 class _Group(click.Group):
@@ -52,34 +62,61 @@ def _codes(value: str | None) -> list[str] | None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS_LINT),
+    type=click.Choice(_lint_formats()),
     default="text",
     show_default=True,
-    help="text: findings with source lines; concise: one line each; json: one array; github: annotations.",
+    help=_format_help(),
+)
+@click.option(
+    "-o",
+    "--output-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the findings to FILE instead of stdout (errors and warnings still go to stderr).",
 )
 @click.option("--select", help="Comma-separated codes, prefixes or names to enable (replaces the config's).")
 @click.option("--ignore", help="Comma-separated codes, prefixes or names to disable.")
 @click.option("--extend-select", help="Codes to enable in addition to the selected ones.")
+@click.option("--extend-exclude", help="Comma-separated patterns to exclude in addition to the config's.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when there are findings (still 2 on errors).")
 @click.option("--force-exclude", is_flag=True, help="Apply exclude settings to paths given explicitly too.")
-@click.option("--no-config", is_flag=True, help="Ignore [tool.sentinel] in pyproject.toml.")
+@click.option(
+    "--no-respect-gitignore",
+    is_flag=True,
+    help="Also lint files that .gitignore, .ignore or .git/info/exclude ignore.",
+)
+@click.option("--no-config", is_flag=True, help="Ignore sentinel.toml and [tool.sentinel] in pyproject.toml.")
+@click.option(
+    "--stdin-filename",
+    help="Lint standard input as if it were this file (config, per-file-ignores, output); implies `-`.",
+)
 @click.option("--statistics", is_flag=True, help="Print a count per rule instead of the findings.")
+@click.option("--show-files", is_flag=True, help="List the files that would be linted, then exit.")
+@click.option("--show-settings", is_flag=True, help="Print the settings that apply to the first PATH, then exit.")
+@click.option("-q", "--quiet", is_flag=True, help="Print the findings only: no summary, no warnings.")
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=0, help="Processes to use (0: all cores).")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)
 def lint(
     paths: tuple[Path, ...],
     fmt: str,
+    output_file: Path | None,
     select: str | None,
     ignore: str | None,
     extend_select: str | None,
+    extend_exclude: str | None,
     exit_zero: bool,
     force_exclude: bool,
+    no_respect_gitignore: bool,
     no_config: bool,
+    stdin_filename: str | None,
     statistics: bool,
+    show_files: bool,
+    show_settings: bool,
+    quiet: bool,
     jobs: int,
     color: str,
 ) -> None:
-    """Statically check training code in PATHS (files or directories; default: current directory)."""
+    """Statically check training code in PATHS: Python files, notebooks (.ipynb) and directories
+    (default: the current directory); `-` reads standard input."""
     from sentinel.lint import LintOptions, run_lint_command
 
     options = LintOptions(
@@ -88,11 +125,18 @@ def lint(
         select=_codes(select),
         ignore=_codes(ignore),
         extend_select=_codes(extend_select),
+        extend_exclude=_codes(extend_exclude),
         force_exclude=force_exclude,
         use_config=not no_config,
+        respect_gitignore=False if no_respect_gitignore else None,
         statistics=statistics,
         jobs=jobs,
         color=color,
+        quiet=quiet,
+        output_file=output_file,
+        stdin_filename=stdin_filename,
+        show_files=show_files,
+        show_settings=show_settings,
     )
     status = run_lint_command(options)
     if exit_zero and status == 1:

@@ -1,8 +1,11 @@
-"""``[tool.sentinel]`` configuration: discovery, selection and exclusion.
+"""Configuration: finding it, reading it, selection and exclusion.
 
-The closest ``pyproject.toml`` that has a ``[tool.sentinel]`` table wins (as in ruff); paths in it are
-relative to that file's directory. Keys: ``select``, ``ignore``, ``extend-select``, ``exclude``,
-``extend-exclude``, ``per-file-ignores`` (glob -> codes; a leading ``!`` negates the glob).
+The configuration is the closest ``sentinel.toml`` (keys at its top level) or ``pyproject.toml`` with
+a ``[tool.sentinel]`` table, walking up from the linted path; in one directory ``sentinel.toml`` wins,
+as ``ruff.toml`` does for ruff. Paths in it are relative to that file's directory. Keys: ``select``,
+``ignore``, ``extend-select``, ``exclude``, ``extend-exclude``, ``per-file-ignores`` (glob -> codes;
+a leading ``!`` negates the glob) and ``respect-gitignore``. A file that is not valid TOML, an unknown
+key or a value of the wrong type is a :class:`ConfigError` naming the file (exit status 2).
 """
 
 from __future__ import annotations
@@ -50,7 +53,16 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
     ".sentinel_cache",
 )
 
-KNOWN_KEYS = {"select", "ignore", "extend-select", "exclude", "extend-exclude", "per-file-ignores"}
+KNOWN_KEYS = {
+    "select",
+    "ignore",
+    "extend-select",
+    "exclude",
+    "extend-exclude",
+    "per-file-ignores",
+    "respect-gitignore",
+}
+CONFIG_NAMES = ("sentinel.toml", "pyproject.toml")
 
 
 class ConfigError(Exception):
@@ -66,6 +78,7 @@ class Settings:
     extend_select: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+    respect_gitignore: bool = True
 
     # -- exclusion ---------------------------------------------------------------------------------
     def _relative(self, path: Path) -> str:
@@ -111,21 +124,37 @@ class Settings:
         return out
 
 
-def find_config(start: Path) -> Path | None:
-    """The closest pyproject.toml at or above ``start`` that has a ``[tool.sentinel]`` table."""
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def find_config(start: Path) -> tuple[Path, dict] | None:
+    """The closest configuration at or above ``start`` and its sentinel table.
+
+    ``sentinel.toml`` (top-level keys) beats ``pyproject.toml`` (``[tool.sentinel]``) in the same
+    directory; a ``pyproject.toml`` without a ``[tool.sentinel]`` table is passed over.
+    """
     here = Path(os.path.abspath(start))
     if here.is_file() or not here.exists():
         here = here.parent
     for directory in (here, *here.parents):
+        own = directory / "sentinel.toml"
+        if own.is_file():
+            return own, _read_toml(own)
         candidate = directory / "pyproject.toml"
         if candidate.is_file():
-            try:
-                with candidate.open("rb") as fh:
-                    data = tomllib.load(fh)
-            except (OSError, tomllib.TOMLDecodeError):
-                continue
-            if isinstance(data.get("tool"), dict) and "sentinel" in data["tool"]:
-                return candidate
+            data = _read_toml(candidate)
+            tool = data.get("tool")
+            if isinstance(tool, dict) and "sentinel" in tool:
+                if not isinstance(tool["sentinel"], dict):
+                    raise ConfigError(f"{candidate}: [tool.sentinel] must be a table")
+                return candidate, tool["sentinel"]
     return None
 
 
@@ -134,26 +163,25 @@ def _str_list(value: object, key: str, path: Path) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ConfigError(f"{path}: [tool.sentinel] {key} must be a list of strings")
+    raise ConfigError(f"{path}: {_where(path)}{key} must be a list of strings")
+
+
+def _where(path: Path) -> str:
+    return "" if path.name == "sentinel.toml" else "[tool.sentinel] "
 
 
 def load_settings(start: Path | None = None, *, use_config: bool = True) -> Settings:
-    """Settings for files under ``start``: defaults overlaid with the nearest ``[tool.sentinel]``."""
+    """Settings for files under ``start``: defaults overlaid with the nearest configuration."""
     start = Path.cwd() if start is None else start
-    config = find_config(start) if use_config else None
-    if config is None:
+    found = find_config(start) if use_config else None
+    if found is None:
         root = Path(os.path.abspath(start))
         return Settings(root=root if root.is_dir() else root.parent)
-    with config.open("rb") as fh:
-        try:
-            table = tomllib.load(fh)["tool"]["sentinel"]
-        except tomllib.TOMLDecodeError as exc:  # pragma: no cover - find_config skips these
-            raise ConfigError(f"{config}: {exc}") from exc
-    if not isinstance(table, dict):
-        raise ConfigError(f"{config}: [tool.sentinel] must be a table")
+    config, table = found
+    where = _where(config)
     unknown = set(table) - KNOWN_KEYS
     if unknown:
-        raise ConfigError(f"{config}: unknown [tool.sentinel] key(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{config}: unknown {where}key(s): {', '.join(sorted(unknown))}")
     settings = Settings(root=config.parent, config_path=config)
     if "select" in table:
         settings.select = _str_list(table["select"], "select", config)
@@ -164,8 +192,12 @@ def load_settings(start: Path | None = None, *, use_config: bool = True) -> Sett
     settings.exclude += _str_list(table.get("extend-exclude", []), "extend-exclude", config)
     pfi = table.get("per-file-ignores", {})
     if not isinstance(pfi, dict):
-        raise ConfigError(f"{config}: [tool.sentinel] per-file-ignores must be a table of glob = [codes]")
+        raise ConfigError(f"{config}: {where}per-file-ignores must be a table of glob = [codes]")
     settings.per_file_ignores = {k: _str_list(v, f"per-file-ignores.{k}", config) for k, v in pfi.items()}
+    gitignore = table.get("respect-gitignore", True)
+    if not isinstance(gitignore, bool):
+        raise ConfigError(f"{config}: {where}respect-gitignore must be true or false")
+    settings.respect_gitignore = gitignore
     return settings
 
 

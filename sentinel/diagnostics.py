@@ -1,4 +1,11 @@
-"""What a lint run reports: a finding (:class:`Diagnostic`) and a source that could not be analysed."""
+"""What a lint run reports: a finding (:class:`Diagnostic`), a file that could not be checked
+(:class:`InputError`), and :class:`SourceError`, raised when a source cannot be analysed.
+
+Both serialise to the same JSON shape (``sentinel lint --format json``): every element has ``kind``
+(``"finding"`` or ``"error"``), ``code``, ``name``, ``path``, ``line``, ``column``, ``end_line``,
+``end_column``, ``message`` and ``url``; an error has ``code``, ``name`` and ``url`` null, and null
+lines/columns where the reason has no location. Notebook elements add ``cell``.
+"""
 
 from __future__ import annotations
 
@@ -29,16 +36,74 @@ class Diagnostic:
     def format_concise(self) -> str:
         return f"{self.location}: {self.code} {self.message}"
 
-    def to_dict(self) -> dict:
+    @property
+    def sort_key(self) -> tuple:
+        return (self.path, self.cell or 0, self.line, self.column, self.code, self.end_line, self.end_column)
+
+    @property
+    def url(self) -> str | None:
         from sentinel.rules import rule_by_selector
 
-        out = asdict(self)
         rule = rule_by_selector(self.code)
-        out["url"] = rule.url() if rule is not None else None
-        keys = ["code", "name", "path", "line", "column", "end_line", "end_column", "message", "url"]
+        return rule.url() if rule is not None else None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["url"] = self.url
+        out["kind"] = "finding"
+        return {k: out[k] for k in _json_keys(self.cell)}
+
+
+def _json_keys(cell: int | None) -> list[str]:
+    keys = ["kind", "code", "name", "path", "line", "column", "end_line", "end_column", "message", "url"]
+    if cell is not None:
+        keys.insert(4, "cell")
+    return keys
+
+
+@dataclass(frozen=True)
+class InputError:
+    """A path that could not be checked: missing, unreadable, not valid Python, not a notebook."""
+
+    path: str
+    reason: str
+    line: int | None = None
+    column: int | None = None
+    cell: int | None = None
+
+    @property
+    def location(self) -> str:
+        out = self.path
         if self.cell is not None:
-            keys.insert(3, "cell")
-        return {k: out[k] for k in keys}
+            out += f":cell {self.cell}"
+        if self.line:
+            out += f":{self.line}"
+            if self.column:
+                out += f":{self.column}"
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.reason}"
+
+    @property
+    def sort_key(self) -> tuple:
+        return (self.path, self.cell or 0, self.line or 0, self.column or 0)
+
+    def to_dict(self) -> dict:
+        out = {
+            "kind": "error",
+            "code": None,
+            "name": None,
+            "path": self.path,
+            "cell": self.cell,
+            "line": self.line,
+            "column": self.column,
+            "end_line": None,
+            "end_column": None,
+            "message": self.reason,
+            "url": None,
+        }
+        return {k: out[k] for k in _json_keys(self.cell)}
 
 
 class SourceError(Exception):

@@ -1,12 +1,15 @@
-"""``sentinel lint``: file discovery, configuration, parallel checking and reporting.
+"""``sentinel lint``: linting files, notebooks and standard input, in parallel, and reporting.
 
 Public API (also used by the pytest plugin)::
 
     settings = load_settings(Path("."))
     result = lint_file(Path("train.py"), settings)
     result.diagnostics      # list[Diagnostic]
-    result.error            # one-line reason when the file could not be read or parsed
+    result.error            # one-line reason when the file could not be read or parsed, else None
     print(render_results([result], fmt="concise"))
+
+Which files are read is :mod:`sentinel.discovery`'s business; how a run is printed belongs to the
+reporters in :mod:`sentinel.reporters`.
 """
 
 from __future__ import annotations
@@ -15,22 +18,29 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sentinel.config import ConfigError, Settings, load_settings, resolve_selection
-from sentinel.engine import Diagnostic, SourceError, check_source, decode
+from sentinel.diagnostics import Diagnostic, InputError, SourceError
+from sentinel.discovery import IgnoreFiles, discover
+from sentinel.engine import check_source, decode
 from sentinel.rules import Rule, all_rules
 
 __all__ = [
     "Diagnostic",
     "FileResult",
+    "InputError",
     "LintOptions",
     "Settings",
+    "build_report",
+    "discover",
+    "enabled_rules",
     "lint_file",
     "lint_paths",
     "lint_source",
+    "lint_text",
     "load_settings",
     "render_results",
     "run_lint_command",
@@ -39,13 +49,20 @@ __all__ = [
 
 @dataclass
 class FileResult:
+    """What linting one path gave: findings, or the reason it could not be checked."""
+
     path: str
     diagnostics: list[Diagnostic] = field(default_factory=list)
-    error: str | None = None  # "path:line:col: reason" when the file could not be linted
+    failure: InputError | None = None
+
+    @property
+    def error(self) -> str | None:
+        """``path[:cell N][:line[:col]]: reason`` when the path could not be checked."""
+        return str(self.failure) if self.failure is not None else None
 
     @property
     def ok(self) -> bool:
-        return not self.diagnostics and self.error is None
+        return not self.diagnostics and self.failure is None
 
 
 @dataclass
@@ -55,11 +72,18 @@ class LintOptions:
     select: list[str] | None = None
     ignore: list[str] | None = None
     extend_select: list[str] | None = None
+    extend_exclude: list[str] | None = None
     force_exclude: bool = False
     use_config: bool = True
+    respect_gitignore: bool | None = None  # None: the configuration's (default true)
     statistics: bool = False
     jobs: int = 0
     color: str = "auto"
+    quiet: bool = False
+    output_file: Path | None = None
+    stdin_filename: str | None = None
+    show_files: bool = False
+    show_settings: bool = False
 
 
 def _rule_pairs() -> list[tuple[str, str]]:
@@ -93,65 +117,88 @@ def lint_source(source: str, path: str = "<string>", rules: Iterable[type[Rule]]
     return check_source(source, path, rules)
 
 
-def _lint_path(path: str, codes: tuple[str, ...]) -> FileResult:
+def is_notebook(path: str) -> bool:
+    return path.lower().endswith(".ipynb")
+
+
+def lint_text(data: bytes, path: str, codes: tuple[str, ...]) -> FileResult:
+    """Lint the bytes of a Python file or notebook shown as ``path`` with the rules ``codes``."""
     rules = [r for r in all_rules() if r.CODE in codes]
-    try:
-        data = Path(path).read_bytes()
-    except IsADirectoryError:
-        return FileResult(path, error=f"{path}: is a directory")
-    except FileNotFoundError:
-        return FileResult(path, error=f"{path}: no such file")
-    except OSError as exc:
-        return FileResult(path, error=f"{path}: cannot read: {exc.strerror or exc}")
+    if is_notebook(path):
+        return _lint_notebook(data, path, rules)
     try:
         source = decode(data)
         diags = check_source(source, path, rules)
     except SourceError as exc:
-        where = path + (f":{exc.line}" if exc.line else "") + (f":{exc.column}" if exc.line and exc.column else "")
-        return FileResult(path, error=f"{where}: {exc.reason}")
+        return FileResult(path, failure=InputError(path, exc.reason, exc.line, exc.column if exc.line else None))
     except RecursionError:
-        return FileResult(path, error=f"{path}: too deeply nested to analyse")
+        return FileResult(path, failure=InputError(path, "too deeply nested to analyse"))
     except Exception as exc:  # a bug in sentinel must not cost the user the other files
-        if os.environ.get("SENTINEL_DEBUG"):
-            raise
-        return FileResult(
-            path, error=f"{path}: internal error in sentinel ({type(exc).__name__}: {exc}); please report it"
-        )
+        return _internal_error(path, exc)
     return FileResult(path, diagnostics=diags)
 
 
+def _internal_error(path: str, exc: Exception) -> FileResult:
+    if os.environ.get("SENTINEL_DEBUG"):
+        raise exc
+    reason = f"internal error in sentinel ({type(exc).__name__}: {exc}); please report it"
+    return FileResult(path, failure=InputError(path, reason))
+
+
+def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]]) -> FileResult:
+    from sentinel.notebook import NotebookError, load_notebook
+
+    try:
+        notebook = load_notebook(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        return FileResult(path, failure=InputError(path, "not a valid notebook: not UTF-8 text"))
+    except NotebookError as exc:
+        return FileResult(path, failure=InputError(path, f"not a valid notebook: {exc}"))
+    try:
+        diags = check_source(notebook.source, path, rules)
+    except SourceError as exc:
+        if exc.line:
+            cell, line = notebook.locate(exc.line)
+            return FileResult(path, failure=InputError(path, exc.reason, line, exc.column, cell))
+        return FileResult(path, failure=InputError(path, exc.reason))
+    except RecursionError:
+        return FileResult(path, failure=InputError(path, "too deeply nested to analyse"))
+    except Exception as exc:
+        return _internal_error(path, exc)
+    mapped = []
+    for d in diags:
+        if os.path.normpath(d.path) != os.path.normpath(path):
+            mapped.append(d)  # located in a project file the notebook imports
+            continue
+        cell, line = notebook.locate(d.line)
+        end_cell, end_line = notebook.locate(d.end_line)
+        end_column = d.end_column
+        if end_cell != cell:  # never across cells: stop at the end of the first one's line
+            end_line = line
+            end_column = len(notebook.cell_line(cell, line) or "") + 1
+        mapped.append(
+            Diagnostic(d.path, line, d.column, end_line, end_column, d.code, d.name, d.message, cell=cell)
+        )
+    return FileResult(path, diagnostics=mapped)
+
+
+def _lint_path(path: str, codes: tuple[str, ...]) -> FileResult:
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        return FileResult(path, failure=InputError(path, "is a directory"))
+    except FileNotFoundError:
+        return FileResult(path, failure=InputError(path, "no such file"))
+    except OSError as exc:
+        return FileResult(path, failure=InputError(path, f"cannot read: {exc.strerror or exc}"))
+    return lint_text(data, path, codes)
+
+
 def lint_file(path: Path, settings: Settings | None = None) -> FileResult:
-    """Lint one file with ``settings`` (default: the nearest ``[tool.sentinel]``)."""
+    """Lint one file (Python or notebook) with ``settings`` (default: the nearest configuration)."""
     settings = settings if settings is not None else load_settings(path)
     rules = enabled_rules(settings, path)
     return _lint_path(str(path), tuple(r.CODE for r in rules))
-
-
-def discover(
-    paths: Iterable[Path], settings: Settings, *, force_exclude: bool = False
-) -> Iterator[tuple[Path, str | None]]:
-    """Yield ``(file, error)``: Python files under ``paths``, pruning excluded directories.
-
-    A path given explicitly is always linted (and an excluded directory given explicitly is walked),
-    unless ``force_exclude`` is set, as in ruff; this is what pre-commit hooks need.
-    """
-    for root in paths:
-        if not root.exists():
-            yield root, f"{root}: no such file or directory"
-            continue
-        if force_exclude and settings.is_excluded(root):
-            continue
-        if root.is_file():
-            yield root, None
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if not settings.is_excluded(here / d, below=root))
-            for name in sorted(filenames):
-                if name.endswith((".py", ".pyi")):
-                    file = here / name
-                    if not settings.is_excluded(file, below=root):
-                        yield file, None
 
 
 def lint_paths(
@@ -162,21 +209,26 @@ def lint_paths(
     ignore: list[str] | None = None,
     extend_select: list[str] | None = None,
     force_exclude: bool = False,
+    respect_gitignore: bool | None = None,
     jobs: int = 0,
 ) -> list[FileResult]:
-    """Lint files and directories; results are in path order."""
+    """Lint files and directories; results are in discovery order (sorted paths)."""
     paths = list(paths)
     settings = settings if settings is not None else load_settings(paths[0] if paths else Path("."))
+    gitignore = settings.respect_gitignore if respect_gitignore is None else respect_gitignore
     work: list[tuple[str, tuple[str, ...]]] = []
     results: dict[str, FileResult] = {}
     order: list[str] = []
-    for file, error in discover(paths, settings, force_exclude=force_exclude):
+    queued: set[str] = set()
+    for file, error in discover(paths, settings, force_exclude=force_exclude, respect_gitignore=gitignore):
         key = str(file)
-        if key in results or key in dict(work):
+        if key in queued:
             continue
+        queued.add(key)
         order.append(key)
         if error is not None:
-            results[key] = FileResult(key, error=error)
+            reason = error[len(key) + 2 :] if error.startswith(key + ": ") else error
+            results[key] = FileResult(key, failure=InputError(key, reason))
             continue
         rules = enabled_rules(settings, file, select=select, ignore=ignore, extend_select=extend_select)
         work.append((key, tuple(r.CODE for r in rules)))
@@ -213,130 +265,222 @@ def _size(path: str) -> int:
         return 0
 
 
-# -- output ------------------------------------------------------------------------------------------
-def _escape_gh(text: str, prop: bool = False) -> str:
-    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    if prop:
-        text = text.replace(":", "%3A").replace(",", "%2C")
-    return text
+# -- reporting ---------------------------------------------------------------------------------------
+def project_root(settings: Settings) -> Path:
+    """Where repository-relative paths start: the git root above the working directory, else the
+    configuration's directory."""
+    cwd = Path.cwd()
+    git = IgnoreFiles().git_root(cwd)
+    return git if git is not None else settings.root
+
+
+def build_report(
+    results: list[FileResult],
+    *,
+    rules: list[type[Rule]] | None = None,
+    root: Path | None = None,
+    color: str = "never",
+    quiet: bool = False,
+    stdin: tuple[str, bytes] | None = None,
+):
+    """A :class:`sentinel.reporters.Report` of ``results``: findings deduplicated and sorted."""
+    from sentinel.reporters import Report, SourceLines
+    from sentinel.reporters.base import dedupe
+
+    sources = SourceLines()
+    if stdin is not None:
+        name, data = stdin
+        if is_notebook(name):
+            from sentinel.notebook import NotebookError, load_notebook
+
+            try:
+                sources.add_notebook(name, load_notebook(data.decode("utf-8-sig", "replace")))
+            except NotebookError:
+                pass
+        else:
+            sources.add_text(name, data.decode("utf-8", "replace"))
+    errors = sorted((r.failure for r in results if r.failure is not None), key=lambda e: e.sort_key)
+    return Report(
+        diagnostics=dedupe(d for r in results for d in r.diagnostics),
+        errors=errors,
+        files_checked=sum(1 for r in results if r.failure is None),
+        rules=list(all_rules()) if rules is None else rules,
+        root=root if root is not None else Path.cwd(),
+        sources=sources,
+        color=color,
+        quiet=quiet,
+    )
 
 
 def render_results(results: list[FileResult], fmt: str = "text", color: str = "never") -> str:
-    """Render findings the way ``sentinel lint --format FMT`` prints them (without the summary)."""
-    diags = [d for r in results for d in r.diagnostics]
-    if fmt == "json":
-        return json.dumps([d.to_dict() for d in diags], indent=2)
-    if fmt == "concise":
-        return "\n".join(d.format_concise() for d in diags)
-    if fmt == "github":
-        lines = []
-        for d in diags:
-            props = f"title={_escape_gh(f'sentinel ({d.code})', True)},file={_escape_gh(d.path, True)},line={d.line}"
-            if d.end_line == d.line:
-                props += f",col={d.column},endColumn={d.end_column}"
-            props += f",endLine={d.end_line}"
-            lines.append(f"::error {props}::{_escape_gh(d.format_concise())}")
-        return "\n".join(lines)
-    import io
+    """Render findings the way ``sentinel lint --format FMT`` prints them (text: without the summary)."""
+    from sentinel.reporters import get_reporter
 
+    report = build_report(results, color="always" if color == "always" else "never", quiet=True)
+    return get_reporter(fmt).render(report)
+
+
+def _statistics(diagnostics: list[Diagnostic], fmt: str) -> str:
+    counts = Counter(d.code for d in diagnostics)
+    names = {r.CODE: r.NAME for r in all_rules()}
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if fmt == "json":
+        return json.dumps([{"code": c, "name": names.get(c, c), "count": k} for c, k in ranked], indent=2)
+    return "\n".join(f"{count}\t{code}\t{names.get(code, code)}" for code, count in ranked)
+
+
+def resolve_color(color: str) -> str:
+    """``always`` or ``never``: ``auto`` means colour on a terminal without ``NO_COLOR``."""
     from sentinel.console import make_console
 
-    buf = io.StringIO()
-    console = make_console(color, file=buf)
-    if color == "auto":
-        console = make_console("never", file=buf)
-    _print_text(console, results)
-    return buf.getvalue().rstrip("\n")
+    if color != "auto":
+        return color
+    console = make_console("auto")
+    return "always" if console.is_terminal and not console.no_color else "never"
 
 
-def _print_text(console, results: list[FileResult]) -> None:
-    from rich.text import Text
-
-    cache: dict[str, list[str]] = {}
-    for r in results:
-        for d in r.diagnostics:
-            head = Text()
-            head.append(f"{d.path}:{d.line}:{d.column}", style="bold")
-            head.append(" ")
-            head.append(d.code, style="bold red")
-            head.append(f" {d.message}")
-            console.print(head)
-            if d.path not in cache:
-                try:
-                    cache[d.path] = Path(d.path).read_text(encoding="utf-8", errors="replace").splitlines()
-                except OSError:
-                    cache[d.path] = []
-            src = cache[d.path]
-            if 0 < d.line <= len(src):
-                text = src[d.line - 1].rstrip()
-                gutter = f"{d.line:>4} | "
-                console.print(Text(gutter, style="blue") + Text(text))
-                width = (d.end_column - d.column) if d.end_line == d.line else max(1, len(text) - d.column + 1)
-                console.print(Text(" " * (len(gutter) + d.column - 1)) + Text("^" * max(1, width), style="bold red"))
-            console.print(Text(f"     = help: sentinel rule {d.code}", style="dim"))
-            console.print()
+def _read_stdin() -> bytes:
+    stream = getattr(sys.stdin, "buffer", None)
+    return stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
 
 
-def _summary(results: list[FileResult]) -> str:
-    n = sum(len(r.diagnostics) for r in results)
-    errors = sum(1 for r in results if r.error)
-    checked = len(results) - errors
-    files = f"{checked} file{'s' if checked != 1 else ''}"
-    if n:
-        text = f"Found {n} problem{'s' if n != 1 else ''} in {sum(1 for r in results if r.diagnostics)} of {files}."
-    elif errors:
-        text = f"No problems found in {files}."
-    else:
-        text = f"All checks passed! ({files})"
-    if errors:
-        text += f" {errors} path{'s' if errors != 1 else ''} could not be checked."
-    return text
+def _show_settings(settings: Settings, options: LintOptions, path: Path) -> str:
+    rules = enabled_rules(
+        settings, path, select=options.select, ignore=options.ignore, extend_select=options.extend_select
+    )
+    gitignore = settings.respect_gitignore if options.respect_gitignore is None else options.respect_gitignore
+    lines = [
+        f"Settings for: {path}",
+        f"config: {settings.config_path if settings.config_path else '(none: defaults)'}",
+        f"root: {settings.root}",
+        f"respect-gitignore: {str(gitignore).lower()}",
+        f"force-exclude: {str(options.force_exclude).lower()}",
+        "enabled rules:",
+        *(f"  {r.CODE} {r.NAME}" for r in rules),
+        "exclude:",
+        *(f"  {p}" for p in settings.exclude),
+        "per-file-ignores:",
+        *(f"  {glob} = {', '.join(codes)}" for glob, codes in settings.per_file_ignores.items()),
+    ]
+    return "\n".join(lines)
 
 
 def run_lint_command(options: LintOptions) -> int:
-    """Implementation of ``sentinel lint``; returns the exit status."""
+    """Implementation of ``sentinel lint``; returns the exit status.
+
+    Findings go to stdout (or ``--output-file``); the text format's summary too. Errors, warnings and
+    the reasons a path could not be checked go to stderr, and the machine formats carry those paths
+    as well. Exit status: 0 clean, 1 findings, 2 a configuration/usage error or a path not checked.
+    """
     from rich.text import Text
 
     from sentinel.console import make_console
+    from sentinel.reporters import get_reporter
 
     err = make_console(options.color, stderr=True)
+
+    def warn(message: str, style: str = "bold yellow") -> None:
+        err.print(Text("warning: ", style=style) + Text(message))
+
+    stdin_name = options.stdin_filename
+    use_stdin = stdin_name is not None or [str(p) for p in options.paths] == ["-"]
+    if use_stdin and any(str(p) != "-" for p in options.paths if str(p) != "."):
+        if stdin_name is None:
+            err.print(Text("sentinel: cannot mix stdin ('-') with other paths", style="bold red"))
+            return 2
+        for p in options.paths:
+            if str(p) not in ("-", "."):
+                warn(f"Ignoring file {p} in favor of standard input.")
+    display = stdin_name or "-"
     try:
-        settings = load_settings(options.paths[0] if options.paths else Path("."), use_config=options.use_config)
-        results = lint_paths(
-            options.paths,
-            settings,
-            select=options.select,
-            ignore=options.ignore,
-            extend_select=options.extend_select,
-            force_exclude=options.force_exclude,
-            jobs=options.jobs,
+        start = Path(stdin_name) if stdin_name else (options.paths[0] if options.paths else Path("."))
+        settings = load_settings(start, use_config=options.use_config)
+        if options.extend_exclude:
+            settings.exclude += options.extend_exclude
+        run_rules = enabled_rules(
+            settings, select=options.select, ignore=options.ignore, extend_select=options.extend_select
         )
+        if options.show_settings:
+            print(_show_settings(settings, options, start))
+            return 0
+        stdin_data: tuple[str, bytes] | None = None
+        if options.show_files:
+            return _show_files(options, settings, use_stdin, display, err)
+        if use_stdin:
+            data = _read_stdin()
+            stdin_data = (display, data)
+            if options.force_exclude and stdin_name and settings.is_excluded(Path(stdin_name)):
+                results: list[FileResult] = []
+            else:
+                codes = enabled_rules(
+                    settings,
+                    Path(display),
+                    select=options.select,
+                    ignore=options.ignore,
+                    extend_select=options.extend_select,
+                )
+                results = [lint_text(data, display, tuple(r.CODE for r in codes))]
+        else:
+            results = lint_paths(
+                options.paths,
+                settings,
+                select=options.select,
+                ignore=options.ignore,
+                extend_select=options.extend_select,
+                force_exclude=options.force_exclude,
+                respect_gitignore=options.respect_gitignore,
+                jobs=options.jobs,
+            )
     except ConfigError as exc:
         err.print(Text(f"sentinel: configuration error: {exc}", style="bold red"))
         return 2
-    for r in results:
-        if r.error:
-            err.print(Text("error: ", style="bold red") + Text(r.error))
-    n = sum(len(r.diagnostics) for r in results)
+    to_file = options.output_file is not None
+    color = "never" if to_file else resolve_color(options.color)
+    report = build_report(
+        results,
+        rules=run_rules,
+        root=project_root(settings),
+        color=color,
+        quiet=options.quiet,
+        stdin=stdin_data,
+    )
+    for e in report.errors:
+        err.print(Text("error: ", style="bold red") + Text(str(e)))
+    nothing = not results and not use_stdin
+    if nothing and not options.quiet:
+        warn("No Python files or notebooks found under the given path(s).")
     if options.statistics:
-        counts = Counter(d.code for r in results for d in r.diagnostics)
-        names = {r.CODE: r.NAME for r in all_rules()}
-        if options.fmt == "json":
-            print(json.dumps([{"code": c, "name": names[c], "count": k} for c, k in counts.most_common()], indent=2))
-        else:
-            for code, count in counts.most_common():
-                print(f"{count}\t{code}\t{names[code]}")
-    elif options.fmt == "text":
-        out = make_console(options.color)
-        _print_text(out, results)
-        style = "bold red" if n else "bold green"
-        out.print(Text(_summary(results), style=style))
+        text = _statistics(report.diagnostics, options.fmt)
+    elif nothing and options.fmt == "text":
+        text = ""
     else:
-        text = render_results(results, options.fmt)
-        if text:
-            sys.stdout.write(text + "\n")
-        elif options.fmt == "json":
-            sys.stdout.write("[]\n")
-    if any(r.error for r in results):
+        text = get_reporter(options.fmt).render(report)
+        if options.fmt == "json" and not text:
+            text = "[]"
+    if to_file:
+        assert options.output_file is not None
+        options.output_file.parent.mkdir(parents=True, exist_ok=True)
+        options.output_file.write_text(text + "\n" if text else "", encoding="utf-8")
+    elif text:
+        sys.stdout.write(text + "\n")
+    if report.errors:
         return 2
-    return 1 if n else 0
+    return 1 if report.diagnostics else 0
+
+
+def _show_files(options: LintOptions, settings: Settings, use_stdin: bool, display: str, err) -> int:
+    from rich.text import Text
+
+    if use_stdin:
+        print(display)
+        return 0
+    status = 0
+    gitignore = settings.respect_gitignore if options.respect_gitignore is None else options.respect_gitignore
+    files = discover(options.paths, settings, force_exclude=options.force_exclude, respect_gitignore=gitignore)
+    for file, error in files:
+        if error is not None:
+            err.print(Text("error: ", style="bold red") + Text(error))
+            status = 2
+        else:
+            print(file)
+    return status

@@ -91,6 +91,7 @@ def test_json_format_is_one_array_with_the_contract_fields(project):
     data = json.loads(result.stdout)
     assert data == [
         {
+            "kind": "finding",
             "code": "SEN001",
             "name": "softmax-before-cross-entropy",
             "path": str(project / "train.py"),
@@ -99,7 +100,7 @@ def test_json_format_is_one_array_with_the_contract_fields(project):
             "end_line": 11,
             "end_column": 37,
             "message": SOFTMAX_MESSAGE,
-            "url": "https://torch-sentinel.readthedocs.io/rules/softmax-before-cross-entropy",
+            "url": "https://github.com/torch-sentinel/torch-sentinel/blob/main/docs/rules/softmax-before-cross-entropy.md",
         }
     ]
 
@@ -293,12 +294,32 @@ def test_rule_command_prints_the_rule_documentation_by_code_or_name():
 
 
 def test_rule_all_lists_every_rule_and_json_is_machine_readable():
+    from sentinel.rules import all_rules
+
+    static = [r.CODE for r in all_rules()]
+    runtime = [f"SEN{n}" for n in range(101, 112)]
     table = run("rule", "--all")
-    for code in ("SEN001", "SEN002", "SEN003", "SEN004", "SEN005", "SEN006", "SEN101", "SEN108"):
-        assert code in table.stdout
+    listed = [line.split()[1] for line in table.stdout.splitlines() if line.startswith("│ SEN")]
+    assert listed == static + runtime
     data = json.loads(run("rule", "--all", "--format", "json").stdout)
-    assert [d["code"] for d in data] == ["SEN001", "SEN002", "SEN003", "SEN004", "SEN005", "SEN006"]
+    # the JSON lists exactly what the table lists, each with its documentation
+    assert [d["code"] for d in data] == static + runtime
+    assert {"SEN001", "SEN006"} <= set(static)
     assert all(d["explanation"].startswith("## What it does") for d in data)
+    assert [d["kind"] for d in data] == ["static"] * len(static) + ["runtime"] * len(runtime)
+
+
+def test_rule_command_documents_runtime_codes_by_code_or_name():
+    by_code = run("rule", "SEN105")
+    assert by_code.exit_code == 0
+    assert by_code.stdout == run("rule", "non-finite-value").stdout
+    assert by_code.stdout.startswith("# non-finite-value (SEN105)\n\n## What it does\n")
+    for section in ("## Why is this bad?", "## How it is detected", "## Example", "Use instead:", "## Details"):
+        assert section in by_code.stdout
+    assert "`stage`" in by_code.stdout and "`module`" in by_code.stdout
+    data = json.loads(run("rule", "SEN111", "--format", "json").stdout)
+    assert data["name"] == "batch-samples-mixed" and data["kind"] == "runtime"
+    assert data["url"].endswith("/docs/rules/batch-samples-mixed.md")
 
 
 def test_rule_command_errors():

@@ -70,7 +70,10 @@ class Rule:
 
     @classmethod
     def url(cls) -> str:
-        return f"https://torch-sentinel.readthedocs.io/rules/{cls.NAME}"
+        """The rule's page in the repository's ``docs/rules/`` (generated from this docstring)."""
+        from sentinel.ruledocs import doc_url
+
+        return doc_url(cls.NAME)
 
     @classmethod
     def doc(cls) -> str:

@@ -1,0 +1,188 @@
+"""Jupyter notebooks (``.ipynb``) as one Python source, and the way back to cell coordinates.
+
+A notebook is linted as one program: its code cells in order. LibCST does not understand IPython
+syntax, so before parsing:
+
+- a cell whose first line is a cell magic (``%%time``, ``%%bash`` ...) is skipped entirely, as are
+  code cells whose language is not Python (``metadata.vscode.languageId``) and every cell of a
+  notebook whose kernel language is not Python;
+- IPython line magics (``%matplotlib inline``, ``x = %time f()``), shell escapes (``!pip install``,
+  ``files = !ls``) and help lines (``?obj``, ``obj?``, ``obj??``) are masked: the line is replaced by
+  ``pass`` at the same indentation followed by the original text as a comment, so the line count,
+  the line numbers and any ``# noqa`` comment on the line stay where they were.
+
+:func:`load_notebook` returns a :class:`Notebook` whose ``source`` is that program and whose
+:meth:`Notebook.locate` maps a line of it to ``(cell, line in cell)``: ``cell`` is the 1-based index
+of the cell among *all* cells of the notebook, markdown included (as ruff and Jupyter number them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["Notebook", "NotebookError", "load_notebook", "mask_ipython"]
+
+_PYTHON = {"python", "python3", "ipython", "ipython3", ""}
+
+
+class NotebookError(Exception):
+    """The file is not a notebook sentinel can read (bad JSON, no ``cells`` list ...)."""
+
+
+@dataclass
+class Notebook:
+    """One notebook flattened to Python: ``source`` and, per line of it, where it came from."""
+
+    source: str
+    #: for line ``i`` (0-based) of ``source``: (1-based cell index among all cells, 1-based line in cell)
+    line_map: list[tuple[int, int]] = field(default_factory=list)
+    #: every cell's original text by 1-based cell index (code cells only)
+    cells: dict[int, list[str]] = field(default_factory=dict)
+
+    def locate(self, line: int) -> tuple[int, int]:
+        """(cell, line in cell) of 1-based ``line`` of :attr:`source` (clamped to the last line)."""
+        if not self.line_map:
+            return 1, line
+        index = min(max(line, 1), len(self.line_map)) - 1
+        return self.line_map[index]
+
+    def cell_line(self, cell: int, line: int) -> str | None:
+        """The original text of ``line`` (1-based) of ``cell``, or None."""
+        lines = self.cells.get(cell)
+        if lines is None or not 0 < line <= len(lines):
+            return None
+        return lines[line - 1]
+
+
+def _cell_text(cell: dict) -> str:
+    src = cell.get("source", "")
+    if isinstance(src, list):
+        if not all(isinstance(s, str) for s in src):
+            raise NotebookError("a cell's source is not text")
+        return "".join(src)
+    if not isinstance(src, str):
+        raise NotebookError("a cell's source is not text")
+    return src
+
+
+def _notebook_language(data: dict) -> str:
+    meta = data.get("metadata")
+    if not isinstance(meta, dict):
+        return ""
+    for key, sub in (("language_info", "name"), ("kernelspec", "language")):
+        table = meta.get(key)
+        if isinstance(table, dict) and isinstance(table.get(sub), str):
+            return table[sub].lower()
+    return ""
+
+
+def _cell_language(cell: dict) -> str:
+    meta = cell.get("metadata")
+    if isinstance(meta, dict):
+        vscode = meta.get("vscode")
+        if isinstance(vscode, dict) and isinstance(vscode.get("languageId"), str):
+            return vscode["languageId"].lower()
+    return ""
+
+
+def load_notebook(text: str) -> Notebook:
+    """Parse notebook JSON ``text``; raise :class:`NotebookError` with the reason if it is not one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NotebookError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise NotebookError("the top level is not a JSON object")
+    cells = data.get("cells")
+    if not isinstance(cells, list):
+        raise NotebookError("no 'cells' list (only nbformat 4 notebooks are supported)")
+    python_kernel = _notebook_language(data) in _PYTHON
+    out_lines: list[str] = []
+    line_map: list[tuple[int, int]] = []
+    originals: dict[int, list[str]] = {}
+    for number, cell in enumerate(cells, start=1):
+        if not isinstance(cell, dict):
+            raise NotebookError(f"cell {number} is not a JSON object")
+        if cell.get("cell_type") != "code" or not python_kernel or _cell_language(cell) not in _PYTHON:
+            continue
+        text_ = _cell_text(cell)
+        lines = text_.splitlines()
+        originals[number] = lines
+        if not lines or lines[0].lstrip().startswith("%%"):
+            continue
+        for index, masked in enumerate(mask_ipython(lines), start=1):
+            out_lines.append(masked)
+            line_map.append((number, index))
+    source = "".join(line + "\n" for line in out_lines)
+    return Notebook(source, line_map, originals)
+
+
+# -- IPython syntax ----------------------------------------------------------------------------------
+_MAGIC_START = re.compile(r"^\s*[%!?]")
+_ASSIGN_MAGIC = re.compile(r"^\s*[\w.\[\], ()*]+?\s*=\s*[%!]")
+_HELP_SUFFIX = re.compile(r"^\s*[\w.\[\]()'\"]+\?\??\s*$")
+
+
+def _is_ipython(line: str) -> bool:
+    return bool(_MAGIC_START.match(line) or _ASSIGN_MAGIC.match(line) or _HELP_SUFFIX.match(line))
+
+
+def _mask(line: str) -> str:
+    indent = line[: len(line) - len(line.lstrip())]
+    return f"{indent}pass  # {line.strip()}"
+
+
+def mask_ipython(lines: list[str]) -> list[str]:
+    """Replace the IPython-only lines of one cell by ``pass  # <original>`` (same number of lines).
+
+    A line is only considered at the start of a statement: never inside brackets or a triple-quoted
+    string (``x = (a\\n % b)`` is Python). A masked line ending in a backslash masks the next one too.
+    """
+    out: list[str] = []
+    depth = 0
+    in_string: str | None = None
+    continued = False
+    for line in lines:
+        at_statement_start = depth == 0 and in_string is None
+        if continued or (at_statement_start and _is_ipython(line)):
+            out.append(_mask(line))
+            continued = line.rstrip().endswith("\\")
+            continue
+        out.append(line)
+        depth, in_string = _scan(line, depth, in_string)
+    return out
+
+
+def _scan(line: str, depth: int, in_string: str | None) -> tuple[int, str | None]:
+    """Bracket depth and open triple-quoted string after ``line`` (a cheap tokenizer)."""
+    i = 0
+    n = len(line)
+    while i < n:
+        if in_string is not None:
+            end = line.find(in_string, i)
+            if end < 0:
+                return depth, in_string
+            i = end + 3
+            in_string = None
+            continue
+        ch = line[i]
+        if ch == "#":
+            break
+        if ch in "\"'":
+            if line.startswith(ch * 3, i):
+                in_string = ch * 3
+                i += 3
+                continue
+            i += 1
+            while i < n and line[i] != ch:
+                i += 2 if line[i] == "\\" else 1
+            i += 1
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return depth, in_string
