@@ -72,10 +72,19 @@ class IgnoreFiles:
             if spec is None:
                 continue
             rel = path.relative_to(directory).as_posix() + ("/" if is_dir else "")
-            verdict = spec.check_file(rel).include
+            verdict = _verdict(spec, rel)
             if verdict is not None:
-                return bool(verdict)
+                return verdict
         return False
+
+
+def _verdict(spec: pathspec.PathSpec, rel: str) -> bool | None:
+    """Git's rule: the last pattern that matches decides (``!pattern`` re-includes); None: no match."""
+    verdict = None
+    for pattern in spec.patterns:
+        if pattern.include is not None and pattern.match_file(rel) is not None:
+            verdict = bool(pattern.include)
+    return verdict
 
 
 def _read_lines(path: Path) -> list[str]:
