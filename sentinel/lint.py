@@ -176,9 +176,8 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]]) -> FileResul
         if end_cell != cell:  # never across cells: stop at the end of the first one's line
             end_line = line
             end_column = len(notebook.cell_line(cell, line) or "") + 1
-        mapped.append(
-            Diagnostic(d.path, line, d.column, end_line, end_column, d.code, d.name, d.message, cell=cell)
-        )
+        message = notebook.relocate_message(d.message, cell)
+        mapped.append(Diagnostic(d.path, line, d.column, end_line, end_column, d.code, d.name, message, cell=cell))
     return FileResult(path, diagnostics=mapped)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 __all__ = ["Notebook", "NotebookError", "load_notebook", "mask_ipython"]
 
 _PYTHON = {"python", "python3", "ipython", "ipython3", ""}
+_RELATED = re.compile(r"\(([^()]*) on line (\d+)\)$")
 
 
 class NotebookError(Exception):
@@ -47,6 +48,15 @@ class Notebook:
             return 1, line
         index = min(max(line, 1), len(self.line_map)) - 1
         return self.line_map[index]
+
+    def relocate_message(self, message: str, cell: int) -> str:
+        """Rewrite a trailing ``(... on line N)`` of a finding in ``cell`` into cell coordinates."""
+        match = _RELATED.search(message)
+        if not match:
+            return message
+        other_cell, other_line = self.locate(int(match.group(2)))
+        where = f"on line {other_line}" if other_cell == cell else f"in cell {other_cell}, line {other_line}"
+        return f"{message[: match.start()]}({match.group(1)} {where})"
 
     def cell_line(self, cell: int, line: int) -> str | None:
         """The original text of ``line`` (1-based) of ``cell``, or None."""
@@ -146,7 +156,12 @@ def mask_ipython(lines: list[str]) -> list[str]:
     continued = False
     for line in lines:
         at_statement_start = depth == 0 and in_string is None
-        if continued or (at_statement_start and _is_ipython(line)):
+        if continued:  # a continuation line: a comment at any indentation is harmless
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}# {line.strip()}")
+            continued = line.rstrip().endswith("\\")
+            continue
+        if at_statement_start and _is_ipython(line):
             out.append(_mask(line))
             continued = line.rstrip().endswith("\\")
             continue

@@ -1,0 +1,221 @@
+"""Notebooks: IPython syntax masked, findings located by cell in every format, config applies, and a
+file that only pretends to be a notebook is an input error."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from sentinel.notebook import NotebookError, load_notebook, mask_ipython
+from tests.test_lint_cli import SOFTMAX_MESSAGE, run
+from tests.test_lint_outputs import validate_sarif
+
+SETUP = "import torch\nimport torch.nn.functional as F\nfrom torch import nn\n%matplotlib inline\n"
+MODEL = (
+    "model = nn.Linear(4, 3)\n"
+    "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+    "x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))\n"
+    "!pip install tqdm\n"
+)
+LOOP = (
+    "for _ in range(5):\n"
+    "    optimizer.zero_grad()\n"
+    "    %time probs = F.softmax(model(x), dim=1)\n"
+    "    probs = F.softmax(model(x), dim=1)\n"
+    "    loss = F.cross_entropy(probs, y)\n"
+    "    loss.backward()\n"
+    "    optimizer.step()\n"
+)
+
+
+def cell(kind: str, source: str, **meta) -> dict:
+    out = {"cell_type": kind, "metadata": meta, "source": source.splitlines(keepends=True)}
+    if kind == "code":
+        out.update(execution_count=None, outputs=[])
+    return out
+
+
+def notebook(*cells: dict, language: str = "python") -> str:
+    return json.dumps(
+        {
+            "cells": list(cells),
+            "metadata": {"kernelspec": {"name": "python3", "language": language}},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        },
+        indent=1,
+    )
+
+
+BUGGY_NB = notebook(
+    cell("markdown", "# Training\nSome words."),
+    cell("code", SETUP),
+    cell("code", "%%time\nthis is not python at all\n"),
+    cell("code", MODEL),
+    cell("markdown", "## Loop"),
+    cell("code", LOOP),
+)
+
+
+@pytest.fixture
+def nb(tmp_path: Path) -> Path:
+    (tmp_path / ".git").mkdir()
+    path = tmp_path / "train.ipynb"
+    path.write_text(BUGGY_NB)
+    return path
+
+
+def test_masking_keeps_line_count_and_statement_starts_only():
+    lines = [
+        "%load_ext autoreload",
+        "files = !ls",
+        "t = %timeit -o f()",
+        "x = (1",
+        "     % 2)",
+        "model?",
+        "?model",
+        "s = '''",
+        "!not a shell line inside a string",
+        "'''",
+        "!echo a \\",
+        "  continued",
+        "if True:",
+        "    !ls",
+    ]
+    masked = mask_ipython(lines)
+    assert len(masked) == len(lines)
+    assert masked[0] == "pass  # %load_ext autoreload"
+    assert masked[1] == "pass  # files = !ls"
+    assert masked[2] == "pass  # t = %timeit -o f()"
+    assert masked[3:5] == ["x = (1", "     % 2)"]
+    assert masked[5] == "pass  # model?" and masked[6] == "pass  # ?model"
+    assert masked[8] == "!not a shell line inside a string"
+    assert masked[10:12] == ["pass  # !echo a \\", "  # continued"]
+    assert masked[13] == "    pass  # !ls"
+    import ast
+
+    ast.parse("\n".join(masked))
+
+
+def test_cells_map_back_counting_markdown_and_skipping_cell_magics():
+    nb = load_notebook(BUGGY_NB)
+    # cell 3 (%%time) is skipped entirely; markdown cells still count in the numbering
+    assert nb.source.count("\n") == 4 + 4 + 7
+    assert nb.locate(1) == (2, 1)
+    assert nb.locate(5) == (4, 1)
+    assert nb.locate(9) == (6, 1)
+    assert nb.locate(13) == (6, 5)
+    assert nb.cell_line(6, 5) == "    loss = F.cross_entropy(probs, y)"
+
+
+def test_notebook_findings_are_located_by_cell_in_text_concise_and_json(nb):
+    concise = run("lint", "--format", "concise", "train.ipynb", cwd=nb.parent)
+    assert concise.exit_code == 1
+    message = SOFTMAX_MESSAGE.replace("(softmax on line 10)", "(softmax on line 4)")
+    assert concise.stdout.strip() == f"train.ipynb:cell 6:5:12: SEN001 {message}"
+    text = run("lint", "--color", "never", "train.ipynb", cwd=nb.parent).stdout.splitlines()
+    assert text[0].startswith("train.ipynb:cell 6:5:12 SEN001 ")
+    assert text[1] == "   5 |     loss = F.cross_entropy(probs, y)"
+    data = json.loads(run("lint", "--format", "json", "train.ipynb", cwd=nb.parent).stdout)
+    assert [(d["cell"], d["line"], d["column"], d["end_line"], d["end_column"]) for d in data] == [(6, 5, 12, 5, 37)]
+
+
+def test_notebook_in_github_junit_and_sarif(nb):
+    gh = run("lint", "--format", "github", "train.ipynb", cwd=nb.parent).stdout.strip()
+    assert gh.startswith("::error title=sentinel (SEN001),file=train.ipynb::train.ipynb:cell 6:5:12: SEN001 ")
+    junit = ET.fromstring(run("lint", "--format", "junit", "train.ipynb", cwd=nb.parent).stdout)
+    assert junit.find("testsuite/testcase/failure").text.startswith("cell 6, line 5, col 12, ")
+    log = json.loads(run("lint", "--format", "sarif", "train.ipynb", cwd=nb.parent).stdout)
+    validate_sarif(log)
+    (result,) = log["runs"][0]["results"]
+    assert result["properties"] == {"cell": 6}
+    assert result["message"]["text"].startswith("cell 6: cross-entropy loss receives softmax")
+    loc = result["locations"][0]
+    assert loc["physicalLocation"]["region"]["startLine"] == 5
+    assert loc["logicalLocations"][0]["fullyQualifiedName"] == "train.ipynb:cell 6"
+
+
+def test_related_lines_in_messages_are_cell_coordinates():
+    nb = load_notebook(notebook(cell("code", SETUP), cell("code", MODEL), cell("code", LOOP)))
+    assert nb.relocate_message("m (softmax on line 12)", 3) == "m (softmax on line 4)"
+    assert nb.relocate_message("m (softmax on line 2)", 3) == "m (softmax in cell 1, line 2)"
+    assert nb.relocate_message("no related line", 3) == "no related line"
+
+
+def test_noqa_inside_a_cell_and_per_file_ignores_and_excludes_apply(nb):
+    flagged = "loss = F.cross_entropy(probs, y)"
+    suppressed = BUGGY_NB.replace(flagged, flagged + "  # noqa: SEN001")
+    (nb.parent / "quiet.ipynb").write_text(suppressed)
+    assert run("lint", "quiet.ipynb", cwd=nb.parent).exit_code == 0
+    (nb.parent / "pyproject.toml").write_text('[tool.sentinel.per-file-ignores]\n"*.ipynb" = ["SEN001"]\n')
+    assert run("lint", "train.ipynb", cwd=nb.parent).exit_code == 0
+    (nb.parent / "pyproject.toml").write_text('[tool.sentinel]\nextend-exclude = ["*.ipynb"]\n')
+    result = run("lint", ".", cwd=nb.parent)
+    assert "No Python files or notebooks found" in result.stderr
+
+
+def test_a_directory_of_notebooks_is_discovered(nb):
+    (nb.parent / "sub").mkdir()
+    clean = BUGGY_NB.replace("    probs = F.softmax(model(x), dim=1)\\n", "    probs = model(x)\\n")
+    assert clean != BUGGY_NB
+    (nb.parent / "sub" / "clean.ipynb").write_text(clean)
+    result = run("lint", "--color", "never", ".", cwd=nb.parent)
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[-1] == "Found 1 problem in 1 of 2 files."
+    only_clean = run("lint", "--color", "never", "sub", cwd=nb.parent)
+    assert only_clean.exit_code == 0
+    assert only_clean.stdout.strip() == "All checks passed! (1 file)"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("import torch\n", "not a valid notebook: invalid JSON at line 1 column 1: Expecting value"),
+        ('{"metadata": {}}', "not a valid notebook: no 'cells' list (only nbformat 4 notebooks are supported)"),
+        ("[1, 2]", "not a valid notebook: the top level is not a JSON object"),
+    ],
+)
+def test_a_file_that_is_not_a_notebook_is_an_input_error(tmp_path, content, reason):
+    (tmp_path / "bad.ipynb").write_text(content)
+    result = run("lint", "bad.ipynb", cwd=tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: bad.ipynb: {reason}"
+    data = json.loads(run("lint", "--format", "json", "bad.ipynb", cwd=tmp_path).stdout)
+    assert data[0]["kind"] == "error" and data[0]["message"] == reason
+
+
+def test_syntax_error_in_a_cell_is_reported_in_cell_coordinates(tmp_path):
+    (tmp_path / "s.ipynb").write_text(notebook(cell("markdown", "x"), cell("code", "a = 1\n"), cell("code", "b = (\n")))
+    result = run("lint", "--format", "json", "s.ipynb", cwd=tmp_path)
+    assert result.exit_code == 2
+    (err,) = json.loads(result.stdout)
+    assert (err["kind"], err["cell"], err["line"]) == ("error", 3, 1)
+    assert "error: s.ipynb:cell 3:1:" in result.stderr
+
+
+def test_non_python_notebooks_and_cells_are_skipped(tmp_path):
+    r_nb = notebook(cell("code", "library(ggplot2)\nx <- c(1, 2)\n"), language="R")
+    (tmp_path / "r.ipynb").write_text(r_nb)
+    mixed = notebook(cell("code", "SELECT * FROM t;\n", vscode={"languageId": "sql"}), cell("code", "x = 1\n"))
+    (tmp_path / "mixed.ipynb").write_text(mixed)
+    assert run("lint", "r.ipynb", "mixed.ipynb", cwd=tmp_path).exit_code == 0
+
+
+def test_load_notebook_rejects_non_text_sources():
+    with pytest.raises(NotebookError):
+        load_notebook(json.dumps({"cells": [{"cell_type": "code", "source": [1, 2]}]}))
+
+
+def test_stdin_notebook(nb):
+    from click.testing import CliRunner
+
+    from sentinel.cli import main
+
+    result = CliRunner().invoke(
+        main, ["lint", "--stdin-filename", "from_editor.ipynb", "--format", "concise"], input=BUGGY_NB
+    )
+    assert result.exit_code == 1
+    assert result.stdout.startswith("from_editor.ipynb:cell 6:5:12: SEN001 ")
