@@ -445,8 +445,8 @@ def run_lint_command(options: LintOptions) -> int:
     )
     for e in report.errors:
         err.print(Text("error: ", style="bold red") + Text(str(e)))
-    nothing = not results and not use_stdin
-    if nothing and not options.quiet:
+    nothing = not results
+    if nothing and not use_stdin and not options.quiet:
         warn("No Python files or notebooks found under the given path(s).")
     if options.statistics:
         text = _statistics(report.diagnostics, options.fmt)

@@ -128,6 +128,8 @@ def test_stdin_excluded_name_with_force_exclude_is_not_linted(tmp_path):
     (tmp_path / "sentinel.toml").write_text('exclude = ["vendored"]\n')
     result = run_stdin(["lint", "--force-exclude", "--stdin-filename", "vendored/x.py"], tmp_path)
     assert result.exit_code == 0
+    assert result.stdout == ""
+    assert run_stdin(["lint", "--stdin-filename", "vendored/x.py"], tmp_path).exit_code == 1
 
 
 def run_stdin(args: list[str], cwd: Path, data: str = BUGGY):
