@@ -78,7 +78,11 @@ def _codes(value: str | None) -> list[str] | None:
 @click.option("--extend-select", help="Codes to enable in addition to the selected ones.")
 @click.option("--extend-exclude", help="Comma-separated patterns to exclude in addition to the config's.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when there are findings (still 2 on errors).")
-@click.option("--force-exclude", is_flag=True, help="Apply exclude settings to paths given explicitly too.")
+@click.option(
+    "--force-exclude",
+    is_flag=True,
+    help="Apply excludes and ignore files to paths given explicitly too (what pre-commit hooks need).",
+)
 @click.option(
     "--no-respect-gitignore",
     is_flag=True,
@@ -182,7 +186,8 @@ def probe(target: str, script_args: tuple[str, ...], steps: int | None, device: 
         from sentinel.probes.cli import run_probe_command
     except ImportError as exc:  # torch is the `probe` extra
         click.echo(
-            f"sentinel probe: {exc}; install the runtime half with: pip install 'torch-sentinel[probe]'",
+            f"sentinel probe: {exc}; the runtime half needs torch in this environment: pip install torch "
+            "(CPU-only: pip install torch --index-url https://download.pytorch.org/whl/cpu)",
             err=True,
         )
         sys.exit(2)
