@@ -38,7 +38,7 @@ class RuntimeRule:
 
     @property
     def SUMMARY(self) -> str:  # noqa: N802
-        return self.summary
+        return self.summary[:1].upper() + self.summary[1:]
 
     def url(self) -> str:
         from sentinel.ruledocs import doc_url
