@@ -382,7 +382,7 @@ def run_lint_command(options: LintOptions) -> int:
         err.print(Text("warning: ", style=style) + Text(message))
 
     stdin_name = options.stdin_filename
-    use_stdin = stdin_name is not None or [str(p) for p in options.paths] == ["-"]
+    use_stdin = stdin_name is not None or any(str(p) == "-" for p in options.paths)
     if use_stdin and any(str(p) != "-" for p in options.paths if str(p) != "."):
         if stdin_name is None:
             err.print(Text("sentinel: cannot mix stdin ('-') with other paths", style="bold red"))

@@ -206,3 +206,18 @@ def test_no_files_found_is_a_warning_with_exit_0(tmp_path):
     assert "All checks passed" not in result.stdout
     assert "No Python files or notebooks found under the given path(s)." in result.stderr
     assert json.loads(run("lint", "--format", "json", ".", cwd=tmp_path).stdout) == []
+
+
+def test_dash_cannot_be_mixed_with_paths(tmp_path):
+    write(tmp_path, "a.py", CLEAN)
+    result = run_stdin(["lint", "-", "a.py"], tmp_path)
+    assert result.exit_code == 2
+    assert "cannot mix stdin ('-') with other paths" in result.stderr
+
+
+def test_show_files_reports_missing_paths_with_exit_2(tmp_path):
+    write(tmp_path, "a.py", CLEAN)
+    result = run("lint", "--show-files", "a.py", "missing.py", cwd=tmp_path)
+    assert result.exit_code == 2
+    assert result.stdout.splitlines() == ["a.py"]
+    assert "error: missing.py: no such file or directory" in result.stderr

@@ -221,3 +221,11 @@ def test_findings_in_other_files_are_grouped_deduplicated_and_sorted_globally(tm
     log = json.loads(get_reporter("sarif").render(report))
     validate_sarif(log)
     assert len(log["runs"][0]["results"]) == 2
+
+
+def test_sarif_path_outside_the_root_is_an_absolute_file_uri(repo, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "far.py"
+    outside.write_text(BUGGY)
+    _, log = sarif(str(outside), cwd=repo)
+    location = log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    assert location == {"uri": outside.resolve().as_uri()}
