@@ -97,6 +97,15 @@ def _codes(value: str | None) -> list[str] | None:
 @click.option("--show-files", is_flag=True, help="List the files that would be linted, then exit.")
 @click.option("--show-settings", is_flag=True, help="Print the settings that apply to the first PATH, then exit.")
 @click.option("-q", "--quiet", is_flag=True, help="Print the findings only: no summary, no warnings.")
+@click.option("--fix", is_flag=True, help="Apply the safe fixes in place (each verified before it is written).")
+@click.option("--diff", is_flag=True, help="Print the fixes as a unified diff and write nothing (exit 1 if any).")
+@click.option("--unsafe-fixes", is_flag=True, help="Also apply (or show) the fixes that may change behaviour.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write .sentinel_cache/.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to keep the cache (default: .sentinel_cache/ at each project root).",
+)
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=0, help="Processes to use (0: all cores).")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)
 def lint(
@@ -116,6 +125,11 @@ def lint(
     show_files: bool,
     show_settings: bool,
     quiet: bool,
+    fix: bool,
+    diff: bool,
+    unsafe_fixes: bool,
+    no_cache: bool,
+    cache_dir: Path | None,
     jobs: int,
     color: str,
 ) -> None:
@@ -141,6 +155,11 @@ def lint(
         stdin_filename=stdin_filename,
         show_files=show_files,
         show_settings=show_settings,
+        fix=fix,
+        diff=diff,
+        unsafe_fixes=unsafe_fixes,
+        cache=not no_cache and os.environ.get("SENTINEL_NO_CACHE", "") in ("", "0"),
+        cache_dir=cache_dir,
     )
     status = run_lint_command(options)
     if exit_zero and status == 1:
@@ -160,6 +179,26 @@ def rule(rule: str | None, show_all: bool, fmt: str, color: str) -> None:
     if not rule and not show_all:
         raise click.UsageError("give a rule code or name, or --all")
     sys.exit(show_rules(rule, show_all=show_all, fmt=fmt, color=color))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def clean(paths: tuple[Path, ...]) -> None:
+    """Delete the lint cache (.sentinel_cache/) of the projects holding PATHS (default: here)."""
+    import shutil
+
+    from sentinel.analysis.project import find_root
+    from sentinel.cache import CACHE_DIR
+
+    removed = 0
+    for path in paths or (Path("."),):
+        target = find_root(path) / CACHE_DIR
+        if target.is_dir():
+            shutil.rmtree(target)
+            click.echo(f"Removed {target}", err=True)
+            removed += 1
+    if not removed:
+        click.echo("No cache to remove.", err=True)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})

@@ -69,9 +69,9 @@ def file_suppressions(source: str) -> list[set[str] | None]:
 _PROJECTS: dict[tuple[Path, bool], Project] = {}
 
 
-def project_for(path: Path, *, cache: bool = False) -> Project:
+def project_for(path: Path, *, cache: bool = False, cache_dir: Path | None = None) -> Project:
     """The :class:`Project` of ``path``, shared by every file of that root linted in this process;
-    with ``cache``, backed by its ``.sentinel_cache/``."""
+    with ``cache``, backed by its ``.sentinel_cache/`` (or ``cache_dir``, given the first time)."""
     from sentinel.analysis.project import Project, find_root
 
     root = find_root(path)
@@ -81,7 +81,7 @@ def project_for(path: Path, *, cache: bool = False) -> Project:
         if cache:
             from sentinel.cache import Cache
 
-            store = Cache(root)
+            store = Cache(root, cache_dir)
         project = _PROJECTS[(root, cache)] = Project(root, store)
     return project
 

@@ -288,3 +288,51 @@ def write_atomically(path, text: str, encoding: str = "utf-8") -> None:
         except OSError:
             pass
         raise
+
+
+@dataclass
+class FixRun:
+    """What ``sentinel lint --fix`` / ``--diff`` did over a set of files."""
+
+    fixed: int = 0  # findings removed
+    files_changed: int = 0
+    diffs: list[str] = field(default_factory=list)
+    unsafe_hidden: int = 0
+
+
+def fix_files(files, *, unsafe: bool, write: bool) -> FixRun:
+    """Fix each ``(path, rules)`` of ``files`` (Python sources; a file that cannot be read or parsed
+    is left alone, and reported by the lint that follows). With ``write``, a changed file is replaced
+    atomically; without, its diff is collected."""
+    from pathlib import Path
+
+    from sentinel.diagnostics import SourceError
+    from sentinel.sourcefile import decode
+
+    run = FixRun()
+    for path, rules in files:
+        p = Path(path)
+        if p.suffix.lower() == ".ipynb":
+            continue
+        try:
+            raw = p.read_bytes()
+            source = decode(raw)
+            outcome = fix_source(source, str(p), rules, unsafe=unsafe)
+        except (OSError, SourceError, RecursionError):
+            continue
+        run.unsafe_hidden += outcome.unsafe_hidden
+        if outcome.source == source:
+            continue
+        run.fixed += len(outcome.fixed)
+        run.files_changed += 1
+        if write:
+            encoding = "utf-8"
+            if not raw.startswith(b"\xef\xbb\xbf"):
+                import io
+                import tokenize
+
+                encoding = tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
+            write_atomically(p, outcome.source, encoding)
+        else:
+            run.diffs.append(unified_diff(source, outcome.source, str(p)))
+    return run

@@ -84,6 +84,11 @@ class LintOptions:
     stdin_filename: str | None = None
     show_files: bool = False
     show_settings: bool = False
+    fix: bool = False
+    diff: bool = False
+    unsafe_fixes: bool = False
+    cache: bool = False
+    cache_dir: Path | None = None
 
 
 def _rule_pairs() -> list[tuple[str, str]]:
@@ -121,14 +126,15 @@ def is_notebook(path: str) -> bool:
     return path.lower().endswith(".ipynb")
 
 
-def lint_text(data: bytes, path: str, codes: tuple[str, ...]) -> FileResult:
-    """Lint the bytes of a Python file or notebook shown as ``path`` with the rules ``codes``."""
+def lint_text(data: bytes, path: str, codes: tuple[str, ...], cache: bool = False) -> FileResult:
+    """Lint the bytes of a Python file or notebook shown as ``path`` with the rules ``codes``
+    (with ``cache``, through the project's ``.sentinel_cache/``)."""
     rules = [r for r in all_rules() if r.CODE in codes]
     if is_notebook(path):
-        return _lint_notebook(data, path, rules)
+        return _lint_notebook(data, path, rules, cache)
     try:
         source = decode(data)
-        diags = check_source(source, path, rules)
+        diags = check_source(source, path, rules, cache=cache)
     except SourceError as exc:
         return FileResult(path, failure=InputError(path, exc.reason, exc.line, exc.column if exc.line else None))
     except RecursionError:
@@ -145,7 +151,7 @@ def _internal_error(path: str, exc: Exception) -> FileResult:
     return FileResult(path, failure=InputError(path, reason))
 
 
-def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]]) -> FileResult:
+def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool = False) -> FileResult:
     from sentinel.notebook import NotebookError, load_notebook
 
     try:
@@ -155,7 +161,7 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]]) -> FileResul
     except NotebookError as exc:
         return FileResult(path, failure=InputError(path, f"not a valid notebook: {exc}"))
     try:
-        diags = check_source(notebook.source, path, rules)
+        diags = check_source(notebook.source, path, rules, cache=cache)
     except SourceError as exc:
         if exc.line:
             cell, line = notebook.locate(exc.line)
@@ -181,7 +187,7 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]]) -> FileResul
     return FileResult(path, diagnostics=mapped)
 
 
-def _lint_path(path: str, codes: tuple[str, ...]) -> FileResult:
+def _lint_path(path: str, codes: tuple[str, ...], cache: bool = False) -> FileResult:
     try:
         data = Path(path).read_bytes()
     except IsADirectoryError:
@@ -190,7 +196,7 @@ def _lint_path(path: str, codes: tuple[str, ...]) -> FileResult:
         return FileResult(path, failure=InputError(path, "no such file"))
     except OSError as exc:
         return FileResult(path, failure=InputError(path, f"cannot read: {exc.strerror or exc}"))
-    return lint_text(data, path, codes)
+    return lint_text(data, path, codes, cache)
 
 
 def lint_file(path: Path, settings: Settings | None = None) -> FileResult:
@@ -210,8 +216,15 @@ def lint_paths(
     force_exclude: bool = False,
     respect_gitignore: bool | None = None,
     jobs: int = 0,
+    cache: bool = False,
+    cache_dir: Path | None = None,
 ) -> list[FileResult]:
-    """Lint files and directories; results are in discovery order (sorted paths)."""
+    """Lint files and directories; results are in discovery order (sorted paths).
+
+    Every file is analysed with the project files it imports; a file that is both linted and
+    imported is parsed once. A finding located in an imported file is kept only where that file's own
+    settings (excludes, per-file-ignores) allow it. With ``cache``, findings are reused from each
+    project's ``.sentinel_cache/`` (or ``cache_dir``) while nothing they depend on changed."""
     paths = list(paths)
     settings = settings if settings is not None else load_settings(paths[0] if paths else Path("."))
     gitignore = settings.respect_gitignore if respect_gitignore is None else respect_gitignore
@@ -230,21 +243,55 @@ def lint_paths(
             results[key] = FileResult(key, failure=InputError(key, reason))
             continue
         rules = enabled_rules(settings, file, select=select, ignore=ignore, extend_select=extend_select)
-        work.append((key, tuple(r.CODE for r in rules)))
+        work.append((key, tuple(r.CODE for r in rules), cache))
+    _expect_projects([Path(w[0]) for w in work], cache, cache_dir)
     n_jobs = jobs or os.cpu_count() or 1
     if n_jobs > 1 and len(work) >= 8:
         results.update(_parallel(work, n_jobs))
     else:
-        for key, codes in work:
-            results[key] = _lint_path(key, codes)
-    return [results[k] for k in order]
+        for key, codes, use_cache in work:
+            results[key] = _lint_path(key, codes, use_cache)
+    return [_keep_allowed(results[k], settings, select, ignore, extend_select) for k in order]
 
 
-def _lint_star(item: tuple[str, tuple[str, ...]]) -> FileResult:
+def _expect_projects(files: list[Path], cache: bool, cache_dir: Path | None) -> None:
+    """Tell each project which of its files this run lints (they are parsed once, whole)."""
+    from sentinel.engine import project_for
+
+    by_project: dict[int, tuple[object, list[Path]]] = {}
+    for f in files:
+        project = project_for(f, cache=cache, cache_dir=cache_dir)
+        by_project.setdefault(id(project), (project, []))[1].append(f)
+    for project, members in by_project.values():
+        project.expect(members)  # type: ignore[attr-defined]
+
+
+def _keep_allowed(result: FileResult, settings: Settings, select, ignore, extend_select) -> FileResult:
+    """Drop findings located in another file (an imported helper) that its own settings exclude."""
+    if not result.diagnostics:
+        return result
+    own = os.path.normpath(result.path)
+    kept = []
+    allowed: dict[str, set[str]] = {}
+    for d in result.diagnostics:
+        where = os.path.normpath(d.path)
+        if where != own:
+            if where not in allowed:
+                p = Path(d.path)
+                excluded = settings.is_excluded(p)
+                rules = enabled_rules(settings, p, select=select, ignore=ignore, extend_select=extend_select)
+                allowed[where] = set() if excluded else {r.CODE for r in rules}
+            if d.code not in allowed[where]:
+                continue
+        kept.append(d)
+    return FileResult(result.path, kept, result.failure)
+
+
+def _lint_star(item: tuple[str, tuple[str, ...], bool]) -> FileResult:
     return _lint_path(*item)
 
 
-def _parallel(work: list[tuple[str, tuple[str, ...]]], jobs: int) -> dict[str, FileResult]:
+def _parallel(work: list[tuple[str, tuple[str, ...], bool]], jobs: int) -> dict[str, FileResult]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -418,8 +465,25 @@ def run_lint_command(options: LintOptions) -> int:
                     ignore=options.ignore,
                     extend_select=options.extend_select,
                 )
-                results = [lint_text(data, display, tuple(r.CODE for r in codes))]
+                if options.fix:
+                    return _fix_stdin(data, display, codes, options.unsafe_fixes)
+                results = [lint_text(data, display, tuple(r.CODE for r in codes), options.cache)]
         else:
+            if options.fix or options.diff:
+                run = _fix_paths(options, settings)
+                if options.diff:
+                    if run.diffs:
+                        sys.stdout.write("".join(run.diffs))
+                    if run.unsafe_hidden and not options.unsafe_fixes and not options.quiet:
+                        warn(f"{run.unsafe_hidden} hidden fix(es) can be shown with --unsafe-fixes.")
+                    return 1 if run.diffs else 0
+                if not options.quiet and (run.fixed or run.unsafe_hidden):
+                    hidden = (
+                        f"; {run.unsafe_hidden} more with --unsafe-fixes"
+                        if run.unsafe_hidden and not options.unsafe_fixes
+                        else ""
+                    )
+                    warn(f"Fixed {run.fixed} problem(s) in {run.files_changed} file(s){hidden}.", style="bold green")
             results = lint_paths(
                 options.paths,
                 settings,
@@ -429,6 +493,8 @@ def run_lint_command(options: LintOptions) -> int:
                 force_exclude=options.force_exclude,
                 respect_gitignore=options.respect_gitignore,
                 jobs=options.jobs,
+                cache=options.cache and not options.fix,
+                cache_dir=options.cache_dir,
             )
     except ConfigError as exc:
         err.print(Text(f"sentinel: configuration error: {exc}", style="bold red"))
@@ -483,3 +549,34 @@ def _show_files(options: LintOptions, settings: Settings, use_stdin: bool, displ
         else:
             print(file)
     return status
+
+
+def _fix_paths(options: LintOptions, settings: Settings):
+    """``--fix`` / ``--diff`` over the paths: every fix is verified before it is written (or shown)."""
+    from sentinel.fixes import fix_files
+
+    gitignore = settings.respect_gitignore if options.respect_gitignore is None else options.respect_gitignore
+    files = []
+    for file, error in discover(
+        options.paths, settings, force_exclude=options.force_exclude, respect_gitignore=gitignore
+    ):
+        if error is None:
+            rules = enabled_rules(
+                settings, file, select=options.select, ignore=options.ignore, extend_select=options.extend_select
+            )
+            files.append((file, rules))
+    return fix_files(files, unsafe=options.unsafe_fixes, write=not options.diff)
+
+
+def _fix_stdin(data: bytes, name: str, rules: list[type[Rule]], unsafe: bool) -> int:
+    """``--fix`` on standard input: the fixed source goes to stdout (for editors), nothing is written."""
+    from sentinel.fixes import fix_source
+
+    try:
+        source = decode(data)
+        outcome = fix_source(source, name, rules, unsafe=unsafe)
+    except SourceError:
+        sys.stdout.write(data.decode("utf-8", "replace"))
+        return 2
+    sys.stdout.write(outcome.source)
+    return 1 if outcome.remaining else 0
