@@ -71,6 +71,7 @@ def test_fix_writes_atomically_keeps_the_mode_and_reports_what_is_left(project):
     assert "Fixed 1 problem(s) in 1 file(s)" in out.stderr
     assert not list(project.glob(".train.py.*"))  # no temporary file left behind
     second = sentinel("--fix", "--format", "concise", "train.py", cwd=project)
+    assert second.returncode == 1 and "Fixed" not in second.stderr
     assert (project / "train.py").read_text() == fixed
 
 
