@@ -62,3 +62,28 @@ def test_corpus_covers_every_rule():
         assert buggy[rule.CODE] >= 8, rule.CODE
         assert tricky[rule.CODE] >= 4, rule.CODE
     assert len(list((CORPUS / "clean").glob("*.py"))) >= 10
+
+
+NOTEBOOKS = sorted((CORPUS / "notebooks").glob("*.ipynb"))
+
+
+def notebook_expectations(path) -> set[tuple[str, int, int]]:
+    import json
+
+    out = set()
+    for index, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"], 1):
+        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        if cell["cell_type"] == "code":
+            out |= {(code, index, line) for code, line in expectations(source)}
+    return out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_findings_match_expectations(path):
+    from sentinel.lint import lint_file
+
+    result = lint_file(path)
+    assert result.failure is None, result.error
+    found = {(d.code, d.cell, d.line) for d in result.diagnostics}
+    expected = notebook_expectations(path)
+    assert found == expected, f"missing: {sorted(expected - found)}; unexpected: {sorted(found - expected)}"
