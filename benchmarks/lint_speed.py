@@ -69,6 +69,12 @@ def main() -> None:
     ap.add_argument("paths", nargs="*", type=Path, default=[ROOT / "fixtures"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--compare-first",
+        type=int,
+        default=0,
+        help="also lint with only the first N rules (e.g. 6: the catalog before SEN007) and print both ratios",
+    )
     args = ap.parse_args()
     files = collect(args.paths)
     if not files:
@@ -107,6 +113,13 @@ def main() -> None:
         f"ratio {t_lint_trig / t_parse_trig:.2f}x"
     )
     print(f"sentinel lint --jobs {args.jobs:<3}      {t_jobs:8.3f} s  {n / t_jobs:8.1f} files/s  (wall, incl. startup)")
+    if args.compare_first:
+        first = rules[: args.compare_first]
+        t_first = best(lambda: [check_source(t, str(f), first) for f, t in files], args.repeat)
+        print(
+            f"with the first {len(first)} rules only  {t_first:8.3f} s  ratio {t_first / t_parse:.2f}x parse;"
+            f"  all {len(rules)} rules {t_lint / t_parse:.2f}x parse"
+        )
     worst_files(triggered, rules, args.repeat)
 
 
