@@ -134,6 +134,8 @@ class CallsMixin:
             return self.call_api(fv.const, node, args, kwargs, state, ctx)
         if kind == MODEL:
             return self.forward(fv, node, args, kwargs, state, ctx)
+        if kind == UNKNOWN and fv.ref == "loaded":  # `model = torch.load(path)` then `model(x)`
+            return self.forward(self._loaded_model(fv, node.func, state), node, args, kwargs, state, ctx)
         if kind == SOFTMAX:
             x = args[0] if args else TOP
             return V(TENSOR, probs=self._where(node), graph=x.graph, taints=x.taints)
@@ -217,6 +219,9 @@ class CallsMixin:
         if api.is_loss_class(qual):
             return V(LOSS, const=name, origin=node)
         if qual in api.NO_GRAD_CTX:
+            flag = args[0] if args else kwargs.get("mode")
+            if name == "inference_mode" and flag is not None and flag.is_const and not flag.const:
+                return TOP  # inference_mode(False) changes nothing
             return V(GRAD_CTX, const="off")
         if qual in api.ENABLE_GRAD_CTX:
             return V(GRAD_CTX, const="on")
@@ -231,7 +236,7 @@ class CallsMixin:
                 MODEL, ident=object(), origin=node, sensitive=_any_sensitive(x.elems) if x.elems is not None else None
             )
         if api.is_module_class(qual):
-            return V(MODEL, ident=Ident(next(self.seq)), origin=node, sensitive=_layer_sensitive(qual, kwargs))
+            return V(MODEL, ident=Ident(next(self.seq)), origin=node, sensitive=_layer_sensitive(qual, kwargs, args))
         if api.is_scaler_class(qual):
             return V(SCALER, origin=node)
         if api.is_optimizer_class(qual):
@@ -269,6 +274,8 @@ class CallsMixin:
             return self._builtin(name, node, args, kwargs, state, ctx)
         if qual.startswith("tqdm") or name in ("tqdm", "trange"):
             return x if x.kind != QUAL else TOP
+        if qual == "torch.load":
+            return self._checkpoint_load(node)
         if qual.startswith("torch.") or qual.startswith("numpy.") or qual.startswith("np."):
             if name in api.NO_GRAPH_FUNCS or qual.startswith(("numpy.", "np.")):
                 return V(TENSOR, graph=False, origin=node)
@@ -291,7 +298,7 @@ class CallsMixin:
                     probs = parts[0].probs
             return V(
                 TENSOR,
-                graph=graph_of(*flat) if flat else False,
+                graph=graph_of(*flat) if flat and state.grad != "off" else False,  # no_grad: no graph
                 taints=merge_taints(*flat, *vals),  # the containers' own history too (accumulated lists)
                 origin=node,
                 probs=probs,
@@ -345,6 +352,8 @@ class CallsMixin:
             return V(UNKNOWN, label=labels, taints=merge_taints(*args))
         if name == "range":
             return V(UNKNOWN, graph=False, label="range")
+        if name == "map" and len(args) >= 2:
+            return self._map_call(node, args, state, ctx)
         if name in ("sum", "max", "min"):
             return V(TENSOR if x.graph else UNKNOWN, graph=x.graph, taints=x.taints)
         if name == "dict":

@@ -287,6 +287,8 @@ class ExpressionsMixin:
                 return V(CONST)
             if attr.startswith("_"):
                 return TOP
+            if api.non_module_attribute(attr):  # `model.config`, `model.device`: data, not a submodule
+                return V(UNKNOWN, label=attr)
             # `model.fc` of a model whose class sentinel cannot see: one stable identity per attribute
             key = (base.ident, attr)
             ident = self._subidents.get(key)
@@ -367,6 +369,8 @@ class ExpressionsMixin:
                 return base.elems[index.const]
             except IndexError:
                 return TOP
+        if base.ref == "loaded" and base.kind == UNKNOWN:  # `torch.load(path)["decoder"]`
+            return base.with_(origin=node)
         label = base.label
         if index.is_const and isinstance(index.const, str):
             label = f"{label}[{index.const}]" if label else index.const
@@ -396,6 +400,7 @@ class ExpressionsMixin:
             elt = self.eval(node.value, s, ctx)
             return V(DICT, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
         elt = self.eval(node.elt, s, ctx)
+        state.modes = s.modes  # `[m.eval() for m in nets]` switches every element
         return V(LIST, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
 
     def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:

@@ -61,6 +61,8 @@ class ForwardEvent(Event):
     lightning_eval: bool = False
     sensitive: bool | None = None  # the model has dropout/batch-norm style layers (None: unknown)
     model_expr: str = "the model"  # how the code names the model at this call (`model`, `self.net`)
+    from_checkpoint: bool = False  # a whole module loaded with torch.load: its layers are unknown
+    deliberate_train: bool = False  # the function itself put the model in train mode (update_bn style)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class AccumEvent(Event):
     value: V | None = None
     outlives: bool = False
     site: Any = None  # the statement to report (the call into a meter's update(), or the node's own)
+    carried: bool = False  # recurrent state fed back into the next iteration (`out, h = rnn(x, h)`)
 
 
 @dataclass
@@ -131,6 +134,10 @@ class Facts:
     proven_graph_taints: set = field(default_factory=set)
     # function activation id -> the FunctionDef it runs (None: a module body)
     functions: dict[int, Any] = field(default_factory=dict)
+    # id(value) -> value: the exact values `.backward()` was called on (they certainly carry a graph)
+    backward_values: dict = field(default_factory=dict)
+    # id(derived value) -> the value it shares its graph with (`loss.cpu()`, `loss.view(-1)`)
+    graph_source: dict = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- budget ------------------------------------------------------------------------------------
@@ -301,6 +308,24 @@ class Facts:
                 return True
         return False
 
+    def was_backpropagated(self, value: V) -> bool:
+        """Was ``backward()`` called on this very value (or one sharing its graph)? Then it carries a graph."""
+        seen = 0
+        cur: V | None = value
+        while cur is not None and seen < 16:
+            if id(cur) in self.backward_values:
+                return True
+            cur = self.graph_source.get(id(cur))
+            seen += 1
+        return False
+
+    def backpropagated_after_loop(self, acc: AccumEvent) -> bool:
+        """Is the accumulator backpropagated after the loop that accumulates it (once, on purpose)?"""
+        for bw in self.backwards:
+            if acc.id in bw.taints and (acc.frame is None or acc.frame not in bw.frames):
+                return True
+        return False
+
     def read_after(self, ctx: int, name: str, seq: int) -> bool:
         return self.last_read.get((ctx, name), -1) > seq
 
@@ -318,6 +343,8 @@ class Facts:
         for ev in self.forwards:
             if ev.lightning_eval or ev.dummy_input and ev.seq < first_training:
                 continue  # a smoke test / shape probe on random inputs before anything trained
+            if ev.deliberate_train and ev.ctx not in self.training_activations:
+                continue  # recomputing batch-norm statistics (update_bn): train mode on purpose
             if self.connected_to_backward(frozenset({ev.id})):
                 continue
             if ev.id in self.escaped_taints and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
@@ -334,6 +361,10 @@ class Facts:
         """One evaluation region: a function that trains nothing (``evaluate()``, ``forecast()``),
         or else the innermost loop (a validation loop inside the training function)."""
         model = ev.model.ident if ev.model is not None else None
+        try:
+            model = self.root_of.get(model, model)  # `model.encoder(x)` and `model.decoder(h)`: one model
+        except TypeError:
+            pass
         if ev.ctx != 0 and ev.ctx not in self.training_activations:
             return ("function", ev.ctx, model)
         return (ev.frame, ev.ctx, model)

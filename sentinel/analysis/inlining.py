@@ -50,6 +50,10 @@ class InliningMixin:
                 result = self.inline(fwd, node, args, kwargs, state, ctx, self_value=model, model_method=True)
             if result is not None:
                 probs = result.probs
+        head = self._head_probs_of(model)
+        if head is not None:
+            probs = head  # the head was replaced by one ending in softmax
+        self._forward_runs = getattr(self, "_forward_runs", 0) + 1
         taints: frozenset = merge_taints(*args, *kwargs.values())
         graph = True if state.grad == "on" else (False if state.grad == "off" else None)
 
@@ -79,7 +83,9 @@ class InliningMixin:
             return output(frozenset())
         return output(frozenset({self._forward_event(model, node, args, state, ctx)}))
 
-    def _forward_event(self, model: V, node: cst.Call, args: list[V], state: State, ctx: Ctx) -> int:
+    def _forward_event(
+        self, model: V, node: cst.Call, args: list[V], state: State, ctx: Ctx, grad: str | None = None
+    ) -> int:
         """Record a forward pass of ``model`` at ``node`` (outside the model's own code); return its id."""
         func = node.func
         # `model(x)` names the model; `model.forward(x)` / `model.predict(x)` name it before the method
@@ -87,7 +93,11 @@ class InliningMixin:
             func.value
             if type(func) is cst.Attribute
             and model.kind == MODEL
-            and (func.attr.value == "forward" or self._is_method(model, func.attr.value))
+            and (
+                func.attr.value == "forward"
+                or self._is_method(model, func.attr.value)
+                or func.attr.value in api.FORWARD_METHODS
+            )
             else func
         )
         model_expr = _dotted(called) or "the model"
@@ -103,19 +113,23 @@ class InliningMixin:
             or api.evalish(arg_text)
         )
         dummy = bool(args) and not api.evalish(arg_text) and all(_is_factory(a.origin) for a in args)
+        grad = grad if grad is not None else state.grad
+        modes = state.mode_of(model.ident)
         ev = self._ev(
             ForwardEvent,
             node,
             ctx,
             id=fid,
             model=model,
-            modes=state.mode_of(model.ident),
+            modes=modes,
             sensitive=self.sensitivity(model),
-            grad=state.grad,
+            grad=grad,
             evalish=evalish,
             dummy_input=dummy,
             lightning_eval=ctx.lightning_eval,
             model_expr=model_expr,
+            from_checkpoint=model.ref == "loaded",
+            deliberate_train=self._deliberate_train(model, modes, grad, ctx),
         )
         self.facts.forwards.append(ev)
         return fid

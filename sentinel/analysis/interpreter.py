@@ -26,6 +26,7 @@ from sentinel.analysis.expressions import ExpressionsMixin
 from sentinel.analysis.facts import (
     Facts,
 )
+from sentinel.analysis.idioms import IdiomsMixin
 from sentinel.analysis.imports import ImportsMixin
 from sentinel.analysis.inlining import InliningMixin
 from sentinel.analysis.methods import MethodsMixin
@@ -53,7 +54,9 @@ from sentinel.analysis.values import (
 )
 
 
-class Interpreter(ImportsMixin, StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, InliningMixin):
+class Interpreter(
+    ImportsMixin, StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, InliningMixin, IdiomsMixin
+):
     """Run the abstract interpretation of one module and return its :class:`Facts`."""
 
     def __init__(

@@ -72,6 +72,7 @@ class MethodsMixin:
                     return self.forward(recv, node, args, kwargs, state, ctx)
                 before = len(self.facts.backwards) + len(self.facts.steps)
                 calls_before = self.module_calls
+                runs = getattr(self, "_forward_runs", 0)
                 result = self.inline(m, node, args, kwargs, state, ctx, self_value=recv)
                 if (
                     module
@@ -79,11 +80,12 @@ class MethodsMixin:
                     and not ctx.model_method
                     and not meth.startswith("_")
                     and not api.non_forward_method(meth)
-                    and result.kind in (TENSOR, TUPLE, DICT)
+                    and (result.kind in (TENSOR, TUPLE, DICT) or getattr(self, "_forward_runs", 0) != runs)
                     and len(self.facts.backwards) + len(self.facts.steps) == before
                 ):
-                    # `model.predict(x)`, `model.encode(x)`: the model runs its layers, like a forward
-                    fid = self._forward_event(recv, node, args, state, ctx)
+                    # `model.predict(x)`, `agent.act(s)`: the model runs its layers, like a forward
+                    # (under the method's own @torch.no_grad() if it has one)
+                    fid = self._forward_event(recv, node, args, state, ctx, grad=m.grad)
                     result = result.with_(taints=result.taints | {fid})
                 elif module and result.kind == TENSOR and not result.taints and not ctx.model_method:
                     # `loss = module.training_step(batch)`: a tensor the model computed; if it is
@@ -134,6 +136,8 @@ class MethodsMixin:
             if meth == "scale":
                 return x
             return TOP
+        if recv.ref == "loaded":
+            recv = self._loaded_method(recv, meth, node, state)
         if recv.kind == UNKNOWN and meth in _MODULE_ONLY_METHODS and isinstance(node.func, cst.Attribute):
             # `net = Net()` from a module sentinel cannot see: `.parameters()`/`.train()` say it is a model
             recv = self._as_model(recv, node.func.value, state)
@@ -232,6 +236,7 @@ class MethodsMixin:
     def _backward(self, node, value: V, ctx: Ctx) -> None:
         self.facts.backwards.append(self._ev(BackwardEvent, node, ctx, taints=value.taints))
         self.facts.proven_graph_taints.update(value.taints)
+        self.facts.backward_values[id(value)] = value
 
     def _append(self, recv: V, meth: str, node, args: list[V], state: State, ctx: Ctx) -> V:
         x = args[-1] if args else TOP
@@ -256,7 +261,7 @@ class MethodsMixin:
                 self.frame_stack
                 and not ctx.model_method
                 and item.kind in (TENSOR, UNKNOWN)
-                and item.taints
+                and (item.taints or id(item) in self.facts.backward_values or item.graph is None)
                 and (item.graph is not False)
             ):
                 container = path or (
@@ -306,8 +311,10 @@ class MethodsMixin:
             if isinstance(recv.ident, Alt):
                 for member in recv.ident:
                     state.set_mode(member, mode)
+                    self._note_train_switch(member, mode, ctx)
             elif recv.ident is not None:
                 state.set_mode(recv.ident, mode)
+                self._note_train_switch(recv.ident, mode, ctx)
             # `model.module.eval()` on a DataParallel-style wrapper switches what the wrapper runs
             func = node.func if isinstance(node, cst.Call) else None
             if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Attribute):
@@ -326,6 +333,8 @@ class MethodsMixin:
             return V(STATE_DICT, alias=recv.ident if recv.ident is not None else object(), ident=object())
         if meth in ("load_state_dict", "register_forward_hook", "register_buffer", "add_module"):
             return TOP
+        if meth in api.FORWARD_METHODS and not ctx.model_method:
+            return self._method_forward(recv, meth, node, args, kwargs, state, ctx)
         if meth in ("generate", "predict", "sample", "encode", "decode", "embed"):
             return V(TENSOR, graph=None, taints=merge_taints(*args))
         return TOP
@@ -335,10 +344,8 @@ class MethodsMixin:
             return V(CONST, graph=False)
         if meth in ("detach", "detach_"):
             return recv.with_(graph=False)
-        if meth == "clone":
-            return recv.with_(alias=None)
-        if meth in api.TENSOR_MOVE_METHODS:
-            return recv.with_(alias=None)
+        if meth == "clone" or meth in api.TENSOR_MOVE_METHODS:
+            return self._note_graph_source(recv.with_(alias=None), recv)
         if meth in api.TENSOR_IDENTITY_METHODS:
             return recv
         if meth == "softmax":

@@ -37,6 +37,7 @@ from sentinel.analysis.values import (
     LOADER,
     MODEL,
     QUAL,
+    SOFTMAX,
     STATE_DICT,
     TENSOR,
     TOP,
@@ -94,9 +95,13 @@ class StatementsMixin:
                 elif isinstance(target, cst.Attribute) and _dotted(target):
                     state.env[_dotted(target)] = new
                 return
+            carried = self._carried_names(node)
+            before = {n: state.env.get(n) for n in carried}
             value = self.eval(node.value, state, ctx)
             for t in node.targets:
                 self.assign(t.target, value, state, ctx, node.value)
+            if carried:
+                self._record_carried(node, carried, before, state, ctx)
         elif isinstance(node, cst.AnnAssign):
             if node.value is not None:
                 value = self.eval(node.value, state, ctx)
@@ -187,6 +192,7 @@ class StatementsMixin:
             self.cond_stack.pop()
         jumped = a.jumped and b.jumped
         self._replace(state, join_states([a, b]))
+        self._unknown_branch_modes(state, a, b)
         state.jumped = jumped
 
     def _push_frame(self, node: cst.CSTNode, ctx: Ctx, label: str, unrolled: bool = False) -> Frame:
@@ -228,8 +234,10 @@ class StatementsMixin:
         self.exec_body(node.body, s1, ctx)
         s1.jumped = False
         if s1.returned or s1.signature() == entry.signature():
+            self._flush_carried(s1, last=True)
             return self._after_loop([entry, s1], [s1])
         s2 = join_states([entry, s1])
+        self._flush_carried(s1)
         self.fresh_stack[-1] = set()
         self.pass_stack[-1] = next(self.ids)  # a new pass over the body: a new iteration
         bind(s2)
@@ -449,6 +457,8 @@ class StatementsMixin:
                 owner.ref.attrs[target.attr.value] = value
             if owner.kind == MODEL and value.kind == MODEL:
                 self._part_of(value.ident, owner.ident)  # `model.fc = nn.Linear(...)`
+            if owner.kind == MODEL and value.kind in (MODEL, SOFTMAX) and not ctx.model_method:
+                self._replace_head(owner, target.attr.value, value, None)
         elif isinstance(target, cst.Subscript):
             self.eval(target.value, state, ctx, record=False)
             if not loop_target:
@@ -456,6 +466,9 @@ class StatementsMixin:
                 self._maybe_snapshot(target, text, value, value_node, ctx, persistent=self._outlives(text))
                 if isinstance(value_node, cst.Name) and value.alias is not None and self._outlives(text):
                     self.facts.stored.add((ctx.id, value_node.value))
+                self._store_item(target, value, state, ctx)
+            if value.kind in (MODEL, SOFTMAX) and not ctx.model_method:
+                self._assign_item_head(target, value, state, ctx)
         elif isinstance(target, cst.StarredElement):
             self.assign(target.value, TOP, state, ctx, None, loop_target=loop_target)
 
@@ -524,7 +537,7 @@ class StatementsMixin:
             and not ctx.model_method
             and value.kind in (TENSOR, UNKNOWN)
             and (value.graph is not False)
-            and value.taints
+            and (value.taints or value.graph is None)
         ):
             base = text.split(".")[0].split("[")[0]
             persistent = isinstance(target, (cst.Attribute, cst.Subscript))

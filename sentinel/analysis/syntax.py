@@ -81,7 +81,7 @@ _MODE_FUNCS = frozenset(
 )
 
 
-def _layer_sensitive(qual: str, kwargs: dict[str, V]) -> bool | None:
+def _layer_sensitive(qual: str, kwargs: dict[str, V], args: list[V] | None = None) -> bool | None:
     """Whether a layer constructor builds a module whose output depends on train/eval mode."""
     name = api.last(qual)
     if not qual.startswith("torch.nn."):
@@ -95,6 +95,11 @@ def _layer_sensitive(qual: str, kwargs: dict[str, V]) -> bool | None:
         d = kwargs.get("dropout")
         if d is None:
             return False
+        if name != "MultiheadAttention":
+            # dropout only acts between stacked layers: one layer (the default) has none
+            layers = kwargs.get("num_layers", (args or [])[2] if len(args or []) > 2 else None)
+            if layers is None or layers.is_const and layers.const == 1:
+                return False
         return bool(d.const) if d.is_const else None
     if name.startswith("InstanceNorm"):
         t = kwargs.get("track_running_stats")

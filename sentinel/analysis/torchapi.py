@@ -375,3 +375,35 @@ _NON_FORWARD = re.compile(
 def non_forward_method(name: str) -> bool:
     """Methods of a model class that do not run it on data (setup, bookkeeping, training steps)."""
     return bool(_NON_FORWARD.match(name))
+
+
+# methods of a model whose class sentinel cannot see that run it on data, like a forward
+FORWARD_METHODS = frozenset(
+    {
+        "generate",
+        "predict",
+        "predict_proba",
+        "sample",
+        "encode",
+        "decode",
+        "embed",
+        "inference",
+        "infer",
+        "act",
+        "get_action",
+        "forward_features",
+        "extract_features",
+    }
+)
+
+_NON_MODULE_ATTR = re.compile(
+    r"^(config|cfg|conf|hparams|hyperparams|hyper_params|args|opts?|options|params_dict|settings|device|dtype|"
+    r"name|names|vocab\w*|tokenizer|labels|classes|class_names|id2label|label2id|meta\w*|info|history|epoch|"
+    r"global_step|step|version|training|input_shape|output_shape|shape|is_\w+|has_\w+|use_\w+|"
+    r"(num|n)_\w+|\w+_(size|dim|dims|rate|prob|count|len|length|shape|type|mode|path|dir|name)|dim)$"
+)
+
+
+def non_module_attribute(name: str) -> bool:
+    """Attributes of a model that hold data (its configuration, device, sizes), not a submodule."""
+    return bool(_NON_MODULE_ATTR.match(name))

@@ -175,7 +175,10 @@ for epoch in range(3):
         candidates = [
             ev
             for ev in facts.evaluation_forwards()
-            if ev.modes is not None and "train" in ev.modes and ev.sensitive is not False
+            if ev.modes is not None
+            and "train" in ev.modes
+            and ev.sensitive is not False
+            and not (ev.sensitive is None and ev.from_checkpoint)  # a loaded module's layers are unknown
         ]
         for ev in first_per_region(candidates, facts):
             name = ev.model_expr

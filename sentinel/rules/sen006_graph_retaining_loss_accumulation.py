@@ -168,20 +168,31 @@ def train_epoch(model, loader, opt):
     def check(self, facts: Facts) -> Iterator[Violation]:
         forward_ids = {ev.id for ev in facts.forwards}
         proven = facts.proven_graph_taints
+        # evaluation forwards known to run with grad on (SEN004): what they accumulate keeps its graph
+        evaluating_with_grad = {ev.id for ev in facts.evaluation_forwards() if ev.grad == "on"}
         for acc in facts.accums:
             if not acc.outlives or acc.value is None:
                 continue
             value = acc.value
             # derived (by tensor operations sentinel can see) from something that was backpropagated;
             # a value that went through code sentinel cannot see (RPC futures, unknown helpers) is no proof
-            backpropagated = value.kind == TENSOR and bool(value.taints & proven)
+            # `.backward()` was called on this very value: it certainly carried a graph
+            backpropagated = (value.kind == TENSOR and bool(value.taints & proven)) or facts.was_backpropagated(value)
             if not (value.graph is True or backpropagated):
                 continue
-            if facts.connected_to_backward(frozenset({acc.id})):
+            if acc.carried:
+                if facts.backpropagated_after_loop(acc):
+                    continue  # backpropagation through time over the whole loop, once after it
+            elif facts.connected_to_backward(frozenset({acc.id})):
                 continue  # the sum is backpropagated later: accumulation on purpose
             sources = value.taints & forward_ids
-            if sources and not backpropagated and not any(facts.connected_to_backward(frozenset({s})) for s in sources):
-                continue  # evaluation code with grad on: SEN004 reports the cause
+            if (
+                sources
+                and not backpropagated
+                and not any(facts.connected_to_backward(frozenset({s})) for s in sources)
+                and not (value.graph is True and sources & evaluating_with_grad)
+            ):
+                continue  # evaluation code whose grad mode is not known to be on
             if acc.id in facts.escaped_taints and not backpropagated:
                 continue  # returned to a caller we cannot see, which may backpropagate it
             yield Violation(

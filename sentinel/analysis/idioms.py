@@ -1,0 +1,323 @@
+"""Real-code idioms the shared analysis understands, for every rule: whole modules loaded from
+checkpoints, classifier heads replaced by a softmax, mode switches written as ``map``/comprehensions,
+forwards through custom methods, recurrent state carried across iterations, values ``backward()`` was
+called on, items stored under a changing key, mode switches under conditions the code cannot evaluate
+and batch-norm recalibration (``update_bn``) that runs the model in train mode on purpose."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libcst as cst
+
+from sentinel.analysis import torchapi as api
+from sentinel.analysis.facts import AccumEvent
+from sentinel.analysis.objects import TRAIN, Ctx, Ident, Instance, State
+from sentinel.analysis.syntax import _dotted, _target_text
+from sentinel.analysis.values import (
+    FUNC,
+    LIST,
+    MODEL,
+    QUAL,
+    SOFTMAX,
+    TENSOR,
+    TUPLE,
+    UNKNOWN,
+    V,
+    merge_taints,
+)
+
+LOADED = "loaded"  # ref marker of a value read back with torch.load (a checkpoint or a whole module)
+
+# attributes that hold the classification head of zoo models (torchvision, timm, pretrained models)
+HEAD_ATTRS = frozenset(
+    {"fc", "classifier", "head", "heads", "last_linear", "output", "out", "logits", "final", "final_layer", "top"}
+)
+
+
+class IdiomsMixin:
+    """Real-code idioms; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
+
+    # -- whole modules loaded from checkpoints ----------------------------------------------------
+    def _checkpoint_load(self, node: cst.Call) -> V:
+        """``torch.load(path)``: tensors, a checkpoint dict, or a whole pickled module; which one the
+        code's later use tells (``.eval()``, a forward, ``.to(device)`` as a statement)."""
+        return V(UNKNOWN, graph=False, ref=LOADED, origin=node)
+
+    def _loaded_model(self, value: V, expr: cst.BaseExpression, state: State) -> V:
+        """A loaded value used as a module: a model whose layers (and saved mode) are unknown."""
+        ident = Ident(next(self.seq))
+        model = V(MODEL, ident=ident, ref=LOADED, label=value.label, origin=value.origin)
+        state.modes[ident] = None  # `training` was pickled with it: unknown until switched
+        path = _dotted(expr)
+        if path is not None and (path in state.env or "." not in path):
+            state.env[path] = model
+        return model
+
+    def _loaded_method(self, recv: V, meth: str, node: cst.Call, state: State) -> V:
+        """``.eval()``/``.train()``, or ``.to()``/``.cuda()`` whose result is dropped, make it a model."""
+        if recv.kind != UNKNOWN or recv.ref != LOADED or not isinstance(node.func, cst.Attribute):
+            return recv
+        statement = isinstance(self.stmt, cst.Expr) and self.stmt.value is node
+        if meth in ("eval", "train", "parameters", "named_parameters", "modules", "children") or (
+            statement and meth in ("to", "cuda", "cpu", "float", "half")
+        ):
+            return self._loaded_model(recv, node.func.value, state)
+        return recv
+
+    # -- classifier heads replaced by a softmax ---------------------------------------------------
+    def _head_probs_of(self, model: V) -> Any:
+        heads = getattr(self, "_heads", None)
+        if not heads or model.ident is None:
+            return None
+        try:
+            return heads.get(model.ident)
+        except TypeError:
+            return None
+
+    def _replace_head(self, owner: V, attr: str, value: V, last_item: bool | None) -> None:
+        """``model.fc = nn.Sequential(..., nn.Softmax(1))`` / ``model.classifier[-1] = nn.Softmax(1)``.
+
+        ``last_item`` is None for an attribute assignment, True/False for an item assignment (is it the
+        container's last element?)."""
+        if owner.kind != MODEL or owner.ident is None or last_item is False:
+            return
+        inst = owner.ref if isinstance(owner.ref, Instance) else None
+        if inst is not None:
+            if not inst.cls.is_module or not _forward_returns_call_of(inst.cls, attr):
+                return
+        elif attr not in HEAD_ATTRS:
+            return
+        if not hasattr(self, "_heads"):
+            self._heads: dict = {}
+        probs = None
+        if value.kind == SOFTMAX:
+            probs = value.origin
+        elif value.kind == MODEL and value.probs is not None and last_item is None:
+            probs = value.probs
+        try:
+            if probs is not None:
+                self._heads[owner.ident] = probs
+            elif value.kind == MODEL or last_item is None:
+                self._heads.pop(owner.ident, None)
+        except TypeError:
+            pass
+
+    def _assign_item_head(self, target: cst.Subscript, value: V, state: State, ctx: Ctx) -> None:
+        """``model.classifier[-1] = ...``: replace the last layer of a head container."""
+        if not isinstance(target.value, cst.Attribute) or len(target.slice) != 1:
+            return
+        index = target.slice[0].slice
+        if not isinstance(index, cst.Index):
+            return
+        iv = self.eval(index.value, state, ctx, record=False)
+        if not (iv.is_const and isinstance(iv.const, int)):
+            return
+        owner = self.eval(target.value.value, state, ctx, record=False)
+        if owner.kind == MODEL:
+            self._replace_head(owner, target.value.attr.value, value, iv.const == -1)
+
+    # -- map(lambda m: m.eval(), nets) ------------------------------------------------------------
+    def _map_call(self, node: cst.Call, args: list[V], state: State, ctx: Ctx) -> V:
+        fn, it = args[0], args[1]
+        if fn.kind not in (FUNC, QUAL) or it.elems is None and it.kind not in (LIST, TUPLE, MODEL):
+            return V(UNKNOWN, taints=merge_taints(*args))
+        elem = self.iter_element(it, None, state, ctx)
+        if fn.kind == QUAL:
+            return V(UNKNOWN, taints=merge_taints(*args))
+        out = self.call_value(fn, node, [elem], {}, state, ctx)
+        return V(LIST, taints=out.taints, graph=out.graph, ident=object())
+
+    # -- forwards through custom methods ----------------------------------------------------------
+    def _method_forward(self, recv: V, meth: str, node: cst.Call, args, kwargs, state: State, ctx: Ctx) -> V:
+        """``model.generate(x)``/``model.encode(x)`` on a model whose class sentinel cannot see."""
+        if meth in ("generate", "sample"):
+            # usually decorated with @torch.no_grad() in the library: the grad mode is unknown
+            saved, state.grad = state.grad, None
+            try:
+                out = self.forward(recv, node, args, kwargs, state, ctx)
+            finally:
+                state.grad = saved
+            return out
+        return self.forward(recv, node, args, kwargs, state, ctx)
+
+    # -- deliberate train mode (update_bn) --------------------------------------------------------
+    def _note_train_switch(self, ident: Any, mode: Any, ctx: Ctx) -> None:
+        if not hasattr(self, "_train_switches"):
+            self._train_switches: dict = {}
+        try:
+            if mode == TRAIN and ctx.func is not None:
+                self._train_switches[ident] = ctx.id
+            else:
+                self._train_switches.pop(ident, None)
+        except TypeError:
+            pass
+
+    def _deliberate_train(self, model: V, modes: Any, grad: Any, ctx: Ctx) -> bool:
+        """The function switched the model to train mode itself and runs it without grad."""
+        if grad != "off" or modes != TRAIN or ctx.func is None:
+            return False
+        switches = getattr(self, "_train_switches", None)
+        if not switches:
+            return False
+        node, seen = model.ident, 0
+        while node is not None and seen < 16:
+            try:
+                if switches.get(node) == ctx.id:
+                    return True
+            except TypeError:
+                return False
+            node = self.facts.parent_of.get(node)
+            seen += 1
+        return False
+
+    # -- mode switches under conditions the code cannot evaluate ----------------------------------
+    @staticmethod
+    def _unknown_branch_modes(state: State, a: State, b: State) -> None:
+        """After ``if cond: model.train() else: model.eval()`` with ``cond`` unknown, the mode is unknown."""
+        if a.returned or b.returned or a.jumped or b.jumped:
+            return
+        for k in set(a.modes) | set(b.modes):
+            ma, mb = a.mode_of(k), b.mode_of(k)
+            if ma is not None and mb is not None and ma != mb:
+                state.modes[k] = None
+
+    # -- values backward() was called on ----------------------------------------------------------
+    def _note_graph_source(self, derived: V, source: V) -> V:
+        if derived is not source:
+            self.facts.graph_source[id(derived)] = (derived, source)
+        return derived
+
+    # -- recurrent state carried across iterations ------------------------------------------------
+    def _carried_names(self, node: cst.Assign) -> list[str]:
+        """Names that ``out, h = model(x, h)`` feeds back from the previous iteration (not detached in
+        this one)."""
+        if not self.frame_stack or type(node.value) is not cst.Call:
+            return []
+        targets: list[str] = []
+        for t in node.targets:
+            tt = t.target
+            if isinstance(tt, cst.Name):
+                targets.append(tt.value)
+            elif isinstance(tt, (cst.Tuple, cst.List)):
+                targets.extend(e.value.value for e in tt.elements if isinstance(e.value, cst.Name))
+        if not targets:
+            return []
+        passed: set[str] = set()
+        for a in node.value.args:
+            v = a.value
+            if isinstance(v, cst.Name):
+                passed.add(v.value)
+            elif isinstance(v, (cst.Tuple, cst.List)):
+                passed.update(e.value.value for e in v.elements if isinstance(e.value, cst.Name))
+        fresh = self.fresh_stack[-1] if self.fresh_stack else set()
+        return [n for n in targets if n in passed and n not in fresh]
+
+    def _record_carried(self, node: cst.Assign, names: list[str], before: dict, state: State, ctx: Ctx) -> None:
+        """Mark the new state; whether it really reaches the next iteration is decided at the end of the
+        iteration (:meth:`_flush_carried`): a later ``h = h.detach()`` / ``repackage_hidden(h)`` cuts it."""
+        if ctx.model_method or not self.frame_stack:
+            return
+        if not hasattr(self, "_carry"):
+            self._carry: dict = {}
+            self._carry_ids: dict = {}
+            self._carry_done: set = set()
+        frame = self.frame_stack[-1]
+        for name in names:
+            new = state.env.get(name)
+            old = before.get(name)
+            if new is None or old is None or old.kind == MODEL or new.kind not in (TENSOR, UNKNOWN):
+                continue
+            if new.graph is not True:
+                continue
+            key = (frame, id(node), name)
+            acc_id = self._carry_ids.setdefault(key, next(self.ids))  # one id for every pass over the body
+            candidate = self._carry_candidates.pop(key, None) if hasattr(self, "_carry_candidates") else None
+            if candidate is not None and acc_id in old.taints and acc_id not in self._carry_done:
+                # the previous iteration's state arrives here still holding its graph: confirmed
+                self._carry_done.add(acc_id)
+                self.facts.accums.append(candidate)
+            where, stmt = self._accumulation_site(node, ctx)
+            ev = self._ev(
+                AccumEvent, where, ctx, id=acc_id, target=name, value=new, outlives=True, site=stmt, carried=True
+            )
+            self._carry.setdefault(frame, []).append((key, name, ev))
+            state.env[name] = new.with_(taints=new.taints | {acc_id})
+
+    def _flush_carried(self, state: State, last: bool = False) -> None:
+        """End of one pass over a loop body: the states that still hold their graph go on to the next
+        iteration. The next pass confirms it (nothing detached them before the call); after the last
+        pass of a body whose state was already stable, the pass itself is the proof."""
+        carry = getattr(self, "_carry", None)
+        if not carry or not self.frame_stack:
+            return
+        if not hasattr(self, "_carry_candidates"):
+            self._carry_candidates: dict = {}
+        for key, name, ev in carry.pop(self.frame_stack[-1], ()):
+            v = state.env.get(name)
+            if v is None or ev.id not in v.taints or v.graph is not True or ev.id in self._carry_done:
+                continue
+            if last:
+                self._carry_done.add(ev.id)
+                self.facts.accums.append(ev)
+            else:
+                self._carry_candidates[key] = ev
+
+    # -- items stored under a changing key --------------------------------------------------------
+    def _store_item(self, target: cst.Subscript, value: V, state: State, ctx: Ctx) -> None:
+        """``history[step] = loss``: one more graph kept per iteration (a constant key only overwrites)."""
+        if not self.frame_stack or ctx.model_method or value.kind not in (TENSOR, UNKNOWN) or value.graph is False:
+            return
+        if len(target.slice) != 1 or not isinstance(target.slice[0].slice, cst.Index):
+            return
+        index = target.slice[0].slice.value
+        if isinstance(index, (cst.SimpleString, cst.Integer, cst.ConcatenatedString)):
+            return
+        iv = self.eval(index, state, ctx, record=False)
+        if iv.is_const:
+            return
+        text = _target_text(target)
+        if text.startswith("<") or not self._outlives(text):
+            return
+        where, stmt = self._accumulation_site(target, ctx)
+        self.facts.accums.append(
+            self._ev(AccumEvent, where, ctx, id=next(self.ids), target=text, value=value, outlives=True, site=stmt)
+        )
+
+
+def _forward_returns_call_of(cls: Any, attr: str) -> bool:
+    """Does the class's ``forward`` return ``self.<attr>(...)`` on every path (the layer is its head)?"""
+    fwd = cls.method("forward")
+    if fwd is None:
+        return False
+    returns: list[cst.Return] = []
+
+    class _Returns(cst.CSTVisitor):
+        def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+            return node is fwd.node
+
+        def visit_Lambda(self, node: cst.Lambda) -> bool:
+            return False
+
+        def visit_Return(self, node: cst.Return) -> None:
+            returns.append(node)
+
+    fwd.node.visit(_Returns())
+    if not returns:
+        return False
+    for r in returns:
+        v = r.value
+        if not (
+            isinstance(v, cst.Call)
+            and isinstance(v.func, cst.Attribute)
+            and isinstance(v.func.value, cst.Name)
+            and v.func.value.value == "self"
+            and v.func.attr.value == attr
+        ):
+            return False
+    return True
+
+
+def forward_method(name: str) -> bool:
+    """Methods of a model (whose class sentinel cannot see) that run it on data."""
+    return name in api.FORWARD_METHODS
