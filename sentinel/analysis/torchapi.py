@@ -400,6 +400,8 @@ _NON_MODULE_ATTR = re.compile(
     r"^(config|cfg|conf|hparams|hyperparams|hyper_params|args|opts?|options|params_dict|settings|device|dtype|"
     r"name|names|vocab\w*|tokenizer|labels|classes|class_names|id2label|label2id|meta\w*|info|history|epoch|"
     r"global_step|step|version|training|input_shape|output_shape|shape|is_\w+|has_\w+|use_\w+|"
+    r"in_features|out_features|in_channels|out_channels|padding_idx|eps|momentum|inplace|batch_first|"
+    r"bidirectional|stride|padding|dilation|groups|p|"
     r"(num|n)_\w+|\w+_(size|dim|dims|rate|prob|count|len|length|shape|type|mode|path|dir|name)|dim)$"
 )
 
