@@ -93,7 +93,7 @@ class IdiomsMixin:
         probs = None
         if value.kind == SOFTMAX:
             probs = value.origin
-        elif value.kind == MODEL and value.probs is not None and last_item is None:
+        elif value.kind == MODEL and value.probs is not None:
             probs = value.probs
         try:
             if probs is not None:
