@@ -17,9 +17,13 @@ class GraphRetainingLossAccumulation(Rule):
     Finds a tensor that carries an autograd graph (a loss, a model output, anything computed from
     them with gradients on) accumulated into something that outlives the loop iteration:
     `total += loss`, `total = total + loss`, `losses.append(loss)`, `outputs.append(out.cpu())`,
-    `self.history.append(loss)`, `preds = torch.cat((preds, out))`. Accumulating on purpose to call
-    `backward()` on the sum later is recognized and not reported; so is anything under `no_grad`,
-    `.item()`, `.detach()` and `.data`.
+    `self.history.append(loss)`, `history[step] = loss`, `preds = torch.cat((preds, out))`. A value
+    `backward()` was called on carries a graph wherever it was stored, whatever computed it. Recurrent
+    state fed back into the next iteration without a detach (`out, h = rnn(x, h)` across chunks that
+    are each backpropagated) is reported on the line that carries it. Accumulating on purpose to call
+    `backward()` on the sum later (micro-batches, backpropagation through time after the loop) is
+    recognized and not reported; so is anything under `no_grad`, `.item()`, `.detach()` and `.data`.
+    Evaluation code that runs with gradients on is reported here too when its sum keeps the graphs.
 
     ## Why is this bad?
     Each such tensor keeps its whole computation graph (and the activations saved for backward)
@@ -79,7 +83,8 @@ class GraphRetainingLossAccumulation(Rule):
     SUMMARY = "Graph-carrying tensor accumulated across iterations"
     TRIGGER = (
         re.compile(r"backward"),
-        re.compile(r"\+|\.append\(|\.extend\(|\.update\(|\b(cat|stack|concat)\("),
+        # accumulations, stores under a key, and carried state (which only runs with retain_graph)
+        re.compile(r"\+|\.append\(|\.extend\(|\.update\(|\b(cat|stack|concat)\(|\]\s*=[^=]|retain_graph"),
     )
     FIX = "safe"
     FIXES = [

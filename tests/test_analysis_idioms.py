@@ -1,0 +1,292 @@
+"""Real-code idioms the shared analysis understands, checked through the rules that depend on them.
+
+The lint corpus (fixtures/lint/**/*idiom_*.py) holds runnable programs for each idiom; these tests
+cover the variants a runnable single-file program cannot show (library models whose classes
+sentinel cannot see, imported helpers) and pin the exact finding set of each snippet.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from sentinel.engine import check_source
+
+
+def findings(source: str) -> set[tuple[str, int]]:
+    code = textwrap.dedent(source).lstrip("\n")
+    return {(d.code, d.line) for d in check_source(code, "<string>", project=False)}
+
+
+def line_of(source: str, marker: str) -> int:
+    code = textwrap.dedent(source).lstrip("\n")
+    for i, text in enumerate(code.splitlines(), 1):
+        if marker in text:
+            return i
+    raise AssertionError(marker)
+
+
+LOADED_TRAIN_MODE = """
+import torch
+model = torch.load("model.pt", weights_only=False)
+model.train()
+with torch.no_grad():
+    for x in [torch.randn(2, 4)]:
+        out = model(x)
+"""
+
+
+def test_loaded_module_with_unknown_layers_is_not_reported_by_sen003() -> None:
+    # train mode is known, but whether the pickled module has dropout/batch norm is not
+    assert findings(LOADED_TRAIN_MODE) == set()
+
+
+LOADED_TENSOR = """
+import torch
+from torch import nn
+features = torch.load("features.pt")
+features.to("cpu")
+model = nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for x in features:
+    opt.zero_grad()
+    model(x).sum().backward()
+    opt.step()
+"""
+
+
+def test_loaded_data_used_as_data_is_no_model() -> None:
+    assert findings(LOADED_TENSOR) == set()
+
+
+ZOO_HEAD = """
+import torch
+import torchvision
+from torch import nn
+model = torchvision.models.resnet18()
+model.fc = nn.Sequential(nn.Linear(512, 10), nn.Softmax(dim=1))
+criterion = nn.CrossEntropyLoss()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for x, y in [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))]:
+    opt.zero_grad()
+    loss = criterion(model(x), y)  # here
+    loss.backward()
+    opt.step()
+"""
+
+
+def test_zoo_model_head_replaced_by_softmax_outputs_probabilities() -> None:
+    assert findings(ZOO_HEAD) == {("SEN001", line_of(ZOO_HEAD, "# here"))}
+
+
+def test_zoo_model_head_replaced_by_linear_again_outputs_logits() -> None:
+    source = ZOO_HEAD.replace("criterion = nn", "model.fc = nn.Linear(512, 10)\ncriterion = nn")
+    assert findings(source) == set()
+
+
+def test_non_head_attribute_of_zoo_model_is_not_its_output() -> None:
+    source = ZOO_HEAD.replace("model.fc = nn.Sequential", "model.aux = nn.Sequential")
+    assert findings(source) == set()
+
+
+UNSEEN_GENERATE = """
+import torch
+from mylib import build_model
+model = build_model()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(2):
+    model.train()
+    for x in [torch.randn(2, 4)]:
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+    with torch.no_grad():
+        val_samples = model.generate(torch.randn(2, 4))  # here
+    model.eval()
+    test_codes = model.encode(torch.randn(2, 4))  # there
+"""
+
+
+def test_forward_like_methods_of_unseen_models_are_forwards() -> None:
+    # generate() after training without eval(): SEN003; encode() without no_grad: SEN004
+    assert findings(UNSEEN_GENERATE) == {
+        ("SEN003", line_of(UNSEEN_GENERATE, "# here")),
+        ("SEN004", line_of(UNSEEN_GENERATE, "# there")),
+    }
+
+
+def test_generate_grad_mode_is_unknown() -> None:
+    # library generate() methods usually run under their own no_grad: never SEN004
+    source = UNSEEN_GENERATE.replace("model.encode(", "model.generate(")
+    assert ("SEN004", line_of(source, "# there")) not in findings(source)
+
+
+IMPORTED_LOSS = """
+import torch
+from mylib import compute_loss
+def train(model, loader, optimizer):
+    losses = []
+    for batch in loader:
+        optimizer.zero_grad()
+        loss = compute_loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss)  # here
+    return sum(l.item() for l in losses)
+"""
+
+
+def test_stored_value_that_was_backpropagated_carries_a_graph() -> None:
+    assert findings(IMPORTED_LOSS) == {("SEN006", line_of(IMPORTED_LOSS, "# here"))}
+
+
+@pytest.mark.parametrize("stored", ["loss.item()", "loss.detach()", "float(loss)"])
+def test_stored_detached_value_of_a_backpropagated_loss_is_fine(stored: str) -> None:
+    assert findings(IMPORTED_LOSS.replace("losses.append(loss)", f"losses.append({stored})")) == set()
+
+
+def test_unrelated_result_of_an_unknown_call_is_not_proven_to_carry_a_graph() -> None:
+    source = IMPORTED_LOSS.replace("losses.append(loss)", "losses.append(compute_loss(model, batch))")
+    assert findings(source) == set()
+
+
+UNROLLED_CELL = """
+import torch
+from torch import nn
+cell = nn.GRUCell(4, 8)
+head = nn.Linear(8, 1)
+opt = torch.optim.SGD([*cell.parameters(), *head.parameters()], lr=0.1)
+for step in range(3):
+    h = None
+    opt.zero_grad()
+    for t in range(5):
+        h = cell(torch.randn(2, 4), h)
+    head(h).pow(2).mean().backward()
+    opt.step()
+"""
+
+
+def test_state_carried_over_time_steps_and_backpropagated_once_after_is_fine() -> None:
+    assert findings(UNROLLED_CELL) == set()
+
+
+CARRIED = """
+import torch
+from torch import nn
+rnn = nn.GRU(4, 8)
+opt = torch.optim.SGD(rnn.parameters(), lr=0.1)
+h = torch.zeros(1, 2, 8)
+opt.zero_grad()
+for step in range(3):
+    out, h = rnn(torch.randn(5, 2, 4), h)  # here
+    out.pow(2).mean().backward(retain_graph=True)
+opt.step()
+"""
+
+
+def test_state_carried_across_backpropagated_iterations_is_reported() -> None:
+    assert findings(CARRIED) == {("SEN006", line_of(CARRIED, "# here"))}
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        "    h = h.detach()\n",
+        "    h = tuple(s.detach() for s in (h,))[0]\n",
+    ],
+)
+def test_state_detached_each_iteration_is_fine(cut: str) -> None:
+    source = CARRIED.replace("    out, h = rnn", cut + "    out, h = rnn")
+    assert findings(source) == set()
+
+
+def test_state_detached_after_the_call_is_fine() -> None:
+    source = CARRIED.replace("  # here\n", "\n    h = h.detach()\n")
+    assert findings(source) == set()
+
+
+MAP_EVAL = """
+import torch
+from torch import nn
+G = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.2))
+D = nn.Sequential(nn.Linear(4, 1), nn.Dropout(0.2))
+opt = torch.optim.SGD([*G.parameters(), *D.parameters()], lr=0.1)
+nets = [G, D]
+z_val = torch.load("z_val.pt")
+for epoch in range(2):
+    for m in nets:
+        m.train()
+    opt.zero_grad()
+    D(G(torch.randn(2, 4))).mean().backward()
+    opt.step()
+    SWITCH
+    with torch.no_grad():
+        score = D(G(z_val)).mean().item()
+"""
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        "[m.eval() for m in nets]",
+        "list(map(lambda m: m.eval(), nets))",
+        "for m in (G, D): m.eval()",
+        "_ = {m.eval() for m in nets}",
+    ],
+)
+def test_mode_switches_of_every_element(switch: str) -> None:
+    assert findings(MAP_EVAL.replace("SWITCH", switch)) == set()
+
+
+def test_mode_switch_of_only_some_elements_is_not_all() -> None:
+    source = MAP_EVAL.replace("SWITCH", "[m.eval() for m in nets[:1]]")
+    # `nets[:1]` is not a list sentinel can enumerate: D's mode is not known to be eval
+    assert ("SEN003", line_of(source, "score =")) in findings(source)
+
+
+WITH_FLAG = """
+import torch
+from torch import nn
+model = nn.Linear(4, 2)
+model.eval()
+with torch.inference_mode(FLAG):
+    for x in torch.load("test_batches.pt"):
+        out = model(x)
+"""
+
+
+def test_inference_mode_false_disables_nothing() -> None:
+    assert findings(WITH_FLAG.replace("FLAG", "False")) == {("SEN004", line_of(WITH_FLAG, "out = model"))}
+    assert findings(WITH_FLAG.replace("FLAG", "mode=True")) == set()
+
+
+UNKNOWN_BRANCH = """
+import torch
+from torch import nn
+def run(cfg):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(2):
+        model.train()
+        opt.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        BRANCH
+        with torch.no_grad():
+            val_out = model(cfg.x_val)
+run(None)
+"""
+
+
+def test_mode_switch_under_an_unknown_condition_is_unknown() -> None:
+    branch = "if cfg.mc:\n            model.train()\n        else:\n            model.eval()"
+    assert findings(UNKNOWN_BRANCH.replace("BRANCH", branch)) == set()
+
+
+def test_eval_on_every_path_is_eval_and_missing_eval_is_still_reported() -> None:
+    both = "if cfg.mc:\n            model.eval()\n        else:\n            model.eval()"
+    assert findings(UNKNOWN_BRANCH.replace("BRANCH", both)) == set()
+    assert findings(UNKNOWN_BRANCH.replace("BRANCH", "pass")) == {
+        ("SEN003", line_of(UNKNOWN_BRANCH, "val_out ="))
+    }
