@@ -287,6 +287,4 @@ def test_mode_switch_under_an_unknown_condition_is_unknown() -> None:
 def test_eval_on_every_path_is_eval_and_missing_eval_is_still_reported() -> None:
     both = "if cfg.mc:\n            model.eval()\n        else:\n            model.eval()"
     assert findings(UNKNOWN_BRANCH.replace("BRANCH", both)) == set()
-    assert findings(UNKNOWN_BRANCH.replace("BRANCH", "pass")) == {
-        ("SEN003", line_of(UNKNOWN_BRANCH, "val_out ="))
-    }
+    assert findings(UNKNOWN_BRANCH.replace("BRANCH", "pass")) == {("SEN003", line_of(UNKNOWN_BRANCH, "val_out ="))}
