@@ -288,3 +288,57 @@ def test_eval_on_every_path_is_eval_and_missing_eval_is_still_reported() -> None
     both = "if cfg.mc:\n            model.eval()\n        else:\n            model.eval()"
     assert findings(UNKNOWN_BRANCH.replace("BRANCH", both)) == set()
     assert findings(UNKNOWN_BRANCH.replace("BRANCH", "pass")) == {("SEN003", line_of(UNKNOWN_BRANCH, "val_out ="))}
+
+
+SAVED_AND_RELOADED = """
+import torch
+from torch import nn
+model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for x in torch.load("batches.pt"):
+    opt.zero_grad()
+    model(x).sum().backward()
+    opt.step()
+SWITCH
+torch.save({"net": model}, "net.pt")
+restored = torch.load("net.pt", weights_only=False)["net"]
+with torch.no_grad():
+    out = restored(torch.load("test.pt"))
+"""
+
+
+def test_module_reloaded_from_the_path_it_was_saved_to_keeps_its_mode_and_layers() -> None:
+    # saved in train mode with dropout: the copy read back is too
+    assert findings(SAVED_AND_RELOADED.replace("SWITCH", "")) == {("SEN003", line_of(SAVED_AND_RELOADED, "out ="))}
+    assert findings(SAVED_AND_RELOADED.replace("SWITCH", "model.eval()")) == set()
+
+
+LIST_OF_MODELS = """
+import torch
+from torch import nn
+def make():
+    return nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+students = [make() for _ in range(3)]
+teachers = [make() for _ in range(2)]
+opt = torch.optim.SGD([p for s in students for p in s.parameters()], lr=0.1)
+for x in torch.load("batches.pt"):
+    opt.zero_grad()
+    sum(s(x).sum() for s in students).backward()
+    opt.step()
+SWITCH
+with torch.no_grad():
+    votes = [s(torch.load("test.pt")) for s in students]
+"""
+
+
+@pytest.mark.parametrize(
+    ("switch", "reported"),
+    [
+        ("[s.eval() for s in students]", False),
+        ("list(map(lambda m: m.eval(), teachers + students))", False),
+        ("[t.eval() for t in teachers]", True),
+    ],
+)
+def test_lists_of_models_built_by_comprehensions(switch: str, reported: bool) -> None:
+    expected = {("SEN003", line_of(LIST_OF_MODELS, "votes ="))} if reported else set()
+    assert findings(LIST_OF_MODELS.replace("SWITCH", switch)) == expected

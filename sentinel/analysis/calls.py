@@ -274,8 +274,10 @@ class CallsMixin:
             return self._builtin(name, node, args, kwargs, state, ctx)
         if qual.startswith("tqdm") or name in ("tqdm", "trange"):
             return x if x.kind != QUAL else TOP
-        if qual == "torch.load":
-            return self._checkpoint_load(node)
+        if qual in ("torch.load", "torch.jit.load"):
+            return self._checkpoint_load(node, args, state)
+        if qual == "torch.save":
+            self._note_saved(args, kwargs, state)
         if qual.startswith("torch.") or qual.startswith("numpy.") or qual.startswith("np."):
             if name in api.NO_GRAPH_FUNCS or qual.startswith(("numpy.", "np.")):
                 return V(TENSOR, graph=False, origin=node)

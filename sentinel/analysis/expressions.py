@@ -9,6 +9,7 @@ import libcst as cst
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.imports import lookup_star
+from sentinel.analysis.idioms import concat_lists, element_of, list_of_models
 from sentinel.analysis.objects import ClassInfo, Ctx, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _BINOPS,
@@ -103,6 +104,10 @@ class ExpressionsMixin:
                     return V(CONST, const=_BINOPS[type(node.operator)](left.const, right.const))
                 except Exception:
                     pass
+            if left.kind == LIST and right.kind == LIST and isinstance(node.operator, cst.Add):
+                joined = concat_lists(left, right)  # `teachers + students`
+                if joined is not None:
+                    return joined
             if left.kind == PARAMS and right.kind == PARAMS:
                 both = left.ident | right.ident if left.ident is not None and right.ident is not None else None
                 return V(PARAMS, ident=both)
@@ -401,7 +406,9 @@ class ExpressionsMixin:
             return V(DICT, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
         elt = self.eval(node.elt, s, ctx)
         state.modes = s.modes  # `[m.eval() for m in nets]` switches every element
-        return V(LIST, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
+        return V(
+            LIST, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object(), ref=list_of_models(elt)
+        )
 
     def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:
         """The value one iteration over ``it`` binds."""
@@ -409,6 +416,9 @@ class ExpressionsMixin:
             return V(TENSOR, graph=False, label="param")
         if it.kind == STATE_DICT:
             return V(UNKNOWN)
+        element = element_of(it)
+        if element is not None:
+            return element
         if it.elems is not None:
             out = None
             for e in it.elems:

@@ -15,6 +15,7 @@ from sentinel.analysis.facts import AccumEvent
 from sentinel.analysis.objects import TRAIN, Ctx, Ident, Instance, State
 from sentinel.analysis.syntax import _dotted, _target_text
 from sentinel.analysis.values import (
+    CONST,
     FUNC,
     LIST,
     MODEL,
@@ -23,7 +24,9 @@ from sentinel.analysis.values import (
     TENSOR,
     TUPLE,
     UNKNOWN,
+    Alt,
     V,
+    join,
     merge_taints,
 )
 
@@ -35,14 +38,88 @@ HEAD_ATTRS = frozenset(
 )
 
 
+class Elements:
+    """What every element of a list built by a comprehension is (``[make_student() for _ in range(3)]``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: V) -> None:
+        self.value = value
+
+
+def element_of(it: V) -> V | None:
+    """The value iterating over a list of models built by a comprehension (or concatenation) binds."""
+    return it.ref.value if isinstance(it.ref, Elements) else None
+
+
+def list_of_models(elt: V) -> Any:
+    """The ``ref`` a comprehension's list gets: its element, when that is a model."""
+    return Elements(elt) if elt.kind == MODEL else None
+
+
+def concat_lists(left: V, right: V) -> V | None:
+    """``teachers + students``: a list whose elements are either side's."""
+    parts = []
+    for side in (left, right):
+        if side.elems is not None:
+            parts.extend(side.elems)
+        elif isinstance(side.ref, Elements):
+            parts.append(side.ref.value)
+        else:
+            return None
+    if left.elems is not None and right.elems is not None:
+        return V(LIST, elems=left.elems + right.elems, taints=merge_taints(left, right), ident=object())
+    out: V | None = None
+    for p in parts:
+        out = p if out is None else join(out, p)
+    if out is None or out.kind != MODEL:
+        return None
+    return V(LIST, ref=Elements(out), taints=merge_taints(left, right), ident=object())
+
+
 class IdiomsMixin:
     """Real-code idioms; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
 
     # -- whole modules loaded from checkpoints ----------------------------------------------------
-    def _checkpoint_load(self, node: cst.Call) -> V:
+    def _checkpoint_load(self, node: cst.Call, args: list[V] | None = None, state: State | None = None) -> V:
         """``torch.load(path)``: tensors, a checkpoint dict, or a whole pickled module; which one the
-        code's later use tells (``.eval()``, a forward, ``.to(device)`` as a statement)."""
+        code's later use tells (``.eval()``, a forward, ``.to(device)`` as a statement). When this
+        program saved whole modules to that very path, it gets copies of them back, each in the mode
+        it was saved in."""
+        saved = getattr(self, "_saved", None)
+        if saved and args and state is not None:
+            entry = saved.get(_path_key(args[0]))
+            if entry is not None:
+                return self._reload(entry[1], node, state)
         return V(UNKNOWN, graph=False, ref=LOADED, origin=node)
+
+    def _note_saved(self, args: list[V], kwargs: dict[str, V], state: State) -> None:
+        """``torch.save(obj, path)`` of whole modules (or a dict of them): remember them with their mode."""
+        obj = args[0] if args else kwargs.get("obj")
+        path = args[1] if len(args) > 1 else kwargs.get("f")
+        if obj is None or path is None or _path_key(path) is None:
+            return
+        if obj.kind == MODEL:
+            content: Any = (obj, state.mode_of(obj.ident), self.sensitivity(obj))
+        elif obj.items is not None and any(v.kind == MODEL for _, v in obj.items):
+            content = {k: (v, state.mode_of(v.ident), self.sensitivity(v)) for k, v in obj.items if v.kind == MODEL}
+        else:
+            return
+        if not hasattr(self, "_saved"):
+            self._saved: dict = {}
+        self._saved[_path_key(path)] = (path, content)
+
+    def _reload(self, content: Any, node: cst.Call, state: State) -> V:
+        def copy(entry: tuple) -> V:
+            model, mode, sensitive = entry
+            ident = Ident(next(self.seq))
+            state.modes[ident] = mode
+            return V(MODEL, ident=ident, ref=LOADED, sensitive=sensitive, probs=model.probs, origin=node)
+
+        if isinstance(content, tuple):
+            return copy(content)
+        items = tuple((k, copy(e)) for k, e in content.items())
+        return V(UNKNOWN, graph=False, ref=LOADED, origin=node, items=items)
 
     def _loaded_model(self, value: V, expr: cst.BaseExpression, state: State) -> V:
         """A loaded value used as a module: a model whose layers (and saved mode) are unknown."""
@@ -158,9 +235,13 @@ class IdiomsMixin:
         if grad != "off" or modes != TRAIN or ctx.func is None:
             return False
         switches = getattr(self, "_train_switches", None)
-        if not switches:
+        if not switches or model.ident is None:
             return False
-        node, seen = model.ident, 0
+        members = model.ident if isinstance(model.ident, Alt) else (model.ident,)
+        return all(self._switched_here(m, switches, ctx) for m in members)
+
+    def _switched_here(self, ident: Any, switches: dict, ctx: Ctx) -> bool:
+        node, seen = ident, 0
         while node is not None and seen < 16:
             try:
                 if switches.get(node) == ctx.id:
@@ -316,6 +397,15 @@ def _forward_returns_call_of(cls: Any, attr: str) -> bool:
         ):
             return False
     return True
+
+
+def _path_key(path: V) -> Any:
+    """The same file: one constant path string, or one path value the code computed once."""
+    if path.is_const:
+        return ("const", path.const) if isinstance(path.const, str) else None
+    if path.kind in (UNKNOWN, CONST) and path.origin is not None:
+        return ("node", id(path.origin))
+    return None
 
 
 def forward_method(name: str) -> bool:
