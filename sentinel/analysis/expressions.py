@@ -8,8 +8,8 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
-from sentinel.analysis.imports import lookup_star
 from sentinel.analysis.idioms import concat_lists, element_of, list_of_models
+from sentinel.analysis.imports import lookup_star
 from sentinel.analysis.objects import ClassInfo, Ctx, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _BINOPS,
