@@ -342,3 +342,24 @@ with torch.no_grad():
 def test_lists_of_models_built_by_comprehensions(switch: str, reported: bool) -> None:
     expected = {("SEN003", line_of(LIST_OF_MODELS, "votes ="))} if reported else set()
     assert findings(LIST_OF_MODELS.replace("SWITCH", switch)) == expected
+
+
+KEYED_OUTPUTS = """
+import torch
+from torch import nn
+body = nn.Linear(4, 4)
+opt = torch.optim.SGD(body.parameters(), lr=0.1)
+for x in torch.load("batches.pt"):
+    opt.zero_grad()
+    outputs = {}
+    for k in range(3):
+        outputs[k] = body(x * k)
+    loss = sum(o.pow(2).mean() for o in outputs.values())
+    loss.backward()
+    opt.step()
+"""
+
+
+def test_outputs_stored_under_keys_then_backpropagated_are_training() -> None:
+    # the dict holds what was stored in it: the loss read back from it is what backward() runs on
+    assert findings(KEYED_OUTPUTS) == set()

@@ -16,6 +16,7 @@ from sentinel.analysis.objects import TRAIN, Ctx, Ident, Instance, State
 from sentinel.analysis.syntax import _dotted, _target_text
 from sentinel.analysis.values import (
     CONST,
+    DICT,
     FUNC,
     LIST,
     MODEL,
@@ -346,7 +347,11 @@ class IdiomsMixin:
 
     # -- items stored under a changing key --------------------------------------------------------
     def _store_item(self, target: cst.Subscript, value: V, state: State, ctx: Ctx) -> None:
-        """``history[step] = loss``: one more graph kept per iteration (a constant key only overwrites)."""
+        """``history[step] = loss``: one more graph kept per iteration (a constant key only overwrites).
+        The container holds what was stored: reading it back (``sum(outputs.values())``) derives from it."""
+        acc_id = next(self.ids)
+        if value.taints:
+            self._container_holds(target.value, value, acc_id, state, ctx)
         if not self.frame_stack or ctx.model_method or value.kind not in (TENSOR, UNKNOWN) or value.graph is False:
             return
         if len(target.slice) != 1 or not isinstance(target.slice[0].slice, cst.Index):
@@ -362,8 +367,26 @@ class IdiomsMixin:
             return
         where, stmt = self._accumulation_site(target, ctx)
         self.facts.accums.append(
-            self._ev(AccumEvent, where, ctx, id=next(self.ids), target=text, value=value, outlives=True, site=stmt)
+            self._ev(AccumEvent, where, ctx, id=acc_id, target=text, value=value, outlives=True, site=stmt)
         )
+
+    def _container_holds(self, expr: cst.BaseExpression, value: V, acc_id: int, state: State, ctx: Ctx) -> None:
+        path = _dotted(expr)
+        if path is None:
+            return
+        cur = state.env.get(path)
+        owner = None
+        if cur is None and isinstance(expr, cst.Attribute):
+            owner = self.eval(expr.value, state, ctx, record=False)
+            if isinstance(owner.ref, Instance):
+                cur = owner.ref.attrs.get(expr.attr.value)
+        if cur is None or cur.kind not in (DICT, LIST, UNKNOWN, TENSOR):
+            return
+        new = cur.with_(taints=cur.taints | value.taints | {acc_id}, graph=True if value.graph else cur.graph)
+        if path in state.env:
+            state.env[path] = new
+        elif owner is not None and isinstance(owner.ref, Instance):
+            owner.ref.attrs[expr.attr.value] = new
 
 
 def _forward_returns_call_of(cls: Any, attr: str) -> bool:

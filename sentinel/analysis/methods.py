@@ -157,7 +157,7 @@ class MethodsMixin:
             if meth == "items":
                 return V(TUPLE, ref="items", alias=recv.alias)
             if meth == "values":
-                return V(LIST, elems=None, alias=recv.alias)
+                return V(LIST, elems=None, alias=recv.alias, taints=recv.taints)  # what was stored in it
             return V(UNKNOWN)
         if recv.kind in (LIST, UNKNOWN, TUPLE) and meth in ("append", "extend", "insert", "add"):
             return self._append(recv, meth, node, args, state, ctx)
