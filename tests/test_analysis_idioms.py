@@ -363,3 +363,22 @@ for x in torch.load("batches.pt"):
 def test_outputs_stored_under_keys_then_backpropagated_are_training() -> None:
     # the dict holds what was stored in it: the loss read back from it is what backward() runs on
     assert findings(KEYED_OUTPUTS) == set()
+
+
+BOUND_MODE_METHOD = """
+import torch
+from mylib import build
+def run(model, loader, training):
+    set_mode = model.train if training else model.eval
+    set_mode()
+    with torch.set_grad_enabled(training):
+        for x in loader:
+            out = model(x)
+model = build()
+run(model, torch.load("val.pt"), training=False)
+"""
+
+
+def test_mode_method_referenced_then_called_switches_the_mode() -> None:
+    # `model.train` is a bound method of the model, not a submodule it runs
+    assert findings(BOUND_MODE_METHOD) == set()

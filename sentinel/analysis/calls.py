@@ -11,6 +11,7 @@ from sentinel.analysis.facts import (
     LossCallEvent,
     ResetEvent,
 )
+from sentinel.analysis.idioms import BoundModelMethod
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import _JOIN_FUNCS, _MODE_FUNCS, _any_sensitive, _dotted, _layer_sensitive
 from sentinel.analysis.values import (
@@ -125,6 +126,8 @@ class CallsMixin:
         kind = fv.kind
         if kind == FUNC and isinstance(fv.ref, cst.Lambda):
             return self.call_lambda(fv, node, args, kwargs, state, ctx)
+        if kind == FUNC and isinstance(fv.ref, BoundModelMethod):  # `set_mode = model.eval; set_mode()`
+            return self.call_method(fv.ref.model, fv.ref.name, node, args, kwargs, state, ctx)
         if kind == FUNC and isinstance(fv.ref, FuncInfo):
             self_value = fv.ident if isinstance(fv.ident, V) else None
             return self.inline(fv.ref, node, args, kwargs, state, ctx, self_value=self_value)

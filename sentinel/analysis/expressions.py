@@ -8,7 +8,7 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
-from sentinel.analysis.idioms import concat_lists, element_of, list_of_models
+from sentinel.analysis.idioms import bound_model_method, concat_lists, element_of, list_of_models
 from sentinel.analysis.imports import lookup_star
 from sentinel.analysis.objects import ClassInfo, Ctx, Ident, Instance, State
 from sentinel.analysis.syntax import (
@@ -294,6 +294,9 @@ class ExpressionsMixin:
                 return TOP
             if api.non_module_attribute(attr):  # `model.config`, `model.device`: data, not a submodule
                 return V(UNKNOWN, label=attr)
+            method = bound_model_method(base, attr)  # `set_mode = model.train`: a method, not a submodule
+            if method is not None:
+                return method
             # `model.fc` of a model whose class sentinel cannot see: one stable identity per attribute
             key = (base.ident, attr)
             ident = self._subidents.get(key)

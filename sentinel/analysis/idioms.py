@@ -48,6 +48,49 @@ class Elements:
         self.value = value
 
 
+class BoundModelMethod:
+    """``model.train`` / ``model.eval`` referenced without a call (``set_mode = model.train``): calling
+    it later is calling the method on the model, not running a submodule."""
+
+    __slots__ = ("model", "name")
+
+    def __init__(self, model: V, name: str) -> None:
+        self.model = model
+        self.name = name
+
+
+MODULE_METHODS = frozenset(
+    {
+        "train",
+        "eval",
+        "forward",
+        "parameters",
+        "named_parameters",
+        "modules",
+        "named_modules",
+        "children",
+        "named_children",
+        "state_dict",
+        "load_state_dict",
+        "zero_grad",
+        "to",
+        "cuda",
+        "cpu",
+        "apply",
+        "requires_grad_",
+        "half",
+        "float",
+        "double",
+    }
+)
+
+
+def bound_model_method(model: V, attr: str) -> V | None:
+    if attr not in MODULE_METHODS:
+        return None
+    return V(FUNC, ref=BoundModelMethod(model, attr))
+
+
 def element_of(it: V) -> V | None:
     """The value iterating over a list of models built by a comprehension (or concatenation) binds."""
     return it.ref.value if isinstance(it.ref, Elements) else None
