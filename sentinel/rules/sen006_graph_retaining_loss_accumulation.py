@@ -12,6 +12,23 @@ if TYPE_CHECKING:
     from sentinel.fixes import Fix
 
 
+def _carried_argument(node):
+    """In ``out, h = model(x, h)``, the argument ``h`` the assignment feeds back (a ``cst.Name``)."""
+    import libcst as cst
+
+    if not isinstance(node, cst.Assign) or not isinstance(node.value, cst.Call):
+        return None
+    assigned: set[str] = set()
+    for t in node.targets:
+        tt = t.target
+        elts = tt.elements if isinstance(tt, (cst.Tuple, cst.List)) else [cst.Element(tt)]
+        assigned.update(e.value.value for e in elts if isinstance(e.value, cst.Name))
+    for a in node.value.args:
+        if isinstance(a.value, cst.Name) and a.value.value in assigned:
+            return a.value
+    return None
+
+
 class GraphRetainingLossAccumulation(Rule):
     """## What it does
     Finds a tensor that carries an autograd graph (a loss, a model output, anything computed from
@@ -112,7 +129,6 @@ class GraphRetainingLossAccumulation(Rule):
         ),
     ]
 
-
     VALID = [
         # micro-batches summed on purpose, one backward on the sum
         """
@@ -163,12 +179,27 @@ def train_epoch(model, loader, opt):
     ]
 
     def fix(self, violation: Violation, module) -> Fix | None:
-        from sentinel.fixes import Fix, accumulated_expression, wrap_attribute_call
+        import libcst as cst
+
+        from sentinel.fixes import Fix, accumulated_expression, torch_name, wrap_attribute_call
 
         expr = accumulated_expression(violation.node)
-        if expr is None:
+        if expr is None and isinstance(violation.node, cst.Subscript) and isinstance(violation.stmt, cst.Assign):
+            expr = violation.stmt.value  # `history[step] = loss`
+        if expr is not None:
+            return Fix([(expr, wrap_attribute_call(expr, "detach"))], description="accumulate `.detach()`")
+        carried = _carried_argument(violation.node)
+        if carried is None:
             return None
-        return Fix([(expr, wrap_attribute_call(expr, "detach"))], description="accumulate `.detach()`")
+        # recurrent state fed back without a detach: detach it where it enters the next step
+        # (truncated backpropagation through time); None, a tensor or an (h, c) tuple
+        torch, imports = torch_name(module)
+        name = carried.value
+        detached = cst.parse_expression(
+            f"({name} if {name} is None else {name}.detach() if {torch}.is_tensor({name}) "
+            f"else tuple(s.detach() for s in {name}))"
+        )
+        return Fix([(carried, detached)], imports=imports, description="detach the carried state")
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         forward_ids = {ev.id for ev in facts.forwards}
