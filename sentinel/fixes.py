@@ -37,6 +37,8 @@ class Fix:
     edits: list[tuple[cst.CSTNode, cst.CSTNode | None]]  # None: remove the node (a whole statement)
     imports: list[str] = field(default_factory=list)  # "copy", "torch" (plain `import X`)
     description: str = ""
+    #: this particular fix may change behaviour even though the rule's fixes are usually safe
+    unsafe: bool = False
 
 
 @dataclass
@@ -125,7 +127,9 @@ def fix_source(
                 hidden += 1
                 continue
             fix = rule_cls().fix(violation, module)
-            if fix is not None:
+            if fix is not None and fix.unsafe and not unsafe:
+                hidden += 1
+            elif fix is not None:
                 chosen.append((fix, diag))
         if not chosen or module is None:
             break

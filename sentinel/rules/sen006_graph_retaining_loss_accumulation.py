@@ -88,7 +88,9 @@ class GraphRetainingLossAccumulation(Rule):
     device) and its values, only without the graph, which nothing backpropagates through (a sum that
     is backpropagated is not reported). Where a Python number is what you want, `.item()` is the
     idiomatic choice, but it changes the type (and synchronizes with the GPU), so the fix does not
-    make it for you.
+    make it for you. Recurrent state carried into the next step (`out, h = model(x, h)`) is fixed only
+    with `--unsafe-fixes`: detaching `h` where it enters the next step is truncated backpropagation
+    through time, which changes the gradients (as intended, but it is a change in training).
 
     ## References
     - [PyTorch FAQ: "My model reports cuda runtime error(2): out of memory"](https://pytorch.org/docs/stable/notes/faq.html)
@@ -199,7 +201,8 @@ def train_epoch(model, loader, opt):
             f"({name} if {name} is None else {name}.detach() if {torch}.is_tensor({name}) "
             f"else tuple(s.detach() for s in {name}))"
         )
-        return Fix([(carried, detached)], imports=imports, description="detach the carried state")
+        # truncated backpropagation through time changes the gradients: only with --unsafe-fixes
+        return Fix([(carried, detached)], imports=imports, description="detach the carried state", unsafe=True)
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         forward_ids = {ev.id for ev in facts.forwards}
