@@ -17,6 +17,7 @@ written (read-only checkout) is silently not used; a corrupt entry is a miss.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,9 +34,23 @@ _TAG = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache dire
 
 
 def settings_key(codes: list[str] | tuple[str, ...], extra: str = "") -> str:
-    """What, besides file contents, decides a file's findings: the enabled rules and the version."""
-    text = json.dumps([__version__, sorted(codes), extra])
+    """What, besides file contents, decides a file's findings: the enabled rules, the version and
+    sentinel's own code (an edited or reinstalled sentinel never serves results of the old one)."""
+    text = json.dumps([__version__, _code_fingerprint(), sorted(codes), extra])
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    package = Path(__file__).resolve().parent
+    stamp = []
+    for f in sorted(package.rglob("*.py")):
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        stamp.append(f"{f.relative_to(package)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.blake2b("\n".join(stamp).encode(), digest_size=8).hexdigest()
 
 
 class Cache:

@@ -98,7 +98,7 @@ def dedupe(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
     """One finding per (path, cell, line, column, code), sorted by path and position."""
     seen: dict[tuple, Diagnostic] = {}
     for d in diagnostics:
-        key = (os.path.normpath(d.path), d.cell, d.line, d.column, d.code)
+        key = (os.path.realpath(d.path), d.cell, d.line, d.column, d.code)
         seen.setdefault(key, d)
     return sorted(seen.values(), key=lambda d: d.sort_key)
 
