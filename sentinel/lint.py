@@ -477,13 +477,10 @@ def run_lint_command(options: LintOptions) -> int:
                     if run.unsafe_hidden and not options.unsafe_fixes and not options.quiet:
                         warn(f"{run.unsafe_hidden} hidden fix(es) can be shown with --unsafe-fixes.")
                     return 1 if run.diffs else 0
-                if not options.quiet and (run.fixed or run.unsafe_hidden):
-                    hidden = (
-                        f"; {run.unsafe_hidden} more with --unsafe-fixes"
-                        if run.unsafe_hidden and not options.unsafe_fixes
-                        else ""
-                    )
-                    warn(f"Fixed {run.fixed} problem(s) in {run.files_changed} file(s){hidden}.", style="bold green")
+                if not options.quiet and run.fixed:
+                    warn(f"Fixed {run.fixed} problem(s) in {run.files_changed} file(s).", style="bold green")
+                if not options.quiet and run.unsafe_hidden and not options.unsafe_fixes:
+                    warn(f"{run.unsafe_hidden} hidden fix(es) can be enabled with --unsafe-fixes.")
             results = lint_paths(
                 options.paths,
                 settings,
