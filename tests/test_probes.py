@@ -313,8 +313,9 @@ def test_healthy_models_have_no_finding(factory):
     overfit = report.probes[-1]
     assert overfit.data["memorized"] is True
     assert overfit.data["steps"] < 100  # stopped early
-    assert overfit.data["final_loss"] <= overfit.data["threshold"]
-    assert overfit.message == f"memorized in {overfit.data['steps']} steps"
+    # the training loss, or the loss in eval mode (dropout off), reached the target
+    assert min(overfit.data["final_loss"], overfit.data.get("eval_loss", math.inf)) <= overfit.data["threshold"]
+    assert overfit.message.startswith(f"memorized in {overfit.data['steps']} steps")
 
 
 def test_a_slow_optimizer_on_a_healthy_model_is_projected_not_reported():
@@ -325,7 +326,8 @@ def test_a_slow_optimizer_on_a_healthy_model_is_projected_not_reported():
     assert (d["memorized"], d["steps"], d["max_steps"]) == (False, 400, 400)
     assert d["final_loss"] > d["threshold"]
     assert 400 < d["projected_steps"] <= curves.HORIZON * 100
-    assert report.probes[-1].message.startswith("on course to memorize: loss 2.34 -> 1.282 in 400 steps")
+    assert d["verdict"] == "slow"
+    assert report.probes[-1].message.startswith("slow: loss 2.34 -> 1.282 in 400 steps and still falling")
     capped = check_overfit(*_args(made), steps=100).data  # an explicit budget is not extended
     assert (capped["memorized"], capped["steps"], capped["max_steps"]) == (False, 100, 100)
     assert capped["projected_steps"] <= curves.HORIZON * 100

@@ -7,7 +7,6 @@ optimizer and RNGs bit-exactly as it found them, also when it fails or the user'
 
 from __future__ import annotations
 
-import math
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,19 +14,17 @@ from time import perf_counter
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sentinel.findings import Finding, ProbeResult, Report, Status
-from sentinel.probes import curve as curves
-from sentinel.probes.batch import ComputeLoss, plan, tensor_items
+from sentinel.probes.batch import ComputeLoss, tensor_items
 from sentinel.probes.devices import Mismatches, find_mismatches
 from sentinel.probes.errors import UserCodeError, call_user
 from sentinel.probes.nonfinite import checked_step, localize
+from sentinel.probes.overfit import DEFAULT_OVERFIT_STEPS, MAX_OVERFIT_STEPS, overfit
 from sentinel.probes.state import RNGState, capture_rng, restore_rng, same_bits
 from sentinel.probes.workspace import (
     DeviceLike,
-    Workspace,
     reference_device,
     resolve_device,
     synchronize,
@@ -45,13 +42,7 @@ __all__ = [
     "run_probes",
 ]
 
-DEFAULT_OVERFIT_STEPS = 100
-MAX_OVERFIT_STEPS = 400  # with no explicit budget, a curve still falling steadily gets up to this many
 DEFAULT_FINITE_STEPS = 3
-
-_CE_FUNCTIONS = (F.cross_entropy,)
-_BROADCASTING_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
-_BROADCASTING_FUNCTIONS = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
 
 Body = Callable[[], tuple[list[Finding], dict[str, Any], str]]
 
@@ -291,187 +282,9 @@ def check_updates(
 # ------------------------------------------------------------------------------------------ SEN101
 
 
-def _is_cross_entropy(loss_fn: Any) -> bool:
-    return isinstance(loss_fn, nn.CrossEntropyLoss) or any(loss_fn is f for f in _CE_FUNCTIONS)
-
-
-def _probabilities(out: Any) -> bool:
-    """Rows that are >= 0 and sum to 1: the model ends in a softmax."""
-    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() == 0 or out.numel() == 0:
-        return False
-    dim = 1 if out.dim() >= 2 else 0
-    if out.shape[dim] < 2:
-        return False
-    o = out.detach().float()
-    if bool((o < -1e-6).any()):
-        return False
-    return bool(torch.allclose(o.sum(dim), torch.ones((), device=o.device), atol=1e-3))
-
-
-def _loss_floor(loss_fn: Any, out: Any) -> float:
-    smoothing = float(getattr(loss_fn, "label_smoothing", 0.0) or 0.0)
-    if isinstance(loss_fn, nn.CrossEntropyLoss) and smoothing > 0 and isinstance(out, torch.Tensor):
-        classes = out.shape[1] if out.dim() >= 2 else out.shape[0]
-        return curves.smoothed_ce_floor(int(classes), smoothing)
-    return 0.0
-
-
-def _shape_mismatch(ws: Workspace, out: Any) -> str | None:
-    lf = ws.loss_fn
-    if ws.compute_loss is not None or not isinstance(out, torch.Tensor):
-        return None
-    if not (isinstance(lf, _BROADCASTING_LOSSES) or any(lf is f for f in _BROADCASTING_FUNCTIONS)):
-        return None
-    p = plan(ws.batch)
-    t = p.targets
-    if not p.has_targets or not isinstance(t, torch.Tensor) or t.shape == out.shape:
-        return None
-    try:
-        shape = tuple(torch.broadcast_shapes(out.shape, t.shape))
-    except RuntimeError:
-        return None
-    name = type(lf).__name__ if isinstance(lf, nn.Module) else lf.__name__
-    return (
-        f"target shape {tuple(t.shape)} differs from output shape {tuple(out.shape)}: {name} broadcasts"
-        f" them to {shape}, comparing every output with every target, which no model can fit; make"
-        " them match (y.view_as(out) or out.squeeze(-1))"
-    )
-
-
-def _lr_zero(opt: torch.optim.Optimizer | None) -> bool:
-    if opt is None:
-        return False
-    lrs = []
-    for g in opt.param_groups:
-        lr = g.get("lr")
-        if isinstance(lr, torch.Tensor):
-            lr = lr.item()
-        lrs.append(lr)
-    return bool(lrs) and all(isinstance(v, (int, float)) and v == 0 for v in lrs)
-
-
-def _overfit(ctx: _Context, steps: int | None) -> tuple[list[Finding], dict[str, Any], str]:
-    # No explicit budget: 100 steps, extended by rounds of 100 (up to 400) while the curve is still
-    # falling steadily, so that a healthy model with a slow optimizer is not called broken.
-    extend = steps is None
-    budget = steps if steps is not None else DEFAULT_OVERFIT_STEPS
-    round_size = budget
+def _overfit(ctx: _Context, steps: int | None, plot: str | None = None) -> tuple[list[Finding], dict[str, Any], str]:
     with ctx.workspace() as ws:
-        opt, opt_desc = ws.make_optimizer()
-        values: list[float] = []
-        threshold = 0.0
-        probabilities = False
-        shape_mismatch: str | None = None
-        no_grad: list[str] = []
-        memorized = False
-        taken = 0
-        i = -1
-        while True:
-            i += 1
-            ws.zero_grad()
-            loss, out = ws.forward()
-            value = float(loss.detach().float().item())
-            values.append(value)
-            if i == 0:
-                floor = _loss_floor(ws.loss_fn, out)
-                threshold = curves.threshold(value, floor) if value >= 0 else value - abs(value)
-                probabilities = _is_cross_entropy(ws.loss_fn) and _probabilities(out)
-                shape_mismatch = _shape_mismatch(ws, out)
-            if not math.isfinite(value):
-                break
-            if value <= threshold:
-                memorized = True
-                break
-            if i == budget:
-                if not (extend and budget < MAX_OVERFIT_STEPS and curves.classify(values) == "slow"):
-                    break
-                budget += round_size
-            if i == 0 and not loss.requires_grad:
-                no_grad = [n for n, p in ws.named_parameters() if p.requires_grad]
-                break  # nothing can change: the loss is cut off from every parameter
-            ws.backward(loss)
-            if i == 0:
-                no_grad = [n for n, p in ws.named_parameters() if p.requires_grad and p.grad is None]
-            ws.step(opt)
-            taken += 1
-        in_opt = ws.optimized_names()
-        not_in_opt = (
-            [] if in_opt is None else [n for n, p in ws.named_parameters() if p.requires_grad and n not in in_opt]
-        )
-        lr_zero = _lr_zero(opt)
-        notes = list(ws.notes)
-        if ws.compute_loss is not None:
-            cross_entropy: bool | None = None
-        else:
-            cross_entropy = _is_cross_entropy(ws.loss_fn)
-
-    finite = [v for v in values if math.isfinite(v)]
-    data: dict[str, Any] = {
-        "initial_loss": values[0],
-        "final_loss": values[-1],
-        "min_loss": min(finite) if finite else values[-1],
-        "steps": taken,
-        "max_steps": budget,
-        "threshold": threshold,
-        "memorized": memorized,
-        "optimizer": opt_desc,
-        "curve": curves.subsample(values),
-    }
-    if notes:
-        data["notes"] = notes
-    if memorized:
-        return [], data, f"memorized in {taken} step{'s' if taken != 1 else ''}"
-    trend = curves.classify(values)
-    evidence = lr_zero or probabilities or no_grad or not_in_opt or shape_mismatch
-    projected = curves.projected_steps(values, threshold) if trend == "slow" and not evidence else None
-    if projected is not None and projected <= curves.HORIZON * round_size:
-        data["projected_steps"] = projected
-        return [], data, (
-            f"on course to memorize: loss {_fmt(values[0])} -> {_fmt(values[-1])} in {taken} steps, still falling"
-            f" steadily; at this rate it reaches {_fmt(threshold)} in about {projected} steps (a slow optimizer,"
-            " not a broken model)"
-        )
-    causes = curves.likely_causes(
-        trend,
-        optimizer=opt_desc,
-        lr_zero=lr_zero,
-        cross_entropy=cross_entropy,
-        probabilities=probabilities,
-        no_grad=no_grad,
-        not_in_optimizer=not_in_opt,
-        shape_mismatch=shape_mismatch,
-    )
-    details = dict(data)
-    details.pop("memorized")
-    details["trend"] = trend
-    details["causes"] = [c.id for c in causes]
-    nonfinite = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
-    if nonfinite is not None:
-        details["nonfinite_step"] = nonfinite
-    return [Finding("SEN101", _overfit_message(details, causes), details)], data, ""
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
-def _overfit_message(d: dict[str, Any], causes: list[curves.Cause]) -> str:
-    trend = d["trend"]
-    shape = {
-        "flat": "flat: it never moved",
-        "diverging": "diverging" + (f": NaN/Inf at step {d['nonfinite_step']}" if "nonfinite_step" in d else ""),
-        "noisy": "noisy: it jumps up and down",
-        "plateau": "plateau: it stopped improving far above the target",
-        "slow": "slow: still falling when the steps ran out",
-    }[trend]
-    head = (
-        f"could not memorize one batch in {d['steps']} step{'s' if d['steps'] != 1 else ''}"
-        f" of {d['optimizer']}:"
-        f" loss {_fmt(d['initial_loss'])} -> {_fmt(d['final_loss'])} (min {_fmt(d['min_loss'])},"
-        f" target <= {_fmt(d['threshold'])}); curve {shape}."
-    )
-    listed = " ".join(f"{i}) {c.text};" for i, c in enumerate(causes, 1)).rstrip(";")
-    return f"{head} Likely causes: {listed}."
+        return overfit(ws, steps, plot)
 
 
 def check_overfit(
@@ -483,21 +296,24 @@ def check_overfit(
     steps: int | None = None,
     device: DeviceLike = None,
     compute_loss: ComputeLoss | None = None,
+    plot: str | None = None,
 ) -> ProbeResult:
     """SEN101: train a copy on this one batch (a fresh optimizer of the user's class and
     hyperparameters, or Adam(lr=1e-2)) and check that the loss falls to 10% of its initial value
-    (of its distance to the loss floor). Stops as soon as it does. ``steps`` caps the steps; by
-    default the probe takes 100, and up to 400 while the curve is still falling steadily (a healthy
-    model with a slow optimizer). A curve still falling steadily at the end, with no sign of a known
-    bug, passes when its recent rate would reach the target within ``curve.HORIZON`` times the
-    budget (``data["projected_steps"]``). On failure the finding says what the curve looked like and the
+    (of its distance to the loss floor), in training or in eval mode (dropout off). Stops as soon as
+    it does. ``steps`` caps the steps; by default the probe takes 100, and up to 400 while the curve
+    is still falling beyond its noise (a healthy model with a slow optimizer or heavy dropout). A
+    curve still falling at the end, with no sign of a known bug, passes as slow
+    (``data["verdict"] == "slow"``) when its recent rate would reach the target within
+    ``curve.HORIZON`` times the budget (``data["projected_steps"]``). ``plot``: a PNG path for the
+    curve (needs matplotlib; default ``$SENTINEL_PLOT``). See :mod:`sentinel.probes.overfit`. On failure the finding says what the curve looked like and the
     likely causes. ``details``: ``initial_loss``, ``final_loss``, ``min_loss``, ``steps``,
     ``max_steps``, ``threshold``, ``trend``, ``curve``, ``optimizer``, ``causes``; ``result.data``
     holds the same figures on success."""
     if steps is not None and steps < 1:
         raise ValueError("steps must be >= 1")
     ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
-    return _probe("overfit", ctx, lambda: _overfit(ctx, steps))
+    return _probe("overfit", ctx, lambda: _overfit(ctx, steps, plot))
 
 
 # ------------------------------------------------------------------------------------------ SEN105

@@ -9,9 +9,11 @@ label smoothing). A failing curve is one of:
 
 - ``diverging``: went up (or became NaN/Inf);
 - ``flat``: never moved by more than 1% of the initial loss;
-- ``noisy``: bounced up and down far more than it went down overall;
-- ``plateau``: went down, then stopped moving well above the floor;
-- ``slow``: still going down steadily when the steps ran out.
+- ``slow``: still going down when the steps ran out: the line fitted to its last quarter falls by
+  more than three standard errors (so a curve jittering from dropout or sampling noise counts as
+  falling when it falls on average);
+- ``noisy``: stopped falling and bounces up and down far more than it went down overall;
+- ``plateau``: went down, then stopped moving well above the floor.
 
 A ``slow`` curve is projected (:func:`projected_steps`): the probe does not call a model broken
 because its optimizer is slow.
@@ -31,7 +33,10 @@ __all__ = [
     "classify",
     "likely_causes",
     "projected_steps",
+    "recent_trend",
     "smoothed_ce_floor",
+    "sparkline",
+    "still_falling",
     "subsample",
     "threshold",
 ]
@@ -66,43 +71,107 @@ def subsample(curve: Sequence[float], points: int = 21) -> list[float]:
     return [float(f"{curve[i]:.6g}") for i in idx]
 
 
-def classify(curve: Sequence[float]) -> str:
-    """``diverging``, ``flat``, ``noisy``, ``plateau`` or ``slow`` (see the module docstring)."""
+def _fit(values: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares line through ``values``: (slope per step, its standard error, fitted last value)."""
+    n = len(values)
+    xm = (n - 1) / 2
+    ym = sum(values) / n
+    sxx = sum((i - xm) ** 2 for i in range(n))
+    slope = sum((i - xm) * (v - ym) for i, v in enumerate(values)) / sxx
+    fitted_end = ym + slope * (n - 1 - xm)
+    resid = sum((v - (ym + slope * (i - xm))) ** 2 for i, v in enumerate(values))
+    se = math.sqrt(resid / max(n - 2, 1) / sxx)
+    return slope, se, fitted_end
+
+
+def recent_trend(curve: Sequence[float]) -> tuple[float, float, float] | None:
+    """The line fitted to the last quarter of ``curve`` (at least 8 points): ``(slope, standard
+    error, fitted last value)``; None for a shorter or non-finite curve."""
+    n = len(curve)
+    q = max(8, n // 4)
+    if n < 8 or not all(math.isfinite(v) for v in curve[-q:]):
+        return None
+    return _fit(curve[-q:])
+
+
+def still_falling(curve: Sequence[float], floor: float = 0.0) -> bool:
+    """Whether the loss is still going down at the end of ``curve``, beyond its noise: the slope of
+    the line fitted to the last half is negative by more than 3 standard errors (a noisy curve, from
+    dropout or a sampling step, passes this when it falls on average) and the fitted drop over that
+    half is worth at least 2% of the progress so far."""
+    n = len(curve)
+    half = max(8, n // 2)
+    if n < 8 or not all(math.isfinite(v) for v in curve[-half:]):
+        return False
+    slope, se, _ = _fit(curve[-half:])
+    if slope >= 0 or slope > -3 * se:
+        return False
+    net = curve[0] - min(curve)
+    return net > 0 and -slope * half >= 0.02 * net
+
+
+def classify(curve: Sequence[float], floor: float = 0.0) -> str:
+    """``diverging``, ``flat``, ``noisy``, ``plateau`` or ``slow`` (see the module docstring).
+    Noise-aware: a curve whose recent trend is still downwards (:func:`still_falling`) is ``slow``
+    however much it jitters; ``noisy`` and ``plateau`` are for curves that stopped falling."""
     if not curve:
         return "flat"
     if not all(math.isfinite(v) for v in curve):
         return "diverging"
-    init, final, low = curve[0], curve[-1], min(curve)
-    scale = max(abs(init), 1e-12)
+    init, low = curve[0], min(curve)
+    n = len(curve)
+    tail = curve[-max(2, min(10, n // 10)) :]
+    final = sum(tail) / len(tail)
+    scale = max(abs(init - floor) if floor else abs(init), 1e-12)
     if final > init + 0.05 * scale:
         return "diverging"
     if (init - low) / scale < 0.01:
         return "flat"
+    if still_falling(curve, floor):
+        return "slow"
     diffs = [b - a for a, b in zip(curve, curve[1:], strict=False)]
     total_variation = sum(abs(d) for d in diffs)
     net = max(init - final, 0.0)
     ups = sum(1 for d in diffs if d > 0)
     if diffs and total_variation > 3 * net + 1e-12 and ups >= 0.3 * len(diffs):
         return "noisy"
-    q = max(2, len(curve) // 4)
-    tail = curve[-q:]
-    if net > 0 and (tail[0] - tail[-1]) / net < 0.05:
-        return "plateau"
-    return "slow"
+    return "plateau"
 
 
 def projected_steps(curve: Sequence[float], target: float) -> int | None:
     """Steps from the start until ``curve`` reaches ``target`` if it keeps falling at the rate of
-    its last quarter (a straight line: optimistic for a curve that is slowing down, which is why
+    the line fitted to its last quarter (optimistic for a curve that is slowing down, which is why
     only ``slow`` curves without other evidence of a bug are projected); None if it is not falling."""
+    trend = recent_trend(curve)
+    if trend is None:
+        return None
+    slope, _, end = trend
+    if slope >= 0:
+        return None
+    return len(curve) - 1 + math.ceil(max(end - target, 0.0) / -slope)
+
+
+def sparkline(curve: Sequence[float], width: int = 40) -> str:
+    """The curve as a row of block characters (lowest value = lowest block); NaN/Inf as ``!``."""
+    if not curve:
+        return ""
     n = len(curve)
-    if n < 8 or not all(math.isfinite(v) for v in curve):
-        return None
-    q = max(2, n // 4)
-    rate = (curve[-q] - curve[-1]) / (q - 1)
-    if rate <= 0:
-        return None
-    return n - 1 + math.ceil(max(curve[-1] - target, 0.0) / rate)
+    idx = [round(i * (n - 1) / (width - 1)) for i in range(width)] if n > width else list(range(n))
+    values = [curve[i] for i in idx]
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "!" * len(values)
+    lo, hi = min(finite), max(finite)
+    blocks = "▁▂▃▄▅▆▇█"
+    out = []
+    for v in values:
+        if not math.isfinite(v):
+            out.append("!")
+        elif hi == lo:
+            out.append(blocks[0])
+        else:
+            out.append(blocks[min(7, int((v - lo) / (hi - lo) * 8))])
+    return "".join(out)
 
 
 @dataclass

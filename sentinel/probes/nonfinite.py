@@ -55,6 +55,7 @@ from torch import nn
 
 from sentinel.findings import Finding
 from sentinel.probes.batch import ComputeLoss, compute, tensor_items
+from sentinel.probes.masks import ATTENTION, mask_names, neg_inf_only
 from sentinel.probes.state import Snapshot
 
 __all__ = ["STAGES", "all_finite", "checked_step", "first_nonfinite", "localize", "optimizer_step"]
@@ -318,8 +319,11 @@ class _Tracer:
             screened.update(zip(ks, torch.isfinite(torch.stack([self.sums[k] for k in ks])).tolist(), strict=True))
         return screened
 
-    def origin(self) -> Any:
-        """The first call whose output was non-finite while its inputs were finite, as
+    def origin(self, masked: bool = False) -> Any:
+        """The first call whose output was non-finite while its inputs were finite (an input whose
+        only non-finite entries are -inf counts as finite when it is an attention mask: the batch
+        holds masks (``masked``), it is square in its last two dimensions, or the module is an
+        attention module), as
         ``(call, tensor, whether the tensor still holds that value)``; None if there is none;
         ``_UNKNOWN`` when a value that was not summed has been overwritten in place since, so its
         flag cannot be known any more."""
@@ -340,9 +344,36 @@ class _Tracer:
                 exact[k] = t._version == k[1] and _exactly_finite(t)
             return exact[k]
 
+        masks: dict[tuple[int, int], bool] = {}
+
+        def mask(k: tuple[int, int], module: nn.Module | None = None) -> bool:
+            """Non-finite only by -inf entries (an additive attention mask, see sentinel.probes.masks)."""
+            t = self.tensors[k]
+            shaped = masked or (t.dim() >= 2 and t.shape[-1] == t.shape[-2]) or isinstance(module, ATTENTION)
+            if not shaped:
+                return False
+            if k not in masks:
+                if t._version == k[1]:
+                    masks[k] = neg_inf_only(t)
+                else:
+                    masks[k] = k in self.sums and self.sums[k].item() == -math.inf
+            return masks[k]
+
         for c in self.calls:
-            bad = next((k for k in c.outputs if not finite(k)), None)
-            if bad is not None and all(finite(k) for k in c.inputs):
+            masked_in = False
+            ok_in = True
+            for k in c.inputs:
+                if not finite(k):
+                    if mask(k, c.module):
+                        masked_in = True
+                    else:
+                        ok_in = False
+                        break
+            if not ok_in:
+                continue
+            # a module that only passes a mask on (its outputs -inf where an input was) is no origin
+            bad = next((k for k in c.outputs if not finite(k) and not (masked_in and mask(k, c.module))), None)
+            if bad is not None:
                 t = self.tensors[bad]
                 return c, t, t._version == bad[1]
         return None
@@ -629,7 +660,7 @@ def checked_step(
     (a replay of a step known to fail) hooks the backward at once instead of keeping the graph.
     Exceptions raised by the user's code propagate.
     """
-    found_input = _input_finding(batch, step)
+    found_input, masked = _input_finding(batch, step, model)
     if found_input is not None:
         return found_input
     tracer = _Tracer(model, eager=eager, grads=not expect_failure)
@@ -653,7 +684,7 @@ def checked_step(
                 backward(loss, True)
             grads_ok = origin is None and all_finite([p.grad for _, p in params])
         if not loss_ok or not grads_ok:
-            found_fwd = tracer.origin()
+            found_fwd = tracer.origin(masked)
             if found_fwd is _UNKNOWN:
                 if replay is not None:
                     return replay()
@@ -710,14 +741,21 @@ def checked_step(
     )
 
 
-def _input_finding(batch: Any, step: int) -> Finding | None:
+def _input_finding(batch: Any, step: int, model: nn.Module | None = None) -> tuple[Finding | None, bool]:
+    """The SEN105 input finding (or None), and whether the batch holds attention masks."""
     items = list(tensor_items(batch))
     i = first_nonfinite([t for _, t in items])
     if i is None:
-        return None
+        return None, False
+    masks = mask_names(items, batch, model)  # -inf by design (see sentinel.probes.masks)
+    if masks:
+        items = [(n, t) for n, t in items if n not in masks]
+        i = first_nonfinite([t for _, t in items])
+        if i is None:
+            return None, True
     name, t = items[i]
     kind = _kind(t)
-    return _finding(
+    finding = _finding(
         "input",
         step,
         None,
@@ -727,6 +765,7 @@ def _input_finding(batch: Any, step: int) -> Finding | None:
         tensor=name,
         value=kind.lower(),
     )
+    return finding, bool(masks)
 
 
 def _bad_positions(t: torch.Tensor) -> tuple[int, list[int]] | None:
