@@ -306,10 +306,10 @@ def check_overfit(
     curve still falling at the end, with no sign of a known bug, passes as slow
     (``data["verdict"] == "slow"``) when its recent rate would reach the target within
     ``curve.HORIZON`` times the budget (``data["projected_steps"]``). ``plot``: a PNG path for the
-    curve (needs matplotlib; default ``$SENTINEL_PLOT``). See :mod:`sentinel.probes.overfit`. On failure the finding says what the curve looked like and the
-    likely causes. ``details``: ``initial_loss``, ``final_loss``, ``min_loss``, ``steps``,
-    ``max_steps``, ``threshold``, ``trend``, ``curve``, ``optimizer``, ``causes``; ``result.data``
-    holds the same figures on success."""
+    curve (needs matplotlib; default ``$SENTINEL_PLOT``). See :mod:`sentinel.probes.overfit`.
+    On failure the finding says what the curve looked like and the likely causes. ``details``:
+    ``initial_loss``, ``final_loss``, ``min_loss``, ``steps``, ``max_steps``, ``threshold``,
+    ``trend``, ``curve``, ``optimizer``, ``causes``; ``result.data`` holds the same figures on success."""
     if steps is not None and steps < 1:
         raise ValueError("steps must be >= 1")
     ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
