@@ -25,6 +25,9 @@ PROBE_RULES: dict[str, str] = {
     "SEN106": "gradients-accumulate",
     "SEN107": "evaluation-in-train-mode",
     "SEN108": "graph-retained-across-steps",
+    "SEN109": "ranks-out-of-sync",
+    "SEN110": "unexpected-initial-loss",
+    "SEN111": "batch-samples-mixed",
 }
 
 Status = Literal["pass", "fail", "error", "skipped"]

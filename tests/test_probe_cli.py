@@ -37,8 +37,9 @@ def test_healthy_model_exits_0_with_plain_text_when_piped():
     assert "\x1b[" not in result.stdout
     lines = result.stdout.splitlines()
     assert lines[0] == f"sentinel probe {HEALTHY}:make_mlp  on cpu"
-    assert [line.split()[0:2] for line in lines[1:5]] == [
-        ["PASS", "devices"], ["PASS", "finite"], ["PASS", "updates"], ["PASS", "overfit"],
+    assert [line.split()[0:2] for line in lines[1:7]] == [
+        ["PASS", "devices"], ["PASS", "finite"], ["PASS", "updates"], ["PASS", "initial-loss"],
+        ["PASS", "batch-independence"], ["PASS", "overfit"],
     ]
     assert lines[-1] == "All probes passed."
     assert result.stderr == ""
@@ -59,7 +60,8 @@ def test_findings_exit_1_and_json_is_exactly_the_contract():
         "op": "SqrtBackward0", "value": "inf",
     }
     assert [(p["name"], p["status"]) for p in data["probes"]] == [
-        ("devices", "pass"), ("finite", "fail"), ("updates", "pass"), ("overfit", "skipped"),
+        ("devices", "pass"), ("finite", "fail"), ("updates", "pass"), ("initial-loss", "skipped"),
+        ("batch-independence", "skipped"), ("overfit", "skipped"),
     ]
     assert all(isinstance(p["seconds"], float) for p in data["probes"])
 
@@ -88,10 +90,10 @@ def test_device_mismatch_skips_with_the_reason():
     data = json.loads(result.stdout)
     assert [f["code"] for f in data["findings"]] == ["SEN103"]
     assert data["findings"][0]["details"] == {
-        "tensors": [{"name": "model.scale", "device": "meta", "expected": "cpu"}],
+        "tensors": [{"name": "scale", "device": "meta", "expected": "cpu"}],
     }
-    assert [p["status"] for p in data["probes"]] == ["fail", "skipped", "skipped", "skipped"]
-    assert data["probes"][1]["message"].startswith("not run: SEN103 device-mismatch: model.scale (meta)")
+    assert [p["status"] for p in data["probes"]] == ["fail", "skipped", "skipped", "skipped", "skipped", "skipped"]
+    assert data["probes"][1]["message"].startswith("not run: SEN103 device-mismatch: scale (meta)")
 
 
 def test_factory_exception_exits_2_with_the_users_traceback():
@@ -112,13 +114,13 @@ def test_model_exception_exits_2_with_the_users_traceback():
     result = probe(f"{BUGGY}:make_model_raises", "--format", "json")
     assert result.exit_code == 2
     data = json.loads(result.stdout)  # stdout stays valid JSON
-    assert [p["status"] for p in data["probes"]] == ["pass", "error", "error", "error"]
+    assert [p["status"] for p in data["probes"]] == ["pass", "error", "error", "error", "skipped", "error"]
     err = result.stderr
     assert err.count("Traceback (most recent call last):") == 1
     assert "return self.fc(x)  # 16 features arrive" in err
     assert "sentinel/probes" not in err and "_call_impl" not in err
     assert err.splitlines()[-1] == (
-        "sentinel probe: finite, updates, overfit: model raised RuntimeError: mat1 and mat2 shapes cannot"
+        "sentinel probe: finite, updates, initial-loss, overfit: model raised RuntimeError: mat1 and mat2 shapes cannot"
         " be multiplied (32x16 and 15x10)"
     )
 

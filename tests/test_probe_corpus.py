@@ -1,6 +1,8 @@
-"""Every factory of fixtures/probes/corpus against its EXPECT: the codes, the SEN105 stage, module,
-parameter and step, the SEN102 parameter names and reasons, the SEN103/104 tensor names; and no
-finding at all (and no error) on healthy models."""
+"""Every factory of fixtures/probes/corpus (and of fixtures/probes/healthy_real.py and
+buggy_real.py) against its EXPECT: the codes, the SEN105 stage, module, parameter, step and input
+tensor, the SEN102 parameter names and reasons, the SEN103/104 tensor names, the SEN110 classes,
+the SEN111 sample and the samples it depends on; and no finding at all (and no error) on healthy
+models."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import pytest
 
 from sentinel.probes import run_probes
 
-CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "probes" / "corpus"
+PROBES = Path(__file__).resolve().parent.parent / "fixtures" / "probes"
+CORPUS = PROBES / "corpus"
+REAL = [PROBES / "healthy_real.py", PROBES / "buggy_real.py"]
 _ALIASES = ({"x", "input", "inputs", "inp", "0"}, {"y", "target", "targets", "label", "labels", "1"})
 
 
@@ -26,8 +30,9 @@ def _load(path: Path):
 
 def _cases() -> list:
     cases = []
-    for path in sorted(CORPUS.glob("*.py")):
-        expect = _load(path).EXPECT
+    for path in [*sorted(CORPUS.glob("*.py")), *REAL]:
+        module = _load(path)
+        expect = getattr(module, "EXPECT", None) or {n: [] for n in dir(module) if n.startswith("make_")}
         cases += [pytest.param(path, name, expected, id=f"{path.stem}:{name}") for name, expected in expect.items()]
     return cases
 
@@ -65,7 +70,11 @@ def test_corpus_factory(path: Path, factory: str, expected: list[dict]) -> None:
         assert e["code"] in found, f"{e['code']} missing; got {[f.message for f in report.findings]}"
         d = found[e["code"]].details
         if e["code"] == "SEN105":
-            for key in ("stage", "module", "parameter", "step"):
+            for key in ("stage", "module", "parameter", "step", "tensor"):
+                if key in e:
+                    assert d[key] == e[key], (key, d)
+        elif e["code"] in ("SEN110", "SEN111"):
+            for key in ("classes", "sample", "depends_on"):
                 if key in e:
                     assert d[key] == e[key], (key, d)
         elif e["code"] == "SEN102" and "parameters" in e:

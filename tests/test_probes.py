@@ -305,8 +305,10 @@ def test_same_bits_distinguishes_bits_not_values():
 def test_healthy_models_have_no_finding(factory):
     made = getattr(healthy, factory)()
     report = run_probes(*_args(made), target=factory)
+    initial = "skipped" if factory == "make_regression" else "pass"  # MSE: not a classification loss
     assert [(p.name, p.status) for p in report.probes] == [
-        ("devices", "pass"), ("finite", "pass"), ("updates", "pass"), ("overfit", "pass"),
+        ("devices", "pass"), ("finite", "pass"), ("updates", "pass"), ("initial-loss", initial),
+        ("batch-independence", "pass"), ("overfit", "pass"),
     ]
     assert report.findings == []
     assert report.exit_code() == 0
@@ -343,16 +345,16 @@ def test_a_slow_optimizer_on_a_healthy_model_is_projected_not_reported():
 def test_a_buffer_kept_in_another_dtype_and_cast_where_used_passes():
     result = check_devices(*_args(healthy.make_float16_table()))
     assert result.status == "pass" and result.findings == []
-    assert result.data == {"device": "cpu", "dtype": "float32", "cast_on_use": ["model.table"]}
+    assert result.data == {"device": "cpu", "dtype": "float32", "cast_on_use": ["table"]}
     assert result.message == (
-        "1 model tensor of another dtype (model.table) never reaches the output: the forward and the loss stay float32"
+        "1 model tensor of another dtype (table) never reaches the output: the forward and the loss stay float32"
     )
 
 
 def test_a_float64_buffer_that_promotes_the_output_is_a_dtype_mismatch():
     report = run_probes(*_args(buggy.make_float64_buffer()))
     assert [(f.code, f.details) for f in report.findings] == [
-        ("SEN104", {"tensors": [{"name": "model.scale", "dtype": "float64", "expected": "float32"}]}),
+        ("SEN104", {"tensors": [{"name": "scale", "dtype": "float64", "expected": "float32"}]}),
     ]
     assert "cast_on_use" not in report.probes[0].data
 
@@ -372,7 +374,7 @@ def test_a_wider_buffer_is_reported_even_when_cast_back():
     torch.manual_seed(0)
     result = check_devices(_Fourier(), nn.CrossEntropyLoss(), (torch.rand(6, 1), torch.randint(0, 2, (6,))))
     assert [(f.code, f.details) for f in result.findings] == [
-        ("SEN104", {"tensors": [{"name": "model.freqs", "dtype": "float64", "expected": "float32"}]}),
+        ("SEN104", {"tensors": [{"name": "freqs", "dtype": "float64", "expected": "float32"}]}),
     ]
 
 
@@ -698,14 +700,15 @@ def test_meta_buffer_is_a_device_mismatch_and_the_rest_is_skipped():
     devices = check_devices(*_args(made))
     assert devices.status == "fail"
     assert [(f.code, f.details) for f in devices.findings] == [
-        ("SEN103", {"tensors": [{"name": "model.scale", "device": "meta", "expected": "cpu"}]}),
+        ("SEN103", {"tensors": [{"name": "scale", "device": "meta", "expected": "cpu"}]}),
     ]
     report = run_probes(*_args(made))
     assert [(p.name, p.status) for p in report.probes] == [
-        ("devices", "fail"), ("finite", "skipped"), ("updates", "skipped"), ("overfit", "skipped"),
+        ("devices", "fail"), ("finite", "skipped"), ("updates", "skipped"), ("initial-loss", "skipped"),
+        ("batch-independence", "skipped"), ("overfit", "skipped"),
     ]
     assert report.probes[1].message == (
-        "not run: SEN103 device-mismatch: model.scale (meta) (model raised RuntimeError: Tensor on device"
+        "not run: SEN103 device-mismatch: scale (meta) (model raised RuntimeError: Tensor on device"
         " meta is not on the expected device cpu!)"
     )
     assert report.codes() == ["SEN103"] and report.exit_code() == 1
@@ -714,7 +717,7 @@ def test_meta_buffer_is_a_device_mismatch_and_the_rest_is_skipped():
 def test_standalone_probe_on_a_mismatch_is_an_error_naming_it():
     result = check_overfit(*_args(buggy.make_meta_buffer()))
     assert result.status == "error"
-    assert result.message.endswith("caused by SEN103 device-mismatch: model.scale (meta)")
+    assert result.message.endswith("caused by SEN103 device-mismatch: scale (meta)")
     assert not result.ok
 
 
@@ -724,7 +727,7 @@ def test_float64_inputs():
     assert [(f.code, f.details) for f in report.findings] == [
         ("SEN104", {"tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]}),
     ]
-    assert [p.status for p in report.probes] == ["fail", "skipped", "skipped", "skipped"]
+    assert [p.status for p in report.probes] == ["fail", "skipped", "skipped", "skipped", "skipped", "skipped"]
 
 
 def test_int32_labels_into_cross_entropy():
@@ -748,7 +751,7 @@ def test_float64_targets_are_reported_but_do_not_stop_the_other_probes():
     assert report.findings[0].details == {
         "tensors": [{"name": "batch[1]", "dtype": "float64", "expected": "float32"}],
     }
-    assert [p.status for p in report.probes] == ["fail", "pass", "pass", "pass"]
+    assert [p.status for p in report.probes] == ["fail", "pass", "pass", "skipped", "pass", "pass"]
 
 
 def test_batch_optimizer_state_and_device_argument():
@@ -873,16 +876,22 @@ def test_report_json_contract():
     assert [set(f) for f in data["findings"]] == [{"code", "name", "message", "details"}]
     assert data["findings"][0]["code"] == "SEN105" and data["findings"][0]["name"] == "non-finite-value"
     assert data["findings"][0]["details"]["stage"] == "backward"
-    assert [p["name"] for p in data["probes"]] == ["devices", "finite", "updates", "overfit"]
-    assert [p["status"] for p in data["probes"]] == ["pass", "fail", "pass", "skipped"]
+    assert [p["name"] for p in data["probes"]] == [
+        "devices", "finite", "updates", "initial-loss", "batch-independence", "overfit",
+    ]
+    assert [p["status"] for p in data["probes"]][:3] == ["pass", "fail", "pass"]
+    assert data["probes"][-1]["status"] == "skipped"
     assert all({"name", "status", "seconds"} <= set(p) and p["seconds"] >= 0 for p in data["probes"])
     assert isinstance(report, Report) and all(isinstance(p, ProbeResult) for p in report.probes)
 
 
-def test_public_api_is_exactly_the_five_names():
+def test_public_api_is_exactly_the_seven_names():
     import sentinel.probes as probes
 
-    assert probes.__all__ == ["check_devices", "check_finite", "check_overfit", "check_updates", "run_probes"]
+    assert probes.__all__ == [
+        "check_batch_independence", "check_devices", "check_finite", "check_initial_loss", "check_overfit",
+        "check_updates", "run_probes",
+    ]
 
 
 def test_import_sentinel_stays_torch_free():

@@ -7,6 +7,8 @@ model and batch where they are, ``"auto"``/``"cpu"``/``"cuda"`` moves the probe'
     check_updates(model, loss_fn, batch, optimizer=None, *, device=None)             # SEN102
     check_devices(model, loss_fn, batch, optimizer=None, *, device=None)             # SEN103/104
     check_finite(model, loss_fn, batch, optimizer=None, *, steps=3, device=None)     # SEN105
+    check_initial_loss(model, loss_fn, batch, optimizer=None, *, device=None)        # SEN110
+    check_batch_independence(model, loss_fn, batch, optimizer=None, *, device=None)  # SEN111
     run_probes(model, loss_fn, batch, optimizer=None, *, steps=None, device=None, target="<python>")
 
 Each ``check_*`` returns a :class:`sentinel.findings.ProbeResult`, ``run_probes`` a
@@ -17,6 +19,22 @@ Each ``check_*`` returns a :class:`sentinel.findings.ProbeResult`, ``run_probes`
 This package imports torch; nothing outside it does.
 """
 
-from sentinel.probes.checks import check_devices, check_finite, check_overfit, check_updates, run_probes
+from sentinel.probes.checks import (
+    check_batch_independence,
+    check_devices,
+    check_finite,
+    check_initial_loss,
+    check_overfit,
+    check_updates,
+    run_probes,
+)
 
-__all__ = ["check_devices", "check_finite", "check_overfit", "check_updates", "run_probes"]
+__all__ = [
+    "check_batch_independence",
+    "check_devices",
+    "check_finite",
+    "check_initial_loss",
+    "check_overfit",
+    "check_updates",
+    "run_probes",
+]

@@ -1,5 +1,6 @@
 """The probe suite: SEN101 (overfit one batch), SEN102 (updates), SEN103/104 (devices, dtypes),
-SEN105 (non-finite values), and :func:`run_probes` that runs them all.
+SEN105 (non-finite values), SEN110 (initial loss), SEN111 (samples mixed), and :func:`run_probes`
+that runs them all.
 
 Every probe works on a private copy (:mod:`sentinel.probes.workspace`) and leaves the user's model,
 optimizer and RNGs bit-exactly as it found them, also when it fails or the user's code raises.
@@ -20,6 +21,8 @@ from sentinel.findings import Finding, ProbeResult, Report, Status
 from sentinel.probes.batch import ComputeLoss, tensor_items
 from sentinel.probes.devices import Mismatches, find_mismatches
 from sentinel.probes.errors import UserCodeError, call_user
+from sentinel.probes.initial import NotApplicable, initial_loss
+from sentinel.probes.mixing import batch_mixing
 from sentinel.probes.nonfinite import checked_step, localize
 from sentinel.probes.overfit import DEFAULT_OVERFIT_STEPS, MAX_OVERFIT_STEPS, overfit
 from sentinel.probes.state import RNGState, capture_rng, restore_rng, same_bits
@@ -33,6 +36,8 @@ from sentinel.probes.workspace import (
 
 __all__ = [
     "DEFAULT_FINITE_STEPS",
+    "check_batch_independence",
+    "check_initial_loss",
     "DEFAULT_OVERFIT_STEPS",
     "MAX_OVERFIT_STEPS",
     "check_devices",
@@ -57,6 +62,7 @@ class _Context:
     compute_loss: ComputeLoss | None
     in_suite: bool = False
     mismatches: Mismatches | None = None
+    nonfinite: Finding | None = None  # the suite's SEN105 finding: later crashes are its consequence
 
     def workspace(self) -> Any:
         return workspace(
@@ -83,6 +89,11 @@ class _Context:
             except Exception:  # pragma: no cover - best effort only
                 mm = None
         tb = exc.traceback()
+        if self.in_suite and self.nonfinite is not None:
+            d = self.nonfinite.details
+            where = f" in `{d['module']}`" if d.get("module") else ""
+            message = f"not run: {exc.reason} (after the {d.get('stage')} NaN/Inf{where} reported as SEN105)"
+            return ProbeResult(name, "skipped", message=message)
         if mm:
             if self.in_suite:
                 message = f"not run: {mm.summary()} ({exc.reason})"
@@ -97,6 +108,8 @@ def _probe(name: str, ctx: _Context, body: Body) -> ProbeResult:
         findings, data, message = body()
         status: Status = "fail" if findings else "pass"
         result = ProbeResult(name, status, findings=findings, message=message, data=data)
+    except NotApplicable as exc:
+        result = ProbeResult(name, "skipped", message=f"not applicable: {exc}")
     except UserCodeError as exc:
         result = ctx.crashed(name, exc)
     except Exception as exc:
@@ -145,7 +158,7 @@ def _devices(ctx: _Context) -> tuple[list[Finding], dict[str, Any], str]:
     own = [
         e
         for e in mm.dtypes
-        if e["name"].startswith(("model.", "loss_fn."))
+        if e["name"] in mm.own
         and e["expected"] != "int64"
         and mm.dtype is not None
         and getattr(torch, e["dtype"]).itemsize < mm.dtype.itemsize
@@ -389,6 +402,52 @@ def check_finite(
     return _probe("finite", ctx, lambda: _finite(ctx, steps))
 
 
+# -------------------------------------------------------------------------------------- SEN110/111
+
+
+def _initial(ctx: _Context) -> tuple[list[Finding], dict[str, Any], str]:
+    with ctx.workspace() as ws:
+        return initial_loss(ws)
+
+
+def _mixing(ctx: _Context) -> tuple[list[Finding], dict[str, Any], str]:
+    with ctx.workspace() as ws:
+        return batch_mixing(ws)
+
+
+def check_initial_loss(
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    device: DeviceLike = None,
+    compute_loss: ComputeLoss | None = None,
+) -> ProbeResult:
+    """SEN110: one forward pass without autograd; when the loss is one recognisable classification
+    loss, its value must be near what uniform predictions give (``ln C``). Skipped (with the
+    reason) for other losses. ``details``: ``initial_loss``, ``expected_loss``, ``classes``, ``loss``.
+    See :mod:`sentinel.probes.initial` for what "far" means."""
+    ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
+    return _probe("initial-loss", ctx, lambda: _initial(ctx))
+
+
+def check_batch_independence(
+    model: nn.Module,
+    loss_fn: Any,
+    batch: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    device: DeviceLike = None,
+    compute_loss: ComputeLoss | None = None,
+) -> ProbeResult:
+    """SEN111: in eval mode, the outputs of the first and the last sample must not depend on any
+    other sample's inputs (gradients exactly zero). Skipped (with the reason) where it does not
+    apply. ``details``: ``sample``, ``depends_on``, ``input``. See :mod:`sentinel.probes.mixing`."""
+    ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
+    return _probe("batch-independence", ctx, lambda: _mixing(ctx))
+
+
 # -------------------------------------------------------------------------------------------- suite
 
 
@@ -402,10 +461,12 @@ def run_probes(
     device: DeviceLike = None,
     target: str = "<python>",
     compute_loss: ComputeLoss | None = None,
+    plot: str | None = None,
 ) -> Report:
-    """Run every probe: devices (SEN103/104) first, then finite (SEN105), updates (SEN102) and
-    overfit (SEN101). ``steps`` caps the overfit probe (default: 100, up to 400 while the loss is still
-    falling steadily) and the finite probe (default 3).
+    """Run every probe: devices (SEN103/104) first, then finite (SEN105), updates (SEN102),
+    initial-loss (SEN110), batch-independence (SEN111) and overfit (SEN101). ``steps`` caps the
+    overfit probe (default: 100, up to 400 while the loss is still falling) and the finite probe
+    (default 3). ``plot``: a PNG path for the overfit curve (see :func:`check_overfit`).
 
     When devices or dtypes mismatch, the probes whose step then crashes are reported ``skipped``
     with the reason; when the step produces NaN/Inf, the overfit probe is skipped (its curve would
@@ -422,7 +483,10 @@ def run_probes(
         ctx.mismatches = Mismatches(None, None)
     finite = _probe("finite", ctx, lambda: _finite(ctx, finite_steps))
     results.append(finite)
+    ctx.nonfinite = finite.findings[0] if finite.findings else None
     results.append(_probe("updates", ctx, lambda: _updates(ctx)))
+    results.append(_probe("initial-loss", ctx, lambda: _initial(ctx)))
+    results.append(_probe("batch-independence", ctx, lambda: _mixing(ctx)))
     if finite.findings:
         results.append(
             ProbeResult(
@@ -432,7 +496,7 @@ def run_probes(
             )
         )
     else:
-        results.append(_probe("overfit", ctx, lambda: _overfit(ctx, overfit_steps)))
+        results.append(_probe("overfit", ctx, lambda: _overfit(ctx, overfit_steps, plot)))
     if ctx.device is not None:
         dev = str(ctx.device)
     else:

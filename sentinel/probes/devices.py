@@ -2,8 +2,8 @@
 
 Tensor names in the findings:
 
-- ``model.<name>``: a parameter or buffer, ``<name>`` as ``named_parameters()`` /
-  ``named_buffers()`` (i.e. ``state_dict()``) spell it;
+- ``<name>``: a parameter or buffer of the model, exactly as ``named_parameters()`` /
+  ``named_buffers()`` (i.e. ``state_dict()``) spell it, without a prefix;
 - ``loss_fn.<name>``: a parameter or buffer of a loss that is an ``nn.Module``;
 - ``batch[0]``, ``batch["x"]``, ``batch[0]["ids"]``: tensors of the batch;
 - ``optimizer.state[<parameter name>].<key>``, e.g. ``optimizer.state[fc.weight].exp_avg``.
@@ -13,13 +13,17 @@ are); tensors on ``meta`` cannot be moved and are reported. Optimizer state is c
 device the user's model is on (the probes re-create the optimizer, the user's training will not).
 0-dim CPU tensors (scalars, Adam's ``step``) may mix with any device and are not reported.
 
-The expected dtype is the model's floating dtype (that of most floating parameters). Only floating
+The expected dtype is the odd one out's opposite: the floating dtype with the most votes, where each
+leaf module with floating parameters or buffers votes once (with the dtype of most of its tensors)
+and so does each floating input of the batch. A ``.half()`` encoder among float32 layers fed
+float32 inputs is the minority, so its tensors are reported, not the float32 layers. Only floating
 tensors are compared: integer class labels are fine, except that ``CrossEntropyLoss``/``NLLLoss``
 need ``int64`` (or ``uint8``) class indices; other integer types crash them and are reported.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +67,7 @@ class Mismatches:
     dtype: torch.dtype | None
     devices: list[dict[str, Any]] = field(default_factory=list)
     dtypes: list[dict[str, Any]] = field(default_factory=list)
+    own: set[str] = field(default_factory=set)  # names of the model's and the loss's own tensors
 
     def __bool__(self) -> bool:
         return bool(self.devices or self.dtypes)
@@ -101,7 +106,7 @@ def _device_message(m: Mismatches) -> str:
         hints.append("tensors on `meta` have no data: materialize them (e.g. to_empty() then re-initialise)")
     if any(n.startswith("batch") for n in names):
         hints.append("move the batch with .to(device) inside the loop")
-    if any(n.startswith(("model.", "loss_fn.")) for n in names):
+    if any(n in m.own for n in names):
         hints.append("register tensors as parameters/buffers so model.to(device) moves them")
     if any(n.startswith("optimizer.") for n in names):
         hints.append("create the optimizer after moving the model, or load its state_dict with map_location")
@@ -133,6 +138,42 @@ def _dtype_message(m: Mismatches) -> str:
     return f"{n} tensor{'s' if n != 1 else ''} of the wrong dtype: " + "; ".join(parts) + "."
 
 
+def _voted_device(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device | None:
+    """The device most leaf modules (one vote each) and batch tensors agree on; ties go to the
+    model's reference device (where most parameters are). Tensors on ``meta`` do not vote."""
+    votes: list[torch.device] = []
+    for m in model.modules():
+        own = [t for t in [*m._parameters.values(), *m._buffers.values()] if t is not None and not t.is_meta]
+        if own:
+            votes.append(Counter(t.device for t in own).most_common(1)[0][0])
+    votes += [t.device for t in inputs if t.dim() > 0 and not t.is_meta]
+    reference = reference_device(model)
+    if not votes:
+        return reference
+    counts = Counter(votes)
+    best = max(counts.values())
+    winners = [d for d in counts if counts[d] == best]
+    return reference if reference in winners else winners[0]
+
+
+def _voted_dtype(model: nn.Module, inputs: list[torch.Tensor]) -> torch.dtype | None:
+    """The floating dtype most leaf modules (one vote each) and floating batch tensors agree on;
+    ties go to the model's own reference dtype (most parameters)."""
+    votes: list[torch.dtype] = []
+    for m in model.modules():
+        own = [t for t in [*m._parameters.values(), *m._buffers.values()] if t is not None and t.is_floating_point()]
+        if own:
+            votes.append(Counter(t.dtype for t in own).most_common(1)[0][0])
+    votes += [t.dtype for t in inputs if t.is_floating_point() and not t.is_complex()]
+    reference = reference_dtype(model)
+    if not votes:
+        return reference
+    counts = Counter(votes)
+    best = max(counts.values())
+    winners = [d for d in counts if counts[d] == best]
+    return reference if reference in winners else winners[0]
+
+
 def _is_class_index_loss(loss_fn: Any) -> bool:
     return isinstance(loss_fn, _CLASS_INDEX_LOSSES) or any(loss_fn is f for f in _CLASS_INDEX_FUNCTIONS)
 
@@ -147,17 +188,19 @@ def find_mismatches(
     compute_loss: ComputeLoss | None = None,
 ) -> Mismatches:
     """Every tensor the step would use that is on another device / of another dtype than the model's."""
-    model_device = reference_device(model)
+    batch_items = list(tensor_items(batch))
+    model_device = _voted_device(model, [t for _, t in batch_items])
     expected_device = device if device is not None else model_device
-    expected_dtype = reference_dtype(model)
+    expected_dtype = _voted_dtype(model, [t for _, t in batch_items])
     out = Mismatches(expected_device, expected_dtype)
 
     movable: list[tuple[str, torch.Tensor, bool]] = []  # (name, tensor, scalars allowed on cpu)
-    for prefix, mod in (("model", model), ("loss_fn", loss_fn if loss_fn is not model else None)):
+    for prefix, mod in (("", model), ("loss_fn.", loss_fn if loss_fn is not model else None)):
         if isinstance(mod, nn.Module):
-            movable += [(f"{prefix}.{n}", p, False) for n, p in mod.named_parameters()]
-            movable += [(f"{prefix}.{n}", b, False) for n, b in mod.named_buffers()]
-    movable += [(n, t, True) for n, t in tensor_items(batch)]
+            movable += [(f"{prefix}{n}", p, False) for n, p in mod.named_parameters()]
+            movable += [(f"{prefix}{n}", b, False) for n, b in mod.named_buffers()]
+    out.own = {n for n, _, _ in movable}
+    movable += [(n, t, True) for n, t in batch_items]
 
     state: list[tuple[str, torch.Tensor]] = []
     if optimizer is not None:

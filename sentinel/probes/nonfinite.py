@@ -669,6 +669,16 @@ def checked_step(
     try:
         try:
             loss = forward()
+        except Exception as exc:
+            # The user's own code may reject the NaN it was handed (BCELoss: "input should be between
+            # 0 and 1", torch.distributions: "invalid values"): localize it all the same.
+            tracer.remove()
+            found = tracer.origin(masked)
+            if found is _UNKNOWN and replay is not None:
+                return replay()
+            if found is None or found is _UNKNOWN:
+                raise
+            return _forward_finding(*found, step, error=_error_text(exc))
         finally:
             tracer.remove()
         loss_ok = all_finite([loss])
@@ -779,7 +789,17 @@ def _bad_positions(t: torch.Tensor) -> tuple[int, list[int]] | None:
     return (t.shape[0], idx) if 0 < len(idx) < t.shape[0] else None
 
 
-def _forward_finding(call: _Call, out: torch.Tensor, fresh: bool, step: int) -> Finding:
+def _error_text(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
+
+
+def _forward_finding(
+    call: _Call, out: torch.Tensor, fresh: bool, step: int, error: str | None = None
+) -> Finding:
     kind = _kind(out)
     parameter = _bad_param(call.module, call.name)
     why = f"; its parameter `{parameter}` is already non-finite" if parameter else ""
@@ -791,6 +811,10 @@ def _forward_finding(call: _Call, out: torch.Tensor, fresh: bool, step: int) -> 
         shown = ", ".join(map(str, idx[:8])) + (", ..." if len(idx) > 8 else "")
         where = f" for {len(idx)} of {size} entries along dim 0 (index {shown})"
         extra["indices"] = idx[:32]
+    then = ""
+    if error is not None:
+        extra["error"] = error
+        then = f" The step then failed: {error}."
     return _finding(
         "forward",
         step,
@@ -798,7 +822,7 @@ def _forward_finding(call: _Call, out: torch.Tensor, fresh: bool, step: int) -> 
         parameter,
         f"{kind} first appears in the output of {_describe(call.name, call.module)} at step {step}{where}"
         f" although its inputs were finite{why}. Look for log/sqrt/pow/division of values that"
-        " can reach 0 or below for some inputs, or overflowing exp.",
+        f" can reach 0 or below for some inputs, or overflowing exp.{then}",
         value=kind.lower(),
         **extra,
     )
