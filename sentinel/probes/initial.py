@@ -18,8 +18,9 @@ initialisation, unnormalised inputs, a missing scale; the margin is wide because
 with a loose initialisation, such as an embedding of N(0, 1) tied to the output layer, start
 several nats above ``ln C`` and still train), or below half of it while the loss input cannot
 be what the loss needs (``NLLLoss`` fed values that are not log-probabilities: a missing
-``log_softmax``) or the loss is negative. A model whose head ends in a softmax feeding ``CrossEntropyLoss`` also starts near
-``ln C``: that bug is not visible here (SEN101 and the SEN001 lint rule find it).
+``log_softmax``) or the loss is negative. A model whose head ends in a softmax feeding
+``CrossEntropyLoss`` also starts near ``ln C``: that bug is not visible here (SEN101 and the SEN001
+lint rule find it).
 """
 
 from __future__ import annotations
