@@ -74,11 +74,30 @@ class SentinelFixture:
         __tracebackhide__ = True
         return self._check("assert_finite", "check_finite", model, loss_fn, batch, optimizer, options)
 
+    def assert_initial_loss(
+        self, *, model: Any, loss_fn: Any, batch: Any, optimizer: Any = None, **options: Any
+    ) -> ProbeResult:
+        """Fail if a classification loss at initialisation is far from ln C for C classes (SEN110).
+        Returns the result (``.status == "skipped"`` with the reason when the loss is not a
+        recognisable classification loss)."""
+        __tracebackhide__ = True
+        return self._check("assert_initial_loss", "check_initial_loss", model, loss_fn, batch, optimizer, options)
+
+    def assert_batch_independent(
+        self, *, model: Any, loss_fn: Any, batch: Any, optimizer: Any = None, **options: Any
+    ) -> ProbeResult:
+        """Fail if, in eval mode, one sample's output depends on other samples' inputs (SEN111).
+        Returns the result (``.status == "skipped"`` with the reason where it does not apply)."""
+        __tracebackhide__ = True
+        return self._check(
+            "assert_batch_independent", "check_batch_independence", model, loss_fn, batch, optimizer, options
+        )
+
     def assert_trains(self, *, model: Any, loss_fn: Any, batch: Any, optimizer: Any = None, **options: Any) -> Report:
         """Run the whole probe suite (``run_probes``) and fail on any finding or probe that could not
         run; returns the :class:`~sentinel.findings.Report` (``.probes``, ``.findings``)."""
         __tracebackhide__ = True
-        from sentinel import probes
+        probes = _probes("assert_trains")
 
         fn = probes.run_probes
         kwargs = self._options(fn, "assert_trains", options)
@@ -101,7 +120,7 @@ class SentinelFixture:
         options: dict[str, Any],
     ) -> ProbeResult:
         __tracebackhide__ = True
-        from sentinel import probes
+        probes = _probes(helper)
 
         fn = getattr(probes, probe)
         kwargs = self._options(fn, helper, options)
@@ -121,6 +140,30 @@ class SentinelFixture:
         options = {k: v for k, v in self._defaults.items() if k in accepted or takes_any}
         options.update(given)
         return options
+
+
+INSTALL_HINT = (
+    "install the probe extra: pip install 'torch-sentinel[probe]' (for a CPU-only machine, install the CPU"
+    " wheel of torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+)
+
+
+def _probes(helper: str) -> Any:
+    """:mod:`sentinel.probes`, or a failed test that says how to install PyTorch when it is missing."""
+    __tracebackhide__ = True
+    try:
+        from sentinel import probes
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        if not (missing == "torch" or missing.startswith("torch.") or "torch" in str(exc)):
+            raise
+    else:
+        return probes
+    # outside the except block, so that the report is this one line, not the chained ImportError
+    pytest.fail(
+        f"sentinel.{helper}: the training probes need PyTorch, which is not installed here; {INSTALL_HINT}",
+        pytrace=False,
+    )
 
 
 _POSITIONAL = ("model", "loss_fn", "batch", "optimizer")

@@ -9,8 +9,9 @@ started with ``--sentinel-lint``.
 What it adds:
 
 * the ``sentinel`` fixture, whose ``assert_overfits`` / ``assert_updates`` / ``assert_devices`` /
-  ``assert_finite`` / ``assert_trains`` helpers run the runtime probes on a model and fail the test
-  with a readable report of the findings;
+  ``assert_finite`` / ``assert_initial_loss`` / ``assert_batch_independent`` / ``assert_trains``
+  helpers run the runtime probes on a model and fail the test with a readable report of the
+  findings (without torch installed, the test fails with how to install it);
 * ``--sentinel-lint``: every Python file under the test paths becomes a test item that runs
   ``sentinel lint`` on it (marker ``sentinel_lint``);
 * options ``--sentinel-steps`` / ``--sentinel-device`` and ini keys ``sentinel_steps`` /
@@ -121,7 +122,8 @@ def sentinel(request: pytest.FixtureRequest) -> SentinelFixture:
     """torch-sentinel's training probes as assertions.
 
     ``sentinel.assert_overfits(model=..., loss_fn=..., batch=(x, y), optimizer=...)`` and its siblings
-    ``assert_updates``, ``assert_devices``, ``assert_finite`` and ``assert_trains`` (all of them) run
+    ``assert_updates``, ``assert_devices``, ``assert_finite``, ``assert_initial_loss`` (SEN110),
+    ``assert_batch_independent`` (SEN111) and ``assert_trains`` (all of them) run
     the matching probe, fail the test with the findings (codes, names, parameters, numbers) if there
     are any, and return the ProbeResult otherwise. Defaults for ``steps`` and ``device`` come from
     ``--sentinel-steps`` / ``--sentinel-device`` or the ``sentinel_steps`` / ``sentinel_device`` ini keys.

@@ -85,6 +85,22 @@ class SqrtAct(nn.Module):
         return torch.sqrt(x)  # negative pre-activations -> NaN
 
 
+class HotInit(Healthy):
+    """The head initialised 40x too large: the loss starts far above ln 3."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.head.weight.mul_(40.0)
+
+
+class MixesBatch(Healthy):
+    """Subtracts the batch mean: every sample's output reads the whole batch."""
+
+    def forward(self, x):
+        return self.head(self.body(x - x.mean(0)))
+
+
 def make(model_cls=Healthy, lr=1e-2, dtype=torch.float32):
     torch.manual_seed(0)
     model = model_cls()
@@ -154,12 +170,25 @@ def test_healthy_model_passes_every_helper_and_gets_results_back(models: pytest.
         def test_finite(sentinel, setup):
             assert sentinel.assert_finite(**setup()).ok
 
+        def test_initial_loss(sentinel, setup):
+            result = sentinel.assert_initial_loss(**setup())
+            assert result.status == "pass" and result.data["classes"] == 3
+
+        def test_batch_independent(sentinel, setup):
+            assert sentinel.assert_batch_independent(**setup()).status == "pass"
+
+        def test_not_applicable_is_skipped_not_failed(sentinel, setup):
+            args = setup()
+            args["loss_fn"] = lambda out, y: out.pow(2).mean()   # not a classification loss
+            result = sentinel.assert_initial_loss(**args)
+            assert result.status == "skipped" and "not a classification loss" in result.message
+
         def test_trains(sentinel, setup):
             sentinel.assert_trains(**setup())
         """
     )
     result = models.runpytest()
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=8)
 
 
 @needs_torch
@@ -185,6 +214,18 @@ def test_healthy_model_passes_every_helper_and_gets_results_back(models: pytest.
             "model_cls=MakesNaN",
             ["*SEN105 non-finite-value*", "*module: act*"],
             id="nan-module",
+        ),
+        pytest.param(
+            "assert_initial_loss",
+            "model_cls=HotInit",
+            ["*SEN110 unexpected-initial-loss*", "*expected_loss: 1.09861*", "*classes: 3*"],
+            id="initial-loss",
+        ),
+        pytest.param(
+            "assert_batch_independent",
+            "model_cls=MixesBatch",
+            ["*SEN111 batch-samples-mixed*", "*sample: 0*", "*depends_on: [[]1, 2, 3, 4, 5, 6, 7[]]*"],
+            id="samples-mixed",
         ),
         pytest.param("assert_trains", "model_cls=UnusedLayer", ["*SEN102*aux.weight*"], id="trains"),
     ],
@@ -573,6 +614,40 @@ def test_no_cacheprovider_still_lints(pytester: pytest.Pytester) -> None:
     for _ in range(2):
         result = pytester.runpytest("--sentinel-lint", "-p", "no:cacheprovider", "-m", "sentinel_lint")
         result.assert_outcomes(passed=2, failed=1)
+
+
+# --- without torch ---------------------------------------------------------------------------------
+
+NO_TORCH_CONFTEST = """
+import sys
+
+sys.modules["torch"] = None  # as if torch were not installed: `import torch` raises ImportError
+"""
+
+
+def test_without_torch_the_fixture_says_how_to_install_it(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(NO_TORCH_CONFTEST)
+    pytester.makepyfile(
+        """
+        def test_probe(sentinel):
+            sentinel.assert_trains(model=None, loss_fn=None, batch=None)
+
+        def test_lint_half_still_works():
+            import sentinel
+            assert sentinel
+        """
+    )
+    result = pytester.runpytest_subprocess(*ISOLATED)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*sentinel.assert_trains: the training probes need PyTorch, which is not installed here;"
+            " install the probe extra: pip install 'torch-sentinel[[]probe[]]' (for a CPU-only machine,*"
+            "pip install torch --index-url *whl/cpu)*",
+        ]
+    )
+    out = result.stdout.str()
+    assert "Traceback" not in out and "ImportError" not in out and "halted" not in out
 
 
 # --- loading the plugin costs nothing ------------------------------------------------------------
