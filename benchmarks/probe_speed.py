@@ -227,7 +227,12 @@ def bench_localize(name: str, made: dict, repeat: int) -> None:
     out = {}
     for f in fns.values():
         f()  # warm-up
-    gc.disable()  # no collection in the middle of a timed call (collected between calls instead)
+    # No collection in the middle of a timed call (collected between calls instead); everything that
+    # exists now is frozen out of the collector, so that collecting between calls costs microseconds,
+    # not a scan of torch's hundred thousand objects (seconds on a loaded machine).
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     try:
         for _ in range(repeat):
             for key, f in fns.items():
@@ -241,6 +246,7 @@ def bench_localize(name: str, made: dict, repeat: int) -> None:
                 cpu[key] = min(cpu[key], time.process_time() - c0)
     finally:
         gc.enable()
+        gc.unfreeze()
     for key in ("checked", "replay"):
         d = out[key].details if out[key] is not None else {}
         out[key] = f"stage={d.get('stage')} module={d.get('module')!r} op={d.get('op')}" if d else "nothing"

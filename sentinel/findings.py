@@ -98,8 +98,50 @@ class ProbeResult:
         if self.message:
             head.append(f"  {self.message}", style="dim")
         yield head
+        curve = _curve_line(self)
+        if curve is not None:
+            yield curve
         for finding in self.findings:
             yield Text("  ") + _finding_text(finding)
+
+
+def sparkline(curve: list[float], width: int = 40) -> str:
+    """``curve`` as a row of block characters, lowest value lowest; NaN/Inf as ``!``."""
+    if not curve:
+        return ""
+    n = len(curve)
+    idx = [round(i * (n - 1) / (width - 1)) for i in range(width)] if n > width else list(range(n))
+    values = [curve[i] for i in idx]
+    finite = [v for v in values if math.isfinite(v)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    out = []
+    for v in values:
+        if not math.isfinite(v):
+            out.append("!")
+        elif hi == lo:
+            out.append(_BLOCKS[0])
+        else:
+            out.append(_BLOCKS[min(len(_BLOCKS) - 1, int((v - lo) / (hi - lo) * len(_BLOCKS)))])
+    return "".join(out)
+
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def _curve_line(result: ProbeResult) -> Text | None:
+    """The overfit probe's loss curve as a sparkline with its end points and target."""
+    source = result.findings[0].details if result.findings else result.data
+    curve = source.get("curve") if isinstance(source, dict) else None
+    if not curve or not isinstance(curve, list):
+        return None
+    line = Text("  loss ")
+    line.append(sparkline(curve), style="cyan")
+    first, last = curve[0], curve[-1]
+    line.append(f"  {first:.4g} -> {last:.4g}", style="dim")
+    target = source.get("threshold")
+    if isinstance(target, (int, float)):
+        line.append(f" (target <= {target:.4g}, {source.get('steps', len(curve))} steps)", style="dim")
+    return line
 
 
 def _finding_text(finding: Finding) -> Text:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
 
@@ -63,6 +63,7 @@ class _Context:
     in_suite: bool = False
     mismatches: Mismatches | None = None
     nonfinite: Finding | None = None  # the suite's SEN105 finding: later crashes are its consequence
+    errors: dict[str, str] = field(default_factory=dict)  # reason -> the first probe that reported it
 
     def workspace(self) -> Any:
         return workspace(
@@ -99,6 +100,9 @@ class _Context:
                 message = f"not run: {mm.summary()} ({exc.reason})"
                 return ProbeResult(name, "skipped", message=message, traceback=tb)
             return ProbeResult(name, "error", message=f"{exc.reason}; caused by {mm.summary()}", traceback=tb)
+        if self.in_suite and exc.reason in self.errors:  # each error is reported once, by the first probe
+            return ProbeResult(name, "skipped", message=f"not run: the same error as probe '{self.errors[exc.reason]}'")
+        self.errors.setdefault(exc.reason, name)
         return ProbeResult(name, "error", message=exc.reason, traceback=tb)
 
 
@@ -109,7 +113,12 @@ def _probe(name: str, ctx: _Context, body: Body) -> ProbeResult:
         status: Status = "fail" if findings else "pass"
         result = ProbeResult(name, status, findings=findings, message=message, data=data)
     except NotApplicable as exc:
-        result = ProbeResult(name, "skipped", message=f"not applicable: {exc}")
+        cause = exc.__cause__
+        if isinstance(cause, UserCodeError) and ctx.in_suite and cause.reason in ctx.errors:
+            message = f"not run: the same error as probe '{ctx.errors[cause.reason]}'"
+            result = ProbeResult(name, "skipped", message=message)
+        else:
+            result = ProbeResult(name, "skipped", message=f"not applicable: {exc}")
     except UserCodeError as exc:
         result = ctx.crashed(name, exc)
     except Exception as exc:

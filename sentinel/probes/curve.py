@@ -25,6 +25,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sentinel.findings import sparkline
+
 __all__ = [
     "ABS_FLOOR",
     "HORIZON",
@@ -149,29 +151,6 @@ def projected_steps(curve: Sequence[float], target: float) -> int | None:
     if slope >= 0:
         return None
     return len(curve) - 1 + math.ceil(max(end - target, 0.0) / -slope)
-
-
-def sparkline(curve: Sequence[float], width: int = 40) -> str:
-    """The curve as a row of block characters (lowest value = lowest block); NaN/Inf as ``!``."""
-    if not curve:
-        return ""
-    n = len(curve)
-    idx = [round(i * (n - 1) / (width - 1)) for i in range(width)] if n > width else list(range(n))
-    values = [curve[i] for i in idx]
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return "!" * len(values)
-    lo, hi = min(finite), max(finite)
-    blocks = "▁▂▃▄▅▆▇█"
-    out = []
-    for v in values:
-        if not math.isfinite(v):
-            out.append("!")
-        elif hi == lo:
-            out.append(blocks[0])
-        else:
-            out.append(blocks[min(7, int((v - lo) / (hi - lo) * 8))])
-    return "".join(out)
 
 
 @dataclass
