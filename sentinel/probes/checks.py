@@ -25,6 +25,7 @@ from sentinel.probes.initial import NotApplicable, initial_loss
 from sentinel.probes.mixing import batch_mixing
 from sentinel.probes.nonfinite import checked_step, localize
 from sentinel.probes.overfit import DEFAULT_OVERFIT_STEPS, MAX_OVERFIT_STEPS, overfit
+from sentinel.probes.progress import StepCallback, progress
 from sentinel.probes.state import RNGState, capture_rng, restore_rng, same_bits
 from sentinel.probes.workspace import (
     DeviceLike,
@@ -304,9 +305,11 @@ def check_updates(
 # ------------------------------------------------------------------------------------------ SEN101
 
 
-def _overfit(ctx: _Context, steps: int | None, plot: str | None = None) -> tuple[list[Finding], dict[str, Any], str]:
+def _overfit(
+    ctx: _Context, steps: int | None, plot: str | None = None, on_step: StepCallback | None = None
+) -> tuple[list[Finding], dict[str, Any], str]:
     with ctx.workspace() as ws:
-        return overfit(ws, steps, plot)
+        return overfit(ws, steps, plot, on_step)
 
 
 def check_overfit(
@@ -479,7 +482,9 @@ def run_probes(
 
     When devices or dtypes mismatch, the probes whose step then crashes are reported ``skipped``
     with the reason; when the step produces NaN/Inf, the overfit probe is skipped (its curve would
-    be meaningless).
+    be meaningless); an error of the user's code is reported by the first probe it stops, the
+    others are skipped naming it. On a terminal, a transient progress display runs on stderr
+    (:mod:`sentinel.probes.progress`).
     """
     ctx = _context(model, loss_fn, batch, optimizer, device, compute_loss)
     ctx.in_suite = True
@@ -487,25 +492,24 @@ def run_probes(
     finite_steps = min(steps, DEFAULT_FINITE_STEPS) if steps is not None else DEFAULT_FINITE_STEPS
     if steps is not None and steps < 1:
         raise ValueError("steps must be >= 1")
-    results = [_probe("devices", ctx, lambda: _devices(ctx))]
-    if ctx.mismatches is None:  # the device check itself crashed: nothing else is reliable
-        ctx.mismatches = Mismatches(None, None)
-    finite = _probe("finite", ctx, lambda: _finite(ctx, finite_steps))
-    results.append(finite)
-    ctx.nonfinite = finite.findings[0] if finite.findings else None
-    results.append(_probe("updates", ctx, lambda: _updates(ctx)))
-    results.append(_probe("initial-loss", ctx, lambda: _initial(ctx)))
-    results.append(_probe("batch-independence", ctx, lambda: _mixing(ctx)))
-    if finite.findings:
-        results.append(
-            ProbeResult(
-                "overfit",
-                "skipped",
-                message="not run: the training step produces NaN/Inf (SEN105), so the loss curve would be meaningless",
-            )
-        )
-    else:
-        results.append(_probe("overfit", ctx, lambda: _overfit(ctx, overfit_steps, plot)))
+    with progress() as shown:
+        shown.probe("devices")
+        results = [_probe("devices", ctx, lambda: _devices(ctx))]
+        if ctx.mismatches is None:  # the device check itself crashed: nothing else is reliable
+            ctx.mismatches = Mismatches(None, None)
+        shown.probe("finite")
+        finite = _probe("finite", ctx, lambda: _finite(ctx, finite_steps))
+        results.append(finite)
+        ctx.nonfinite = finite.findings[0] if finite.findings else None
+        for name, body in (("updates", _updates), ("initial-loss", _initial), ("batch-independence", _mixing)):
+            shown.probe(name)
+            results.append(_probe(name, ctx, lambda body=body: body(ctx)))
+        if finite.findings:
+            message = "not run: the training step produces NaN/Inf (SEN105), so the loss curve would be meaningless"
+            results.append(ProbeResult("overfit", "skipped", message=message))
+        else:
+            shown.probe("overfit")
+            results.append(_probe("overfit", ctx, lambda: _overfit(ctx, overfit_steps, plot, shown.step)))
     if ctx.device is not None:
         dev = str(ctx.device)
     else:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -135,8 +136,14 @@ def _has_train_mode_behaviour(model: nn.Module) -> bool:
     return False
 
 
-def overfit(ws: Workspace, steps: int | None, plot: str | None = None) -> Outcome:
-    """Run the SEN101 probe on the workspace ``ws`` (see the module docstring)."""
+def overfit(
+    ws: Workspace,
+    steps: int | None,
+    plot: str | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> Outcome:
+    """Run the SEN101 probe on the workspace ``ws`` (see the module docstring); ``on_step(step,
+    budget, loss)`` is called after every step (progress display)."""
     extend = steps is None
     budget = steps if steps is not None else DEFAULT_OVERFIT_STEPS
     round_size = budget
@@ -160,6 +167,8 @@ def overfit(ws: Workspace, steps: int | None, plot: str | None = None) -> Outcom
             loss, out = ws.forward()
         value = float(loss.detach().float().item())
         values.append(value)
+        if on_step is not None:
+            on_step(i, budget, value)
         if i == 0:
             floor = loss_floor(calls, value)
             if not floor and ws.compute_loss is None:
