@@ -179,7 +179,9 @@ def test_initial_loss_is_skipped_for_losses_it_cannot_judge():
     vae = real.make_vae()
     result = check_initial_loss(*_args(vae))
     assert result.status == "skipped"
-    assert result.message == "not applicable: the loss is not one classification loss alone (other terms are added to it)"
+    assert result.message == (
+        "not applicable: the loss is not one classification loss alone (other terms are added to it)"
+    )
     sr = real.make_super_resolution()
     assert check_initial_loss(*_args(sr)).message.startswith("not applicable: the loss is not a classification loss")
 
