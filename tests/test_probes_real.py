@@ -74,6 +74,9 @@ def test_which_batch_tensors_count_as_masks():
     items = [("batch[0]", flat), ("batch[1]", square), ("batch[\"mask\"]", flat), ("batch[2]", nan)]
     # square, or named *mask*: masks; a NaN is never a mask; a flat -inf feature is not one either
     assert mask_names(items, None, nn.Linear(3, 3)) == {"batch[1]", "batch[\"mask\"]"}
+    image = torch.zeros(2, 3, 8, 8)
+    image[0, 0, 1, 1] = float("-inf")  # a square image with log(0) in it is no mask
+    assert mask_names([("batch[0]", image)], None, nn.Conv2d(3, 3, 1)) == set()
     # a model with attention modules takes additive masks of any shape
     assert "batch[0]" in mask_names(items, None, nn.TransformerEncoderLayer(4, 2))
 
@@ -222,6 +225,7 @@ def test_batch_norm_in_eval_mode_and_token_embeddings_do_not_mix():
         (real.make_gcn_buffer_graph, "the model holds an 30x30 tensor (adj)"),
         (real.make_rnn_adadelta, "no floating input (or embedding of token ids) with the batch dimension"),
         (real.make_mingpt_sdpa, "no output with the batch dimension depends on the inputs"),
+        (real.make_seq_first_classifier, "sequence-first modules (batch_first=False)"),
     ],
 )
 def test_batch_independence_skips_with_the_reason(make, reason):

@@ -7,7 +7,8 @@ only non-finite values are ``-inf`` (a NaN or a ``+inf`` is never a mask) and on
 
 - its name says so: a batch field, or the ``forward`` parameter it is passed to, whose name
   contains ``mask`` (``batch["mask"]``, ``model(src, tgt, src_mask, tgt_mask, ...)``);
-- it is shaped like an attention mask: at least 2-D with its last two dimensions equal (``T x T``);
+- it is shaped like an attention mask: 2-D or 3-D with its last two dimensions equal (``T x T``,
+  ``(batch * heads) x T x T``; a 4-D tensor is more likely an image);
 - the model contains attention modules (``nn.MultiheadAttention``, ``nn.Transformer*``), which
   take additive masks.
 
@@ -81,7 +82,7 @@ def mask_names(items: list[tuple[str, torch.Tensor]], batch: Any, model: nn.Modu
     out = set()
     for name, t in candidates:
         named = "mask" in name.lower() or "mask" in bound.get(id(t), "").lower()
-        square = t.dim() >= 2 and t.shape[-1] == t.shape[-2]
+        square = 2 <= t.dim() <= 3 and t.shape[-1] == t.shape[-2]
         if named or square or attention:
             out.add(name)
     return out

@@ -71,9 +71,13 @@ def _graph_like(ws: Workspace, b: int) -> str | None:
     return None
 
 
-def _seq_first_ambiguous(ws: Workspace) -> bool:
+def _seq_first_ambiguous(ws: Workspace, b: int) -> bool:
+    """Sequence-first modules, and either no 1-D targets to tell the batch size or an input whose
+    first two dimensions both have that size (``(T, B, ...)`` with ``T == B``)."""
     if not any(isinstance(m, _SEQ_FIRST) and not getattr(m, "batch_first", False) for m in ws.model.modules()):
         return False
+    if any(t.dim() >= 2 and t.shape[0] == t.shape[1] == b for _, t in tensor_items(ws.batch)):
+        return True
     try:
         p = plan(ws.batch, ws.model) if ws.compute_loss is None else None
     except ValueError:
@@ -153,7 +157,7 @@ def batch_mixing(ws: Workspace) -> tuple[list[Finding], dict[str, Any], str]:
     graph = _graph_like(ws, b)
     if graph:
         raise NotApplicable(f"{graph}: nodes of a graph are meant to depend on each other")
-    if _seq_first_ambiguous(ws):
+    if _seq_first_ambiguous(ws, b):
         raise NotApplicable(
             "sequence-first modules (batch_first=False) and targets that do not tell the batch dimension"
         )

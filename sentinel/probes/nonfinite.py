@@ -349,7 +349,8 @@ class _Tracer:
         def mask(k: tuple[int, int], module: nn.Module | None = None) -> bool:
             """Non-finite only by -inf entries (an additive attention mask, see sentinel.probes.masks)."""
             t = self.tensors[k]
-            shaped = masked or (t.dim() >= 2 and t.shape[-1] == t.shape[-2]) or isinstance(module, ATTENTION)
+            square = 2 <= t.dim() <= 3 and t.shape[-1] == t.shape[-2]
+            shaped = masked or square or isinstance(module, ATTENTION)
             if not shaped:
                 return False
             if k not in masks:
