@@ -45,7 +45,7 @@ __all__ = [
 
 REL_TARGET = 0.1
 ABS_FLOOR = 1e-6
-HORIZON = 20
+HORIZON = 40
 """A ``slow`` curve passes when its recent rate reaches the target within HORIZON x the step budget."""
 
 
