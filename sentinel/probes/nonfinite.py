@@ -237,6 +237,7 @@ class _Tracer:
         self.grads: dict[tuple[int, int], torch.Tensor] = {}
         self.arrival: dict[tuple[int, int], int] = {}
         self.grad_handles: list[Any] = []
+        self.pending: list[tuple[tuple[int, int], torch.Tensor]] = []  # hooked by hook_values() after the forward
         try:
             for name, module in _named_modules(model):
                 original = module.__dict__.get("forward", _MISSING)
@@ -257,10 +258,7 @@ class _Tracer:
                     continue
                 kept[key] = t
                 if self.hook_grads and t.requires_grad:
-                    try:
-                        self.grad_handles.append(t.register_hook(partial(self._got_grad, key)))
-                    except RuntimeError:  # a tensor type that takes no hooks: its module is not a candidate
-                        pass
+                    self.pending.append((key, t))
             if eager and key not in sums:
                 sums[key] = _sum_of(t.detach())
             keys.append(key)
@@ -290,6 +288,19 @@ class _Tracer:
         if key not in self.grads:
             self.arrival[key] = len(self.arrival)
         self.grads[key] = grad
+
+    def hook_values(self) -> None:
+        """Put the gradient hooks on the recorded values, once the forward is over and its loss is
+        finite (a step that fails in the forward never pays for them). A value overwritten in place
+        since it was recorded is left out: its tensor now stands for another node."""
+        for key, t in self.pending:
+            if t._version != key[1]:
+                continue
+            try:
+                self.grad_handles.append(t.register_hook(partial(self._got_grad, key)))
+            except RuntimeError:  # a tensor type that takes no hooks: its module is not a candidate
+                pass
+        self.pending.clear()
 
     def release(self) -> None:
         """Remove the gradient hooks (the module wrappers are removed by :meth:`remove`)."""
@@ -692,6 +703,7 @@ def checked_step(
                 except _BackwardOrigin as found:
                     origin = found
             else:
+                tracer.hook_values()
                 backward(loss, True)
             grads_ok = origin is None and all_finite([p.grad for _, p in params])
         if not loss_ok or not grads_ok:
