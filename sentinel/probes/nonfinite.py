@@ -1,6 +1,8 @@
 """Find where a NaN or Inf first appears in one training step (SEN105).
 
-Two layers, so that healthy steps cost almost nothing:
+Two layers, so that healthy steps cost almost nothing (the cheap checks live in
+:mod:`sentinel.probes.screen`, the search for the autograd node that emits a NaN/Inf in
+:mod:`sentinel.probes.backprop`; both names below are re-exported here):
 
 - :func:`first_nonfinite` / :func:`all_finite`: one fused norm per (device, dtype) and one host sync
   over a list of tensors. A training loop calls it on the loss, on all gradients after
@@ -54,93 +56,15 @@ import torch
 from torch import nn
 
 from sentinel.findings import Finding
+from sentinel.probes.backprop import BackwardOrigin, BackwardWatch, run_module_backward
 from sentinel.probes.batch import ComputeLoss, compute, tensor_items
 from sentinel.probes.masks import ATTENTION, mask_names, neg_inf_only
+from sentinel.probes.screen import _checkable, _exactly_finite, _kind, _screen, _sum_of, all_finite, first_nonfinite
 from sentinel.probes.state import Snapshot
 
 __all__ = ["STAGES", "all_finite", "checked_step", "first_nonfinite", "localize", "optimizer_step"]
 
 STAGES = ("input", "forward", "loss", "backward", "update")
-
-
-def _checkable(t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and not t.is_meta and t.numel() > 0
-
-
-def _values(t: torch.Tensor) -> torch.Tensor:
-    if t.is_sparse:
-        return t.coalesce().values()
-    return t.detach()
-
-
-def _sum_of(t: torch.Tensor) -> torch.Tensor:
-    """A float32 scalar that is non-finite whenever an element of ``t`` is (pass a detached ``t``)."""
-    if t.is_sparse:
-        t = t.coalesce().values()
-    if t.dtype is torch.float32:
-        return t.sum()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.dtype in (torch.float16, torch.bfloat16):
-        return t.sum(dtype=torch.float32)
-    return t.sum().float()
-
-
-def _exactly_finite(t: torch.Tensor) -> bool:
-    """Exact (no overflow): the largest magnitude, which a NaN or an Inf propagates into."""
-    with torch.no_grad():
-        return math.isfinite(torch.linalg.vector_norm(_values(t), math.inf).item())
-
-
-_FEW = 8  # up to this many CPU tensors, one sum and .item() each is cheaper than a fused norm
-
-
-def _screen(tensors: Sequence[torch.Tensor]) -> list[bool]:
-    """Per tensor: True when it is proven finite, False when it may not be.
-
-    A norm (or a sum) is non-finite whenever an element is (Inf cannot cancel into a finite value),
-    so a finite one proves the tensor finite; a non-finite one may also be an overflow of large
-    finite values, which :func:`_exactly_finite` tells apart. One fused ``torch._foreach_norm`` per
-    (device, dtype) group and one host sync per group: no Python work per element, little per tensor
-    (a few CPU tensors: one sum each).
-    """
-    if len(tensors) <= _FEW and all(t.device.type == "cpu" for t in tensors):
-        return [math.isfinite(_sum_of(t.detach()).item()) for t in tensors]  # no sync to save on CPU
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.device, t.dtype), []).append(i)
-    flags = [True] * len(tensors)
-    with torch.no_grad():
-        for idx in groups.values():
-            group = [_values(tensors[i]) if tensors[i].is_sparse else tensors[i].detach() for i in idx]
-            try:
-                norms = torch._foreach_norm(group)
-            except (RuntimeError, TypeError, AttributeError):  # pragma: no cover - exotic tensor types
-                norms = [_sum_of(t) for t in group]
-            for i, ok in zip(idx, torch.isfinite(torch.stack(norms)).tolist(), strict=True):
-                flags[i] = bool(ok)
-    return flags
-
-
-def first_nonfinite(tensors: Sequence[Any]) -> int | None:
-    """Index of the first tensor holding a NaN or Inf (None-s and non-float tensors are skipped)."""
-    pos = [i for i, t in enumerate(tensors) if _checkable(t)]
-    if not pos:
-        return None
-    for i, ok in zip(pos, _screen([tensors[i] for i in pos]), strict=True):
-        if not ok and not _exactly_finite(tensors[i]):
-            return i
-    return None
-
-
-def all_finite(tensors: Sequence[Any]) -> bool:
-    """True when no tensor in ``tensors`` holds a NaN or Inf (one fused norm per device and dtype,
-    one host sync each)."""
-    return first_nonfinite(tensors) is None
-
-
-def _kind(t: torch.Tensor) -> str:
-    return "NaN" if bool(torch.isnan(_values(t)).any()) else "Inf"
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, closure: Any = None) -> None:
@@ -442,147 +366,13 @@ def _describe(name: str | None, module: nn.Module | None) -> str:
     return f"the model itself ({cls}.forward)" if name == "" else f"module `{name}` ({cls})"
 
 
-class _BackwardOrigin(Exception):
-    """Raised from an autograd node hook to stop the replayed backward at the first bad node."""
-
-    def __init__(self, node: Any, index: int, grad: torch.Tensor) -> None:
-        super().__init__(node.name())
-        self.node, self.index, self.grad = node, index, grad
-
-
-# Backward nodes that only move, select or sum gradients: they cannot turn finite values into
-# NaN/Inf, so they need no hook (a non-finite gradient they pass on was emitted, and caught, earlier).
-_PASS_THROUGH = frozenset(
-    {
-        "TBackward0",
-        "ViewBackward0",
-        "UnsafeViewBackward0",
-        "ReshapeAliasBackward0",
-        "ExpandBackward0",
-        "PermuteBackward0",
-        "TransposeBackward0",
-        "SliceBackward0",
-        "SelectBackward0",
-        "CloneBackward0",
-        "CatBackward0",
-        "SplitBackward0",
-        "SplitWithSizesBackward0",
-        "UnbindBackward0",
-        "StackBackward0",
-        "SqueezeBackward0",
-        "SqueezeBackward1",
-        "UnsqueezeBackward0",
-        "AsStridedBackward0",
-        "NegBackward0",
-        "AliasBackward0",
-        "IndexBackward0",
-        "ToCopyBackward0",
-        "AddBackward0",
-        "SubBackward0",
-    }
-)
-
-
-_ACCUMULATE_GRAD = "torch::autograd::AccumulateGrad"
-
-
-class _BackwardWatch:
-    """Hooks autograd nodes on demand: a node gets its hook just before it can run, when a hooked
-    node above it has run (nodes only run after every node feeding them a gradient), so a backward
-    abandoned early hooks only the few nodes it reached instead of walking the whole graph.
-    Pass-through nodes (see ``_PASS_THROUGH``) and ``AccumulateGrad`` get no hook: their inputs are
-    looked through at once. The hook checks the node's outgoing gradients and raises
-    :class:`_BackwardOrigin` at the first non-finite one."""
-
-    def __init__(self) -> None:
-        self.seen: set[int] = set()
-        self.nodes: list[Any] = []  # keeps the Python node objects (and so their ids) alive
-        self.handles: list[Any] = []
-
-    def add(self, *roots: Any) -> None:
-        seen, nodes = self.seen, self.nodes
-        stack = list(roots)
-        while stack:
-            n = stack.pop()
-            if n is None or id(n) in seen:
-                continue
-            seen.add(id(n))
-            nodes.append(n)
-            name = n.name()
-            if name == _ACCUMULATE_GRAD:
-                continue
-            if name in _PASS_THROUGH:
-                stack.extend(nxt for nxt, _ in n.next_functions if nxt is not None)
-                continue
-            self.handles.append(n.register_hook(self._hook(n)))
-
-    def _hook(self, node: Any) -> Any:
-        add = self.add
-
-        def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
-            present = [(i, g) for i, g in enumerate(grad_inputs) if g is not None and _checkable(g)]
-            if present:
-                for (i, g), ok in zip(present, _screen([g for _, g in present]), strict=True):
-                    if not ok and not _exactly_finite(g):
-                        raise _BackwardOrigin(node, i, g)
-            add(*(nxt for nxt, _ in node.next_functions))
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        self.nodes.clear()
-        self.seen.clear()
-
-
-def _run_module_backward(
-    roots: list[tuple[Any, int, torch.Tensor]], lo: int, hi: int
-) -> _BackwardOrigin | None:
-    """Backpropagate once more through the part of the kept graph made by one module call (autograd
-    nodes numbered ``lo..hi``), starting from ``roots`` ``(node, input slot, gradient)``, by calling
-    the nodes themselves in the engine's order (highest sequence number first). Returns the first
-    node emitting a NaN/Inf, or None. Raises when a node cannot be called again (freed buffers)."""
-    buffers: dict[int, tuple[Any, list[Any]]] = {}
-
-    def feed(node: Any, slot: int, grad: torch.Tensor) -> None:
-        entry = buffers.get(id(node))
-        if entry is None:
-            metadata = getattr(node, "_input_metadata", None)
-            size = len(metadata) if metadata is not None else slot + 1
-            entry = buffers[id(node)] = (node, [None] * max(size, slot + 1))
-        slots = entry[1]
-        slots[slot] = grad if slots[slot] is None else slots[slot] + grad
-
-    for node, slot, grad in roots:
-        feed(node, slot, grad)
-    with torch.no_grad():
-        while buffers:
-            key = max(buffers, key=lambda k: buffers[k][0]._sequence_nr())
-            node, slots = buffers.pop(key)
-            out = node(*slots)
-            outs = out if isinstance(out, tuple) else (out,)
-            present = [(i, g) for i, g in enumerate(outs) if g is not None and _checkable(g)]
-            if present:
-                for (i, g), ok in zip(present, _screen([g for _, g in present]), strict=True):
-                    if not ok and not _exactly_finite(g):
-                        return _BackwardOrigin(node, i, g)
-            for (nxt, slot), g in zip(node.next_functions, outs, strict=False):
-                if nxt is None or g is None or nxt.name() == _ACCUMULATE_GRAD:
-                    continue
-                if lo <= nxt._sequence_nr() <= hi:
-                    feed(nxt, slot, g)
-    return None
-
-
-def _module_origin(tracer: _Tracer, params: Sequence[tuple[str, torch.Tensor]]) -> _BackwardOrigin | None:
+def _module_origin(tracer: _Tracer, params: Sequence[tuple[str, torch.Tensor]]) -> BackwardOrigin | None:
     """The backward origin, found from the gradients the live backward left at module boundaries.
 
     A module call is a candidate when the gradient that reached its outputs is finite and the one it
     passed on to its inputs (or, failing that, to its parameters) is not. Candidates are tried in the
     order the backward reached them: only that call's part of the kept graph is backpropagated again
-    (:func:`_run_module_backward`), from its outputs with the gradient they received, and the first
+    (:func:`run_module_backward`), from its outputs with the gradient they received, and the first
     op emitting a NaN/Inf is the origin. None when no candidate reproduces it (the caller then hooks
     the whole backward).
     """
@@ -621,7 +411,7 @@ def _module_origin(tracer: _Tracer, params: Sequence[tuple[str, torch.Tensor]]) 
                 continue  # overwritten in place since: its node is not the one the gradient reached
             roots = [(t.grad_fn, t.output_nr, grads[k]) for t, k in zip(tensors, outs, strict=True)]
             try:
-                origin = _run_module_backward(roots, c.start, c.end)
+                origin = run_module_backward(roots, c.start, c.end)
             except Exception:  # a node that cannot run twice: let the caller hook the whole backward
                 return None
             if origin is not None:
@@ -664,7 +454,7 @@ def checked_step(
     - backward: the gradients the step left at module boundaries name the origin module, whose
       nodes are run again to name the op (:func:`_module_origin`); failing that, the grads are
       cleared and the kept graph is backpropagated once more with autograd node hooks
-      (:class:`_BackwardWatch`), which stop at the first node emitting a NaN/Inf;
+      (:class:`BackwardWatch`), which stop at the first node emitting a NaN/Inf;
     - update: the first parameter that is no longer finite.
 
     Only when a module overwrote a recorded value in place (so its flag is lost) is ``replay()``
@@ -676,8 +466,8 @@ def checked_step(
     if found_input is not None:
         return found_input
     tracer = _Tracer(model, eager=eager, grads=not expect_failure)
-    watch = _BackwardWatch()
-    origin: _BackwardOrigin | None = None
+    watch = BackwardWatch()
+    origin: BackwardOrigin | None = None
     try:
         try:
             loss = forward()
@@ -700,7 +490,7 @@ def checked_step(
                 watch.add(loss.grad_fn)
                 try:
                     loss.backward()
-                except _BackwardOrigin as found:
+                except BackwardOrigin as found:
                     origin = found
             else:
                 tracer.hook_values()
@@ -724,7 +514,7 @@ def checked_step(
                 watch.add(loss.grad_fn)
                 try:
                     loss.backward()
-                except _BackwardOrigin as found:
+                except BackwardOrigin as found:
                     origin = found
             if origin is not None:
                 return _backward_finding(origin, tracer, params, step)
@@ -855,7 +645,7 @@ def _loss_finding(loss: torch.Tensor, step: int) -> Finding:
 
 
 def _backward_finding(
-    origin: _BackwardOrigin, tracer: _Tracer, params: Sequence[tuple[str, torch.Tensor]], step: int
+    origin: BackwardOrigin, tracer: _Tracer, params: Sequence[tuple[str, torch.Tensor]], step: int
 ) -> Finding:
     node = origin.node
     call = tracer.module_at(node._sequence_nr())
