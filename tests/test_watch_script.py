@@ -84,7 +84,7 @@ EXPECTED = {
     "eval_without_eval_mode.py": [("SEN107", {"modules": ["1", "3"]})],
     "losses_append.py": [("SEN108", {"steps": 9})],
     "float64_input.py": [
-        ("SEN104", {"tensors": [{"name": "input[0]", "dtype": "float64", "expected": "float32"}]}),
+        ("SEN104", {"tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]}),
     ],
 }
 HEALTHY = ["healthy_mlp.py", "healthy_cnn.py", "train_with_args.py", "uses_local_module.py"]
