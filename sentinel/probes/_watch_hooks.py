@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +64,13 @@ def compile_skipped(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def eager_only(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` excluded from Dynamo tracing (it runs eagerly, between compiled graphs)."""
+    """``fn`` excluded from Dynamo tracing (it runs eagerly, between compiled graphs).
+
+    Only when Dynamo is loaded already (the user compiled something): importing it costs seconds,
+    and a model compiled later still cannot trace ``fn`` into its graph, which returns at once
+    while tracing (:func:`is_compiling`)."""
+    if "torch._dynamo" not in sys.modules:
+        return fn
     try:
         from torch._dynamo import disable
     except ImportError:  # pragma: no cover - torch without Dynamo

@@ -48,6 +48,7 @@ class ForwardRecord:
     rng: Any
     n_outputs: int
     gout: list[torch.Tensor] = field(default_factory=list)  # 0-dim norms of d loss / d output
+    out_norm: torch.Tensor | None = None  # 0-dim norm of the outputs
     nbytes: int = 0
 
 
@@ -119,6 +120,10 @@ def localize_records(
         for name, t in U.call_tensors(rec.args, rec.kwargs):
             if not U.is_finite(t):
                 return Localized("input", step, root=rec.module, tensor=name)
+    out_norms = [r.out_norm for r in records if r.out_norm is not None]
+    gouts = [g for rec in records for g in rec.gout]
+    out_bad = bool(out_norms) and not _finite_sum(out_norms)
+    gout_bad = bool(gouts) and not _finite_sum(gouts)
     for rec in records:
         if rec.args is None or not rec.gout:
             continue
@@ -128,11 +133,24 @@ def localize_records(
             found = None
         if found is not None:
             return found
-    gouts = [g for rec in records for g in rec.gout]
-    if gouts and not math.isfinite(sum(torch.stack([g.float().cpu() for g in gouts]).tolist())):
+    if out_bad and not current and records:
+        # the model's output was non-finite, yet a replay with finite weights is clean: the weights
+        # were non-finite before this step, made so by the previous update
+        params = list(unwrap(records[0].module).parameters())
+        i = next((i for i, p in enumerate(params) if not U.is_finite(p)), None)
+        if i is not None:
+            if step == 0:
+                return Localized("forward", 0, root=records[0].module, param=params[i])
+            return Localized("update", step - 1, root=records[0].module, param=params[i])
+    if gout_bad and not out_bad:
         return Localized("loss", step, root=records[0].module if records else None)
     bad = next((p for p, v in zip(params_with_grad, grad_values, strict=False) if not math.isfinite(v)), None)
     return Localized("backward", step, param=bad)
+
+
+def _finite_sum(values: list[torch.Tensor]) -> bool:
+    device = values[0].device
+    return math.isfinite(sum(torch.stack([v.reshape(()).float().to(device) for v in values]).tolist()))
 
 
 def _clone_tree(obj: Any, depth: int = 0) -> Any:

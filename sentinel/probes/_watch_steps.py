@@ -1,13 +1,13 @@
 """Per-optimizer bookkeeping of the loop monitor: what each ``optimizer.step()`` leaves on the device.
 
 A healthy step costs no host-device synchronisation. In the step pre-hook the monitor computes, on
-the device, one fused 2-norm reduction (``torch._foreach_norm``) over the gradients *and* the
-parameters of the stepping optimizer, and keeps the resulting vector in a :class:`StepEntry`
-together with the step's forward records and the SEN106 observations. Every ``READ_EVERY`` steps
-(and at the first step, at the last step of ``max_steps`` and when the watch ends) all pending
-entries are copied to the host at once (one ``.tolist()``), and read in step order:
+the device, one fused 2-norm reduction (``torch._foreach_norm``) over the gradients of the stepping
+optimizer, and keeps the resulting vector in a :class:`StepEntry` together with the step's forward
+records (with the norm of each forward's output and of the gradient that flowed into it) and the
+SEN106 observations. Every ``READ_EVERY`` steps (and at the first step, at the last step of
+``max_steps`` and when the watch ends) all pending entries are copied to the host at once (one
+``.tolist()``), and read in step order:
 
-- a non-finite parameter norm: the previous update made a parameter NaN/Inf (SEN105, ``update``);
 - a non-finite gradient norm: the step's first non-finite value, localized by
   :mod:`sentinel.probes._watch_replay` (exactly the failing step, even when it is read later);
 - zero gradient norms: SEN102 ``zero-grad`` candidates; ``.grad`` still ``None``: ``no-grad``;
@@ -45,7 +45,7 @@ class StepEntry:
 
     step: int
     params: list[torch.Tensor]  # the parameters that held a gradient
-    norms: torch.Tensor | None  # [grad norms..., param norms...] on the device
+    norms: torch.Tensor | None  # the gradient norms, on the device
     records: list[ForwardRecord]
     arrivals: list[torch.Tensor] | None  # SEN106: the sentinel's .grad norm at each arrival
     grads: list[torch.Tensor] = field(default_factory=list)  # only while the step is at hand
@@ -123,7 +123,6 @@ class OptState:
 class ReadResult:
     """What reading some entries found (host values)."""
 
-    update: tuple[int, torch.Tensor] | None = None  # (step whose update made it, the parameter)
     failing: tuple[StepEntry, list[float]] | None = None  # the first step with a non-finite gradient
     accumulate_step: int | None = None
 
@@ -147,17 +146,13 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
         n = len(e.params)
         gvals: list[float] = []
         if e.norms is not None:
-            gvals, pvals = values[pos : pos + n], values[pos + n : pos + 2 * n]
-            pos += 2 * n
+            gvals = values[pos : pos + n]
+            pos += n
             if st.zero_grad:
                 st.zero_grad.difference_update(id(p) for p, v in zip(e.params, gvals, strict=True) if v != 0)
             st.last_values = {id(p): v for p, v in zip(e.params, gvals, strict=True)}
-            if out.update is None and out.failing is None:
-                if not math.isfinite(sum(pvals)):
-                    i = next(i for i, v in enumerate(pvals) if not math.isfinite(v))
-                    out.update = (e.step - 1, e.params[i])
-                elif not math.isfinite(sum(gvals)):
-                    out.failing = (e, gvals)
+            if out.failing is None and not math.isfinite(sum(gvals)):
+                out.failing = (e, gvals)
         if e.arrivals:
             arrivals = values[pos : pos + len(e.arrivals)]
             pos += len(e.arrivals)
@@ -167,5 +162,5 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
 
 
 def step_norms(params: list[torch.Tensor]) -> torch.Tensor:
-    """[2-norm of each gradient..., 2-norm of each parameter...] in one fused reduction."""
-    return U.grad_norms([p.grad for p in params] + [p.detach() for p in params])  # type: ignore[misc]
+    """The 2-norm of each parameter's gradient, in one fused reduction."""
+    return U.grad_norms([p.grad for p in params])  # type: ignore[misc]

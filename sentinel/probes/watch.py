@@ -49,8 +49,10 @@ full snapshot/restore of the model and the RNGs, or on a copy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -176,6 +178,7 @@ class Watch:
         self._model_hooks: list[ModelHooks] = []
         self._global_handles: list[Any] = []
         self._global_on = False
+        self._warning_filter: Any = None
         self._hooked_models: set[int] = set()
         self._stack: list[nn.Module] = []
         self._roots_seen: set[int] = set()
@@ -321,6 +324,10 @@ class Watch:
     def _install_global_hooks(self) -> None:
         from torch.nn.modules import module as module_mod
 
+        # torch.compile(model) warns that global module hooks fire once more for the OptimizedModule:
+        # the monitor knows (it watches roots only) and the user did nothing wrong
+        warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when there are global hooks")
+        self._warning_filter = warnings.filters[0]
         pre = compile_skipped(self._global_pre)
         post = compile_skipped(self._global_post)
         self._global_handles.append(module_mod.register_module_forward_pre_hook(pre))
@@ -330,6 +337,11 @@ class Watch:
     def _remove_global_hooks(self) -> None:
         from torch.nn.modules import module as module_mod
 
+        if self._warning_filter is not None:
+            with contextlib.suppress(ValueError):
+                warnings.filters.remove(self._warning_filter)
+                warnings._filters_mutated()  # type: ignore[attr-defined]
+            self._warning_filter = None
         for h in self._global_handles:
             h.remove()
             # PyTorch's handle forgets these (torch 2.x): leave no stale entry behind
@@ -466,6 +478,7 @@ class Watch:
                 nbytes=nbytes if keep else 0,
             )
             self._kept_bytes += record.nbytes
+            record.out_norm = U.norm32(outs[0]) if len(outs) == 1 else torch.stack([U.norm32(t) for t in outs]).sum()
             for i, t in enumerate(outs):
                 t.grad_fn.register_prehook(_GradNorm(record, i, t.output_nr))
             self._records.append(record)
@@ -657,17 +670,19 @@ class Watch:
             self._accumulate_step = result.accumulate_step
         if self._nonfinite is not None:
             return
-        if result.update is not None:
-            step, param = result.update
-            if step < 0:
-                self._set_nonfinite("forward", 0, param=param)
-            else:
-                self._set_nonfinite("update", step, param=param)
-        elif result.failing is not None:
+        if result.failing is not None:
             entry, gvals = result.failing
             at_hand = entry is current
             if at_hand and U.all_finite(entry.grads):
                 return  # a 2-norm that overflowed, not a NaN/Inf
+            if at_hand:  # parameters already non-finite before this step: the last update made them
+                i = first_nonfinite(entry.params)
+                if i is not None:
+                    if entry.step == 0:
+                        self._set_nonfinite("forward", 0, param=entry.params[i])
+                    else:
+                        self._set_nonfinite("update", entry.step - 1, param=entry.params[i])
+                    return
             self._localize(entry, gvals, at_hand)
 
     def _read_all(self) -> None:
