@@ -4,8 +4,7 @@ The monitor reads its on-device checks every few steps, so it learns that step `
 non-finite gradient either while step ``s`` is still at hand (its optimizer has not updated the
 parameters yet) or some steps later. For every training forward pass of the steps not yet read it
 kept: the inputs (detached references, within a byte budget), the RNG state before the forward, and
-the 2-norm of the gradient that flowed into each output (d loss / d output; a 0-dim tensor, not the
-gradient itself). From that:
+the 2-norm of its output (a 0-dim tensor on the device). From that:
 
 1. an input of the step's forward passes non-finite: stage ``input``;
 2. a replay of each forward pass and a backward pass with the surrogate loss ``sum(outputs)``
@@ -16,7 +15,10 @@ gradient itself). From that:
    that the inputs cause (a zero row normalised, ``sqrt`` at 0) shows up with any finite weights. A
    model under ``DistributedDataParallel`` is always replayed on a copy of its ``.module``, so the
    replay never takes part in a collective;
-3. the model replayed clean but the gradient into its output was non-finite: stage ``loss``;
+3. the outputs were finite and the model replayed clean (its own backward, from a finite upstream
+   gradient, stays finite): the non-finite gradient came from the loss, stage ``loss``; outputs
+   that were non-finite although a replay with finite weights is clean: the weights were
+   non-finite before the step, stage ``update`` of the step before;
 4. otherwise stage ``backward``, with the first parameter whose gradient was non-finite.
 
 (Parameters already non-finite before the step are found by the caller from the step's parameter
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,7 +49,6 @@ class ForwardRecord:
     kwargs: dict[str, Any]
     rng: Any
     n_outputs: int
-    gout: list[torch.Tensor] = field(default_factory=list)  # 0-dim norms of d loss / d output
     out_norm: torch.Tensor | None = None  # 0-dim norm of the outputs
     nbytes: int = 0
 
@@ -121,18 +122,18 @@ def localize_records(
             if not U.is_finite(t):
                 return Localized("input", step, root=rec.module, tensor=name)
     out_norms = [r.out_norm for r in records if r.out_norm is not None]
-    gouts = [g for rec in records for g in rec.gout]
     out_bad = bool(out_norms) and not _finite_sum(out_norms)
-    gout_bad = bool(gouts) and not _finite_sum(gouts)
+    replayed = False
     for rec in records:
-        if rec.args is None or not rec.gout:
+        if rec.args is None:
             continue
         try:
             found = _replay(rec, step, current=current)
         except Exception:  # noqa: BLE001 - the replay is best effort; fall back below
-            found = None
+            continue
         if found is not None:
             return found
+        replayed = True
     if out_bad and not current and records:
         # the model's output was non-finite, yet a replay with finite weights is clean: the weights
         # were non-finite before this step, made so by the previous update
@@ -142,8 +143,10 @@ def localize_records(
             if step == 0:
                 return Localized("forward", 0, root=records[0].module, param=params[i])
             return Localized("update", step - 1, root=records[0].module, param=params[i])
-    if gout_bad and not out_bad:
-        return Localized("loss", step, root=records[0].module if records else None)
+    if replayed and out_norms and not out_bad:
+        # finite outputs, and the model's own backward is clean from a finite upstream gradient:
+        # the non-finite gradient came from the loss
+        return Localized("loss", step, root=records[0].module)
     bad = next((p for p, v in zip(params_with_grad, grad_values, strict=False) if not math.isfinite(v)), None)
     return Localized("backward", step, param=bad)
 

@@ -1,10 +1,13 @@
 """Per-optimizer bookkeeping of the loop monitor: what each ``optimizer.step()`` leaves on the device.
 
 A healthy step costs no host-device synchronisation. In the step pre-hook the monitor computes, on
-the device, one fused 2-norm reduction (``torch._foreach_norm``) over the gradients of the stepping
-optimizer, and keeps the resulting vector in a :class:`StepEntry` together with the step's forward
-records (with the norm of each forward's output and of the gradient that flowed into it) and the
-SEN106 observations. Every ``READ_EVERY`` steps (and at the first step, at the last step of
+the device, one fused 2-norm reduction (``torch._foreach_norm``) over gradients of the stepping
+optimizer, and keeps the norms in a :class:`StepEntry` together with the step's forward records
+(with the norm of each forward's output) and the SEN106 observations. Which gradients: all of them
+at a step that is read (see below) and until each parameter has had a non-zero gradient once;
+otherwise the small ones (at most ``SMALL`` elements: biases, norm layers' weights), a fraction of
+the cost: a NaN/Inf in the gradient flowing through a layer reaches its bias (or the next norm
+layer's parameters), and a NaN that reaches the weights reaches everything one step later. Every ``READ_EVERY`` steps (and at the first step, at the last step of
 ``max_steps`` and when the watch ends) all pending entries are copied to the host at once (one
 ``.tolist()``), and read in step order:
 
@@ -33,10 +36,13 @@ import torch
 from sentinel.probes import _watch_util as U
 from sentinel.probes._watch_replay import ForwardRecord
 
-__all__ = ["READ_EVERY", "Accumulation", "OptState", "StepEntry", "read_entries"]
+__all__ = ["READ_EVERY", "SMALL", "Accumulation", "OptState", "StepEntry", "checked_params", "read_entries", "step_norms"]
 
 # How often (in optimizer steps) the on-device checks are read: the only regular host sync.
 READ_EVERY = 8
+
+# Gradients with at most this many elements are checked at every step (all of them at read steps).
+SMALL = 4096
 
 
 @dataclass(eq=False)
@@ -45,7 +51,7 @@ class StepEntry:
 
     step: int
     params: list[torch.Tensor]  # the parameters that held a gradient
-    norms: torch.Tensor | None  # the gradient norms, on the device
+    norms: list[torch.Tensor] | None  # the 2-norm of each of ``params``' gradients, on the device
     records: list[ForwardRecord]
     arrivals: list[torch.Tensor] | None  # SEN106: the sentinel's .grad norm at each arrival
     grads: list[torch.Tensor] = field(default_factory=list)  # only while the step is at hand
@@ -133,9 +139,9 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
     chunks: list[torch.Tensor] = []
     device = None
     for e in entries:
-        if e.norms is not None:
-            device = device or e.norms.device
-            chunks.append(e.norms.reshape(-1).float())
+        if e.norms:
+            device = device or e.norms[0].device
+            chunks.append(torch.stack([v.to(device) for v in e.norms]).float())
         if e.arrivals:
             chunks.append(torch.stack([a.reshape(()) for a in e.arrivals]).float())
     if not chunks:
@@ -145,12 +151,12 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
     for e in entries:
         n = len(e.params)
         gvals: list[float] = []
-        if e.norms is not None:
+        if e.norms:
             gvals = values[pos : pos + n]
             pos += n
             if st.zero_grad:
                 st.zero_grad.difference_update(id(p) for p, v in zip(e.params, gvals, strict=True) if v != 0)
-            st.last_values = {id(p): v for p, v in zip(e.params, gvals, strict=True)}
+            st.last_values.update((id(p), v) for p, v in zip(e.params, gvals, strict=True))
             if out.failing is None and not math.isfinite(sum(gvals)):
                 out.failing = (e, gvals)
         if e.arrivals:
@@ -161,6 +167,14 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
     return out
 
 
-def step_norms(params: list[torch.Tensor]) -> torch.Tensor:
+def step_norms(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """The 2-norm of each parameter's gradient, in one fused reduction."""
-    return U.grad_norms([p.grad for p in params])  # type: ignore[misc]
+    return U.norm_list([p.grad for p in params])  # type: ignore[misc]
+
+
+def checked_params(st: OptState, with_grad: list[torch.Tensor], full: bool) -> list[torch.Tensor]:
+    """The parameters whose gradients a step checks (see the module docstring)."""
+    if full or st.zero_grad:
+        return with_grad
+    small = [p for p in with_grad if p.numel() <= SMALL]
+    return small or with_grad

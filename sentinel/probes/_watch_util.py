@@ -28,6 +28,7 @@ __all__ = [
     "is_eval_sensitive_type",
     "is_finite",
     "norm32",
+    "norm_list",
     "quick_finite",
     "tensor_hash",
     "tensor_items",
@@ -51,9 +52,9 @@ def call_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[st
 def detach_tree(obj: Any, depth: int = 0) -> Any:
     """``obj`` with every tensor detached (shares storage; drops references to the caller's graph)."""
     if type(obj) is tuple and all(type(x) is torch.Tensor for x in obj):  # the common case, fast
-        return tuple(x.detach() for x in obj)
+        return tuple(x.detach() if x.requires_grad else x for x in obj)
     if isinstance(obj, torch.Tensor):
-        return obj.detach()
+        return obj.detach() if obj.requires_grad else obj  # no graph to drop: no new tensor
     if depth >= _MAX_DEPTH:
         return obj
     if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
@@ -91,6 +92,16 @@ def grad_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(torch._foreach_norm(tensors))
     device = first.device
     return torch.stack([torch.linalg.vector_norm(t.detach()).float().to(device) for t in tensors])
+
+
+def norm_list(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`grad_norms` as a list of 0-dim tensors (one op less: no ``stack``)."""
+    first = tensors[0]
+    if all(t.device == first.device and t.dtype == first.dtype for t in tensors):
+        if first.dtype in (torch.float16, torch.bfloat16):
+            return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+        return list(torch._foreach_norm(tensors))
+    return [norm32(t).float() for t in tensors]
 
 
 def norm32(t: torch.Tensor) -> torch.Tensor:

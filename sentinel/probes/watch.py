@@ -65,7 +65,7 @@ from sentinel.findings import Finding, ProbeResult
 from sentinel.probes import _watch_util as U
 from sentinel.probes._watch_hooks import ModelHooks, compile_skipped, eager_only, is_compiling
 from sentinel.probes._watch_replay import ForwardRecord, localize_records, unwrap
-from sentinel.probes._watch_steps import READ_EVERY, OptState, StepEntry, read_entries, step_norms
+from sentinel.probes._watch_steps import READ_EVERY, OptState, StepEntry, checked_params, read_entries, step_norms
 from sentinel.probes.nonfinite import first_nonfinite
 from sentinel.probes.report import PROBE_NAME, WatchReport
 
@@ -100,28 +100,6 @@ class _Tag:
     """A weak-referenceable nothing, stored in a graph node's metadata: alive iff the graph is."""
 
     __slots__ = ("__weakref__",)
-
-
-class _GradNorm:
-    """Pre-hook on the autograd node of a model output: keeps the 2-norm of the gradient that flowed
-    into that output (d loss / d output), on the device. Holds no reference to the graph."""
-
-    __slots__ = ("record", "index", "output_nr")
-
-    def __init__(self, record: ForwardRecord, index: int, output_nr: int) -> None:
-        self.record = record
-        self.index = index
-        self.output_nr = output_nr
-
-    def __call__(self, grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
-        if self.output_nr < len(grad_outputs):
-            g = grad_outputs[self.output_nr]
-            if g is not None and g.is_floating_point() and not g.is_sparse:
-                try:
-                    self.record.gout.append(U.norm32(g))
-                except Exception:  # noqa: BLE001, S110 - never break the user's backward
-                    pass
-        return None
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -464,8 +442,8 @@ class Watch:
                 tag = _Tag()
                 meta[_TAG_KEY] = tag
                 self._tags.append((window, weakref.ref(tag)))
-        # What a replay needs: the inputs (detached, within the byte budget), the RNG state before the
-        # forward, and the norm of the gradient that will flow into each output.
+        # What a replay needs: the inputs (detached, within the byte budget) and the RNG state before
+        # the forward; and the norm of the output (on the device): was the forward finite?
         if self._module_pids(module):
             nbytes = _nbytes(args, kwargs)
             keep = self._kept_bytes + nbytes <= _RECORD_BUDGET
@@ -479,8 +457,6 @@ class Watch:
             )
             self._kept_bytes += record.nbytes
             record.out_norm = U.norm32(outs[0]) if len(outs) == 1 else torch.stack([U.norm32(t) for t in outs]).sum()
-            for i, t in enumerate(outs):
-                t.grad_fn.register_prehook(_GradNorm(record, i, t.output_nr))
             self._records.append(record)
 
     def _check_devices_dtypes(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -599,10 +575,12 @@ class Watch:
         mine = [r for r in self._records if not self._module_pids(r.module).isdisjoint(ids)]
         if mine:
             self._records = [r for r in self._records if self._module_pids(r.module).isdisjoint(ids)]
-        entry = StepEntry(step, with_grad, step_norms(with_grad) if with_grad else None, mine, arrivals)
+        reads = self._reads_at(st, step)
+        checked = checked_params(st, with_grad, reads)
+        entry = StepEntry(step, checked, step_norms(checked) if checked else None, mine, arrivals)
         st.pending.append(entry)
-        if self._reads_at(st, step):
-            entry.grads = [p.grad for p in with_grad]  # type: ignore[misc]
+        if reads:
+            entry.grads = [p.grad for p in checked]  # type: ignore[misc]
             self._read(st, current=entry)
         if st is self._primary:
             self._check_retained()
@@ -629,7 +607,7 @@ class Watch:
             if self._global_on and not self._given_models and self.mode == "default":
                 self._leave_global_mode()
             last = self.max_steps is not None and st.steps >= self.max_steps
-            if self._sync is None:
+            if self._sync is None and _dist_ready():
                 self._sync = _rank_sync()
             if self._sync and (last or self._reads_at(st, st.steps - 1)):
                 self._check_ranks(st)
@@ -890,9 +868,14 @@ def _rng_state(has_cuda: bool) -> Any:
     return torch.get_rng_state(), cuda
 
 
+def _dist_ready() -> bool:
+    dist = getattr(torch, "distributed", None)
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
+
+
 def _rank_sync() -> Any:
     """A :class:`~sentinel.probes.distributed.RankSync` when torch.distributed runs with several
-    ranks, else ``False`` (checked again at the next step until a process group exists)."""
+    ranks, else ``False`` (a single-process group: nothing to compare)."""
     from sentinel.probes.distributed import RankSync
 
-    return RankSync.create() or None
+    return RankSync.create() or False
