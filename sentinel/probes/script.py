@@ -138,7 +138,8 @@ def run_script(
                     distributed.release_peers()
     finally:
         saved.exit()
-        main.__dict__.clear()
+        # main.__dict__ is not cleared: torch.compile keeps weak references into the script's globals
+        # and its cleanup callbacks expect them (the module is freed with its last reference)
 
     report = watcher.report
     probe = report.probes[0]
