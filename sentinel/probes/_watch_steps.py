@@ -15,13 +15,15 @@ layer's parameters), and a NaN that reaches the weights reaches everything one s
   :mod:`sentinel.probes._watch_replay` (exactly the failing step, even when it is read later);
 - zero gradient norms: SEN102 ``zero-grad`` candidates; ``.grad`` still ``None``: ``no-grad``;
 - SEN106 (gradients-accumulate): :class:`Accumulation` watches one *sentinel* parameter per
-  optimizer. A gradient hook sees every gradient arrive before PyTorch adds it to ``.grad``. If
-  between two steps every arrival finds the very ``.grad`` tensor the last step used still holding
-  a non-zero value (no ``zero_grad``: not set to ``None``, not replaced, not zeroed), the step
-  accumulated the previous step's gradients. The check reads values, not version counters, so
-  in-place rewrites of ``.grad`` (``clip_grad_norm_``, ``GradScaler.unscale_``, DDP's all-reduce
-  into bucket views) do not hide it. Each arrival costs one norm of the sentinel's gradient, kept
-  on the device until the read.
+  optimizer (its smallest one with a gradient). A gradient hook sees every gradient arrive before
+  PyTorch adds it to ``.grad``. If between two steps every arrival finds ``.grad`` still holding a
+  non-zero value (no ``zero_grad``: not set to ``None``, not zeroed), the step accumulated the
+  previous step's gradients. The check reads values, not tensor identities or version counters,
+  so in-place rewrites of ``.grad`` (``clip_grad_norm_``, ``GradScaler.unscale_``, DDP's all-reduce
+  into bucket views) and DDP re-pointing ``.grad`` at new buckets do not hide it. Each arrival costs
+  one norm of the sentinel's gradient, kept on the device until the read. (A GAN's discriminator
+  gets gradients from the generator's backward between its steps; its ``zero_grad`` before its own
+  backward shows as a zero or ``None`` arrival: not reported.)
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ class Accumulation:
     def __init__(self) -> None:
         self.param: weakref.ref[torch.Tensor] | None = None
         self.handle: Any = None
-        self.grad: weakref.ref[torch.Tensor] | None = None  # the .grad the last step used
         self.arrivals: list[torch.Tensor] = []
         self.reset = True
 
@@ -77,12 +78,10 @@ class Accumulation:
         return p
 
     def arm(self) -> None:
-        """After a step: remember the sentinel's ``.grad``."""
+        """After a step: start watching the arrivals until the next step."""
         p = self.param() if self.param is not None else None
-        g = None if p is None else p.grad
-        self.grad = None if g is None else weakref.ref(g)
         self.arrivals = []
-        self.reset = g is None
+        self.reset = p is None or p.grad is None
 
     def arrive(self) -> None:
         """A gradient is about to be added to the sentinel's ``.grad``."""
@@ -90,8 +89,8 @@ class Accumulation:
             return
         p = self.param() if self.param is not None else None
         g = None if p is None else p.grad
-        if g is None or self.grad is None or self.grad() is not g:
-            self.reset = True  # set to None or replaced since the last step
+        if g is None:
+            self.reset = True  # set to None since the last step
             return
         self.arrivals.append(U.norm32(g))
 
