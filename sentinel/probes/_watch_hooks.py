@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import sys
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -100,7 +102,9 @@ class HookDict(OrderedDict):  # type: ignore[type-arg]
 
 class ModelHooks:
     """A forward pre-hook and an always-called forward hook (both with kwargs) on one module, kept
-    out of ``deepcopy`` / ``pickle`` / ``torch.save`` of that module. :meth:`remove` undoes it all."""
+    out of ``deepcopy`` / ``pickle`` / ``torch.save`` of that module. :meth:`remove` undoes it all:
+    the module gets its original dict objects back (the handles of hooks registered before the
+    watch point at them), holding every hook but the monitor's."""
 
     def __init__(
         self,
@@ -110,17 +114,18 @@ class ModelHooks:
     ) -> None:
         self.module = module
         self.swapped: dict[str, HookDict] = {}
+        self.originals: dict[str, Any] = {}
         self.before: dict[str, set[Any]] = {}
         state = module.__dict__
         for name in _HOOK_DICTS:
             d = state.get(name)
-            if d is None:
+            if d is None or isinstance(d, HookDict):
                 continue
+            self.originals[name] = d
             self.before[name] = set(d)
-            if not isinstance(d, HookDict):
-                d = HookDict(d)
-                state[name] = d
-            self.swapped[name] = d
+            hd = HookDict(d)
+            state[name] = hd
+            self.swapped[name] = hd
         self.handles = [
             module.register_forward_pre_hook(pre, with_kwargs=True),
             module.register_forward_hook(post, with_kwargs=True, always_call=True),
@@ -137,8 +142,36 @@ class ModelHooks:
             for key in self.ids:
                 d.pop(key, None)
             d.hidden -= self.ids
-            # put a plain dict back unless the user registered hooks meanwhile (their handles point
-            # at this dict object: it must stay to be removable)
-            if state.get(name) is d and not d.hidden and set(d) <= self.before[name]:
-                state[name] = OrderedDict(d)
+            if state.get(name) is not d:
+                continue  # the user replaced the dict meanwhile: theirs now
+            orig = self.originals[name]
+            orig.clear()
+            orig.update(d)
+            state[name] = orig
+            if set(d) - self.before[name]:  # hooks registered during the watch: re-point their handles
+                _repoint_handles(d, orig)
         self.swapped.clear()
+
+
+def _repoint_handles(old: dict[Any, Any], new: dict[Any, Any]) -> None:
+    """Make the ``RemovableHandle`` objects that point at ``old`` point at ``new``."""
+    from torch.utils.hooks import RemovableHandle
+
+    def handles_of(obj: Any) -> list[RemovableHandle]:
+        found = []
+        for holder in gc.get_referrers(obj):
+            if isinstance(holder, RemovableHandle):
+                found.append(holder)
+            elif isinstance(holder, dict):  # an instance __dict__
+                found.extend(h for h in gc.get_referrers(holder) if isinstance(h, RemovableHandle))
+        return found
+
+    for ref in weakref.getweakrefs(old):
+        for h in handles_of(ref):
+            if h.hooks_dict_ref is ref:
+                h.hooks_dict_ref = weakref.ref(new)
+        for holder in gc.get_referrers(ref):
+            if isinstance(holder, tuple):
+                for h in handles_of(holder):
+                    if h.extra_dict_ref is holder:
+                        h.extra_dict_ref = tuple(weakref.ref(new) if r is ref else r for r in holder)
