@@ -37,7 +37,7 @@ from torch import nn
 
 from sentinel.probes import _watch_util as U
 
-__all__ = ["ForwardRecord", "Localized", "localize_records", "unwrap"]
+__all__ = ["ForwardRecord", "Localized", "RngRing", "localize_records", "unwrap"]
 
 
 @dataclass(eq=False)
@@ -170,6 +170,42 @@ def _clone_tree(obj: Any, depth: int = 0) -> Any:
     return obj
 
 
+class RngRing:
+    """The RNG states forward passes start from, copied into one preallocated buffer.
+
+    ``torch.get_rng_state()`` returns a fresh 5 KB tensor; kept for every forward pass until its
+    step is read, such small long-lived allocations among the large short-lived activations
+    fragment the C heap, and the process's peak memory grows far beyond what is kept. Copied into
+    rows of one buffer allocated once, the fresh tensor lives for an instant. A row is reused after
+    ``size`` forward passes; a record whose row was reused replays without its RNG state.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self.buf: torch.Tensor | None = None
+        self.gen = [0] * size
+        self.next = 0
+
+    def save(self, has_cuda: bool) -> tuple[Any, ...]:
+        cpu = torch.get_rng_state()
+        if self.buf is None or self.buf.shape[1] != cpu.numel():
+            self.buf = torch.empty((self.size, cpu.numel()), dtype=torch.uint8)
+            self.gen = [0] * self.size
+        i = self.next
+        self.next = (i + 1) % self.size
+        self.buf[i].copy_(cpu)
+        self.gen[i] += 1
+        cuda = torch.cuda.get_rng_state_all() if has_cuda and torch.cuda.is_initialized() else None
+        return (self, i, self.gen[i], cuda)
+
+    def state(self, ref: tuple[Any, ...]) -> Any:
+        """``(cpu, cuda)`` for :func:`_rng_set`, or None when the row was reused."""
+        _, i, gen, cuda = ref
+        if self.buf is None or self.gen[i] != gen:
+            return None
+        return self.buf[i].clone(), cuda
+
+
 def _rng_get() -> Any:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     return torch.get_rng_state(), cuda
@@ -221,8 +257,9 @@ def _replay(rec: ForwardRecord, step: int, *, current: bool) -> Localized | None
 
     def surrogate_loss(model: nn.Module, loss_fn: Any, batch: Any) -> torch.Tensor:
         # runs inside localize()'s snapshot: setting the RNG here is undone afterwards
-        if rec.rng is not None:
-            _rng_set(rec.rng)
+        rng = rec.rng[0].state(rec.rng) if isinstance(rec.rng, tuple) and isinstance(rec.rng[0], RngRing) else rec.rng
+        if rng is not None:
+            _rng_set(rng)
         assert rec.args is not None
         output = model(*_clone_tree(rec.args), **_clone_tree(rec.kwargs))
         outs = U.graph_tensors(output)

@@ -7,8 +7,10 @@ optimizer, and keeps the norms in a :class:`StepEntry` together with the step's 
 at a step that is read (see below) and until each parameter has had a non-zero gradient once;
 otherwise the small ones (at most ``SMALL`` elements: biases, norm layers' weights), a fraction of
 the cost: a NaN/Inf in the gradient flowing through a layer reaches its bias (or the next norm
-layer's parameters), and a NaN that reaches the weights reaches everything one step later. Every ``READ_EVERY`` steps (and at the first step, at the last step of
-``max_steps`` and when the watch ends) all pending entries are copied to the host at once (one
+layer's parameters), and a NaN that reaches the weights reaches everything one step later.
+
+Every ``READ_EVERY`` steps (and at the first step, at the last step of ``max_steps`` and when the
+watch ends) all pending entries are copied to the host at once (one
 ``.tolist()``), and read in step order:
 
 - a non-finite gradient norm: the step's first non-finite value, localized by
@@ -38,7 +40,16 @@ import torch
 from sentinel.probes import _watch_util as U
 from sentinel.probes._watch_replay import ForwardRecord
 
-__all__ = ["READ_EVERY", "SMALL", "Accumulation", "OptState", "StepEntry", "checked_params", "read_entries", "step_norms"]
+__all__ = [
+    "READ_EVERY",
+    "SMALL",
+    "Accumulation",
+    "OptState",
+    "StepEntry",
+    "checked_params",
+    "read_entries",
+    "step_norms",
+]
 
 # How often (in optimizer steps) the on-device checks are read: the only regular host sync.
 READ_EVERY = 8

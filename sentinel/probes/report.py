@@ -22,7 +22,15 @@ from rich.text import Text
 
 from sentinel.findings import Finding, ProbeResult, Report
 
-__all__ = ["MONITOR_RULES", "PROBE_NAME", "WatchReport", "finding", "full_dict", "merge_rank_reports", "report_from_dict"]
+__all__ = [
+    "MONITOR_RULES",
+    "PROBE_NAME",
+    "WatchReport",
+    "finding",
+    "full_dict",
+    "merge_rank_reports",
+    "report_from_dict",
+]
 
 PROBE_NAME = "loop-monitor"
 

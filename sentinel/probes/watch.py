@@ -64,7 +64,7 @@ from torch import nn
 from sentinel.findings import Finding, ProbeResult
 from sentinel.probes import _watch_util as U
 from sentinel.probes._watch_hooks import ModelHooks, compile_skipped, eager_only, is_compiling
-from sentinel.probes._watch_replay import ForwardRecord, localize_records, unwrap
+from sentinel.probes._watch_replay import ForwardRecord, RngRing, localize_records, unwrap
 from sentinel.probes._watch_steps import READ_EVERY, OptState, StepEntry, checked_params, read_entries, step_norms
 from sentinel.probes.nonfinite import first_nonfinite
 from sentinel.probes.report import PROBE_NAME, WatchReport
@@ -162,6 +162,7 @@ class Watch:
         self._roots_seen: set[int] = set()
         self._train_roots: dict[int, nn.Module] = {}
         self._rng_before: dict[int, Any] = {}
+        self._rng_ring = RngRing()
         self._records: list[ForwardRecord] = []
         self._kept_bytes = 0
         self._pids: dict[int, frozenset[int]] = {}
@@ -274,6 +275,7 @@ class Watch:
         self._eval_hits.clear()
         self._nonfinite_raw = None
         self._sync = None
+        self._rng_ring = RngRing()
         for st in self._states.values():
             st.pending.clear()
             st.first_hashes.clear()
@@ -407,7 +409,7 @@ class Watch:
                 if sub.training and U.eval_sensitive(sub):
                     self._eval_hits.setdefault(id(sub), (module, sub))
         else:
-            self._rng_before[id(module)] = _rng_state(self._has_cuda)
+            self._rng_before[id(module)] = self._rng_ring.save(self._has_cuda)
             if self.mode == "full" and self._nonfinite is None:
                 for name, t in U.call_tensors(args, kwargs):
                     if not U.is_finite(t):
@@ -857,15 +859,6 @@ def _nbytes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     if type(args) is tuple and all(type(a) is torch.Tensor for a in args) and not kwargs:
         return sum(a.nbytes for a in args)
     return sum(t.nbytes for _, t in U.call_tensors(args, kwargs))
-
-
-def _rng_state(has_cuda: bool) -> Any:
-    """The RNG state a forward pass starts from (CPU, and CUDA once initialised): what a replay
-    needs to draw the same dropout masks."""
-    cuda = None
-    if has_cuda and torch.cuda.is_initialized():
-        cuda = torch.cuda.get_rng_state_all()
-    return torch.get_rng_state(), cuda
 
 
 def _dist_ready() -> bool:
