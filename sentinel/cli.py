@@ -207,10 +207,9 @@ def clean(paths: tuple[Path, ...]) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps to run (probe/monitor).")
 @click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
     show_default=True,
-    help="Where to run the model and batch.",
+    help="Where to run the model and batch: auto, cpu, cuda or cuda:N.",
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True)

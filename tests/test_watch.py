@@ -209,7 +209,7 @@ def test_replaying_a_failing_step_changes_nothing(mode):
     w = watched[4]
     assert codes(w) == ["SEN105"]
     assert details(w, "SEN105") == {
-        "stage": "input", "module": None, "parameter": None, "step": 5, "tensor": "input[0]"
+        "stage": "input", "module": None, "parameter": None, "step": 5, "tensor": "batch[0]"
     }
 
 
@@ -592,7 +592,7 @@ def test_device_mismatch_is_reported_before_the_forward_pass_fails():
         with sentinel.watch() as w:
             model(torch.empty(4, 6, device="meta"))
     assert codes(w) == ["SEN103"]
-    assert details(w, "SEN103") == {"tensors": [{"name": "input[0]", "device": "meta", "expected": "cpu"}]}
+    assert details(w, "SEN103") == {"tensors": [{"name": "batch[0]", "device": "meta", "expected": "cpu"}]}
 
 
 class ElementwiseRegression(nn.Module):
@@ -618,7 +618,7 @@ def test_float64_batch_and_float64_targets_into_a_loss_module():
             opt.step()
     assert codes(w) == ["SEN104"]
     assert details(w, "SEN104") == {
-        "tensors": [{"name": "input[0]", "dtype": "float64", "expected": "float32"}]
+        "tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]
     }
     with sentinel.watch() as w:
         for _ in range(3):

@@ -83,11 +83,17 @@ EXPECTED = {
     ],
     "eval_without_eval_mode.py": [("SEN107", {"modules": ["1", "3"]})],
     "losses_append.py": [("SEN108", {"steps": 9})],
+    "module_never_called.py": [
+        ("SEN102", {"parameters": [
+            {"name": "aux_proj.weight", "reason": "no-grad"}, {"name": "aux_proj.bias", "reason": "no-grad"},
+        ]}),
+    ],
     "float64_input.py": [
-        ("SEN104", {"tensors": [{"name": "input[0]", "dtype": "float64", "expected": "float32"}]}),
+        ("SEN104", {"tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]}),
     ],
 }
-HEALTHY = ["healthy_mlp.py", "healthy_cnn.py", "train_with_args.py", "uses_local_module.py"]
+HEALTHY = ["healthy_mlp.py", "healthy_cnn.py", "train_with_args.py", "uses_local_module.py", "two_logit_head_adam.py"]
+OWN_TESTS = {"crashes.py", "exits_early.py", "half_encoder.py", "manual_sgd.py", "prints_argv_and_path.py"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -107,7 +113,57 @@ def test_healthy_scripts_have_no_findings(name):
 
 def test_every_fixture_script_is_covered():
     scripts = {p.name for p in FIXTURES.glob("*.py")} - {"watch_helper_models.py"}
-    assert scripts == set(EXPECTED) | set(HEALTHY) | {"crashes.py", "exits_early.py"}
+    assert scripts == set(EXPECTED) | set(HEALTHY) | OWN_TESTS
+
+
+def test_the_odd_dtype_out_is_blamed_even_when_the_script_then_crashes():
+    report, _ = run("half_encoder.py")
+    assert found(report) == [
+        ("SEN104", {"tensors": [
+            {"name": "encoder.0.weight", "dtype": "float16", "expected": "float32"},
+            {"name": "encoder.0.bias", "dtype": "float16", "expected": "float32"},
+        ]}),
+    ]
+    assert report.probes[0].status == "error" and "mat1 and mat2 must have the same dtype" in report.probes[0].message
+
+
+def test_a_script_without_an_optimizer_has_nothing_to_watch():
+    report, out = run("manual_sgd.py")
+    assert out.startswith("loss ")
+    assert report.probes[0].status == "skipped" and report.exit_code() == 0 and report.findings == []
+    assert "nothing to watch" in report.probes[0].message and "Nothing to watch" in str(report)
+
+
+def test_the_script_sees_what_python_gives_it():
+    report, out = run("prints_argv_and_path.py", args=["--lr", "3e-4", "x"])
+    assert report.probes[0].status == "pass"
+    assert out.splitlines() == ["argv ['--lr', '3e-4', 'x']", "path0 True", "main __main__ True True"]
+
+
+REAL = ROOT / "fixtures" / "watch" / "real"
+
+
+@pytest.mark.parametrize(
+    "name", ["mingpt_style.py", "vae_adam.py", "gcn_dropout.py", "rnn_adadelta.py", "dcgan.py", "actor_critic.py"]
+)
+def test_real_world_style_healthy_scripts_have_no_findings(name):
+    report = run_script(str(REAL / name), steps=30, script_args=[], stdout=io.StringIO())
+    assert report.findings == [] and report.probes[0].status == "pass", report.probes[0].message
+
+
+def test_a_compiled_nanogpt_style_script_is_healthy_and_its_missing_zero_grad_is_found():
+    # backend "eager": Dynamo traces the model (the monitor must stay out of its graphs); inductor
+    # needs a C++ toolchain and about a minute on this CPU
+    report = run_script(
+        str(REAL / "nanogpt_style.py"), steps=8, script_args=["--compile", "eager", "--accum", "2"],
+        stdout=io.StringIO(),
+    )  # fmt: skip
+    assert report.findings == [] and report.probes[0].status == "pass", report.probes[0].message
+    report = run_script(
+        str(REAL / "nanogpt_style.py"), steps=8, script_args=["--compile", "none", "--bug", "zero_grad"],
+        stdout=io.StringIO(),
+    )  # fmt: skip
+    assert found(report) == [("SEN106", {"step": 1})]
 
 
 # --------------------------------------------------------------------------- zero interference

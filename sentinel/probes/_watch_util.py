@@ -22,12 +22,15 @@ __all__ = [
     "detach_tree",
     "dtype_name",
     "eval_sensitive",
-    "fingerprint",
+    "param_hashes",
     "grad_norms",
     "graph_tensors",
     "is_eval_sensitive_type",
     "is_finite",
+    "norm32",
+    "norm_list",
     "quick_finite",
+    "tensor_hash",
     "tensor_items",
 ]
 
@@ -38,19 +41,20 @@ _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def call_tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
-    """The tensors a module was called with, named ``input[0]`` (positional) or ``input["x"]`` (keyword)."""
-    out = list(tensor_items(tuple(args), "input"))
+    """The tensors a model was called with, named as batch fields: ``batch[0]`` (positional) or
+    ``batch["x"]`` (keyword)."""
+    out = list(tensor_items(tuple(args), "batch"))
     if kwargs:
-        out.extend(tensor_items(kwargs, "input"))
+        out.extend(tensor_items(kwargs, "batch"))
     return out
 
 
 def detach_tree(obj: Any, depth: int = 0) -> Any:
     """``obj`` with every tensor detached (shares storage; drops references to the caller's graph)."""
     if type(obj) is tuple and all(type(x) is torch.Tensor for x in obj):  # the common case, fast
-        return tuple(x.detach() for x in obj)
+        return tuple(x.detach() if x.requires_grad else x for x in obj)
     if isinstance(obj, torch.Tensor):
-        return obj.detach()
+        return obj.detach() if obj.requires_grad else obj  # no graph to drop: no new tensor
     if depth >= _MAX_DEPTH:
         return obj
     if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
@@ -90,6 +94,24 @@ def grad_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.linalg.vector_norm(t.detach()).float().to(device) for t in tensors])
 
 
+def norm_list(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`grad_norms` as a list of 0-dim tensors (one op less: no ``stack``)."""
+    first = tensors[0]
+    if all(t.device == first.device and t.dtype == first.dtype for t in tensors):
+        if first.dtype in (torch.float16, torch.bfloat16):
+            return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+        return list(torch._foreach_norm(tensors))
+    return [norm32(t).float() for t in tensors]
+
+
+def norm32(t: torch.Tensor) -> torch.Tensor:
+    """The 2-norm of ``t`` as a 0-dim tensor on its device (16-bit floats accumulated in float32)."""
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.vector_norm(t, dtype=torch.float32)
+    return torch.linalg.vector_norm(t)
+
+
 def quick_finite(tensors: list[torch.Tensor]) -> bool:
     """Exactly :func:`all_finite`, via the fast 2-norm reduction (the slower exact check only runs to
     confirm a non-finite result)."""
@@ -102,16 +124,47 @@ def quick_finite(tensors: list[torch.Tensor]) -> bool:
     return all_finite(floats)
 
 
-def fingerprint(t: torch.Tensor) -> int | None:
-    """An exact-change detector for a parameter: the sum of its elements' bit patterns.
+# Odd 64-bit constants of a multiply-xorshift mixer (as signed int64: torch has no uint64 arithmetic).
+_MIX1 = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX2 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_CHUNK = 1 << 20  # elements hashed at a time (bounds the int64 temporaries)
 
-    Any update that changes one element changes the sum (only exactly compensating changes of several
-    elements could collide). ``None`` for dtypes we do not fingerprint.
+
+def tensor_hash(t: torch.Tensor) -> torch.Tensor | None:
+    """An exact-change detector for a tensor, as a 0-dim int64 tensor on its device (no host sync).
+
+    Each element's bit pattern goes through a multiply-xorshift mixer before the (wrapping) sum, so
+    the equal and opposite moves that blind a plain sum of bit patterns (Adam moving the two logits
+    of a classifier head by +u and -u) change the hash; only a 2**-64 coincidence can hide a change.
+    ``None`` for dtypes that are not hashed (complex, sparse, meta).
     """
     view = _INT_VIEW.get(t.element_size())
-    if view is None or t.is_sparse or t.is_complex():
+    if view is None or t.is_sparse or t.is_complex() or t.is_meta:
         return None
-    return int(t.detach().view(view).sum(dtype=torch.int64))
+    flat = t.detach().reshape(-1).view(view)
+    total = torch.zeros((), dtype=torch.int64, device=t.device)
+    for start in range(0, flat.numel(), _CHUNK):
+        x = flat[start : start + _CHUNK].to(torch.int64)
+        x = x * _MIX1
+        x = x ^ (x >> 31)
+        x = x * _MIX2
+        x = x ^ (x >> 29)
+        total = total + x.sum(dtype=torch.int64)
+    return total
+
+
+def param_hashes(params: list[torch.Tensor]) -> torch.Tensor | None:
+    """:func:`tensor_hash` of each tensor as one int64 vector on the first tensor's device (an
+    unhashable tensor contributes 0). ``None`` for an empty list."""
+    if not params:
+        return None
+    device = params[0].device
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    out = []
+    for p in params:
+        h = tensor_hash(p)
+        out.append(zero if h is None else h.to(device))
+    return torch.stack(out)
 
 
 _EVAL_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)

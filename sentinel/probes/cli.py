@@ -215,6 +215,9 @@ def run_probe_command(
     from sentinel.probes.checks import run_probes
     from sentinel.probes.workspace import resolve_device
 
+    bad_device = _check_device(device)
+    if bad_device:
+        return _fail(bad_device)
     try:
         dev = resolve_device(device)
     except (ValueError, RuntimeError) as exc:
@@ -246,9 +249,22 @@ def run_probe_command(
     return report.exit_code()
 
 
+def _check_device(device: str) -> str | None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a message when it is none of them."""
+    if device in ("auto", "cpu", "cuda"):
+        return None
+    head, _, index = device.partition(":")
+    if head == "cuda" and index.isdigit():
+        return None
+    return f"--device {device!r}: expected auto, cpu, cuda or cuda:N"
+
+
 def _run_script(path: str, *, steps: int | None, device: str, fmt: str, color: str, script_args: list[str]) -> int:
     if not os.path.isfile(path):
         return _fail(f"no such file: {path}")
+    bad_device = _check_device(device)
+    if bad_device:
+        return _fail(bad_device)
     try:
         from sentinel.probes.script import run_script  # the loop monitor's runner
     except ImportError as exc:
@@ -261,6 +277,8 @@ def _run_script(path: str, *, steps: int | None, device: str, fmt: str, color: s
         return _fail(f"{path} exited (status {exc.code}) before the monitor could report")
     except Exception as exc:
         return _fail(f"{path} raised {_reason(exc)}", _user_tb(exc))
+    if getattr(report, "rank", None) not in (None, 0):
+        return 0  # under torchrun only rank 0 prints (the report of every rank); exit 0 keeps torchrun from killing it
     _print_report(report, fmt, color)
     _print_errors(report)
     return report.exit_code()

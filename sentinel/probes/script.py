@@ -11,9 +11,21 @@ a :class:`~sentinel.findings.Report`.
   status is ``error`` (exit status 2), its ``message`` says what was raised and its ``traceback``
   is the script's traceback without sentinel's frames (``sentinel probe`` prints it on stderr).
   Findings seen before the crash are still reported.
+- The script sees what ``python train.py ARGS`` gives it: ``sys.argv == [path, *ARGS]``,
+  ``sys.path[0]`` its own directory (replacing the working directory that ``python -m sentinel``
+  put there, so a sibling module shadows nothing it would not shadow under ``python``), and a fresh
+  ``__main__`` module (``__file__`` absolute, ``__spec__`` None) registered as
+  ``sys.modules['__main__']``, so classes it defines pickle as ``__main__.Name``.
 - Global state the script changes in-process is put back afterwards: ``sys.argv``, ``sys.path``,
   ``sys.modules['__main__']`` (and modules it imported from its own directory), torch grad mode,
-  anomaly mode and default dtype.
+  anomaly mode, default dtype and the current CUDA device.
+- A script that runs no ``torch.optim`` optimizer step has nothing to watch: the probe's status is
+  ``skipped`` and the report says so (exit status 0), never "passed".
+- Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs this; :mod:`sentinel.probes.distributed`
+  sends each rank's report to rank 0, which returns the merged report (``world_size`` set, every
+  finding with ``details["ranks"]``); the other ranks return their own report with ``rank`` set,
+  which ``sentinel probe`` does not print. A rank whose script raised releases its peers (destroys
+  the process group) so that no rank hangs.
 """
 
 from __future__ import annotations
@@ -29,8 +41,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sentinel.findings import ProbeResult, Report
+from sentinel.findings import ProbeResult
 from sentinel.probes.errors import user_traceback
+from sentinel.probes.report import PROBE_NAME, WatchReport
 
 __all__ = ["run_script"]
 
@@ -45,14 +58,15 @@ def run_script(
     script_args: Sequence[str] = (),
     mode: str = "default",
     stdout: TextIO | None = None,
-) -> Report:
+) -> WatchReport:
     """Run the training script ``path`` under :func:`sentinel.watch` for at most ``steps`` optimizer steps.
 
     Args:
         path: the script (run as ``__main__``).
         steps: stop after this many optimizer steps (``None``: run the script to its end).
         device: ``auto`` (the script decides), ``cpu`` (hide CUDA devices from the script when CUDA
-            was not initialised yet in this process) or ``cuda`` (an error if no GPU is available).
+            was not initialised yet in this process), ``cuda`` or ``cuda:N`` (an error if that GPU
+            is not available; ``cuda:N`` becomes the current CUDA device while the script runs).
         script_args: the script's ``sys.argv[1:]``.
         mode: the monitor's mode, ``default`` or ``full`` (see :func:`sentinel.watch`).
         stdout: where the script's ``sys.stdout`` goes (default: unchanged; ``sentinel probe
@@ -60,11 +74,21 @@ def run_script(
     """
     import torch
 
+    # imported now: the script's run replaces sys.path[0], which may be how sentinel is found
+    from sentinel.probes import _watch_findings, distributed, nonfinite  # noqa: F401
     from sentinel.probes.watch import Watch, _StopTraining
 
     script = Path(path)
-    if device == "cuda" and not torch.cuda.is_available():
-        return _error_report(path, device, "--device cuda: no CUDA device is available")
+    cuda_index: int | None = None
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return _error_report(path, device, f"--device {device}: no CUDA device is available")
+        if ":" in device:
+            cuda_index = int(device.partition(":")[2])
+            if cuda_index >= torch.cuda.device_count():
+                return _error_report(
+                    path, device, f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"
+                )
     try:
         source = script.read_bytes()
     except OSError as exc:
@@ -84,7 +108,8 @@ def run_script(
     main.__package__ = None
     main.__loader__ = None  # type: ignore[assignment]
 
-    saved = _SavedState(str(script.resolve().parent), device)
+    saved = _SavedState(str(script.resolve().parent), device, cuda_index)
+    exchange = distributed.RankExchange.from_env()
     watcher = Watch(max_steps=steps, mode=mode, target=path)  # type: ignore[arg-type]
     error: str | None = None
     user_tb = ""
@@ -109,9 +134,12 @@ def run_script(
                 error = f"the script raised {_reason(exc)}"
             finally:
                 watcher.stop()
+                if error is not None and exchange is not None:
+                    distributed.release_peers()
     finally:
         saved.exit()
-        main.__dict__.clear()
+        # main.__dict__ is not cleared: torch.compile keeps weak references into the script's globals
+        # and its cleanup callbacks expect them (the module is freed with its last reference)
 
     report = watcher.report
     probe = report.probes[0]
@@ -121,8 +149,15 @@ def run_script(
         probe.message = f"{error}; {probe.message}" if probe.message else error
         probe.data["error"] = error
         probe.traceback = user_tb
-    if device in ("cpu", "cuda") and not watcher.models:
+    if device != "auto" and not watcher.models:
         report.device = device
+    if exchange is not None:
+        merged = exchange.exchange(report)
+        if merged is None:
+            report.rank = exchange.rank
+            return report
+        merged.rank = 0
+        return merged
     return report
 
 
@@ -131,10 +166,8 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _error_report(path: str, device: str, message: str) -> Report:
-    from sentinel.probes.watch import PROBE_NAME
-
-    return Report(
+def _error_report(path: str, device: str, message: str) -> WatchReport:
+    return WatchReport(
         target=path,
         device=device if device != "auto" else "cpu",
         probes=[ProbeResult(PROBE_NAME, "error", 0.0, message=message)],
@@ -144,9 +177,10 @@ def _error_report(path: str, device: str, message: str) -> Report:
 class _SavedState:
     """Process-wide state a script changes while it runs in-process, put back afterwards."""
 
-    def __init__(self, script_dir: str, device: str) -> None:
+    def __init__(self, script_dir: str, device: str, cuda_index: int | None = None) -> None:
         self.script_dir = script_dir
         self.device = device
+        self.cuda_index = cuda_index
 
     def enter(self, main: types.ModuleType, argv: list[str]) -> None:
         import torch
@@ -163,8 +197,18 @@ class _SavedState:
         if self.device == "cpu" and not torch.cuda.is_initialized():
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
             self.hid_cuda = True
+        self.cuda_device: int | None = None
+        if self.cuda_index is not None:
+            self.cuda_device = torch.cuda.current_device()
+            torch.cuda.set_device(self.cuda_index)
         sys.argv = argv
-        sys.path.insert(0, self.script_dir)
+        # `python train.py` puts the script's directory first; `python -m sentinel` had put the
+        # working directory there: replace it (sentinel itself is imported already)
+        first = sys.path[0] if sys.path else None
+        if first is not None and first in ("", os.getcwd()):
+            sys.path[0] = self.script_dir
+        else:
+            sys.path.insert(0, self.script_dir)
         sys.modules["__main__"] = main
 
     def exit(self) -> None:
@@ -180,6 +224,8 @@ class _SavedState:
         torch.set_grad_enabled(self.grad)
         torch.autograd.set_detect_anomaly(self.anomaly)
         torch.set_default_dtype(self.dtype)
+        if self.cuda_device is not None:
+            torch.cuda.set_device(self.cuda_device)
         if self.hid_cuda:
             if self.env_cuda is None:
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)

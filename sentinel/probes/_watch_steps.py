@@ -1,0 +1,190 @@
+"""Per-optimizer bookkeeping of the loop monitor: what each ``optimizer.step()`` leaves on the device.
+
+A healthy step costs no host-device synchronisation. In the step pre-hook the monitor computes, on
+the device, one fused 2-norm reduction (``torch._foreach_norm``) over gradients of the stepping
+optimizer, and keeps the norms in a :class:`StepEntry` together with the step's forward records
+(with the norm of each forward's output) and the SEN106 observations. Which gradients: all of them
+at a step that is read (see below) and until each parameter has had a non-zero gradient once;
+otherwise the small ones (at most ``SMALL`` elements: biases, norm layers' weights), a fraction of
+the cost: a NaN/Inf in the gradient flowing through a layer reaches its bias (or the next norm
+layer's parameters), and a NaN that reaches the weights reaches everything one step later.
+
+Every ``READ_EVERY`` steps (and at the first step, at the last step of ``max_steps`` and when the
+watch ends) all pending entries are copied to the host at once (one
+``.tolist()``), and read in step order:
+
+- a non-finite gradient norm: the step's first non-finite value, localized by
+  :mod:`sentinel.probes._watch_replay` (exactly the failing step, even when it is read later);
+- zero gradient norms: SEN102 ``zero-grad`` candidates; ``.grad`` still ``None``: ``no-grad``;
+- SEN106 (gradients-accumulate): :class:`Accumulation` watches one *sentinel* parameter per
+  optimizer (its smallest one with a gradient). A gradient hook sees every gradient arrive before
+  PyTorch adds it to ``.grad``. If between two steps every arrival finds ``.grad`` still holding a
+  non-zero value (no ``zero_grad``: not set to ``None``, not zeroed), the step accumulated the
+  previous step's gradients. The check reads values, not tensor identities or version counters,
+  so in-place rewrites of ``.grad`` (``clip_grad_norm_``, ``GradScaler.unscale_``, DDP's all-reduce
+  into bucket views) and DDP re-pointing ``.grad`` at new buckets do not hide it. Each arrival costs
+  one norm of the sentinel's gradient, kept on the device until the read. (A GAN's discriminator
+  gets gradients from the generator's backward between its steps; its ``zero_grad`` before its own
+  backward shows as a zero or ``None`` arrival: not reported.)
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sentinel.probes import _watch_util as U
+from sentinel.probes._watch_replay import ForwardRecord
+
+__all__ = [
+    "READ_EVERY",
+    "SMALL",
+    "Accumulation",
+    "OptState",
+    "StepEntry",
+    "checked_params",
+    "read_entries",
+    "step_norms",
+]
+
+# How often (in optimizer steps) the on-device checks are read: the only regular host sync.
+READ_EVERY = 8
+
+# Gradients with at most this many elements are checked at every step (all of them at read steps).
+SMALL = 4096
+
+
+@dataclass(eq=False)
+class StepEntry:
+    """One optimizer step not read yet."""
+
+    step: int
+    params: list[torch.Tensor]  # the parameters that held a gradient
+    norms: list[torch.Tensor] | None  # the 2-norm of each of ``params``' gradients, on the device
+    records: list[ForwardRecord]
+    arrivals: list[torch.Tensor] | None  # SEN106: the sentinel's .grad norm at each arrival
+    grads: list[torch.Tensor] = field(default_factory=list)  # only while the step is at hand
+
+
+class Accumulation:
+    """SEN106 for one optimizer (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.param: weakref.ref[torch.Tensor] | None = None
+        self.handle: Any = None
+        self.arrivals: list[torch.Tensor] = []
+        self.reset = True
+
+    def choose(self, params: list[torch.Tensor]) -> torch.Tensor | None:
+        """Pick the smallest parameter with a gradient as the sentinel (its norm is the cost)."""
+        with_grad = [p for p in params if p.grad is not None and not p.grad.is_sparse and p.numel() > 0]
+        if not with_grad:
+            return None
+        p = min(with_grad, key=lambda q: q.numel())
+        self.param = weakref.ref(p)
+        return p
+
+    def arm(self) -> None:
+        """After a step: start watching the arrivals until the next step."""
+        p = self.param() if self.param is not None else None
+        self.arrivals = []
+        self.reset = p is None or p.grad is None
+
+    def arrive(self) -> None:
+        """A gradient is about to be added to the sentinel's ``.grad``."""
+        if self.reset:
+            return
+        p = self.param() if self.param is not None else None
+        g = None if p is None else p.grad
+        if g is None:
+            self.reset = True  # set to None since the last step
+            return
+        self.arrivals.append(U.norm32(g))
+
+    def close(self) -> list[torch.Tensor] | None:
+        """Before a step: the arrivals to read (``None``: a reset was seen, or nothing arrived)."""
+        out = None if self.reset or not self.arrivals else self.arrivals
+        self.arrivals = []
+        self.reset = True
+        return out
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+@dataclass(eq=False)
+class OptState:
+    optimizer: torch.optim.Optimizer
+    index: int
+    steps: int = 0
+    n_params: int = -1
+    params: list[torch.Tensor] = field(default_factory=list)
+    param_ids: set[int] = field(default_factory=set)
+    no_grad: set[int] = field(default_factory=set)  # never had a .grad at a step
+    zero_grad: set[int] = field(default_factory=set)  # never had a non-zero gradient (as read)
+    # exact-change hashes of the parameters at their first step (on the device), by chunk
+    first_hashes: list[tuple[list[torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    pending: list[StepEntry] = field(default_factory=list)
+    last_values: dict[int, float] = field(default_factory=dict)  # id(param) -> last grad norm read
+    accumulation: Accumulation = field(default_factory=Accumulation)
+
+
+@dataclass
+class ReadResult:
+    """What reading some entries found (host values)."""
+
+    failing: tuple[StepEntry, list[float]] | None = None  # the first step with a non-finite gradient
+    accumulate_step: int | None = None
+
+
+def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
+    """Copy the entries' device values to the host in one go and read them in step order."""
+    out = ReadResult()
+    chunks: list[torch.Tensor] = []
+    device = None
+    for e in entries:
+        if e.norms:
+            device = device or e.norms[0].device
+            chunks.append(torch.stack([v.to(device) for v in e.norms]).float())
+        if e.arrivals:
+            chunks.append(torch.stack([a.reshape(()) for a in e.arrivals]).float())
+    if not chunks:
+        return out
+    values = torch.cat([c.to(device) for c in chunks]).tolist()  # the one host sync of a read
+    pos = 0
+    for e in entries:
+        n = len(e.params)
+        gvals: list[float] = []
+        if e.norms:
+            gvals = values[pos : pos + n]
+            pos += n
+            if st.zero_grad:
+                st.zero_grad.difference_update(id(p) for p, v in zip(e.params, gvals, strict=True) if v != 0)
+            st.last_values.update((id(p), v) for p, v in zip(e.params, gvals, strict=True))
+            if out.failing is None and not math.isfinite(sum(gvals)):
+                out.failing = (e, gvals)
+        if e.arrivals:
+            arrivals = values[pos : pos + len(e.arrivals)]
+            pos += len(e.arrivals)
+            if out.accumulate_step is None and all(v != 0 for v in arrivals):
+                out.accumulate_step = e.step
+    return out
+
+
+def step_norms(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norm of each parameter's gradient, in one fused reduction."""
+    return U.norm_list([p.grad for p in params])  # type: ignore[misc]
+
+
+def checked_params(st: OptState, with_grad: list[torch.Tensor], full: bool) -> list[torch.Tensor]:
+    """The parameters whose gradients a step checks (see the module docstring)."""
+    if full or st.zero_grad:
+        return with_grad
+    small = [p for p in with_grad if p.numel() <= SMALL]
+    return small or with_grad
