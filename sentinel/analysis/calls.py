@@ -15,6 +15,9 @@ from sentinel.analysis.idioms import BoundModelMethod
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import _JOIN_FUNCS, _MODE_FUNCS, _any_sensitive, _dotted, _layer_sensitive
 from sentinel.analysis.values import (
+    ACT_LOG_SOFTMAX,
+    ACT_SIGMOID,
+    ACT_SOFTMAX,
     CLASS,
     CONST,
     DICT,
@@ -140,10 +143,10 @@ class CallsMixin:
         if kind == UNKNOWN and fv.ref == "loaded":  # `model = torch.load(path)` then `model(x)`
             return self.forward(self._loaded_model(fv, node.func, state), node, args, kwargs, state, ctx)
         if kind == SOFTMAX:
-            x = args[0] if args else TOP
-            return V(TENSOR, probs=self._where(node), graph=x.graph, taints=x.taints)
+            return self.apply_activation_layer(fv, node, args[0] if args else TOP, ctx)
         if kind == LOSS:
-            return self.loss_call(fv.const == "ce", node, args, kwargs, ctx)
+            loss = api.loss_kind(fv.const) if isinstance(fv.const, str) else ""
+            return self.loss_call(fv.const == "ce", node, args, kwargs, ctx, loss=loss)
         if kind == INSTANCE and isinstance(fv.ref, Instance):
             call = fv.ref.cls.method("__call__")
             if call is not None:
@@ -196,10 +199,12 @@ class CallsMixin:
         finally:
             self.stmt = saved
 
-    def loss_call(self, is_ce: bool, node: cst.Call, args: list[V], kwargs: dict[str, V], ctx: Ctx) -> V:
+    def loss_call(
+        self, is_ce: bool, node: cst.Call, args: list[V], kwargs: dict[str, V], ctx: Ctx, loss: str = ""
+    ) -> V:
         inp = args[0] if args else kwargs.get("input", TOP)
         tgt = args[1] if len(args) > 1 else kwargs.get("target", TOP)
-        self.facts.loss_calls.append(self._ev(LossCallEvent, node, ctx, is_ce=is_ce, input=inp))
+        self.facts.loss_calls.append(self._ev(LossCallEvent, node, ctx, is_ce=is_ce, input=inp, loss=loss))
         vals = [*args, *kwargs.values()]
         return V(TENSOR, graph=graph_of(inp, tgt), taints=merge_taints(*vals), origin=node)
 
@@ -209,16 +214,20 @@ class CallsMixin:
         x = args[0] if args else TOP
         if name in _MODE_FUNCS and ctx.func is not None and ctx.func.cls is not None:
             ctx.func.cls.uses_mode = True
-        if qual in api.SOFTMAX_FUNCS:
-            return V(TENSOR, probs=self._where(node), graph=x.graph, taints=x.taints, origin=node)
+            self.note_dropout(qual, node, ctx)
+        if qual in api.SOFTMAX_FUNCS or qual in api.LOG_SOFTMAX_FUNCS:
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            return self.activation(ACT_SOFTMAX if qual in api.SOFTMAX_FUNCS else ACT_LOG_SOFTMAX, node, x, dim, ctx)
+        if qual in api.SIGMOID_FUNCS:
+            return self.activation(ACT_SIGMOID, node, x, None, ctx)
         if qual in api.CROSS_ENTROPY_FUNCS:
-            return self.loss_call(True, node, args, kwargs, ctx)
+            return self.loss_call(True, node, args, kwargs, ctx, loss="ce")
         if api.is_functional_loss(qual):
-            return self.loss_call(False, node, args, kwargs, ctx)
+            return self.loss_call(False, node, args, kwargs, ctx, loss=api.loss_kind(name))
         if qual in api.CROSS_ENTROPY_CLASSES:
             return V(LOSS, const="ce", origin=node)
-        if qual in api.SOFTMAX_CLASSES:
-            return V(SOFTMAX, origin=self._where(node))
+        if qual in api.ACTIVATION_CLASSES:
+            return self.activation_layer(qual, node, args, kwargs)
         if api.is_loss_class(qual):
             return V(LOSS, const=name, origin=node)
         if qual in api.NO_GRAD_CTX:
@@ -239,7 +248,13 @@ class CallsMixin:
                 MODEL, ident=object(), origin=node, sensitive=_any_sensitive(x.elems) if x.elems is not None else None
             )
         if api.is_module_class(qual):
-            return V(MODEL, ident=Ident(next(self.seq)), origin=node, sensitive=_layer_sensitive(qual, kwargs, args))
+            return V(
+                MODEL,
+                ident=Ident(next(self.seq)),
+                origin=node,
+                sensitive=_layer_sensitive(qual, kwargs, args),
+                shape=self.layer_shape(qual, kwargs),
+            )
         if api.is_scaler_class(qual):
             return V(SCALER, origin=node)
         if api.is_optimizer_class(qual):
@@ -255,7 +270,10 @@ class CallsMixin:
         if api.is_scheduler(qual):
             return V(SCHEDULER, origin=node)
         if name == "DataLoader":
-            return V(LOADER, origin=node, label=(args[0].label if args else ""))
+            size = kwargs.get("batch_size")
+            batched = "collate_fn" not in kwargs and not (size is not None and size.is_const and size.const is None)
+            label = args[0].label if args else ""
+            return V(LOADER, origin=node, label=label, shape=(None, True) if batched else None)
         if qual in ("copy.deepcopy",):
             if x.kind == MODEL:
                 return x.with_(ident=Ident(next(self.seq)))
@@ -283,7 +301,7 @@ class CallsMixin:
             self._note_saved(args, kwargs, state)
         if qual.startswith("torch.") or qual.startswith("numpy.") or qual.startswith("np."):
             if name in api.NO_GRAPH_FUNCS or qual.startswith(("numpy.", "np.")):
-                return V(TENSOR, graph=False, origin=node)
+                return V(TENSOR, graph=False, origin=node, shape=self.factory_shape(name, args, kwargs, ctx))
             if name in ("log_softmax",):
                 return V(TENSOR, graph=x.graph, taints=x.taints)
             if name in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (
@@ -296,17 +314,18 @@ class CallsMixin:
             flat = []
             for v in vals:
                 flat.extend(v.elems if v.elems is not None and v.kind != DICT else (v,))
-            probs = None
+            act = None
             if name in _JOIN_FUNCS and args:
                 parts = x.elems if x.elems else (x,)
-                if parts and all(p.probs is not None for p in parts):
-                    probs = parts[0].probs
+                if parts and all(p.act is not None and p.act.kind == parts[0].act.kind for p in parts):
+                    act = parts[0].act
             return V(
                 TENSOR,
                 graph=graph_of(*flat) if flat and state.grad != "off" else False,  # no_grad: no graph
                 taints=merge_taints(*flat, *vals),  # the containers' own history too (accumulated lists)
                 origin=node,
-                probs=probs,
+                act=act,
+                shape=self._function_shape(name, x, args, kwargs),
             )
         if api.resetish(name):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
@@ -321,20 +340,42 @@ class CallsMixin:
         )
 
     def _sequential(self, node: cst.Call, args: list[V]) -> V:
-        probs = None
+        act = None
+        layers = list(args)
         if args:
             last = args[-1]
-            if last.kind == SOFTMAX:
-                probs = last.origin or node
-            elif last.kind == MODEL and last.probs is not None:
-                probs = last.probs
+            if last.kind in (SOFTMAX, MODEL) and last.act is not None:
+                act = last.act
             elif last.kind == DICT or last.elems:
                 elems = last.elems or ()
+                layers = [e.elems[1] if e.elems and len(e.elems) == 2 else TOP for e in elems]
                 if elems and elems[-1].elems and len(elems[-1].elems) == 2:
                     mod = elems[-1].elems[1]
                     if mod.kind == SOFTMAX:
-                        probs = mod.origin or node
-        return V(MODEL, ident=Ident(next(self.seq)), probs=probs, origin=node, sensitive=_any_sensitive(args))
+                        act = mod.act
+        if act is not None:
+            # the last layer's activation, seen from the Sequential's input
+            act = act.shifted(self.sequential_shape(layers[:-1]) if len(layers) > 1 else (0, True))
+        return V(
+            MODEL,
+            ident=Ident(next(self.seq)),
+            act=act,
+            origin=node,
+            sensitive=_any_sensitive(args),
+            shape=self.sequential_shape(layers),
+        )
+
+    def _function_shape(self, name: str, x: V, args: list[V], kwargs: dict[str, V]) -> tuple | None:
+        """Layout of a ``torch.*`` function's result: elementwise ones keep their input's."""
+        if x.shape is None:
+            return None
+        if name in api.ELEMENTWISE:
+            return x.shape
+        if name == "flatten":
+            start = args[1] if len(args) > 1 else kwargs.get("start_dim")
+            if start is not None and start.is_const and isinstance(start.const, int) and start.const >= 1:
+                return (None, True) if x.shape[1] else None
+        return None
 
     def _builtin(self, name: str, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         x = args[0] if args else TOP
@@ -344,7 +385,16 @@ class CallsMixin:
             return V(CONST, graph=False)
         if name in ("enumerate",):
             return (
-                V(UNKNOWN, label=x.label, graph=x.graph, taints=x.taints, alias=x.alias, ref="enumerate", elems=None)
+                V(
+                    UNKNOWN,
+                    label=x.label,
+                    graph=x.graph,
+                    taints=x.taints,
+                    alias=x.alias,
+                    ref="enumerate",
+                    elems=None,
+                    shape=x.shape if x.kind == LOADER else None,
+                )
                 if x.kind != PARAMS
                 else x
             )

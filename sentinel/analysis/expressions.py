@@ -112,7 +112,9 @@ class ExpressionsMixin:
                 both = left.ident | right.ident if left.ident is not None and right.ident is not None else None
                 return V(PARAMS, ident=both)
             kind = TENSOR if TENSOR in (left.kind, right.kind) else UNKNOWN
-            return V(kind, graph=graph_of(left, right), taints=merge_taints(left, right))
+            return V(
+                kind, graph=graph_of(left, right), taints=merge_taints(left, right), shape=_binop_shape(left, right)
+            )
         if t is cst.UnaryOperation:
             v = self.eval(node.expression, state, ctx)
             if isinstance(node.operator, cst.Not):
@@ -122,7 +124,7 @@ class ExpressionsMixin:
                     return V(CONST, const=-v.const if isinstance(node.operator, cst.Minus) else v.const)
                 except Exception:
                     return V(CONST)
-            return v.with_(probs=None)
+            return v.with_(act=None)
         if t is cst.BooleanOperation:
             left = self.eval(node.left, state, ctx)
             if left.is_const:
@@ -383,7 +385,7 @@ class ExpressionsMixin:
         if index.is_const and isinstance(index.const, str):
             label = f"{label}[{index.const}]" if label else index.const
         if base.kind == TENSOR:
-            return base.with_(label=label)
+            return base.with_(label=label, shape=self.subscript_shape(base, node, index))
         if base.kind == MODEL:
             return base
         if base.kind in (DICT, LIST, TUPLE, STATE_DICT):
@@ -391,8 +393,8 @@ class ExpressionsMixin:
                 UNKNOWN, graph=base.graph if base.graph else None, taints=base.taints, label=label, alias=base.alias
             )
         if base.kind == LOADER:
-            return V(LOADER, label=label)
-        return V(UNKNOWN, taints=base.taints, label=label)
+            return V(LOADER, label=label, shape=base.shape)
+        return V(UNKNOWN, taints=base.taints, label=label, shape=self.subscript_shape(base, node, index))
 
     def eval_comprehension(self, node, state: State, ctx: Ctx) -> V:
         s = state.copy()
@@ -437,6 +439,7 @@ class ExpressionsMixin:
             graph=False if it.graph is False else None,
             label=it.label,
             taints=it.taints if it.graph is not False else frozenset(),
+            shape=it.shape if it.kind == LOADER or it.ref == "enumerate" else None,
         )
 
     @staticmethod
@@ -451,3 +454,11 @@ class ExpressionsMixin:
             return _target_text(node)
         return ""
 
+
+def _binop_shape(left: V, right: V) -> tuple | None:
+    """Arithmetic with a scalar, or between two values of one layout, keeps the layout."""
+    if left.kind == CONST:
+        return right.shape
+    if right.kind == CONST:
+        return left.shape
+    return left.shape if left.shape == right.shape else None

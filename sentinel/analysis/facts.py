@@ -68,6 +68,7 @@ class ForwardEvent(Event):
 @dataclass
 class BackwardEvent(Event):
     taints: frozenset = frozenset()
+    grad: str | None = None  # grad mode where it ran ("off": under no_grad), when known
 
 
 @dataclass
@@ -75,6 +76,7 @@ class StepEvent(Event):
     optimizer: str = ""
     ident: Any = None  # the optimizer object, when known
     model: Any = None  # the model whose parameters it optimizes, when known
+    grad: str | None = None  # grad mode where it ran ("off": under no_grad), when known
 
 
 @dataclass
@@ -87,6 +89,33 @@ class ResetEvent(Event):
 class LossCallEvent(Event):
     is_ce: bool = False
     input: V | None = None
+    loss: str = ""  # what the loss expects (torchapi.loss_kind): "ce", "bce_logits", "nll", or its name
+
+
+@dataclass
+class ActivationEvent(Event):
+    """A softmax / log_softmax applied over dimension 0 of a model's batched output: ``node`` is the
+    call or the ``nn.Softmax``-style layer that does it."""
+
+    act: Any = None
+
+
+@dataclass
+class DropoutCallEvent(Event):
+    """A functional dropout call (``F.dropout``...) inside a method of an ``nn.Module`` subclass."""
+
+    function: str = ""
+    training: str = "missing"  # "missing" | "true" | "false" | "other" (an expression such as self.training)
+    in_forward: bool = False  # in `forward` or a method `forward` calls
+    owner: str = ""  # the module class
+
+
+@dataclass
+class ModeEvent(Event):
+    """``model.train()`` / ``model.eval()`` / ``model.train(flag)``: ``mode`` is TRAIN, EVAL or None."""
+
+    target: Any = None
+    mode: Any = None
 
 
 @dataclass
@@ -119,6 +148,9 @@ class Facts:
     loss_calls: list[LossCallEvent] = field(default_factory=list)
     snapshots: list[SnapshotEvent] = field(default_factory=list)
     accums: list[AccumEvent] = field(default_factory=list)
+    activations: list[ActivationEvent] = field(default_factory=list)
+    dropouts: list[DropoutCallEvent] = field(default_factory=list)
+    mode_switches: list[ModeEvent] = field(default_factory=list)
     # (ctx id, name) -> last seq at which the name was read
     last_read: dict[tuple[int, str], int] = field(default_factory=dict)
     escaped_taints: set = field(default_factory=set)

@@ -158,7 +158,7 @@ class IdiomsMixin:
             model, mode, sensitive = entry
             ident = Ident(next(self.seq))
             state.modes[ident] = mode
-            return V(MODEL, ident=ident, ref=LOADED, sensitive=sensitive, probs=model.probs, origin=node)
+            return V(MODEL, ident=ident, ref=LOADED, sensitive=sensitive, act=model.act, origin=node)
 
         if isinstance(content, tuple):
             return copy(content)
@@ -188,6 +188,7 @@ class IdiomsMixin:
 
     # -- classifier heads replaced by a softmax ---------------------------------------------------
     def _head_probs_of(self, model: V) -> Any:
+        """The activation (:class:`Act`) a replaced classifier head of ``model`` ends in, if any."""
         heads = getattr(self, "_heads", None)
         if not heads or model.ident is None:
             return None
@@ -211,14 +212,10 @@ class IdiomsMixin:
             return
         if not hasattr(self, "_heads"):
             self._heads: dict = {}
-        probs = None
-        if value.kind == SOFTMAX:
-            probs = value.origin
-        elif value.kind == MODEL and value.probs is not None:
-            probs = value.probs
+        act = value.act if value.kind in (SOFTMAX, MODEL) else None  # the activation the new head ends in
         try:
-            if probs is not None:
-                self._heads[owner.ident] = probs
+            if act is not None:
+                self._heads[owner.ident] = act
             elif value.kind == MODEL or last_item is None:
                 self._heads.pop(owner.ident, None)
         except TypeError:

@@ -11,6 +11,7 @@ from sentinel.analysis.facts import (
     ForwardEvent,
 )
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Instance, State
+from sentinel.analysis.shapes import apply_shape
 from sentinel.analysis.syntax import _dotted, _is_factory
 from sentinel.analysis.values import (
     CLASS,
@@ -19,6 +20,7 @@ from sentinel.analysis.values import (
     INSTANCE,
     MODEL,
     TENSOR,
+    TOP,
     TUPLE,
     UNKNOWN,
     V,
@@ -33,11 +35,13 @@ class InliningMixin:
     # -- forward passes -----------------------------------------------------------------------------
     def forward(self, model: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         self.module_calls += 1
-        probs = model.probs
+        act = model.act
+        transform = model.shape  # how the model maps its input's layout
         inst = model.ref if isinstance(model.ref, Instance) else None
         result = None
+        absolute = False  # the result comes from running forward on these very arguments
         if inst is not None and inst.cls.is_module:
-            result = self.class_forward(inst)
+            summary = result = self.class_forward(inst)
             fwd = inst.cls.method("forward")
             if (
                 fwd is not None
@@ -48,12 +52,22 @@ class InliningMixin:
             ):
                 # the model's own code, run on these arguments: a loss module gets the real predictions
                 result = self.inline(fwd, node, args, kwargs, state, ctx, self_value=model, model_method=True)
+                absolute = True
             if result is not None:
-                probs = result.probs
+                act = result.act
+            transform = summary.shape if summary is not None else None
         head = self._head_probs_of(model)
         if head is not None:
-            probs = head  # the head was replaced by one ending in softmax
+            act = head  # the head was replaced by one ending in an activation (nn.Softmax...)
         self._forward_runs = getattr(self, "_forward_runs", 0) + 1
+        x = args[0] if args else TOP
+        if absolute:
+            out_act = act
+            if act is not None and not ctx.model_method:
+                self._note_over_batch(act, x, ctx, model_output=True)
+        else:
+            out_act = self.model_output_act(act, x, node, ctx)
+        out_shape = apply_shape(transform, x.shape)
         taints: frozenset = merge_taints(*args, *kwargs.values())
         graph = True if state.grad == "on" else (False if state.grad == "off" else None)
 
@@ -77,7 +91,7 @@ class InliningMixin:
                     graph=graph,
                     origin=node,
                 )
-            return V(TENSOR, probs=probs, graph=graph, taints=taints | extra, origin=node)
+            return V(TENSOR, act=out_act, graph=graph, taints=taints | extra, origin=node, shape=out_shape)
 
         if ctx.model_method or ctx.name == "forward":
             return output(frozenset())
@@ -183,6 +197,11 @@ class InliningMixin:
         self._bind_params(
             fwd, ctx, st, args=[], kwargs={}, self_value=self_value, unknown_callers=True, default_kind=TENSOR
         )
+        inputs = [*fwd.node.params.posonly_params, *fwd.node.params.params][1:2]
+        for p in inputs:  # the first input stands for "a batch": the result's layout is relative to it
+            bound = st.env.get(p.name.value)
+            if bound is not None and bound.kind in (TENSOR, UNKNOWN):
+                st.env[p.name.value] = bound.with_(shape=(0, True))
         saved_frames, saved_fresh, saved_stmt = self.frame_stack, self.fresh_stack, self.stmt
         saved_globals = self._global_state
         self.frame_stack, self.fresh_stack = [], []
@@ -201,8 +220,8 @@ class InliningMixin:
         result = None
         for r in ctx.returns:
             result = r if result is None else join(result, r)
-        if result is not None and result.elems is None and result.items is None and result.probs is None:
-            result = V(TENSOR)
+        if result is not None and result.elems is None and result.items is None and result.act is None:
+            result = V(TENSOR, shape=result.shape)
         cls._forward_probs = result if result is not None else False
         return result
 

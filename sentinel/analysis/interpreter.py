@@ -43,6 +43,7 @@ from sentinel.analysis.objects import (
     _Budget,
 )
 from sentinel.analysis.project import Project
+from sentinel.analysis.shapes import ShapesMixin
 from sentinel.analysis.statements import StatementsMixin
 from sentinel.analysis.syntax import _CALLED
 from sentinel.analysis.values import (
@@ -55,7 +56,14 @@ from sentinel.analysis.values import (
 
 
 class Interpreter(
-    ImportsMixin, StatementsMixin, ExpressionsMixin, CallsMixin, MethodsMixin, InliningMixin, IdiomsMixin
+    ImportsMixin,
+    StatementsMixin,
+    ExpressionsMixin,
+    CallsMixin,
+    MethodsMixin,
+    InliningMixin,
+    IdiomsMixin,
+    ShapesMixin,
 ):
     """Run the abstract interpretation of one module and return its :class:`Facts`."""
 

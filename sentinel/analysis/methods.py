@@ -12,6 +12,7 @@ from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
     AccumEvent,
     BackwardEvent,
+    ModeEvent,
     ResetEvent,
     SnapshotEvent,
     StepEvent,
@@ -30,6 +31,9 @@ from sentinel.analysis.syntax import (
     union_sensitive,
 )
 from sentinel.analysis.values import (
+    ACT_LOG_SOFTMAX,
+    ACT_SIGMOID,
+    ACT_SOFTMAX,
     CLASS,
     CONST,
     DICT,
@@ -68,6 +72,10 @@ class MethodsMixin:
             m = recv.ref.cls.method(meth)
             if m is not None and m.kind != "property":
                 module = recv.kind == MODEL and recv.ref.cls.is_module
+                if module and meth in ("train", "eval"):
+                    # an override (`def train(self, mode=True): super().train(mode); self.bn.eval()`)
+                    # still switches the model itself first
+                    self._model_method(recv, meth, node, args, kwargs, state, ctx)
                 if meth == "forward" and module:
                     return self.forward(recv, node, args, kwargs, state, ctx)
                 before = len(self.facts.backwards) + len(self.facts.steps)
@@ -102,10 +110,10 @@ class MethodsMixin:
 
         if meth == "backward":
             target = recv if recv.kind in (TENSOR, UNKNOWN) and (recv.taints or not args) else x
-            self._backward(node, target if target.taints else recv, ctx)
+            self._backward(node, target if target.taints else recv, ctx, grad=state.grad)
             return TOP
         if "backward" in meth and (args or kwargs):
-            self._backward(node, x, ctx)
+            self._backward(node, x, ctx, grad=state.grad)
             return TOP
         if meth == "zero_grad":
             kind = "optimizer" if recv.kind == OPTIMIZER else ("model" if recv.kind in (MODEL, INSTANCE) else None)
@@ -116,7 +124,15 @@ class MethodsMixin:
                 recv.kind not in (SCHEDULER, SCALER, MODEL, LOADER) and rname and api.optimizerish(rname)
             ):
                 self.facts.steps.append(
-                    self._ev(StepEvent, node, ctx, optimizer=rname or "", ident=recv.ident, model=recv.alias)
+                    self._ev(
+                        StepEvent,
+                        node,
+                        ctx,
+                        optimizer=rname or "",
+                        ident=recv.ident,
+                        model=recv.alias,
+                        grad=state.grad,
+                    )
                 )
                 self._closure(args, kwargs, node, state, ctx)
             elif recv.kind == SCALER or (rname and api.scalerish(rname)):
@@ -128,6 +144,7 @@ class MethodsMixin:
                         optimizer=x.label or "scaler",
                         ident=x.ident if x.kind == OPTIMIZER else None,
                         model=x.alias,
+                        grad=state.grad,
                     )
                 )
                 self._closure(args[1:], kwargs, node, state, ctx)
@@ -233,8 +250,8 @@ class MethodsMixin:
             if v.kind == FUNC and isinstance(v.ref, FuncInfo):
                 self.inline(v.ref, node, [], {}, state, ctx)
 
-    def _backward(self, node, value: V, ctx: Ctx) -> None:
-        self.facts.backwards.append(self._ev(BackwardEvent, node, ctx, taints=value.taints))
+    def _backward(self, node, value: V, ctx: Ctx, grad: str | None = None) -> None:
+        self.facts.backwards.append(self._ev(BackwardEvent, node, ctx, taints=value.taints, grad=grad))
         self.facts.proven_graph_taints.update(value.taints)
         self.facts.backward_values[id(value)] = value
 
@@ -281,11 +298,11 @@ class MethodsMixin:
                         site=stmt,
                     )
                 )
-        first = recv.elems == () or recv.probs is not None
+        first = recv.elems == () or recv.act is not None
         new = recv.with_(
             taints=recv.taints | x.taints | {acc_id},
             graph=True if x.graph else recv.graph,
-            probs=x.probs if (first and x.probs is not None) else None,
+            act=x.act if (first and x.act is not None) else None,
             elems=recv.elems + (x,) if recv.elems is not None and meth == "append" else None,
             sensitive=union_sensitive(
                 list_sensitive(recv) if recv.kind in (LIST, TUPLE) else recv.sensitive,
@@ -315,6 +332,7 @@ class MethodsMixin:
             elif recv.ident is not None:
                 state.set_mode(recv.ident, mode)
                 self._note_train_switch(recv.ident, mode, ctx)
+            self.facts.mode_switches.append(self._ev(ModeEvent, node, ctx, target=recv.ident, mode=mode))
             # `model.module.eval()` on a DataParallel-style wrapper switches what the wrapper runs
             func = node.func if isinstance(node, cst.Call) else None
             if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Attribute):
@@ -347,9 +365,14 @@ class MethodsMixin:
         if meth == "clone" or meth in api.TENSOR_MOVE_METHODS:
             return self._note_graph_source(recv.with_(alias=None), recv)
         if meth in api.TENSOR_IDENTITY_METHODS:
+            if recv.shape is not None:
+                return recv.with_(shape=self.tensor_method_shape(recv, meth, args, kwargs, node))
             return recv
-        if meth == "softmax":
-            return V(TENSOR, probs=self._where(node), graph=recv.graph, taints=recv.taints, origin=node)
+        if meth in ("softmax", "log_softmax"):
+            dim = args[0] if args else kwargs.get("dim")
+            return self.activation(ACT_SOFTMAX if meth == "softmax" else ACT_LOG_SOFTMAX, node, recv, dim, ctx)
+        if meth == "sigmoid":
+            return self.activation(ACT_SIGMOID, node, recv, None, ctx)
         if meth in api.TENSOR_NO_GRAPH_METHODS:
             return V(TENSOR, graph=False)
         if meth in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (args or kwargs):
@@ -369,5 +392,6 @@ class MethodsMixin:
         if recv.kind == UNKNOWN:
             self._opaque_training_step(node, vals[1:], ctx)
         kind = TENSOR if recv.kind == TENSOR else UNKNOWN
-        return V(kind, graph=graph_of(*vals), taints=merge_taints(*vals), alias=None)
+        shape = self.tensor_method_shape(recv, meth, args, kwargs, node) if recv.shape is not None else None
+        return V(kind, graph=graph_of(*vals), taints=merge_taints(*vals), alias=None, shape=shape)
 

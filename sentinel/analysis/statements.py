@@ -440,6 +440,7 @@ class StatementsMixin:
                     graph=value.graph,
                     taints=value.taints,
                     label=value.label,
+                    shape=value.shape if value.kind == UNKNOWN else None,  # `x, y = batch` of a loader
                 )
                 for t in elements:
                     self.assign(t, part, state, ctx, None, loop_target=loop_target)

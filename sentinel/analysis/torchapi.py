@@ -409,3 +409,149 @@ _NON_MODULE_ATTR = re.compile(
 def non_module_attribute(name: str) -> bool:
     """Attributes of a model that hold data (its configuration, device, sizes), not a submodule."""
     return bool(_NON_MODULE_ATTR.match(name))
+
+
+# -- activations, losses that expect logits or log-probabilities, functional dropout --------------
+LOG_SOFTMAX_FUNCS = frozenset(
+    {
+        "torch.log_softmax",
+        "torch.nn.functional.log_softmax",
+        "torch.special.log_softmax",
+        "torch.Tensor.log_softmax",
+    }
+)
+SIGMOID_FUNCS = frozenset(
+    {"torch.sigmoid", "torch.nn.functional.sigmoid", "torch.special.expit", "torch.Tensor.sigmoid"}
+)
+# activation layer classes -> the activation kind their instances apply
+ACTIVATION_CLASSES = {
+    "torch.nn.Softmax": "softmax",
+    "torch.nn.LogSoftmax": "log_softmax",
+    "torch.nn.Sigmoid": "sigmoid",
+}
+FUNCTIONAL_DROPOUT = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d"})
+FUNCTIONAL_ALPHA_DROPOUT = frozenset({"alpha_dropout", "feature_alpha_dropout"})
+
+
+def loss_kind(name: str) -> str:
+    """A loss class's or function's name folded to what it expects: ``ce`` (logits, softmax inside),
+    ``bce_logits`` (logits, sigmoid inside), ``nll`` (log-probabilities); otherwise the name itself."""
+    if name in ("ce", "CrossEntropyLoss", "cross_entropy"):
+        return "ce"
+    if name in ("BCEWithLogitsLoss", "binary_cross_entropy_with_logits"):
+        return "bce_logits"
+    if name in ("NLLLoss", "nll_loss"):
+        return "nll"
+    return name
+
+
+# layers whose output has the rank of their input and keeps dimension 0 where it was
+RANK_KEEPING_LAYERS = frozenset(
+    {
+        "Linear",
+        "LazyLinear",
+        "Identity",
+        "Conv1d",
+        "Conv2d",
+        "Conv3d",
+        "ConvTranspose1d",
+        "ConvTranspose2d",
+        "ConvTranspose3d",
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "BatchNorm3d",
+        "LayerNorm",
+        "GroupNorm",
+        "InstanceNorm1d",
+        "InstanceNorm2d",
+        "InstanceNorm3d",
+        "Dropout",
+        "Dropout1d",
+        "Dropout2d",
+        "Dropout3d",
+        "AlphaDropout",
+        "ReLU",
+        "ReLU6",
+        "LeakyReLU",
+        "PReLU",
+        "ELU",
+        "SELU",
+        "CELU",
+        "GELU",
+        "SiLU",
+        "Mish",
+        "Tanh",
+        "Sigmoid",
+        "Hardtanh",
+        "Hardswish",
+        "Hardsigmoid",
+        "Softplus",
+        "Softsign",
+        "Tanhshrink",
+        "Softmax",
+        "LogSoftmax",
+        "MaxPool1d",
+        "MaxPool2d",
+        "MaxPool3d",
+        "AvgPool1d",
+        "AvgPool2d",
+        "AvgPool3d",
+        "AdaptiveAvgPool1d",
+        "AdaptiveAvgPool2d",
+        "AdaptiveAvgPool3d",
+        "AdaptiveMaxPool1d",
+        "AdaptiveMaxPool2d",
+        "AdaptiveMaxPool3d",
+    }
+)
+# functions and tensor methods whose result has the shape of their (first) input
+ELEMENTWISE = frozenset(
+    {
+        "relu",
+        "relu_",
+        "relu6",
+        "leaky_relu",
+        "gelu",
+        "elu",
+        "selu",
+        "celu",
+        "silu",
+        "mish",
+        "tanh",
+        "sigmoid",
+        "softplus",
+        "hardtanh",
+        "hardswish",
+        "exp",
+        "log",
+        "abs",
+        "neg",
+        "sqrt",
+        "square",
+        "pow",
+        "clamp",
+        "clip",
+        "dropout",
+        "dropout1d",
+        "dropout2d",
+        "dropout3d",
+        "alpha_dropout",
+        "layer_norm",
+        "batch_norm",
+        "normalize",
+        "softmax",
+        "log_softmax",
+        "float",
+        "double",
+        "half",
+        "contiguous",
+        "to",
+        "cpu",
+        "cuda",
+        "detach",
+        "clone",
+        "type_as",
+        "requires_grad_",
+        "bfloat16",
+    }
+)

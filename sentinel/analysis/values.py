@@ -5,8 +5,15 @@ a loss function, a tensor that carries an autograd graph or holds softmax probab
 that aliases a model's live storage, a constant (for partial evaluation of ``phase == "train"``), ...
 Values are immutable; ``join`` merges the values two control-flow paths give a name.
 
-Properties that trigger findings are *definite* (``probs``, ``graph is True``): a join keeps them only
+Properties that trigger findings are *definite* (``act``, ``graph is True``): a join keeps them only
 when both paths agree, so an uncertain value never produces a finding.
+
+``act`` is the output activation a value carries (:class:`Act`: softmax, log_softmax or sigmoid, where it
+was applied and over which dimension); for a model it is the activation its ``forward`` or
+``nn.Sequential`` ends in. ``shape`` is what is known of a tensor's layout: ``(rank, batch)`` with
+``batch`` true when dimension 0 is the batch of a batched input (a DataLoader batch, ``torch.randn(64,
+10)``); for a model it is how the model maps shapes, ``(rank change, keeps the batch at dimension 0)``.
+Inside a model's own methods ranks are relative to the model's first input.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ CLASS = "class"
 FUNC = "func"
 INSTANCE = "instance"
 GRAD_CTX = "grad_ctx"  # const: "on" | "off" | None (unknown)
-SOFTMAX = "softmax"  # a callable applying softmax (nn.Softmax() instance)
+SOFTMAX = "softmax"  # a callable applying an activation layer (nn.Softmax/LogSoftmax/Sigmoid instance; see act)
 LIST = "list"
 DICT = "dict"
 TUPLE = "tuple"
@@ -40,6 +47,56 @@ MODULE = "module"  # a project module the analysis can read (ref: imports.Unit)
 
 
 _EMPTY: frozenset = frozenset()
+
+# activation kinds
+ACT_SOFTMAX = "softmax"
+ACT_LOG_SOFTMAX = "log_softmax"
+ACT_SIGMOID = "sigmoid"
+
+
+class Act:
+    """An activation applied to produce a value: its kind, the node applying it (a call or an
+    ``nn.Softmax``-style layer), the ``dim`` it was given (None: implicit), and the rank and batch flag of
+    its input (rank relative to the model's input when it was applied inside a model)."""
+
+    __slots__ = ("kind", "node", "dim", "rank", "batch")
+
+    def __init__(self, kind: str, node: Any, dim: int | None = None, rank: int | None = None, batch: bool = False):
+        self.kind = kind
+        self.node = node
+        self.dim = dim
+        self.rank = rank
+        self.batch = batch
+
+    def shifted(self, shape: tuple | None) -> Act:
+        """The activation as seen from the caller of a model whose input had ``shape``."""
+        rank = self.rank + shape[0] if shape is not None and shape[0] is not None and self.rank is not None else None
+        return Act(self.kind, self.node, self.dim, rank, bool(self.batch and shape is not None and shape[1]))
+
+    def resolved_dim(self) -> int | None:
+        """The dimension PyTorch normalizes over (implicit ``dim``: 0 for 0-, 1- and 3-D inputs, else 1)."""
+        if self.dim is None:
+            if self.rank is None:
+                return None
+            return 0 if self.rank in (0, 1, 3) else 1
+        if self.dim >= 0:
+            return self.dim
+        return self.dim % self.rank if self.rank else None
+
+    @property
+    def over_batch(self) -> bool:
+        return self.batch and self.resolved_dim() == 0
+
+    def __repr__(self) -> str:
+        return f"Act({self.kind}, dim={self.dim}, rank={self.rank}, batch={self.batch})"
+
+
+def join_act(a: Act | None, b: Act | None) -> Act | None:
+    if a is None or b is None or a.kind != b.kind:
+        return None
+    if a is b or (a.node is b.node and a.dim == b.dim and a.rank == b.rank and a.batch == b.batch):
+        return a
+    return Act(a.kind, a.node, a.dim if a.dim == b.dim else None, None, False)
 
 
 class V:
@@ -52,7 +109,7 @@ class V:
     __slots__ = (
         "kind",
         "ident",
-        "probs",
+        "act",
         "graph",
         "taints",
         "const",
@@ -63,13 +120,14 @@ class V:
         "label",
         "sensitive",
         "origin",
+        "shape",
     )
 
     def __init__(
         self,
         kind: str = UNKNOWN,
         ident: Any = None,  # object identity: models, optimizers, instances, lists
-        probs: Any = None,  # node of the softmax its probabilities come from (model: forward returns probs)
+        act: Act | None = None,  # the activation it is the output of (model: its forward ends in one)
         graph: bool | None = None,  # True: definitely carries an autograd graph; False: definitely not
         taints: frozenset = _EMPTY,  # ids of forward / accumulation events this value derives from
         const: Any = NOCONST,
@@ -80,10 +138,11 @@ class V:
         label: str = "",  # the name the value was first bound to (e.g. "val_loader"), for eval heuristics
         sensitive: bool | None = None,  # models: holds dropout/batch-norm style layers (None: unknown)
         origin: Any = None,  # node that created it
+        shape: tuple | None = None,  # tensor: (rank, batch at dim 0); model: (rank change, keeps batch)
     ) -> None:
         self.kind = kind
         self.ident = ident
-        self.probs = probs
+        self.act = act
         self.graph = graph
         self.taints = taints
         self.const = const
@@ -94,13 +153,14 @@ class V:
         self.label = label
         self.sensitive = sensitive
         self.origin = origin
+        self.shape = shape
 
     def with_(self, **c: Any) -> V:
         g = c.get
         return V(
             g("kind", self.kind),
             g("ident", self.ident),
-            g("probs", self.probs),
+            g("act", self.act),
             g("graph", self.graph),
             g("taints", self.taints),
             g("const", self.const),
@@ -111,7 +171,14 @@ class V:
             g("label", self.label),
             g("sensitive", self.sensitive),
             g("origin", self.origin),
+            g("shape", self.shape),
         )
+
+    @property
+    def probs(self) -> Any:
+        """The node of the softmax whose probabilities this value holds (None: not softmax output)."""
+        act = self.act
+        return act.node if act is not None and act.kind == ACT_SOFTMAX else None
 
     @property
     def is_const(self) -> bool:
@@ -156,7 +223,7 @@ def join(a: V | None, b: V | None) -> V:
     return V(
         kind=a.kind,
         ident=ident,
-        probs=a.probs if (a.probs is not None and b.probs is not None) else None,
+        act=join_act(a.act, b.act),
         graph=a.graph if a.graph == b.graph else None,
         taints=taints,
         const=a.const if (a.is_const and b.is_const and a.const == b.const) else NOCONST,
@@ -167,6 +234,7 @@ def join(a: V | None, b: V | None) -> V:
         label=a.label or b.label,
         sensitive=a.sensitive if a.sensitive == b.sensitive else None,
         origin=a.origin,
+        shape=a.shape if a.shape == b.shape else None,
     )
 
 
