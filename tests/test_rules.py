@@ -50,6 +50,12 @@ def test_codes_and_names_match_the_design_contract():
         ("SEN004", "validation-without-no-grad"),
         ("SEN005", "state-dict-snapshot-without-copy"),
         ("SEN006", "graph-retaining-loss-accumulation"),
+        ("SEN008", "training-in-eval-mode"),
+        ("SEN011", "sigmoid-before-logits-loss"),
+        ("SEN012", "probabilities-into-nll-loss"),
+        ("SEN013", "step-on-evaluation-data"),
+        ("SEN015", "functional-dropout-always-on"),
+        ("SEN020", "softmax-over-batch-dimension"),
     ]
 
 
