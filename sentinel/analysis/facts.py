@@ -8,6 +8,7 @@ loop frames it happened in. Rules never walk the tree: they query this object.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import libcst as cst
 
+from sentinel.analysis import torchapi as api
 from sentinel.analysis.values import V
 
 
@@ -151,6 +153,7 @@ class Facts:
     activations: list[ActivationEvent] = field(default_factory=list)
     dropouts: list[DropoutCallEvent] = field(default_factory=list)
     mode_switches: list[ModeEvent] = field(default_factory=list)
+    ctx_names: dict[int, str] = field(default_factory=dict)  # function activation id -> function name
     # (ctx id, name) -> last seq at which the name was read
     last_read: dict[tuple[int, str], int] = field(default_factory=dict)
     escaped_taints: set = field(default_factory=set)
@@ -400,3 +403,62 @@ class Facts:
         if ev.ctx != 0 and ev.ctx not in self.training_activations:
             return ("function", ev.ctx, model)
         return (ev.frame, ev.ctx, model)
+
+    # -- training on evaluation data ----------------------------------------------------------------
+    def evaluation_region_of(self, ev: Event) -> tuple | None:
+        """The evaluation region a ``backward()`` / optimizer step runs in, or None.
+
+        Evaluation is what the code says it is: the loop that runs it iterates validation/test data
+        (``val_loader``, ``loaders["val"]``, ``X_test``), or, failing a loop that says either way, the
+        function running it is an evaluation function (``validate()``, ``evaluate()``, ``test()``), or the
+        step runs under ``no_grad`` in a loop whose forward passes feed no ``backward()``. Training data
+        (``train_loader``) and deliberate adaptation (test-time adaptation, fine-tuning, pseudo-labels,
+        meta-learning) are never evaluation.
+        """
+        texts = [self.frames[f].label for f in ev.frames] + [self.ctx_names.get(c, "") for c in ev.stack]
+        if any(_ADAPTISH.search(t) for t in texts if t):
+            return None
+        for fid in reversed(ev.frames):
+            label = self.frames[fid].label
+            if not label:
+                continue
+            if _trainish(label):
+                return None
+            if api.evalish(label):
+                return ("loop", fid)
+        for cid in reversed(ev.stack):
+            name = self.ctx_names.get(cid, "")
+            if _trainish(name):
+                return None
+            if _evaluation_function(name):
+                return ("function", cid)
+        f = ev.frame
+        if isinstance(ev, StepEvent) and ev.grad == "off" and f is not None and not self.backward_by_frame.get(f):
+            fwds = [fw for fw in self.forwards if f in fw.frames and fw.grad == "off"]
+            if fwds and not any(self.connected_to_backward(frozenset({fw.id})) for fw in fwds):
+                return ("loop", f)
+        return None
+
+
+_ADAPTISH = re.compile(
+    r"adapt|(^|_)tta(_|$)|(^|_)tent(_|$)|fine_?tun|finetun|transduct|pseudo|calibrat|maml|meta_?|(^|_)support|"
+    r"unlabel|distill|self_?train",
+    re.IGNORECASE,
+)
+_TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)
+_EVAL_FUNCTION = re.compile(
+    r"^_*(run_|do_|perform_)?(val|valid|validate|validation|eval|evaluate|evaluation|test|testing|predict|"
+    r"infer|inference)(_(one_)?(epoch|loop|step|model|net|batch|set|data|loader|accuracy|acc|loss|metrics))?$",
+    re.IGNORECASE,
+)
+_TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
+
+
+def _trainish(text: str) -> bool:
+    return bool(_TRAINISH.search(text))
+
+
+def _evaluation_function(name: str) -> bool:
+    """``validate``, ``evaluate_model``, ``test``, ``test_epoch``; not a pytest case (``test_model``), not
+    something that merely mentions a test (``lr_range_test``)."""
+    return bool(_EVAL_FUNCTION.match(name)) and not _TEST_CASE.match(name)

@@ -224,6 +224,10 @@ class Interpreter(
     def _ev(self, cls, node, ctx: Ctx, **kw):
         if ctx.id not in self.facts.functions:
             self.facts.functions[ctx.id] = ctx.func.node if ctx.func is not None else None
+        names, c = self.facts.ctx_names, ctx
+        while c is not None and c.id not in names:  # what each activation on an event's stack is called
+            names[c.id] = c.name
+            c = c.parent
         return cls(
             seq=next(self.seq),
             node=node,
