@@ -124,7 +124,10 @@ import torch
 from torch import nn
 model = nn.Linear(4, 2)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-loaders = {"train": [(torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))], "val": [(torch.randn(4, 4), torch.tensor([1, 0, 1, 0]))]}
+loaders = {
+    "train": [(torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))],
+    "val": [(torch.randn(4, 4), torch.tensor([1, 0, 1, 0]))],
+}
 for epoch in range(2):
     for phase in ["train", "val"]:
         model.train(phase == "train")
