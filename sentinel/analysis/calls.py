@@ -263,7 +263,7 @@ class CallsMixin:
                 OPTIMIZER,
                 ident=Ident(next(self.seq)),
                 origin=node,
-                alias=params.ident if params.kind == PARAMS else None,
+                alias=params.ident if params.kind == PARAMS else _param_groups(params),
             )
         if qual == "functools.partial":
             return x if x.kind in (QUAL, FUNC, LOSS, MODEL) else TOP
@@ -400,6 +400,8 @@ class CallsMixin:
             )
         if name in ("list", "tuple", "iter") and x.kind == PARAMS:
             return x
+        if name == "filter" and len(args) > 1 and args[1].kind == PARAMS:
+            return args[1]  # filter(lambda p: p.requires_grad, model.parameters())
         if name in ("zip", "iter", "reversed", "sorted", "list", "tuple", "next"):
             if name == "list" and x.kind in (LIST, TUPLE):
                 return x.with_(kind=LIST)
@@ -428,3 +430,19 @@ def _is_super(node: cst.BaseExpression) -> bool:
         and isinstance(node.func, cst.Name)
         and node.func.value == "super"
     )
+
+
+def _param_groups(params: V) -> frozenset | None:
+    """The models whose parameters a list of parameter groups (``[{"params": m.parameters()}, ...]``)
+    holds, when every group's are known."""
+    if params.kind not in (LIST, TUPLE) or not params.elems:
+        return None
+    out: frozenset = frozenset()
+    for e in params.elems:
+        group = e
+        if e.items is not None:
+            group = next((v for k, v in e.items if k == "params"), TOP)
+        if group.kind != PARAMS or group.ident is None:
+            return None
+        out = out | group.ident
+    return out

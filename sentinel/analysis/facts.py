@@ -440,6 +440,105 @@ class Facts:
         return None
 
 
+    # -- training while in eval mode ----------------------------------------------------------------
+    def _related(self, a: Any, b: Any, *, below: bool) -> bool:
+        """Is module ``a`` the module ``b``, one of its ancestors, or (``below``) one of its submodules?"""
+        if a is None or b is None:
+            return False
+        if a == b:
+            return True
+        for x, y in ((b, a), (a, b)) if below else ((b, a),):
+            cur, n = self.parent_of.get(x), 0
+            while cur is not None and n < 16:
+                if cur == y:
+                    return True
+                cur, n = self.parent_of.get(cur), n + 1
+        return False
+
+    def trained_in_eval_mode(self) -> list[tuple[ForwardEvent, ModeEvent]]:
+        """Training forwards (backpropagated, their model stepped in the same iteration) that run while the
+        model (with dropout/batch norm, or unknown layers) is in eval mode, with the ``eval()`` to blame.
+
+        Definitely in eval mode (``eval()`` before the loop, never undone), or possibly, when the
+        ``eval()`` ran in an earlier iteration of a loop around the step (validation inside the epoch
+        loop) with no ``train()`` of the model, an ancestor or a submodule since. Modes sentinel does not
+        know, models without dropout/batch norm, ``eval()`` of a submodule only (frozen batch-norm
+        statistics) and steps on evaluation data (SEN013) are left out.
+        """
+        out = []
+        for fw in self.forwards:
+            if fw.modes is None or "eval" not in fw.modes or fw.sensitive is False or fw.grad == "off":
+                continue
+            if fw.model is None or fw.model.ident is None or fw.frame is None:
+                continue
+            if not self.connected_to_backward(frozenset({fw.id})):
+                continue
+            if not self._steps_in_iteration(fw):
+                continue
+            blame = self._eval_blame(fw)
+            if blame is not None:
+                out.append((fw, blame))
+        return out
+
+    def _same_pass(self, a: Event, b: Event, fid: int) -> bool:
+        return fid in a.frames and fid in b.frames and a.passes[a.frames.index(fid)] == b.passes[b.frames.index(fid)]
+
+    def _steps_in_iteration(self, fw: ForwardEvent) -> bool:
+        """Does an optimizer step of ``fw``'s model follow it in the same loop iteration (not on
+        evaluation data)?"""
+        f = fw.frame
+        model = fw.model.ident if fw.model is not None else None
+        others = {
+            o.model.ident
+            for o in self.forwards
+            if o.model is not None
+            and o.grad != "off"
+            and o.model.ident is not None
+            and self._same_pass(o, fw, f)  # type: ignore[arg-type]
+            and self.connected_to_backward(frozenset({o.id}))
+        }
+        for st in self.step_by_frame.get(f, ()):  # type: ignore[arg-type]
+            if st.seq < fw.seq or not self._same_pass(st, fw, f):  # type: ignore[arg-type]
+                continue
+            if self.evaluation_region_of(st) is not None:
+                continue
+            if st.model is None:
+                # an optimizer built here from something else (an input image, a list of tensors) does
+                # not train the model; one sentinel cannot see (a parameter) may, if nothing else ran
+                if (st.ident is None or isinstance(st.ident, tuple)) and len(others) <= 1:
+                    return True
+                continue
+            if any(self._related(m, model, below=False) or self._related(model, m, below=False) for m in st.model):
+                return True
+            root = self.root_of.get(model, model)
+            if any(self.root_of.get(m, m) == root for m in st.model):
+                return True
+        return False
+
+    def _eval_blame(self, fw: ForwardEvent) -> ModeEvent | None:
+        model = fw.model.ident if fw.model is not None else None
+        last_eval = None
+        for ev in self.mode_switches:
+            if ev.seq > fw.seq:
+                break
+            if ev.stack[:1] != fw.stack[:1]:
+                continue  # another entry point's analysis
+            if ev.mode is not None and "eval" in ev.mode and "train" not in ev.mode:
+                if self._related(ev.target, model, below=False):
+                    last_eval = ev
+            elif last_eval is not None and self._related(ev.target, model, below=True):
+                last_eval = None  # train() (or an unknown mode) since: switched back
+        if last_eval is None:
+            return None
+        if fw.modes == frozenset({"eval"}):
+            return last_eval
+        # possibly eval: only when the eval() ran in an earlier iteration of a loop around the step
+        for fid in fw.frames:
+            if fid in last_eval.frames and not self._same_pass(fw, last_eval, fid):
+                return last_eval
+        return None
+
+
 _ADAPTISH = re.compile(
     r"adapt|(^|_)tta(_|$)|(^|_)tent(_|$)|fine_?tun|finetun|transduct|pseudo|calibrat|maml|meta_?|(^|_)support|"
     r"unlabel|distill|self_?train",
