@@ -314,7 +314,7 @@ class ExpressionsMixin:
             if attr in ("shape", "dtype", "device", "requires_grad", "is_cuda", "ndim"):
                 return V(CONST)
             if attr in ("T", "mT", "real"):
-                return base
+                return base.with_(shape=None) if base.shape is not None and attr != "real" else base
             return V(TENSOR, graph=base.graph, taints=base.taints)
         if base.kind in (UNKNOWN,) and path is not None:
             return self._guess(attr)
