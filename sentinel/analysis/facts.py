@@ -107,7 +107,9 @@ class DropoutCallEvent(Event):
     """A functional dropout call (``F.dropout``...) inside a method of an ``nn.Module`` subclass."""
 
     function: str = ""
-    training: str = "missing"  # "missing" | "true" | "false" | "other" (an expression such as self.training)
+    # "missing" | "true" | "false" | "other" (an expression such as self.training) | "guarded" (missing, but
+    # the call only runs where code reading `self.training` lets it)
+    training: str = "missing"
     in_forward: bool = False  # in `forward` or a method `forward` calls
     owner: str = ""  # the module class
 

@@ -257,10 +257,14 @@ class ShapesMixin:
         in_forward = False
         c: Ctx | None = ctx
         while c is not None:
+            if training == "missing" and c.func is not None and self._mentions_training(c.func.node):
+                training = "guarded"  # `if self.training: x = F.dropout(x, p)`, an early return in eval
             if c.name == "forward" and c.func is not None and c.func.cls is not None and c.func.cls.is_module:
                 in_forward = True
                 break
             c = c.parent
+        if training == "missing" and any("training" in key for key in self.cond_stack):
+            training = "guarded"
         self.facts.dropouts.append(
             self._ev(
                 DropoutCallEvent,
@@ -272,6 +276,13 @@ class ShapesMixin:
                 owner=func.cls.name,
             )
         )
+
+    def _mentions_training(self, func: cst.FunctionDef) -> bool:
+        """Does the function read the module's mode (``self.training``) anywhere?"""
+        cache = self.__dict__.setdefault("_training_text", {})
+        if func not in cache:
+            cache[func] = ".training" in cst.Module([]).code_for_node(func.body)
+        return cache[func]
 
     @staticmethod
     def _training_text(expr: cst.BaseExpression) -> str:

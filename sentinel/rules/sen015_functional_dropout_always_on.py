@@ -24,7 +24,8 @@ class FunctionalDropoutAlwaysOn(Rule):
     the regularization it was meant to add.)
 
     Passing `training=True` explicitly (Monte Carlo dropout, kept on at inference on purpose) is not
-    reported; neither is any other expression (`training=self.training and self.use_mc`, a parameter).
+    reported; neither is any other expression (`training=self.training and self.use_mc`, a parameter),
+    nor a call in a method that reads `self.training` itself (`if self.training: x = F.dropout(x, p)`).
 
     ## Example
     ```python
@@ -110,6 +111,20 @@ class Net(nn.Module):
         self.fc = nn.Linear(8, 2)
     def forward(self, x):
         return self.fc(F.dropout2d(x, self.p, training=self.training and self.p > 0))
+""",
+        # only reached in training mode
+        """
+import torch.nn.functional as F
+from torch import nn
+class Head(nn.Module):
+    def __init__(self, rate):
+        super().__init__()
+        self.rate = rate
+        self.fc = nn.Linear(8, 2)
+    def forward(self, x):
+        if self.training and self.rate > 0:
+            x = F.dropout(x, p=self.rate)
+        return self.fc(x)
 """,
         # a free function, not a module's forward
         """
