@@ -279,7 +279,7 @@ class ShapesMixin:
 
     def _mentions_training(self, func: cst.FunctionDef) -> bool:
         """Does the function read the module's mode (``self.training``) anywhere?"""
-        cache = self.__dict__.setdefault("_training_text", {})
+        cache = self.__dict__.setdefault("_reads_training_cache", {})
         if func not in cache:
             cache[func] = ".training" in cst.Module([]).code_for_node(func.body)
         return cache[func]
