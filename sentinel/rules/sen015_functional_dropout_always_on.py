@@ -75,7 +75,13 @@ class FunctionalDropoutAlwaysOn(Rule):
     CODE = "SEN015"
     NAME = "functional-dropout-always-on"
     SUMMARY = "Functional dropout in a module's forward without training=self.training"
-    TRIGGER = (re.compile(r"dropout"),)
+    # a functional call (`F.dropout(`, `torch.nn.functional.alpha_dropout(`), not a `self.dropout(` layer, or
+    # the function imported by name
+    TRIGGER = (
+        re.compile(
+            r"(?<!self)\.(?:feature_)?(?:alpha_)?dropout(?:[123]d)?\(|functional import[^\n]*(?:alpha_)?dropout"
+        ),
+    )
 
     VALID = [
         # self.training passed positionally

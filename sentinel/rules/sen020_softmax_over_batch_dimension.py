@@ -72,7 +72,15 @@ class SoftmaxOverBatchDimension(Rule):
     CODE = "SEN020"
     NAME = "softmax-over-batch-dimension"
     SUMMARY = "Softmax / log_softmax of a batched model output taken over the batch dimension"
-    TRIGGER = (re.compile(r"(?i)softmax"),)
+    # a softmax, and a dim that can be 0: `dim=0` / `dim=-2`, a positional 0, or no dim at all
+    TRIGGER = (
+        re.compile(r"(?i)softmax"),
+        re.compile(
+            r"dim\s*=\s*(?:0|-[23])\b"
+            r"|(?i:softmax)\((?:[^,()=\[\]]|\([^()]*\)|\[[^\[\]]*\])*\)"
+            r"|(?i:softmax)\((?:[^,()\[\]]|\([^()]*\)|\[[^\[\]]*\])*,\s*(?:0|-[23])\s*[,)]"
+        ),
+    )
 
     VALID = [
         # one sample's logits: dim 0 is the class dimension
