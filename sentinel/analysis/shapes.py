@@ -87,14 +87,16 @@ class ShapesMixin:
         kind = api.ACTIVATION_CLASSES[qual]
         dim = args[0] if args else kwargs.get("dim")
         known = dim is None or (dim.is_const and dim.const is None) or _const_int(dim) is not None
-        act = Act(kind, self._where(node), _const_int(dim) if dim is not None else None, 0, known)
+        self._where(node)
+        act = Act(kind, node, _const_int(dim) if dim is not None else None, 0, known, layer=node)
         return V(SOFTMAX, origin=node, act=act, shape=(0, True))
 
     def apply_activation_layer(self, layer: V, node, x: V, ctx: Ctx) -> V:
+        """``self.softmax(h)``: the activation is applied at this call (its layer is the constructor)."""
         act = layer.act
         if act is None:
             return V(TENSOR, graph=x.graph, taints=x.taints)
-        applied = act.shifted(x.shape)
+        applied = act.shifted(x.shape, self._where(node))
         if not ctx.model_method:
             self._note_over_batch(applied, x, ctx)
         return V(TENSOR, act=applied, graph=x.graph, taints=x.taints, origin=node, shape=x.shape)

@@ -59,19 +59,29 @@ class Act:
     ``nn.Softmax``-style layer), the ``dim`` it was given (None: implicit), and the rank and batch flag of
     its input (rank relative to the model's input when it was applied inside a model)."""
 
-    __slots__ = ("kind", "node", "dim", "rank", "batch")
+    __slots__ = ("kind", "node", "dim", "rank", "batch", "layer")
 
-    def __init__(self, kind: str, node: Any, dim: int | None = None, rank: int | None = None, batch: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        node: Any,
+        dim: int | None = None,
+        rank: int | None = None,
+        batch: bool = False,
+        layer: Any = None,  # the `nn.Softmax(...)`-style constructor, when a layer applied it
+    ) -> None:
         self.kind = kind
         self.node = node
         self.dim = dim
         self.rank = rank
         self.batch = batch
+        self.layer = layer
 
-    def shifted(self, shape: tuple | None) -> Act:
-        """The activation as seen from the caller of a model whose input had ``shape``."""
+    def shifted(self, shape: tuple | None, node: Any = None) -> Act:
+        """The activation as seen from the caller of a model whose input had ``shape`` (applied at ``node``)."""
         rank = self.rank + shape[0] if shape is not None and shape[0] is not None and self.rank is not None else None
-        return Act(self.kind, self.node, self.dim, rank, bool(self.batch and shape is not None and shape[1]))
+        batch = bool(self.batch and shape is not None and shape[1])
+        return Act(self.kind, self.node if node is None else node, self.dim, rank, batch, self.layer)
 
     def resolved_dim(self) -> int | None:
         """The dimension PyTorch normalizes over (implicit ``dim``: 0 for 0-, 1- and 3-D inputs, else 1)."""
@@ -96,7 +106,7 @@ def join_act(a: Act | None, b: Act | None) -> Act | None:
         return None
     if a is b or (a.node is b.node and a.dim == b.dim and a.rank == b.rank and a.batch == b.batch):
         return a
-    return Act(a.kind, a.node, a.dim if a.dim == b.dim else None, None, False)
+    return Act(a.kind, a.node, a.dim if a.dim == b.dim else None, None, False, a.layer if a.layer is b.layer else None)
 
 
 class V:

@@ -138,9 +138,10 @@ probs = F.softmax(model(x))  # error: implicit dim of a 3-D input is 0
         for ev in facts.activations:
             act = ev.act
             fn = "log_softmax" if act.kind == "log_softmax" else "softmax"
-            stmt = facts.stmt_of.get(id(act.node), ev.stmt)
+            node = act.layer if act.layer is not None else act.node  # the layer where `dim` is written
+            stmt = facts.stmt_of.get(id(node), ev.stmt)
             yield Violation(
-                act.node,
+                node,
                 stmt,
                 f"{fn} over dimension 0 of a batched model output: each sample is normalized across the "
                 f"batch instead of across its classes; take the {fn} over the class dimension (dim=1 or "
