@@ -298,7 +298,7 @@ class MethodsMixin:
                         site=stmt,
                     )
                 )
-        first = recv.elems == () or recv.act is not None
+        first = recv.elems == () or (recv.act is not None and x.act is not None and recv.act.kind == x.act.kind)
         new = recv.with_(
             taints=recv.taints | x.taints | {acc_id},
             graph=True if x.graph else recv.graph,
