@@ -61,6 +61,9 @@ class InliningMixin:
             act = head  # the head was replaced by one ending in an activation (nn.Softmax...)
         self._forward_runs = getattr(self, "_forward_runs", 0) + 1
         x = args[0] if args else TOP
+        if result is None and transform is not None and len(transform) == 3 and model.kind == MODEL:
+            # a recurrent layer: `out, hidden = self.lstm(x)`, where `out` keeps the input's layout
+            result = V(TUPLE, elems=(V(TENSOR, shape=apply_shape(transform, x.shape)), V(TENSOR)))
         if absolute:
             out_act = act
             if act is not None and not ctx.model_method:

@@ -32,10 +32,11 @@ _SHAPE_ARG_FACTORIES = frozenset({"randint", "full", "normal"})
 
 
 def apply_shape(transform: tuple | None, shape: tuple | None) -> tuple | None:
-    """The layout of a model's output given its input's (``transform`` = the model's shape)."""
+    """The layout of a model's output given its input's (``transform`` = the model's shape; a third
+    element ``"tuple"`` says the layer returns ``(output, state)`` and this is the output's layout)."""
     if transform is None or shape is None:
         return None
-    delta, keeps = transform
+    delta, keeps = transform[0], transform[1]
     rank = shape[0] + delta if shape[0] is not None and delta is not None else None
     batch = bool(keeps and shape[1])
     return (rank, batch) if (rank is not None or batch) else None
@@ -44,7 +45,7 @@ def apply_shape(transform: tuple | None, shape: tuple | None) -> tuple | None:
 def compose(transforms: list[tuple | None]) -> tuple | None:
     delta: int | None = 0
     for t in transforms:
-        if t is None:
+        if t is None or len(t) != 2:
             return None
         delta = delta + t[0] if delta is not None and t[0] is not None else None
         if not t[1]:
@@ -158,6 +159,9 @@ class ShapesMixin:
             return (None, True) if start is not None and start >= 1 else None
         if name == "Embedding":
             return (1, True)
+        if name in ("RNN", "LSTM", "GRU"):
+            # `(output, hidden)`: output keeps the input's layout index for index (batch_first or not)
+            return (0, True, "tuple")
         return None
 
     def sequential_shape(self, layers: list[V]) -> tuple | None:
@@ -230,10 +234,18 @@ class ShapesMixin:
         if base.kind != TENSOR:
             # an element of a loader batch: `batch["input_ids"]`; `batch[0]` may be the first sample
             return shape if index.is_const and isinstance(index.const, str) else None
-        first = node.slice[0].slice
-        if isinstance(first, cst.Slice) and first.lower is None and first.upper is None and first.step is None:
-            return (None, True)
-        return None
+        parts = [e.slice for e in node.slice]
+        if not isinstance(parts[0], cst.Slice):
+            return None  # an index (or a mask, an index tensor) on dimension 0
+        rank = shape[0]
+        for part in parts[1:]:
+            if isinstance(part, cst.Slice):
+                continue
+            if isinstance(part, cst.Index) and isinstance(part.value, (cst.Integer, cst.UnaryOperation)):
+                rank = rank - 1 if rank is not None else None  # `out[:, -1]` drops a dimension
+                continue
+            rank = None  # `...`, `None`, a tensor index: the rank is unknown
+        return (rank, True)
 
     # -- functional dropout -------------------------------------------------------------------------
     def note_dropout(self, qual: str, node, ctx: Ctx) -> None:
