@@ -178,7 +178,19 @@ class Facts:
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- budget ------------------------------------------------------------------------------------
-    _EVENT_LISTS = ("forwards", "backwards", "steps", "resets", "loss_calls", "snapshots", "accums", "snapshot_reads")
+    _EVENT_LISTS = (
+        "forwards",
+        "backwards",
+        "steps",
+        "resets",
+        "loss_calls",
+        "snapshots",
+        "accums",
+        "snapshot_reads",
+        "activations",
+        "dropouts",
+        "mode_switches",
+    )
     _EVENT_SETS = ("escaped_taints", "stored", "proven_graph_taints")
 
     def checkpoint(self) -> tuple:
