@@ -217,9 +217,10 @@ class CallsMixin:
             self.note_dropout(qual, node, ctx)
         if qual in api.SOFTMAX_FUNCS or qual in api.LOG_SOFTMAX_FUNCS:
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
-            return self.activation(ACT_SOFTMAX if qual in api.SOFTMAX_FUNCS else ACT_LOG_SOFTMAX, node, x, dim, ctx)
+            kind = ACT_SOFTMAX if qual in api.SOFTMAX_FUNCS else ACT_LOG_SOFTMAX
+            return self.activation(kind, node, x, dim, ctx, grad=state.grad)
         if qual in api.SIGMOID_FUNCS:
-            return self.activation(ACT_SIGMOID, node, x, None, ctx)
+            return self.activation(ACT_SIGMOID, node, x, None, ctx, grad=state.grad)
         if qual in api.CROSS_ENTROPY_FUNCS:
             return self.loss_call(True, node, args, kwargs, ctx, loss="ce")
         if api.is_functional_loss(qual):

@@ -481,7 +481,9 @@ class Facts:
         """
         out = []
         for fw in self.forwards:
-            if fw.modes is None or "eval" not in fw.modes or fw.sensitive is False or fw.grad == "off":
+            # an unknown mode (validation under a condition the code cannot evaluate) still counts when
+            # the eval() ran in an earlier iteration and nothing switched back (see _eval_blame)
+            if fw.modes is not None and "eval" not in fw.modes or fw.sensitive is False or fw.grad == "off":
                 continue
             if fw.model is None or fw.model.ident is None or fw.frame is None:
                 continue

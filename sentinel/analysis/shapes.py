@@ -63,8 +63,9 @@ class ShapesMixin:
     """Activations, layouts and functional dropout; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
 
     # -- activations --------------------------------------------------------------------------------
-    def activation(self, kind: str, node, x: V, dim: V | None, ctx: Ctx) -> V:
-        """The value of applying activation ``kind`` to ``x`` (``dim``: its dim argument, None if absent)."""
+    def activation(self, kind: str, node, x: V, dim: V | None, ctx: Ctx, grad: str | None = None) -> V:
+        """The value of applying activation ``kind`` to ``x`` (``dim``: its dim argument, None if absent;
+        ``grad``: the grad mode, "off" under no_grad, where the result carries no graph)."""
         self._where(node)
         known_dim = True
         d: int | None = None
@@ -81,7 +82,8 @@ class ShapesMixin:
         )
         if not ctx.model_method:
             self._note_over_batch(act, x, ctx)
-        return V(TENSOR, act=act, graph=x.graph, taints=x.taints, origin=node, shape=shape)
+        graph = False if grad == "off" else x.graph
+        return V(TENSOR, act=act, graph=graph, taints=x.taints, origin=node, shape=shape)
 
     def activation_layer(self, qual: str, node, args: list[V], kwargs: dict[str, V]) -> V:
         """``nn.Softmax(dim=...)`` and friends: a callable that applies the activation."""
