@@ -8,8 +8,11 @@ import libcst as cst
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
+    ClipEvent,
+    CtorEvent,
     LossCallEvent,
     ResetEvent,
+    SamplerEvent,
 )
 from sentinel.analysis.idioms import BoundModelMethod
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
@@ -231,7 +234,13 @@ class CallsMixin:
         if qual in api.SET_GRAD_ENABLED:
             return V(GRAD_CTX, const=("on" if x.const else "off") if x.is_const else NOCONST)
         if qual in api.WRAPPERS:
+            if name == "DistributedDataParallel":
+                return (x if x.kind == MODEL else V(MODEL, ident=Ident(next(self.seq)))).with_(wrapper="ddp")
             return x if x.kind == MODEL else V(MODEL, ident=Ident(next(self.seq)))
+        if name in api.CLIP_FUNCS and qual.startswith("torch.nn.utils"):
+            models = x.ident if x.kind == PARAMS and x.ident and None not in x.ident else None
+            self.facts.clips.append(self._ev(ClipEvent, node, ctx, models=models))
+            return V(TENSOR, graph=False, origin=node)
         if qual == "torch.nn.Sequential":
             return self._sequential(node, args)
         if qual in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
@@ -241,21 +250,48 @@ class CallsMixin:
         if api.is_module_class(qual):
             return V(MODEL, ident=Ident(next(self.seq)), origin=node, sensitive=_layer_sensitive(qual, kwargs, args))
         if api.is_scaler_class(qual):
-            return V(SCALER, origin=node)
+            enabled = kwargs.get("enabled")
+            scaler = V(
+                SCALER,
+                origin=node,
+                ident=Ident(next(self.seq)),
+                ref="disabled" if enabled is not None and enabled.is_const and not enabled.const else None,
+            )
+            self.facts.ctors.append(self._ev(CtorEvent, node, ctx, what="scaler", ident=scaler.ident))
+            return scaler
         if api.is_optimizer_class(qual):
             params = args[0] if args else kwargs.get("params", TOP)
-            return V(
+            opt = V(
                 OPTIMIZER,
                 ident=Ident(next(self.seq)),
                 origin=node,
                 alias=params.ident if params.kind == PARAMS else None,
             )
+            self._record_optimizer(qual, node, opt, args, kwargs, ctx)
+            return opt
         if qual == "functools.partial":
             return x if x.kind in (QUAL, FUNC, LOSS, MODEL) else TOP
         if api.is_scheduler(qual):
             return V(SCHEDULER, origin=node)
         if name == "DataLoader":
-            return V(LOADER, origin=node, label=(args[0].label if args else ""))
+            loader = V(LOADER, origin=node, label=(args[0].label if args else ""), ident=Ident(next(self.seq)))
+            sampler = self._sampler_of(kwargs["sampler"]) if "sampler" in kwargs else None
+            if sampler is not None:
+                self.facts.loader_sampler[loader.ident] = sampler
+            return loader
+        if name == "DistributedSampler":
+            shuffle = kwargs.get("shuffle")
+            sampler = V(UNKNOWN, ident=Ident(next(self.seq)), origin=node, label="sampler")
+            self.facts.samplers.append(
+                self._ev(
+                    SamplerEvent,
+                    node,
+                    ctx,
+                    ident=sampler.ident,
+                    shuffle=bool(shuffle.const) if shuffle is not None and shuffle.is_const else True,
+                )
+            )
+            return sampler
         if qual in ("copy.deepcopy",):
             if x.kind == MODEL:
                 return x.with_(ident=Ident(next(self.seq)))
@@ -320,6 +356,33 @@ class CallsMixin:
             ref="ctor" if name[:1].isupper() else None,
         )
 
+    def _record_optimizer(
+        self, qual: str, node: cst.Call, opt: V, args: list[V], kwargs: dict[str, V], ctx: Ctx
+    ) -> None:
+        """An optimizer construction: which models, and whether it keeps state worth losing."""
+        momentum = kwargs.get("momentum", args[2] if len(args) > 2 else None)
+        stateless = api.last(qual) == "SGD" and (momentum is None or (momentum.is_const and not momentum.const))
+        fresh = False
+        arg = node.args[0].value if node.args else None
+        while isinstance(arg, cst.Call):
+            arg = arg.func.value if isinstance(arg.func, cst.Attribute) else (arg.args[0].value if arg.args else None)
+        base = _dotted(arg) if isinstance(arg, (cst.Name, cst.Attribute)) else None
+        if base and self.fresh_stack and self.frame_stack and self.facts.frames[self.frame_stack[-1]].ctx == ctx.id:
+            fresh = base.split(".")[0] in self.fresh_stack[-1] or base in self.fresh_stack[-1]
+        models = opt.alias if opt.alias and None not in opt.alias else None
+        self.facts.ctors.append(
+            self._ev(
+                CtorEvent,
+                node,
+                ctx,
+                what="optimizer",
+                ident=opt.ident,
+                models=models,
+                fresh_params=fresh,
+                stateless=stateless,
+            )
+        )
+
     def _sequential(self, node: cst.Call, args: list[V]) -> V:
         probs = None
         if args:
@@ -344,7 +407,16 @@ class CallsMixin:
             return V(CONST, graph=False)
         if name in ("enumerate",):
             return (
-                V(UNKNOWN, label=x.label, graph=x.graph, taints=x.taints, alias=x.alias, ref="enumerate", elems=None)
+                V(
+                    UNKNOWN,
+                    label=x.label,
+                    graph=x.graph,
+                    taints=x.taints,
+                    alias=x.alias,
+                    ref="enumerate",
+                    elems=None,
+                    ident=x.ident if x.kind == LOADER else None,
+                )
                 if x.kind != PARAMS
                 else x
             )

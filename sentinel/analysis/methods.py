@@ -13,8 +13,10 @@ from sentinel.analysis.facts import (
     AccumEvent,
     BackwardEvent,
     ResetEvent,
+    SetEpochEvent,
     SnapshotEvent,
     StepEvent,
+    UnscaleEvent,
 )
 from sentinel.analysis.objects import EVAL, TRAIN, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
@@ -53,6 +55,10 @@ from sentinel.analysis.values import (
     V,
     graph_of,
     merge_taints,
+)
+
+_REINIT_METHODS = frozenset(
+    {"apply", "load_state_dict", "reset_parameters", "init_weights", "initialize_weights", "_init_weights"}
 )
 
 
@@ -109,32 +115,54 @@ class MethodsMixin:
             return TOP
         if meth == "zero_grad":
             kind = "optimizer" if recv.kind == OPTIMIZER else ("model" if recv.kind in (MODEL, INSTANCE) else None)
-            self.facts.resets.append(self._ev(ResetEvent, node, ctx, target=recv.ident if kind else None, kind=kind))
+            self.facts.resets.append(
+                self._ev(
+                    ResetEvent, node, ctx, target=recv.ident if kind else None, kind=kind, recv=receiver_name or ""
+                )
+            )
             return TOP
         if meth == "step":
             if recv.kind == OPTIMIZER or (
                 recv.kind not in (SCHEDULER, SCALER, MODEL, LOADER) and rname and api.optimizerish(rname)
             ):
-                self.facts.steps.append(
-                    self._ev(StepEvent, node, ctx, optimizer=rname or "", ident=recv.ident, model=recv.alias)
+                ev = self._ev(
+                    StepEvent,
+                    node,
+                    ctx,
+                    optimizer=rname or "",
+                    ident=recv.ident,
+                    model=recv.alias,
+                    recv=receiver_name or "",
                 )
+                self.facts.steps.append(ev)
                 self._closure(args, kwargs, node, state, ctx)
+                ev.closure_end = next(self.seq)
             elif recv.kind == SCALER or (rname and api.scalerish(rname)):
-                self.facts.steps.append(
-                    self._ev(
-                        StepEvent,
-                        node,
-                        ctx,
-                        optimizer=x.label or "scaler",
-                        ident=x.ident if x.kind == OPTIMIZER else None,
-                        model=x.alias,
-                    )
+                ev = self._ev(
+                    StepEvent,
+                    node,
+                    ctx,
+                    optimizer=x.label or "scaler",
+                    ident=x.ident if x.kind == OPTIMIZER else None,
+                    model=x.alias,
+                    recv=(_dotted(node.args[0].value) or "") if node.args else "",
+                    scaled=(recv.ident or True) if recv.ref != "disabled" else None,
                 )
+                self.facts.steps.append(ev)
                 self._closure(args[1:], kwargs, node, state, ctx)
+                ev.closure_end = next(self.seq)
             return TOP
         if recv.kind == SCALER or (recv.kind == UNKNOWN and rname and api.scalerish(rname)):
             if meth == "scale":
                 return x
+            if meth == "unscale_":
+                opt_text = (_dotted(node.args[0].value) or "") if node.args else ""
+                self.facts.unscales.append(
+                    self._ev(UnscaleEvent, node, ctx, ident=x.ident if x.kind == OPTIMIZER else None, recv=opt_text)
+                )
+            return TOP
+        if meth == "set_epoch":
+            self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx, sampler=self._sampler_of(recv)))
             return TOP
         if recv.ref == "loaded":
             recv = self._loaded_method(recv, meth, node, state)
@@ -302,6 +330,11 @@ class MethodsMixin:
         return TOP
 
     def _model_method(self, recv: V, meth: str, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        if meth == "module" and recv.wrapper == "ddp":
+            # `ddp_model.module(x)`: the wrapped model run directly, past the wrapper
+            return self.forward(recv.with_(wrapper="module"), node, args, kwargs, state, ctx)
+        if meth in _REINIT_METHODS and recv.ident is not None:
+            self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=recv.ident, kind="model"))
         if meth in ("train", "eval"):
             if meth == "eval":
                 mode: frozenset | None = EVAL
@@ -371,3 +404,15 @@ class MethodsMixin:
         kind = TENSOR if recv.kind == TENSOR else UNKNOWN
         return V(kind, graph=graph_of(*vals), taints=merge_taints(*vals), alias=None)
 
+
+    def _sampler_of(self, value: V):
+        """The DistributedSampler ``value`` is (or a loader's sampler), None when unknown."""
+        samplers = self._samplers()
+        if value.ident is not None and value.ident in samplers:
+            return value.ident
+        if value.kind == LOADER and value.ident is not None:
+            return self.facts.loader_sampler.get(value.ident)
+        return None
+
+    def _samplers(self) -> set:
+        return {s.ident for s in self.facts.samplers}

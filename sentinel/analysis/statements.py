@@ -12,6 +12,7 @@ from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
     AccumEvent,
     Frame,
+    LoaderIterEvent,
     ResetEvent,
     SnapshotEvent,
 )
@@ -255,6 +256,9 @@ class StatementsMixin:
 
     def exec_for(self, node: cst.For, state: State, ctx: Ctx) -> None:
         it = self.eval(node.iter, state, ctx)
+        if it.ident is not None and it.ident in self.facts.loader_sampler:
+            sampler = self.facts.loader_sampler[it.ident]
+            self.facts.loader_iters.append(self._ev(LoaderIterEvent, node, ctx, sampler=sampler, loop=node))
         label = it.label or self._expr_label(node.iter)
         elems = it.elems if it.kind in (TUPLE, LIST) else None
         if elems is not None and 0 < len(elems) <= 6 and isinstance(node.target, (cst.Name, cst.Tuple)):
@@ -416,6 +420,8 @@ class StatementsMixin:
 
     # -- assignment ---------------------------------------------------------------------------------
     def assign(self, target, value: V, state: State, ctx: Ctx, value_node, *, loop_target: bool = False) -> None:
+        if value.wrapper == "ddp" and isinstance(target, (cst.Name, cst.Attribute)):
+            self._mark_wrapped(target, value_node, state, ctx)
         if isinstance(target, cst.Name):
             name = target.value
             if value.kind in (LOADER, TENSOR, UNKNOWN, LIST, DICT, TUPLE) and not value.label:
@@ -446,7 +452,13 @@ class StatementsMixin:
         elif isinstance(target, cst.Attribute):
             path = _dotted(target)
             if target.attr.value == "grad":
-                self.facts.resets.append(self._ev(ResetEvent, target, ctx))
+                owner = self.eval(target.value, state, ctx, record=False)
+                models = owner.ref[1] if isinstance(owner.ref, tuple) and owner.ref[0] == "params" else None
+                if models and value.kind == CONST and value.const is None:
+                    # `p.grad = None` for every parameter of known models
+                    self.facts.resets.append(self._ev(ResetEvent, target, ctx, target=models, kind="params"))
+                else:
+                    self.facts.resets.append(self._ev(ResetEvent, target, ctx))
                 return
             owner = self.eval(target.value, state, ctx, record=False)
             if path is not None:
@@ -471,6 +483,29 @@ class StatementsMixin:
                 self._assign_item_head(target, value, state, ctx)
         elif isinstance(target, cst.StarredElement):
             self.assign(target.value, TOP, state, ctx, None, loop_target=loop_target)
+
+    def _mark_wrapped(self, target, value_node, state: State, ctx: Ctx) -> None:
+        """``ddp = DDP(model)``: from here on ``model`` names the model *inside* the wrapper (a forward
+        through it skips gradient synchronisation). ``model = DDP(model)`` rebinds the name instead."""
+        if type(value_node) is not cst.Call or not value_node.args:
+            return
+        inner = value_node.args[0].value
+        while isinstance(inner, cst.Call) and isinstance(inner.func, cst.Attribute):
+            if inner.func.attr.value not in api.MODEL_SELF_METHODS:
+                return
+            inner = inner.func.value  # `DDP(model.to(rank))`
+        path = _dotted(inner)
+        if path is None or path == _dotted(target):
+            return
+        current = self.eval(inner, state, ctx, record=False)
+        if current.kind != MODEL or current.wrapper is not None:
+            return
+        marked = current.with_(wrapper="inner")
+        state.env[path] = marked
+        if isinstance(inner, cst.Attribute):
+            owner = self.eval(inner.value, state, ctx, record=False)
+            if owner.kind in (INSTANCE, MODEL) and isinstance(owner.ref, Instance):
+                owner.ref.attrs[inner.attr.value] = marked
 
     def _outlives(self, path: str) -> bool:
         """Does the object at ``path`` (a name, ``self.x``, ``d[k]``) outlive the current loop iteration?"""

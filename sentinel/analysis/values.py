@@ -63,6 +63,7 @@ class V:
         "label",
         "sensitive",
         "origin",
+        "wrapper",
     )
 
     def __init__(
@@ -80,6 +81,7 @@ class V:
         label: str = "",  # the name the value was first bound to (e.g. "val_loader"), for eval heuristics
         sensitive: bool | None = None,  # models: holds dropout/batch-norm style layers (None: unknown)
         origin: Any = None,  # node that created it
+        wrapper: str | None = None,  # models: "ddp" a DistributedDataParallel wrapper, "inner"/"module" what it wraps
     ) -> None:
         self.kind = kind
         self.ident = ident
@@ -94,6 +96,7 @@ class V:
         self.label = label
         self.sensitive = sensitive
         self.origin = origin
+        self.wrapper = wrapper
 
     def with_(self, **c: Any) -> V:
         g = c.get
@@ -111,6 +114,7 @@ class V:
             g("label", self.label),
             g("sensitive", self.sensitive),
             g("origin", self.origin),
+            g("wrapper", self.wrapper),
         )
 
     @property
@@ -167,6 +171,7 @@ def join(a: V | None, b: V | None) -> V:
         label=a.label or b.label,
         sensitive=a.sensitive if a.sensitive == b.sensitive else None,
         origin=a.origin,
+        wrapper=a.wrapper if a.wrapper == b.wrapper else None,
     )
 
 
