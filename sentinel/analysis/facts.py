@@ -154,6 +154,7 @@ class LoaderIterEvent(Event):
 
     sampler: Any = None
     loop: Any = None  # the `for` statement iterating the loader
+    frame_id: int | None = None  # the loop frame of that `for` (None: unrolled over a literal list)
 
 
 @dataclass

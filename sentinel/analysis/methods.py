@@ -69,6 +69,8 @@ class MethodsMixin:
     def call_method(
         self, recv: V, meth: str, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx
     ) -> V:
+        if meth in _REINIT_METHODS and recv.kind == MODEL and recv.ident is not None:
+            self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=recv.ident, kind="model"))
         # a method defined in this file wins over everything else
         if recv.kind in (INSTANCE, MODEL) and isinstance(recv.ref, Instance):
             m = recv.ref.cls.method(meth)
@@ -333,8 +335,6 @@ class MethodsMixin:
         if meth == "module" and recv.wrapper == "ddp":
             # `ddp_model.module(x)`: the wrapped model run directly, past the wrapper
             return self.forward(recv.with_(wrapper="module"), node, args, kwargs, state, ctx)
-        if meth in _REINIT_METHODS and recv.ident is not None:
-            self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=recv.ident, kind="model"))
         if meth in ("train", "eval"):
             if meth == "eval":
                 mode: frozenset | None = EVAL

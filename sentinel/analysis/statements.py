@@ -256,9 +256,11 @@ class StatementsMixin:
 
     def exec_for(self, node: cst.For, state: State, ctx: Ctx) -> None:
         it = self.eval(node.iter, state, ctx)
+        sampled = None
         if it.ident is not None and it.ident in self.facts.loader_sampler:
             sampler = self.facts.loader_sampler[it.ident]
-            self.facts.loader_iters.append(self._ev(LoaderIterEvent, node, ctx, sampler=sampler, loop=node))
+            sampled = self._ev(LoaderIterEvent, node, ctx, sampler=sampler, loop=node)
+            self.facts.loader_iters.append(sampled)
         label = it.label or self._expr_label(node.iter)
         elems = it.elems if it.kind in (TUPLE, LIST) else None
         if elems is not None and 0 < len(elems) <= 6 and isinstance(node.target, (cst.Name, cst.Tuple)):
@@ -276,6 +278,8 @@ class StatementsMixin:
         else:
             element = self.iter_element(it, node.iter, state, ctx)
             frame = self._push_frame(node, ctx, label)
+            if sampled is not None:
+                sampled.frame_id = frame.id
             try:
                 out = self._loop_body(
                     node,
