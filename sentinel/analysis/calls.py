@@ -16,7 +16,7 @@ from sentinel.analysis.facts import (
 )
 from sentinel.analysis.idioms import BoundModelMethod
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
-from sentinel.analysis.syntax import _JOIN_FUNCS, _MODE_FUNCS, _any_sensitive, _dotted, _layer_sensitive
+from sentinel.analysis.syntax import _JOIN_FUNCS, _MODE_FUNCS, _any_sensitive, _code, _dotted, _layer_sensitive
 from sentinel.analysis.values import (
     CLASS,
     CONST,
@@ -239,7 +239,12 @@ class CallsMixin:
             return x if x.kind == MODEL else V(MODEL, ident=Ident(next(self.seq)))
         if name in api.CLIP_FUNCS and qual.startswith("torch.nn.utils"):
             models = x.ident if x.kind == PARAMS and x.ident and None not in x.ident else None
-            self.facts.clips.append(self._ev(ClipEvent, node, ctx, models=models))
+            limit = args[1] if len(args) > 1 else kwargs.get("max_norm", kwargs.get("clip_value", TOP))
+            limit_text = _code(node.args[1].value) if len(node.args) > 1 else ""
+            measure = "inf" in limit_text or (
+                limit.is_const and isinstance(limit.const, (int, float)) and limit.const >= 1e6
+            )
+            self.facts.clips.append(self._ev(ClipEvent, node, ctx, models=models, measure_only=measure))
             return V(TENSOR, graph=False, origin=node)
         if qual == "torch.nn.Sequential":
             return self._sequential(node, args)

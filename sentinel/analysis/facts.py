@@ -119,6 +119,7 @@ class ClipEvent(Event):
     """``clip_grad_norm_`` / ``clip_grad_value_`` (torch.nn.utils) on some parameters' gradients."""
 
     models: frozenset | None = None  # the models whose parameters are clipped (None: unknown)
+    measure_only: bool = False  # an infinite / huge limit: the call only measures the gradient norm
 
 
 @dataclass

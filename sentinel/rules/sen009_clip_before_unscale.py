@@ -11,11 +11,14 @@ from sentinel.rules.base import Rule, Violation
 
 def _unscales(u: UnscaleEvent, step: StepEvent) -> bool:
     """Does ``scaler.unscale_(...)`` act on the optimizer ``step`` applies (unknown: assume it does)?"""
-    if u.ident is not None and step.ident is not None:
+    if _known(u.ident) and _known(step.ident):
         return u.ident == step.ident
-    if u.recv and step.recv:
-        return u.recv == step.recv
     return True
+
+
+def _known(ident: object) -> bool:
+    """An optimizer the code built (not one typed by a parameter's name)."""
+    return ident is not None and not isinstance(ident, tuple)
 
 
 class ClipBeforeUnscale(Rule):
@@ -143,7 +146,7 @@ for _ in range(3):
     def check(self, facts: Facts) -> Iterator[Violation]:
         seen: set[int] = set()
         for clip in facts.clips:
-            if id(clip.node) in seen:
+            if id(clip.node) in seen or clip.measure_only:
                 continue
             for step in facts.steps:
                 if not step.scaled or step.seq < clip.seq or not facts.same_iteration(step, clip):

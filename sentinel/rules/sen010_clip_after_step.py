@@ -93,7 +93,8 @@ class ClipAfterStep(Rule):
     ```
 
     ## Known problems
-    A clip that also runs in iterations that do not step (gradient accumulation with the clip outside
+    A call with an infinite or huge limit only measures the gradient norm (for logging) and is not
+    reported. A clip that also runs in iterations that do not step (gradient accumulation with the clip outside
     the step's condition), or whose parameters might belong to an optimizer that steps later in the
     iteration, is not reported.
 
@@ -123,6 +124,18 @@ for _ in range(3):
     (-D(G(torch.randn(2, 4))).mean()).backward()
     torch.nn.utils.clip_grad_norm_(G.parameters(), 1.0)
     opt_g.step()
+""",
+        # measuring the gradient norm after the step, for logging
+        """
+import torch
+from torch import nn
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for i in range(8):
+    opt.zero_grad()
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    norm = nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
 """,
         # accumulation: clip inside the step's condition, before the step
         """
@@ -160,7 +173,7 @@ Trainer(nn.Linear(4, 1)).fit([(torch.randn(2, 4), torch.randn(2, 1))])
     def check(self, facts: Facts) -> Iterator[Violation]:
         seen: set[int] = set()
         for clip in facts.clips:
-            if id(clip.node) in seen:
+            if id(clip.node) in seen or clip.measure_only:
                 continue
             step = _after_step(facts, clip)
             if step is not None:

@@ -81,6 +81,7 @@ class OptimizerRecreatedInLoop(Rule):
 
     ## Known problems
     Loops over a literal list (a learning-rate sweep, training stages) are not reported, nor is an
+    optimizer rebuilt only under a condition (`if epoch == unfreeze_at:`), nor an
     optimizer whose parameter list sentinel cannot resolve (`filter(...)`, parameter groups), which is
     how progressive unfreezing legitimately rebuilds its optimizer. A model re-initialised in place
     before the optimizer (`model.apply(init)`, `model.load_state_dict(...)`) counts as a new model.
@@ -114,6 +115,19 @@ from torch import nn
 model = nn.Linear(4, 1)
 for epoch in range(3):
     opt = torch.optim.SGD(model.parameters(), lr=0.1 * 0.9 ** epoch)
+    opt.zero_grad()
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+""",
+        # rebuilt once, when the backbone is unfrozen
+        """
+import torch
+from torch import nn
+model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+opt = torch.optim.Adam(model[1].parameters())
+for epoch in range(6):
+    if epoch == 3:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     opt.zero_grad()
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
@@ -168,8 +182,8 @@ for epoch in range(3):
             if not ctor.frames or id(ctor.node) in seen or ctor.stateless:
                 continue
             loop = facts.frames[ctor.frames[-1]]
-            if loop.unrolled:
-                continue
+            if loop.unrolled or facts.conds_within(ctor, ctor):
+                continue  # a sweep over literals, or rebuilt only when a condition holds (a new stage)
             steps = [s for s in facts.steps if s.seq > ctor.seq and facts.same_iteration(ctor, s)]
             if ctor.what == "optimizer":
                 steps = [s for s in steps if s.ident is ctor.ident]
