@@ -163,6 +163,7 @@ class SetEpochEvent(Event):
     """``sampler.set_epoch(...)`` (or ``loader.sampler.set_epoch``, ``loader.set_epoch``)."""
 
     sampler: Any = None  # the sampler it sets, None: unknown
+    fixed: bool = False  # the epoch argument is a constant
 
 
 @dataclass

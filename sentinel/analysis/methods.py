@@ -164,7 +164,10 @@ class MethodsMixin:
                 )
             return TOP
         if meth == "set_epoch":
-            self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx, sampler=self._sampler_of(recv)))
+            fixed = bool(args) and args[0].is_const  # `set_epoch(0)`: the same epoch every time
+            self.facts.set_epochs.append(
+                self._ev(SetEpochEvent, node, ctx, sampler=self._sampler_of(recv), fixed=fixed)
+            )
             return TOP
         if recv.ref == "loaded":
             recv = self._loaded_method(recv, meth, node, state)

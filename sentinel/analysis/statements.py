@@ -510,6 +510,18 @@ class StatementsMixin:
             owner = self.eval(inner.value, state, ctx, record=False)
             if owner.kind in (INSTANCE, MODEL) and isinstance(owner.ref, Instance):
                 owner.ref.attrs[inner.attr.value] = marked
+        # other names of the same model (`self.model = model; self.ddp = DDP(model)`) are the inner one too
+        ident, target_path = current.ident, _dotted(target)
+        if ident is None or isinstance(ident, tuple):
+            return
+        for name, v in list(state.env.items()):
+            if v.kind == MODEL and v.ident is ident and v.wrapper is None and name != target_path:
+                state.env[name] = v.with_(wrapper="inner")
+        holder = ctx.self_value
+        if holder is not None and isinstance(holder.ref, Instance):
+            for attr, v in list(holder.ref.attrs.items()):
+                if v.kind == MODEL and v.ident is ident and v.wrapper is None and f"self.{attr}" != target_path:
+                    holder.ref.attrs[attr] = v.with_(wrapper="inner")
 
     def _outlives(self, path: str) -> bool:
         """Does the object at ``path`` (a name, ``self.x``, ``d[k]``) outlive the current loop iteration?"""

@@ -14,8 +14,9 @@ class StepBeforeBackward(Rule):
     """## What it does
     Finds an iteration that resets the gradients (`optimizer.zero_grad()`, `model.zero_grad()`,
     `p.grad = None`), then calls `optimizer.step()`, and only after that runs this iteration's
-    `backward()`: the order is reset, step, backward instead of reset, backward, step. (A backward()
-    before the reset is the other mistake, SEN007.)
+    `backward()`: the order is reset, step, backward instead of reset, backward, step. The reset may
+    also close the previous iteration (`step()`, `backward()`, `zero_grad()` in that order). (A
+    backward() before the reset is the other mistake, SEN007.)
 
     ## Why is this bad?
     The step runs on gradients that were just cleared, so it applies zeros (or, with
@@ -113,6 +114,18 @@ for _ in range(3):
 """,
     ]
     INVALID = [
+        # the reset at the end of each iteration clears the gradients before the next step
+        """
+import torch
+from torch import nn
+model = nn.GRU(4, 8)
+opt = torch.optim.RMSprop(model.parameters())
+for seq in [torch.randn(5, 2, 4) for _ in range(3)]:
+    opt.step()  # error
+    out, _ = model(seq)
+    out.pow(2).mean().backward()
+    opt.zero_grad()
+""",
         """
 import torch
 from torch import nn
@@ -148,19 +161,37 @@ for epoch in range(2):
             ]
             if not after or backward_between(facts, step, -1, step.seq):
                 continue  # a backward() earlier in the iteration: the reset wipes it (SEN007), or no bug
-            for r in reset_before_step(facts, step):
-                if backward_between(facts, step, r.seq, step.seq):
-                    continue
-                seen.add(id(step.node))
-                name = step.recv or step.optimizer or "the optimizer"
-                yield Violation(
-                    step.node,
-                    step.stmt,
-                    f"`{name}` steps right after the gradients were reset and before this iteration's "
-                    "backward(): every step applies zero gradients and the model never learns; "
-                    "call backward() before the step",
-                    related=after[0].node,
-                    related_stmt=after[0].stmt,
-                    related_label="backward",
-                )
-                break
+            resets = [r for r in reset_before_step(facts, step) if not backward_between(facts, step, r.seq, step.seq)]
+            resets += self._reset_at_end(facts, step, after)
+            if not resets:
+                continue
+            seen.add(id(step.node))
+            name = step.recv or step.optimizer or "the optimizer"
+            yield Violation(
+                step.node,
+                step.stmt,
+                f"`{name}` steps right after the gradients were reset and before this iteration's "
+                "backward(): every step applies zero gradients and the model never learns; "
+                "call backward() before the step",
+                related=after[0].node,
+                related_stmt=after[0].stmt,
+                related_label="backward",
+            )
+
+    @staticmethod
+    def _reset_at_end(facts: Facts, step, after: list) -> list:
+        """``step(); loss.backward(); zero_grad()`` in a loop: the reset at the end of one iteration
+        clears the gradients before the step at the start of the next."""
+        if not step.frames or facts.frames[step.frames[-1]].unrolled:
+            return []
+        step_conds = facts.conds_within(step, step)
+        out = []
+        for r in facts.resets:
+            if r.seq <= after[0].seq or not facts.same_iteration(step, r) or not facts.only_resets_below(step, r):
+                continue
+            if facts.exclusive(r, step) or not facts.conds_within(step, r) <= step_conds:
+                continue
+            if not facts.reset_covers(r, step) or backward_between(facts, step, r.seq, 1 << 62):
+                continue
+            out.append(r)
+        return out

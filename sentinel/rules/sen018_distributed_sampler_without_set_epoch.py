@@ -13,7 +13,8 @@ class DistributedSamplerWithoutSetEpoch(Rule):
     """## What it does
     Finds a `DistributedSampler` (shuffling, the default) feeding a training `DataLoader` that is
     iterated once per epoch inside an epoch loop, with no `sampler.set_epoch(epoch)` (or
-    `loader.sampler.set_epoch(epoch)`) anywhere in that epoch loop. It is reported on the epoch loop.
+    `loader.sampler.set_epoch(epoch)`) anywhere in that epoch loop, or only with a constant
+    (`set_epoch(0)`). It is reported on the epoch loop.
 
     ## Why is this bad?
     A `DistributedSampler` seeds its shuffle with `seed + epoch`; the epoch only changes through
@@ -137,7 +138,7 @@ class Trainer:
             loop = facts.frames[epoch]
             if id(loop.node) in seen:
                 continue
-            if any(epoch in s.frames and s.sampler in (None, it.sampler) for s in facts.set_epochs):
+            if any(epoch in s.frames and s.sampler in (None, it.sampler) and not s.fixed for s in facts.set_epochs):
                 continue
             seen.add(id(loop.node))
             yield Violation(
