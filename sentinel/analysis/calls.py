@@ -10,6 +10,7 @@ from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
     ClipEvent,
     CtorEvent,
+    Event,
     LossCallEvent,
     ResetEvent,
     SamplerEvent,
@@ -157,6 +158,8 @@ class CallsMixin:
         name = _dotted(node.func) or ""
         if name and api.resetish(api.last(name)):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+        elif "grad" in api.last(name).lower():
+            self.facts.grad_writes.append(self._ev(Event, node, ctx))  # `set_flat_grad(model, g)`
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         self._stored_by_call(node, state, ctx)
         # `Net()` brought in by `from models import *`: a class being instantiated
@@ -353,6 +356,8 @@ class CallsMixin:
             )
         if api.resetish(name):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+        elif "grad" in name.lower():
+            self.facts.grad_writes.append(self._ev(Event, node, ctx))
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         self._stored_by_call(node, state, ctx)
         # a CamelCase name from another module is most likely a class being instantiated

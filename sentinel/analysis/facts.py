@@ -214,6 +214,8 @@ class Facts:
     # `model.apply(init)`, `model.load_state_dict(...)`: a model re-initialised in place (kind "model")
     reinits: list[ResetEvent] = field(default_factory=list)
     loader_sampler: dict = field(default_factory=dict)  # loader identity -> its DistributedSampler
+    # gradients written by hand (`p.grad = g`, `p.grad.copy_(g)`, `set_grads(model, g)`)
+    grad_writes: list[Event] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- budget ------------------------------------------------------------------------------------
@@ -531,3 +533,7 @@ class Facts:
             return None
         return any(any(self._within(m, clip.models) or self._within(c, frozenset({m})) for c in clip.models)
                    for m in step.model if m is not None)
+
+    def grad_written_between(self, anchor: Event, lo: int, hi: int) -> bool:
+        """Are gradients set by hand in ``anchor``'s iteration between seq ``lo`` and ``hi``?"""
+        return any(lo < w.seq < hi and self.same_iteration(anchor, w) for w in self.grad_writes)

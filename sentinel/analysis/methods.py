@@ -12,6 +12,7 @@ from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
     AccumEvent,
     BackwardEvent,
+    Event,
     ResetEvent,
     SetEpochEvent,
     SnapshotEvent,
@@ -62,6 +63,16 @@ _REINIT_METHODS = frozenset(
 )
 
 
+def _writes_grad(meth: str, node) -> bool:
+    """``p.grad.copy_(g)``, ``model.set_gradients(g)``: a call that may set gradients by hand."""
+    if meth in ("zero_", "requires_grad_", "zero_grad") or api.resetish(meth):
+        return False
+    receiver = _dotted(node.func.value) if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) else ""
+    if receiver and (receiver.endswith(".grad") or ".grad." in receiver) and meth.endswith("_"):
+        return True
+    return "grad" in meth.lower() and not meth.startswith(("clip_grad", "no_grad", "enable_grad", "set_grad_enabled"))
+
+
 class MethodsMixin:
     """Models method calls on known objects; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
 
@@ -71,6 +82,11 @@ class MethodsMixin:
     ) -> V:
         if meth in _REINIT_METHODS and recv.kind == MODEL and recv.ident is not None:
             self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=recv.ident, kind="model"))
+        elif meth in _REINIT_METHODS and isinstance(recv.ref, tuple) and recv.ref[0] == "params" and recv.ref[1]:
+            for owner in recv.ref[1]:  # `for layer in model.children(): layer.reset_parameters()`
+                self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=owner, kind="model"))
+        if _writes_grad(meth, node):
+            self.facts.grad_writes.append(self._ev(Event, node, ctx))
         # a method defined in this file wins over everything else
         if recv.kind in (INSTANCE, MODEL) and isinstance(recv.ref, Instance):
             m = recv.ref.cls.method(meth)

@@ -11,6 +11,7 @@ import libcst as cst
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
     AccumEvent,
+    Event,
     Frame,
     LoaderIterEvent,
     ResetEvent,
@@ -463,6 +464,8 @@ class StatementsMixin:
                     self.facts.resets.append(self._ev(ResetEvent, target, ctx, target=models, kind="params"))
                 else:
                     self.facts.resets.append(self._ev(ResetEvent, target, ctx))
+                    if not (value.kind == CONST and value.const is None):
+                        self.facts.grad_writes.append(self._ev(Event, target, ctx))
                 return
             owner = self.eval(target.value, state, ctx, record=False)
             if path is not None:
@@ -559,6 +562,8 @@ class StatementsMixin:
         )
 
     def exec_augassign(self, node: cst.AugAssign, state: State, ctx: Ctx) -> None:
+        if (_dotted(node.target) or "").endswith(".grad"):
+            self.facts.grad_writes.append(self._ev(Event, node.target, ctx))  # `p.grad += noise`
         value = self.eval(node.value, state, ctx)
         old = self.eval(node.target, state, ctx)
         if old.kind == LIST and value.kind in (LIST, TUPLE) and isinstance(node.operator, cst.AddAssign):

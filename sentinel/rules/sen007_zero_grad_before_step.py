@@ -74,7 +74,8 @@ class ZeroGradBeforeStep(Rule):
     ## Known problems
     A reset whose optimizer or model sentinel cannot identify (a helper it cannot see, a loop over
     `optimizer.param_groups`), one that clears only part of the parameters (a frozen backbone), or one
-    under a condition the step does not share is not reported.
+    under a condition the step does not share is not reported, nor is a reset followed by gradients
+    written by hand before the step (`p.grad = g`, a `set_grads(...)` helper).
 
     ## References
     - [`torch.optim.Optimizer.zero_grad`](https://pytorch.org/docs/stable/generated/torch.optim.Optimizer.zero_grad.html)
@@ -139,6 +140,24 @@ for epoch in range(3):
         p.grad = None
     opt.step()
 """,
+        # gradient surgery: reset, then the combined gradients are written by hand
+        """
+import torch
+from torch import nn
+model = nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(3):
+    out = model(torch.randn(2, 4))
+    out[:, 0].sum().backward(retain_graph=True)
+    g1 = [p.grad.clone() for p in model.parameters()]
+    opt.zero_grad()
+    out[:, 1].sum().backward()
+    g2 = [p.grad.clone() for p in model.parameters()]
+    opt.zero_grad()
+    for p, a, b in zip(model.parameters(), g1, g2):
+        p.grad = (a + b) / 2
+    opt.step()
+""",
     ]
     INVALID = [
         # accumulation: the reset shares the step's condition but still precedes it
@@ -189,6 +208,8 @@ Trainer(nn.Linear(4, 1)).train_epoch([(torch.randn(2, 4), torch.randn(2, 1))])
                 )
                 if not backed or backward_between(facts, step, r.seq, step.seq):
                     continue
+                if facts.grad_written_between(step, r.seq, step.seq):
+                    continue  # gradients set by hand after the reset (PCGrad-style surgery)
                 seen.add(id(r.node))
                 name = step.recv or step.optimizer or "the optimizer"
                 yield Violation(

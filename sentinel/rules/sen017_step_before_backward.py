@@ -161,8 +161,14 @@ for epoch in range(2):
             ]
             if not after or backward_between(facts, step, -1, step.seq):
                 continue  # a backward() earlier in the iteration: the reset wipes it (SEN007), or no bug
-            resets = [r for r in reset_before_step(facts, step) if not backward_between(facts, step, r.seq, step.seq)]
-            resets += self._reset_at_end(facts, step, after)
+            resets = [
+                r
+                for r in reset_before_step(facts, step)
+                if not backward_between(facts, step, r.seq, step.seq)
+                and not facts.grad_written_between(step, r.seq, step.seq)
+            ]
+            if not facts.grad_written_between(step, -1, step.seq):
+                resets += self._reset_at_end(facts, step, after)
             if not resets:
                 continue
             seen.add(id(step.node))
@@ -192,6 +198,8 @@ for epoch in range(2):
             if facts.exclusive(r, step) or not facts.conds_within(step, r) <= step_conds:
                 continue
             if not facts.reset_covers(r, step) or backward_between(facts, step, r.seq, 1 << 62):
+                continue
+            if facts.grad_written_between(step, r.seq, 1 << 62):
                 continue
             out.append(r)
         return out
