@@ -72,7 +72,6 @@ def test_codes_and_names_match_the_design_contract():
     assert {f"SEN00{i}" for i in range(1, 7)} <= set(rules)
 
 
-
 FIX_CASES = [(r, i, before, after) for r in all_rules() for i, (before, after) in enumerate(r.FIXES)]
 
 

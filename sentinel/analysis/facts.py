@@ -236,6 +236,7 @@ class Facts:
         "set_epochs",
         "bare_methods",
         "reinits",
+        "grad_writes",
     )
     _EVENT_SETS = ("escaped_taints", "stored", "proven_graph_taints")
 
