@@ -103,7 +103,7 @@ class MethodsMixin:
                     and self.module_calls > calls_before  # it ran layers (not `estimate_mfu()`)
                     and not ctx.model_method
                     and not meth.startswith("_")
-                    and not api.non_forward_method(meth)
+                    and (not api.non_forward_method(meth) or recv.wrapper in ("module", "inner"))
                     and (result.kind in (TENSOR, TUPLE, DICT) or getattr(self, "_forward_runs", 0) != runs)
                     and len(self.facts.backwards) + len(self.facts.steps) == before
                 ):

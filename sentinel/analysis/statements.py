@@ -515,7 +515,7 @@ class StatementsMixin:
                 owner.ref.attrs[inner.attr.value] = marked
         # other names of the same model (`self.model = model; self.ddp = DDP(model)`) are the inner one too
         ident, target_path = current.ident, _dotted(target)
-        if ident is None or isinstance(ident, tuple):
+        if ident is None:
             return
         for name, v in list(state.env.items()):
             if v.kind == MODEL and v.ident is ident and v.wrapper is None and name != target_path:
