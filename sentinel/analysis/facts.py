@@ -468,6 +468,17 @@ class Facts:
         return (ev.frame, ev.ctx, model)
 
     # -- order within one training iteration (resets, steps, clipping) -----------------------------
+    def near(self, anchor: Event, name: str) -> list:
+        """The events of list ``name`` that can share ``anchor``'s iteration: those inside its
+        innermost loop (every event when it runs outside any loop)."""
+        events = getattr(self, name)
+        if not anchor.frames:
+            return events
+        key = ("near", name)
+        if key not in self._cache:
+            self._cache[key] = self._per_frame(events)
+        return self._cache[key].get(anchor.frames[-1], [])
+
     def same_iteration(self, anchor: Event, ev: Event) -> bool:
         """Did ``ev`` run in the same iteration of every loop around ``anchor``?
 
@@ -537,4 +548,4 @@ class Facts:
 
     def grad_written_between(self, anchor: Event, lo: int, hi: int) -> bool:
         """Are gradients set by hand in ``anchor``'s iteration between seq ``lo`` and ``hi``?"""
-        return any(lo < w.seq < hi and self.same_iteration(anchor, w) for w in self.grad_writes)
+        return any(lo < w.seq < hi and self.same_iteration(anchor, w) for w in self.near(anchor, "grad_writes"))

@@ -12,7 +12,7 @@ from sentinel.rules.base import Rule, Violation
 def reset_before_step(facts: Facts, step: StepEvent) -> Iterator[ResetEvent]:
     """Resets that run, whenever ``step`` runs, earlier in its iteration and clear every gradient it applies."""
     step_conds = facts.conds_within(step, step)
-    for r in facts.resets:
+    for r in facts.near(step, "resets"):
         if r.seq >= step.seq or not facts.same_iteration(step, r) or not facts.only_resets_below(step, r):
             continue
         if facts.exclusive(r, step) or not facts.conds_within(step, r) <= step_conds:
@@ -23,7 +23,7 @@ def reset_before_step(facts: Facts, step: StepEvent) -> Iterator[ResetEvent]:
 
 def backward_between(facts: Facts, step: StepEvent, lo: int, hi: int) -> bool:
     """Does some backward() of ``step``'s iteration run between seq ``lo`` and ``hi``?"""
-    return any(lo < b.seq < hi and facts.same_iteration(step, b) for b in facts.backwards)
+    return any(lo < b.seq < hi and facts.same_iteration(step, b) for b in facts.near(step, "backwards"))
 
 
 class ZeroGradBeforeStep(Rule):
@@ -204,7 +204,7 @@ Trainer(nn.Linear(4, 1)).train_epoch([(torch.randn(2, 4), torch.randn(2, 1))])
                     continue
                 backed = any(
                     b.seq < r.seq and facts.same_iteration(step, b) and not facts.exclusive(b, r)
-                    for b in facts.backwards
+                    for b in facts.near(step, "backwards")
                 )
                 if not backed or backward_between(facts, step, r.seq, step.seq):
                     continue

@@ -153,14 +153,16 @@ for _ in range(3):
                     continue
                 if facts.exclusive(step, clip) or facts.clip_touches(clip, step) is False:
                     continue
-                backed = any(b.seq < clip.seq and facts.same_iteration(step, b) for b in facts.backwards)
-                if not backed or any(
-                    u.seq < clip.seq and facts.same_iteration(step, u) and _unscales(u, step) for u in facts.unscales
-                ):
+                backed = any(b.seq < clip.seq and facts.same_iteration(step, b) for b in facts.near(step, "backwards"))
+                unscaled = any(
+                    u.seq < clip.seq and facts.same_iteration(step, u) and _unscales(u, step)
+                    for u in facts.near(step, "unscales")
+                )
+                if not backed or unscaled:
                     continue
                 stepped = any(
                     s.seq < clip.seq and facts.same_iteration(step, s) and facts.clip_touches(clip, s) is not False
-                    for s in facts.steps
+                    for s in facts.near(step, "steps")
                 )
                 if stepped:
                     continue  # an earlier step in the iteration (clip-after-step territory)

@@ -21,11 +21,11 @@ def _after_step(facts: Facts, clip: ClipEvent) -> StepEvent | None:
             continue
         if not facts.conds_within(step, step) <= facts.conds_within(step, clip):
             continue  # the clip also runs in iterations that do not step (gradient accumulation)
-        if any(step.seq < b.seq < clip.seq and facts.same_iteration(step, b) for b in facts.backwards):
+        if any(step.seq < b.seq < clip.seq and facts.same_iteration(step, b) for b in facts.near(step, "backwards")):
             continue
         later = any(
             s.seq > clip.seq and facts.same_iteration(step, s) and facts.clip_touches(clip, s) is not False
-            for s in facts.steps
+            for s in facts.near(step, "steps")
         )
         if not later:
             return step
@@ -43,9 +43,9 @@ def _before_backward(facts: Facts, clip: ClipEvent) -> StepEvent | None:
             continue
         if facts.exclusive(step, clip) or not facts.clip_touches(clip, step):
             continue
-        if any(b.seq < clip.seq and facts.same_iteration(step, b) for b in facts.backwards):
+        if any(b.seq < clip.seq and facts.same_iteration(step, b) for b in facts.near(step, "backwards")):
             return None
-        if any(clip.seq < b.seq < step.seq and facts.same_iteration(step, b) for b in facts.backwards):
+        if any(clip.seq < b.seq < step.seq and facts.same_iteration(step, b) for b in facts.near(step, "backwards")):
             return step
     return None
 

@@ -24,7 +24,7 @@ def _outlives(facts: Facts, model: Any, loop: Frame, ctor: CtorEvent) -> bool:
 
 def _reinitialised(facts: Facts, ctor: CtorEvent, models: frozenset) -> bool:
     """Is a model re-initialised in place earlier in the iteration (``apply(init)``, ``load_state_dict``)?"""
-    for r in facts.reinits:
+    for r in facts.near(ctor, "reinits"):
         if r.seq < ctor.seq and facts.same_iteration(ctor, r):
             if facts._within(r.target, models) or any(facts._within(m, frozenset({r.target})) for m in models):
                 return True
@@ -184,7 +184,7 @@ for epoch in range(3):
             loop = facts.frames[ctor.frames[-1]]
             if loop.unrolled or facts.conds_within(ctor, ctor):
                 continue  # a sweep over literals, or rebuilt only when a condition holds (a new stage)
-            steps = [s for s in facts.steps if s.seq > ctor.seq and facts.same_iteration(ctor, s)]
+            steps = [s for s in facts.near(ctor, "steps") if s.seq > ctor.seq and facts.same_iteration(ctor, s)]
             if ctor.what == "optimizer":
                 steps = [s for s in steps if s.ident is ctor.ident]
                 models = ctor.models

@@ -152,7 +152,7 @@ for epoch in range(2):
             n = len(step.frames)
             after = [
                 b
-                for b in facts.backwards
+                for b in facts.near(step, "backwards")
                 if b.seq > step.seq
                 and not facts.in_closure(step, b)
                 and len(b.frames) == n
@@ -192,7 +192,7 @@ for epoch in range(2):
             return []
         step_conds = facts.conds_within(step, step)
         out = []
-        for r in facts.resets:
+        for r in facts.near(step, "resets"):
             if r.seq <= after[0].seq or not facts.same_iteration(step, r) or not facts.only_resets_below(step, r):
                 continue
             if facts.exclusive(r, step) or not facts.conds_within(step, r) <= step_conds:
