@@ -14,6 +14,7 @@ from sentinel.analysis.facts import (
     LossCallEvent,
     ResetEvent,
     SamplerEvent,
+    SetEpochEvent,
 )
 from sentinel.analysis.idioms import BoundModelMethod
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
@@ -160,6 +161,8 @@ class CallsMixin:
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
         elif "grad" in api.last(name).lower():
             self.facts.grad_writes.append(self._ev(Event, node, ctx))  # `set_flat_grad(model, g)`
+        if "set_epoch" in api.last(name):
+            self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx))  # `utils.set_epoch(loader, e)`
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         self._stored_by_call(node, state, ctx)
         # `Net()` brought in by `from models import *`: a class being instantiated
@@ -299,6 +302,7 @@ class CallsMixin:
                     ctx,
                     ident=sampler.ident,
                     shuffle=bool(shuffle.const) if shuffle is not None and shuffle.is_const else True,
+                    seeded="seed" in kwargs and not kwargs["seed"].is_const,
                 )
             )
             return sampler
@@ -358,6 +362,8 @@ class CallsMixin:
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
         elif "grad" in name.lower():
             self.facts.grad_writes.append(self._ev(Event, node, ctx))
+        if "set_epoch" in name:
+            self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx))
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         self._stored_by_call(node, state, ctx)
         # a CamelCase name from another module is most likely a class being instantiated

@@ -147,6 +147,7 @@ class SamplerEvent(Event):
 
     ident: Any = None
     shuffle: bool | None = True  # False: a fixed order, set_epoch changes nothing
+    seeded: bool = False  # built with a `seed=` that is not a constant (a new seed per epoch)
 
 
 @dataclass

@@ -56,7 +56,8 @@ class DistributedSamplerWithoutSetEpoch(Rule):
     ```
 
     ## Known problems
-    A loader iterated once (a single epoch), a sampler built with `shuffle=False`, an evaluation loader
+    A loader iterated once (a single epoch), a sampler built with `shuffle=False` or rebuilt each
+    epoch with its own `seed=`, an evaluation loader
     and a sampler or loader sentinel cannot follow (built by a library) are not reported; any
     `set_epoch()` call in the epoch loop whose receiver is unknown counts as setting it.
 
@@ -127,7 +128,7 @@ class Trainer:
     ]
 
     def check(self, facts: Facts) -> Iterator[Violation]:
-        shuffled = {s.ident for s in facts.samplers if s.shuffle is not False}
+        shuffled = {s.ident: s for s in facts.samplers if s.shuffle is not False}
         seen: set[int] = set()
         for it in facts.loader_iters:
             if it.sampler not in shuffled or it.frame_id is None or not facts.frame_trains(it.frame_id):
@@ -138,6 +139,8 @@ class Trainer:
             loop = facts.frames[epoch]
             if id(loop.node) in seen:
                 continue
+            if shuffled[it.sampler].seeded and epoch in shuffled[it.sampler].frames:
+                continue  # a new sampler every epoch, seeded per epoch
             if any(epoch in s.frames and s.sampler in (None, it.sampler) and not s.fixed for s in facts.set_epochs):
                 continue
             seen.add(id(loop.node))
