@@ -382,6 +382,9 @@ class CallsMixin:
         stateless = api.last(qual) == "SGD" and (momentum is None or (momentum.is_const and not momentum.const))
         fresh = False
         arg = node.args[0].value if node.args else None
+        selective = isinstance(
+            arg, (cst.List, cst.Tuple, cst.Dict, cst.ListComp, cst.GeneratorExp)
+        ) or (isinstance(arg, cst.Call) and api.last(_dotted(arg.func) or "") == "filter")
         while isinstance(arg, cst.Call):
             arg = arg.func.value if isinstance(arg.func, cst.Attribute) else (arg.args[0].value if arg.args else None)
         base = _dotted(arg) if isinstance(arg, (cst.Name, cst.Attribute)) else None
@@ -398,6 +401,7 @@ class CallsMixin:
                 models=models,
                 fresh_params=fresh,
                 stateless=stateless,
+                selective=selective,
             )
         )
 

@@ -139,6 +139,7 @@ class CtorEvent(Event):
     models: frozenset | None = None  # optimizer: the models whose parameters it optimizes
     fresh_params: bool = False  # the parameters come from a name (re)bound in the current loop iteration
     stateless: bool = False  # plain SGD without momentum: recreating it loses nothing
+    selective: bool = False  # parameter groups, `filter(...)` or a comprehension: a chosen subset
 
 
 @dataclass

@@ -179,7 +179,7 @@ for epoch in range(3):
     def check(self, facts: Facts) -> Iterator[Violation]:
         seen: set[int] = set()
         for ctor in facts.ctors:
-            if not ctor.frames or id(ctor.node) in seen or ctor.stateless:
+            if not ctor.frames or id(ctor.node) in seen or ctor.stateless or ctor.selective:
                 continue
             loop = facts.frames[ctor.frames[-1]]
             if loop.unrolled or facts.conds_within(ctor, ctor):
