@@ -82,8 +82,9 @@ class OptimizerRecreatedInLoop(Rule):
     ## Known problems
     Loops over a literal list (a learning-rate sweep, training stages) are not reported, nor is an
     optimizer rebuilt only under a condition (`if epoch == unfreeze_at:`), nor an
-    optimizer whose parameter list sentinel cannot resolve (`filter(...)`, parameter groups), which is
-    how progressive unfreezing legitimately rebuilds its optimizer. A model re-initialised in place
+    optimizer over a chosen subset of parameters (`filter(...)`, parameter groups, a comprehension) or
+    one whose parameters sentinel cannot resolve: that is how progressive unfreezing legitimately
+    rebuilds its optimizer. A model re-initialised in place
     before the optimizer (`model.apply(init)`, `model.load_state_dict(...)`) counts as a new model.
 
     ## References
