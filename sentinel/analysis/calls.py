@@ -136,8 +136,6 @@ class CallsMixin:
         if kind == FUNC and isinstance(fv.ref, FuncInfo):
             self_value = fv.ident if isinstance(fv.ident, V) else None
             return self.inline(fv.ref, node, args, kwargs, state, ctx, self_value=self_value)
-        if kind == FUNC and isinstance(fv.ref, tuple) and fv.ref[0] == "bound" and isinstance(fv.ident, V):
-            return self.call_method(fv.ident, fv.ref[1], node, args, kwargs, state, ctx)  # a stored bound method
         if kind == CLASS and isinstance(fv.ref, ClassInfo):
             return self.instantiate(fv.ref, node, args, kwargs, state, ctx)
         if kind == QUAL and isinstance(fv.const, str):

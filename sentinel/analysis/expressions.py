@@ -286,8 +286,6 @@ class ExpressionsMixin:
         attr = node.attr.value
         if attr == "module" and base.kind == MODEL and base.wrapper == "ddp":
             return base.with_(wrapper="module")  # what a DistributedDataParallel wrapper runs
-        if attr in ("train", "eval") and base.kind == MODEL and not self._is_method(base, attr):
-            return V(FUNC, ident=base, ref=("bound", attr))  # `set_mode = model.eval`, called later
         if attr == "sampler" and base.kind == LOADER:
             sampler = self.facts.loader_sampler.get(base.ident) if base.ident is not None else None
             return V(UNKNOWN, ident=sampler, label="sampler")
