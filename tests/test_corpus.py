@@ -48,7 +48,7 @@ def test_project_findings_match_expectations(root):
 
 
 def test_corpus_covers_every_rule():
-    """At least 8 buggy (6 for SEN007 on) and 4 tricky-clean programs per rule, and 10 clean programs."""
+    """At least 8 buggy (6 for rules after SEN006) and 4 tricky-clean programs per rule, and 10 clean programs."""
     buggy = collections.Counter()
     tricky = collections.Counter()
     for path in FILES:

@@ -8,12 +8,17 @@ import libcst as cst
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
+    ClipEvent,
+    CtorEvent,
+    Event,
     LossCallEvent,
     ResetEvent,
+    SamplerEvent,
+    SetEpochEvent,
 )
 from sentinel.analysis.idioms import BoundModelMethod
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
-from sentinel.analysis.syntax import _JOIN_FUNCS, _MODE_FUNCS, _any_sensitive, _dotted, _layer_sensitive
+from sentinel.analysis.syntax import _JOIN_FUNCS, _MODE_FUNCS, _any_sensitive, _code, _dotted, _layer_sensitive
 from sentinel.analysis.values import (
     ACT_LOG_SOFTMAX,
     ACT_SIGMOID,
@@ -155,6 +160,10 @@ class CallsMixin:
         name = _dotted(node.func) or ""
         if name and api.resetish(api.last(name)):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+        elif "grad" in api.last(name).lower():
+            self.facts.grad_writes.append(self._ev(Event, node, ctx))  # `set_flat_grad(model, g)`
+        if "set_epoch" in api.last(name):
+            self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx))  # `utils.set_epoch(loader, e)`
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         self._stored_by_call(node, state, ctx)
         # `Net()` brought in by `from models import *`: a class being instantiated
@@ -241,7 +250,18 @@ class CallsMixin:
         if qual in api.SET_GRAD_ENABLED:
             return V(GRAD_CTX, const=("on" if x.const else "off") if x.is_const else NOCONST)
         if qual in api.WRAPPERS:
+            if name == "DistributedDataParallel":
+                return (x if x.kind == MODEL else V(MODEL, ident=Ident(next(self.seq)))).with_(wrapper="ddp")
             return x if x.kind == MODEL else V(MODEL, ident=Ident(next(self.seq)))
+        if name in api.CLIP_FUNCS and qual.startswith("torch.nn.utils"):
+            models = x.ident if x.kind == PARAMS and x.ident and None not in x.ident else None
+            limit = args[1] if len(args) > 1 else kwargs.get("max_norm", kwargs.get("clip_value", TOP))
+            limit_text = _code(node.args[1].value) if len(node.args) > 1 else ""
+            measure = "inf" in limit_text or (
+                limit.is_const and isinstance(limit.const, (int, float)) and limit.const >= 1e6
+            )
+            self.facts.clips.append(self._ev(ClipEvent, node, ctx, models=models, measure_only=measure))
+            return V(TENSOR, graph=False, origin=node)
         if qual == "torch.nn.Sequential":
             return self._sequential(node, args)
         if qual in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
@@ -257,15 +277,25 @@ class CallsMixin:
                 shape=self.layer_shape(qual, kwargs),
             )
         if api.is_scaler_class(qual):
-            return V(SCALER, origin=node)
+            enabled = kwargs.get("enabled")
+            scaler = V(
+                SCALER,
+                origin=node,
+                ident=Ident(next(self.seq)),
+                ref="disabled" if enabled is not None and enabled.is_const and not enabled.const else None,
+            )
+            self.facts.ctors.append(self._ev(CtorEvent, node, ctx, what="scaler", ident=scaler.ident))
+            return scaler
         if api.is_optimizer_class(qual):
             params = args[0] if args else kwargs.get("params", TOP)
-            return V(
+            opt = V(
                 OPTIMIZER,
                 ident=Ident(next(self.seq)),
                 origin=node,
                 alias=params.ident if params.kind == PARAMS else _param_groups(params),
             )
+            self._record_optimizer(qual, node, opt, args, kwargs, ctx)
+            return opt
         if qual == "functools.partial":
             return x if x.kind in (QUAL, FUNC, LOSS, MODEL) else TOP
         if api.is_scheduler(qual):
@@ -274,7 +304,31 @@ class CallsMixin:
             size = kwargs.get("batch_size")
             batched = "collate_fn" not in kwargs and not (size is not None and size.is_const and size.const is None)
             label = args[0].label if args else ""
-            return V(LOADER, origin=node, label=label, shape=(None, True) if batched else None)
+            loader = V(
+                LOADER,
+                origin=node,
+                label=label,
+                shape=(None, True) if batched else None,
+                ident=Ident(next(self.seq)),
+            )
+            sampler = self._sampler_of(kwargs["sampler"]) if "sampler" in kwargs else None
+            if sampler is not None:
+                self.facts.loader_sampler[loader.ident] = sampler
+            return loader
+        if name == "DistributedSampler":
+            shuffle = kwargs.get("shuffle")
+            sampler = V(UNKNOWN, ident=Ident(next(self.seq)), origin=node, label="sampler")
+            self.facts.samplers.append(
+                self._ev(
+                    SamplerEvent,
+                    node,
+                    ctx,
+                    ident=sampler.ident,
+                    shuffle=bool(shuffle.const) if shuffle is not None and shuffle.is_const else True,
+                    seeded="seed" in kwargs and not kwargs["seed"].is_const,
+                )
+            )
+            return sampler
         if qual in ("copy.deepcopy",):
             if x.kind == MODEL:
                 return x.with_(ident=Ident(next(self.seq)))
@@ -330,6 +384,10 @@ class CallsMixin:
             )
         if api.resetish(name):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
+        elif "grad" in name.lower():
+            self.facts.grad_writes.append(self._ev(Event, node, ctx))
+        if "set_epoch" in name:
+            self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx))
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         self._stored_by_call(node, state, ctx)
         # a CamelCase name from another module is most likely a class being instantiated
@@ -338,6 +396,37 @@ class CallsMixin:
             taints=merge_taints(*args, *kwargs.values()),
             origin=node,
             ref="ctor" if name[:1].isupper() else None,
+        )
+
+    def _record_optimizer(
+        self, qual: str, node: cst.Call, opt: V, args: list[V], kwargs: dict[str, V], ctx: Ctx
+    ) -> None:
+        """An optimizer construction: which models, and whether it keeps state worth losing."""
+        momentum = kwargs.get("momentum", args[2] if len(args) > 2 else None)
+        stateless = api.last(qual) == "SGD" and (momentum is None or (momentum.is_const and not momentum.const))
+        fresh = False
+        arg = node.args[0].value if node.args else None
+        selective = isinstance(
+            arg, (cst.List, cst.Tuple, cst.Dict, cst.ListComp, cst.GeneratorExp)
+        ) or (isinstance(arg, cst.Call) and api.last(_dotted(arg.func) or "") == "filter")
+        while isinstance(arg, cst.Call):
+            arg = arg.func.value if isinstance(arg.func, cst.Attribute) else (arg.args[0].value if arg.args else None)
+        base = _dotted(arg) if isinstance(arg, (cst.Name, cst.Attribute)) else None
+        if base and self.fresh_stack and self.frame_stack and self.facts.frames[self.frame_stack[-1]].ctx == ctx.id:
+            fresh = base.split(".")[0] in self.fresh_stack[-1] or base in self.fresh_stack[-1]
+        models = opt.alias if opt.alias and None not in opt.alias else None
+        self.facts.ctors.append(
+            self._ev(
+                CtorEvent,
+                node,
+                ctx,
+                what="optimizer",
+                ident=opt.ident,
+                models=models,
+                fresh_params=fresh,
+                stateless=stateless,
+                selective=selective,
+            )
         )
 
     def _sequential(self, node: cst.Call, args: list[V]) -> V:
@@ -395,6 +484,7 @@ class CallsMixin:
                     ref="enumerate",
                     elems=None,
                     shape=x.shape if x.kind == LOADER else None,
+                    ident=x.ident if x.kind == LOADER else None,
                 )
                 if x.kind != PARAMS
                 else x

@@ -8,6 +8,7 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
+from sentinel.analysis.facts import BareMethodEvent
 from sentinel.analysis.idioms import bound_model_method, concat_lists, element_of, list_of_models
 from sentinel.analysis.imports import lookup_star
 from sentinel.analysis.objects import ClassInfo, Ctx, Ident, Instance, State
@@ -49,6 +50,8 @@ from sentinel.analysis.values import (
     merge_taints,
 )
 
+_BARE_METHODS = frozenset({"eval", "train", "zero_grad", "step", "backward", "update"})
+
 
 class ExpressionsMixin:
     """Evaluates expressions to abstract values; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
@@ -64,7 +67,40 @@ class ExpressionsMixin:
                 arg = self.eval(expr.args[0].value, state, ctx)
                 state.grad = ("on" if arg.const else "off") if arg.is_const else None
                 return
+        if type(expr) is cst.Attribute and expr.attr.value in _BARE_METHODS:
+            self._bare_method(expr, state, ctx)
         self.eval(expr, state, ctx)
+
+    def _bare_method(self, expr: cst.Attribute, state: State, ctx: Ctx) -> None:
+        """``model.eval`` written as a statement: the method is named, never called."""
+        meth = expr.attr.value
+        recv = self.eval(expr.value, state, ctx, record=False)
+        if isinstance(recv.ref, Instance) and recv.ref.cls.method(meth) is not None:
+            if recv.ref.cls.method(meth).kind == "property":
+                return
+        name = api.last(_dotted(expr.value) or "")
+        kind = recv.kind
+        receiver = ""
+        if meth in ("eval", "train", "zero_grad") and kind == MODEL:
+            receiver = "model"
+        elif meth in ("zero_grad", "step") and (kind == OPTIMIZER or kind == UNKNOWN and api.optimizerish(name)):
+            receiver = "optimizer"
+        elif meth == "step" and (kind == SCHEDULER or kind == UNKNOWN and api.schedulerish(name)):
+            receiver = "scheduler"
+        elif meth == "update" and (kind == SCALER or kind == UNKNOWN and api.scalerish(name)):
+            receiver = "scaler"
+        elif meth == "backward" and (
+            kind == TENSOR and (recv.taints or recv.graph) or kind in (TENSOR, UNKNOWN) and "loss" in name.lower()
+        ):
+            receiver = "loss"
+        if receiver == "loss":
+            # the code means to backpropagate here: other rules see the training step it intends
+            self._backward(expr, recv, ctx)
+        if receiver:
+            text = f"{_dotted(expr.value) or 'obj'}.{meth}"
+            self.facts.bare_methods.append(
+                self._ev(BareMethodEvent, expr, ctx, method=meth, receiver=receiver, text=text)
+            )
 
     def eval(self, node: cst.BaseExpression | None, state: State, ctx: Ctx, record: bool = True) -> V:
         if node is None:
@@ -250,6 +286,11 @@ class ExpressionsMixin:
             return state.env[path]
         base = self.eval(node.value, state, ctx, record)
         attr = node.attr.value
+        if attr == "module" and base.kind == MODEL and base.wrapper == "ddp":
+            return base.with_(wrapper="module")  # what a DistributedDataParallel wrapper runs
+        if attr == "sampler" and base.kind == LOADER:
+            sampler = self.facts.loader_sampler.get(base.ident) if base.ident is not None else None
+            return V(UNKNOWN, ident=sampler, label="sampler")
         if base.kind == QUAL and isinstance(base.const, str):
             return V(QUAL, const=api.normalize(f"{base.const}.{attr}"))
         if base.kind == MODULE:
@@ -418,7 +459,7 @@ class ExpressionsMixin:
     def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:
         """The value one iteration over ``it`` binds."""
         if it.kind == PARAMS:
-            return V(TENSOR, graph=False, label="param")
+            return V(TENSOR, graph=False, label="param", ref=("params", it.ident))
         if it.kind == STATE_DICT:
             return V(UNKNOWN)
         element = element_of(it)

@@ -65,6 +65,7 @@ class ForwardEvent(Event):
     model_expr: str = "the model"  # how the code names the model at this call (`model`, `self.net`)
     from_checkpoint: bool = False  # a whole module loaded with torch.load: its layers are unknown
     deliberate_train: bool = False  # the function itself put the model in train mode (update_bn style)
+    via: str | None = None  # "module": through `ddp.module`; "inner": the model a DDP wrapper wraps
 
 
 @dataclass
@@ -79,12 +80,16 @@ class StepEvent(Event):
     ident: Any = None  # the optimizer object, when known
     model: Any = None  # the model whose parameters it optimizes, when known
     grad: str | None = None  # grad mode where it ran ("off": under no_grad), when known
+    recv: str = ""  # the optimizer expression as written (`optimizer`, `self.opt`)
+    scaled: bool = False  # `scaler.step(optimizer)` with a GradScaler not known to be disabled
+    closure_end: int = -1  # events after the step up to this seq ran inside its closure (L-BFGS)
 
 
 @dataclass
 class ResetEvent(Event):
     target: Any = None  # what was reset: an optimizer or model object; None = unknown / everything
-    kind: str | None = None  # "optimizer" | "model" | None
+    kind: str | None = None  # "optimizer" | "model" | "params" (target: frozenset of models) | None
+    recv: str = ""  # the receiver expression as written (`optimizer` in `optimizer.zero_grad()`)
 
 
 @dataclass
@@ -143,6 +148,69 @@ class AccumEvent(Event):
 
 
 @dataclass
+class ClipEvent(Event):
+    """``clip_grad_norm_`` / ``clip_grad_value_`` (torch.nn.utils) on some parameters' gradients."""
+
+    models: frozenset | None = None  # the models whose parameters are clipped (None: unknown)
+    measure_only: bool = False  # an infinite / huge limit: the call only measures the gradient norm
+
+
+@dataclass
+class UnscaleEvent(Event):
+    """``scaler.unscale_(optimizer)``."""
+
+    ident: Any = None  # the optimizer, when known
+    recv: str = ""  # the optimizer expression as written
+
+
+@dataclass
+class CtorEvent(Event):
+    """An optimizer or ``GradScaler`` constructed."""
+
+    what: str = ""  # "optimizer" | "scaler"
+    ident: Any = None  # the object created
+    models: frozenset | None = None  # optimizer: the models whose parameters it optimizes
+    fresh_params: bool = False  # the parameters come from a name (re)bound in the current loop iteration
+    stateless: bool = False  # plain SGD without momentum: recreating it loses nothing
+    selective: bool = False  # parameter groups, `filter(...)` or a comprehension: a chosen subset
+
+
+@dataclass
+class SamplerEvent(Event):
+    """A ``DistributedSampler`` constructed."""
+
+    ident: Any = None
+    shuffle: bool | None = True  # False: a fixed order, set_epoch changes nothing
+    seeded: bool = False  # built with a `seed=` that is not a constant (a new seed per epoch)
+
+
+@dataclass
+class LoaderIterEvent(Event):
+    """A loop over a DataLoader whose sampler is a DistributedSampler (frames: the loops around it)."""
+
+    sampler: Any = None
+    loop: Any = None  # the `for` statement iterating the loader
+    frame_id: int | None = None  # the loop frame of that `for` (None: unrolled over a literal list)
+
+
+@dataclass
+class SetEpochEvent(Event):
+    """``sampler.set_epoch(...)`` (or ``loader.sampler.set_epoch``, ``loader.set_epoch``)."""
+
+    sampler: Any = None  # the sampler it sets, None: unknown
+    fixed: bool = False  # the epoch argument is a constant
+
+
+@dataclass
+class BareMethodEvent(Event):
+    """A method named as an expression statement without a call (``model.eval``)."""
+
+    method: str = ""
+    receiver: str = ""  # "model" | "optimizer" | "loss" | "scheduler" | "scaler"
+    text: str = ""  # the statement's text
+
+
+@dataclass
 class Facts:
     frames: dict[int, Frame] = field(default_factory=dict)
     forwards: list[ForwardEvent] = field(default_factory=list)
@@ -175,6 +243,18 @@ class Facts:
     backward_values: dict = field(default_factory=dict)
     # id(derived value) -> the value it shares its graph with (`loss.cpu()`, `loss.view(-1)`)
     graph_source: dict = field(default_factory=dict)
+    clips: list[ClipEvent] = field(default_factory=list)
+    unscales: list[UnscaleEvent] = field(default_factory=list)
+    ctors: list[CtorEvent] = field(default_factory=list)
+    samplers: list[SamplerEvent] = field(default_factory=list)
+    loader_iters: list[LoaderIterEvent] = field(default_factory=list)
+    set_epochs: list[SetEpochEvent] = field(default_factory=list)
+    bare_methods: list[BareMethodEvent] = field(default_factory=list)
+    # `model.apply(init)`, `model.load_state_dict(...)`: a model re-initialised in place (kind "model")
+    reinits: list[ResetEvent] = field(default_factory=list)
+    loader_sampler: dict = field(default_factory=dict)  # loader identity -> its DistributedSampler
+    # gradients written by hand (`p.grad = g`, `p.grad.copy_(g)`, `set_grads(model, g)`)
+    grad_writes: list[Event] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- budget ------------------------------------------------------------------------------------
@@ -190,6 +270,15 @@ class Facts:
         "activations",
         "dropouts",
         "mode_switches",
+        "clips",
+        "unscales",
+        "ctors",
+        "samplers",
+        "loader_iters",
+        "set_epochs",
+        "bare_methods",
+        "reinits",
+        "grad_writes",
     )
     _EVENT_SETS = ("escaped_taints", "stored", "proven_graph_taints")
 
@@ -254,6 +343,8 @@ class Facts:
                 return True
             if r.kind == "model":
                 models.add(r.target)
+            elif r.kind == "params":
+                models.update(r.target)
         if not models:
             return False
         return step.model is None or all(self._covered(m, models) for m in step.model)
@@ -577,3 +668,85 @@ def _evaluation_function(name: str) -> bool:
     """``validate``, ``evaluate_model``, ``test``, ``test_epoch``; not a pytest case (``test_model``), not
     something that merely mentions a test (``lr_range_test``)."""
     return bool(_EVAL_FUNCTION.match(name)) and not _TEST_CASE.match(name)
+    # -- order within one training iteration (resets, steps, clipping) -----------------------------
+    def near(self, anchor: Event, name: str) -> list:
+        """The events of list ``name`` that can share ``anchor``'s iteration: those inside its
+        innermost loop (every event when it runs outside any loop)."""
+        events = getattr(self, name)
+        if not anchor.frames:
+            return events
+        key = ("near", name)
+        if key not in self._cache:
+            self._cache[key] = self._per_frame(events)
+        return self._cache[key].get(anchor.frames[-1], [])
+
+    def same_iteration(self, anchor: Event, ev: Event) -> bool:
+        """Did ``ev`` run in the same iteration of every loop around ``anchor``?
+
+        ``ev`` may sit deeper, in a loop nested inside that iteration (an accumulation loop, a loop
+        over parameters). Outside any loop, "the same iteration" is the same top-level activation.
+        """
+        n = len(anchor.frames)
+        if ev.frames[:n] != anchor.frames or ev.passes[:n] != anchor.passes:
+            return False
+        if n == 0:
+            return bool(ev.stack) and bool(anchor.stack) and ev.stack[0] == anchor.stack[0]
+        return True
+
+    def conds_within(self, anchor: Event, ev: Event) -> frozenset:
+        """The conditions guarding ``ev`` inside ``anchor``'s iteration, leaving out those opened inside
+        a loop nested deeper (``if p.grad is not None`` in a loop over parameters)."""
+        n = len(anchor.frames)
+        lo = self.frames[anchor.frames[-1]].cond_depth if n else 0
+        hi = self.frames[ev.frames[n]].cond_depth if len(ev.frames) > n else len(ev.conds)
+        return frozenset(ev.conds[lo:hi])
+
+    @staticmethod
+    def exclusive(a: Event, b: Event) -> bool:
+        """Do ``a`` and ``b`` sit in opposite branches of one condition (never both run)?"""
+        ca, cb = set(a.conds), set(b.conds)
+        return any(("not " + k) in cb for k in ca) or any(("not " + k) in ca for k in cb)
+
+    def in_closure(self, step: StepEvent, ev: Event) -> bool:
+        """Did ``ev`` run inside the closure ``step`` called (``optimizer.step(closure)``)?"""
+        return step.seq < ev.seq <= step.closure_end
+
+    def only_resets_below(self, anchor: Event, ev: Event) -> bool:
+        """Is ``ev`` at ``anchor``'s loop depth, or in a nested loop that neither backpropagates nor
+        steps (a loop over parameters or optimizers that resets gradients)?"""
+        n = len(anchor.frames)
+        if len(ev.frames) == n:
+            return True
+        inner = ev.frames[n]
+        return not self.backward_by_frame.get(inner) and not self.step_by_frame.get(inner)
+
+    def _within(self, model: Any, models: frozenset) -> bool:
+        node, seen = model, 0
+        while node is not None and seen < 32:
+            if node in models:
+                return True
+            node = self.parent_of.get(node)
+            seen += 1
+        return self.root_of.get(model) in models
+
+    def reset_covers(self, r: ResetEvent, step: StepEvent) -> bool:
+        """Does reset ``r`` provably clear every gradient ``step`` applies? Unknown: no."""
+        if r.kind == "optimizer" and step.ident is not None and r.target == step.ident:
+            return True
+        if r.kind in ("model", "params") and r.target is not None and step.model:
+            models = r.target if r.kind == "params" else frozenset({r.target})
+            return all(m is not None and self._within(m, models) for m in step.model)
+        if r.kind in (None, "optimizer") and r.recv and r.recv == step.recv and r.ctx == step.ctx:
+            return True  # `opt.zero_grad()` and `opt.step()` on the same name in one activation
+        return False
+
+    def clip_touches(self, clip: ClipEvent, step: StepEvent) -> bool | None:
+        """Does the clipping call touch the parameters ``step`` updates? None: cannot tell."""
+        if clip.models is None or not step.model:
+            return None
+        return any(any(self._within(m, clip.models) or self._within(c, frozenset({m})) for c in clip.models)
+                   for m in step.model if m is not None)
+
+    def grad_written_between(self, anchor: Event, lo: int, hi: int) -> bool:
+        """Are gradients set by hand in ``anchor``'s iteration between seq ``lo`` and ``hi``?"""
+        return any(lo < w.seq < hi and self.same_iteration(anchor, w) for w in self.near(anchor, "grad_writes"))

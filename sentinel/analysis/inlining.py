@@ -147,6 +147,7 @@ class InliningMixin:
             model_expr=model_expr,
             from_checkpoint=model.ref == "loaded",
             deliberate_train=self._deliberate_train(model, modes, grad, ctx),
+            via=model.wrapper if model.wrapper in ("module", "inner") else None,
         )
         self.facts.forwards.append(ev)
         return fid

@@ -12,10 +12,13 @@ from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
     AccumEvent,
     BackwardEvent,
+    Event,
     ModeEvent,
     ResetEvent,
+    SetEpochEvent,
     SnapshotEvent,
     StepEvent,
+    UnscaleEvent,
 )
 from sentinel.analysis.objects import EVAL, TRAIN, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
@@ -59,6 +62,20 @@ from sentinel.analysis.values import (
     merge_taints,
 )
 
+_REINIT_METHODS = frozenset(
+    {"apply", "load_state_dict", "reset_parameters", "init_weights", "initialize_weights", "_init_weights"}
+)
+
+
+def _writes_grad(meth: str, node) -> bool:
+    """``p.grad.copy_(g)``, ``model.set_gradients(g)``: a call that may set gradients by hand."""
+    if meth in ("zero_", "requires_grad_", "zero_grad") or api.resetish(meth):
+        return False
+    receiver = _dotted(node.func.value) if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute) else ""
+    if receiver and (receiver.endswith(".grad") or ".grad." in receiver) and meth.endswith("_"):
+        return True
+    return "grad" in meth.lower() and not meth.startswith(("clip_grad", "no_grad", "enable_grad", "set_grad_enabled"))
+
 
 class MethodsMixin:
     """Models method calls on known objects; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
@@ -67,6 +84,13 @@ class MethodsMixin:
     def call_method(
         self, recv: V, meth: str, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx
     ) -> V:
+        if meth in _REINIT_METHODS and recv.kind == MODEL and recv.ident is not None:
+            self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=recv.ident, kind="model"))
+        elif meth in _REINIT_METHODS and isinstance(recv.ref, tuple) and recv.ref[0] == "params" and recv.ref[1]:
+            for owner in recv.ref[1]:  # `for layer in model.children(): layer.reset_parameters()`
+                self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=owner, kind="model"))
+        if _writes_grad(meth, node):
+            self.facts.grad_writes.append(self._ev(Event, node, ctx))
         # a method defined in this file wins over everything else
         if recv.kind in (INSTANCE, MODEL) and isinstance(recv.ref, Instance):
             m = recv.ref.cls.method(meth)
@@ -87,7 +111,7 @@ class MethodsMixin:
                     and self.module_calls > calls_before  # it ran layers (not `estimate_mfu()`)
                     and not ctx.model_method
                     and not meth.startswith("_")
-                    and not api.non_forward_method(meth)
+                    and (not api.non_forward_method(meth) or recv.wrapper in ("module", "inner"))
                     and (result.kind in (TENSOR, TUPLE, DICT) or getattr(self, "_forward_runs", 0) != runs)
                     and len(self.facts.backwards) + len(self.facts.steps) == before
                 ):
@@ -117,41 +141,59 @@ class MethodsMixin:
             return TOP
         if meth == "zero_grad":
             kind = "optimizer" if recv.kind == OPTIMIZER else ("model" if recv.kind in (MODEL, INSTANCE) else None)
-            self.facts.resets.append(self._ev(ResetEvent, node, ctx, target=recv.ident if kind else None, kind=kind))
+            self.facts.resets.append(
+                self._ev(
+                    ResetEvent, node, ctx, target=recv.ident if kind else None, kind=kind, recv=receiver_name or ""
+                )
+            )
             return TOP
         if meth == "step":
             if recv.kind == OPTIMIZER or (
                 recv.kind not in (SCHEDULER, SCALER, MODEL, LOADER) and rname and api.optimizerish(rname)
             ):
-                self.facts.steps.append(
-                    self._ev(
-                        StepEvent,
-                        node,
-                        ctx,
-                        optimizer=rname or "",
-                        ident=recv.ident,
-                        model=recv.alias,
-                        grad=state.grad,
-                    )
+                ev = self._ev(
+                    StepEvent,
+                    node,
+                    ctx,
+                    optimizer=rname or "",
+                    ident=recv.ident,
+                    model=recv.alias,
+                    recv=receiver_name or "",
+                    grad=state.grad,
                 )
+                self.facts.steps.append(ev)
                 self._closure(args, kwargs, node, state, ctx)
+                ev.closure_end = next(self.seq)
             elif recv.kind == SCALER or (rname and api.scalerish(rname)):
-                self.facts.steps.append(
-                    self._ev(
-                        StepEvent,
-                        node,
-                        ctx,
-                        optimizer=x.label or "scaler",
-                        ident=x.ident if x.kind == OPTIMIZER else None,
-                        model=x.alias,
-                        grad=state.grad,
-                    )
+                ev = self._ev(
+                    StepEvent,
+                    node,
+                    ctx,
+                    optimizer=x.label or "scaler",
+                    ident=x.ident if x.kind == OPTIMIZER else None,
+                    model=x.alias,
+                    recv=(_dotted(node.args[0].value) or "") if node.args else "",
+                    scaled=(recv.ident or True) if recv.ref != "disabled" else None,
+                    grad=state.grad,
                 )
+                self.facts.steps.append(ev)
                 self._closure(args[1:], kwargs, node, state, ctx)
+                ev.closure_end = next(self.seq)
             return TOP
         if recv.kind == SCALER or (recv.kind == UNKNOWN and rname and api.scalerish(rname)):
             if meth == "scale":
                 return x
+            if meth == "unscale_":
+                opt_text = (_dotted(node.args[0].value) or "") if node.args else ""
+                self.facts.unscales.append(
+                    self._ev(UnscaleEvent, node, ctx, ident=x.ident if x.kind == OPTIMIZER else None, recv=opt_text)
+                )
+            return TOP
+        if meth == "set_epoch":
+            fixed = bool(args) and args[0].is_const  # `set_epoch(0)`: the same epoch every time
+            self.facts.set_epochs.append(
+                self._ev(SetEpochEvent, node, ctx, sampler=self._sampler_of(recv), fixed=fixed)
+            )
             return TOP
         if recv.ref == "loaded":
             recv = self._loaded_method(recv, meth, node, state)
@@ -319,6 +361,9 @@ class MethodsMixin:
         return TOP
 
     def _model_method(self, recv: V, meth: str, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        if meth == "module" and recv.wrapper == "ddp":
+            # `ddp_model.module(x)`: the wrapped model run directly, past the wrapper
+            return self.forward(recv.with_(wrapper="module"), node, args, kwargs, state, ctx)
         if meth in ("train", "eval"):
             if meth == "eval":
                 mode: frozenset | None = EVAL
@@ -395,3 +440,15 @@ class MethodsMixin:
         shape = self.tensor_method_shape(recv, meth, args, kwargs, node) if recv.shape is not None else None
         return V(kind, graph=graph_of(*vals), taints=merge_taints(*vals), alias=None, shape=shape)
 
+
+    def _sampler_of(self, value: V):
+        """The DistributedSampler ``value`` is (or a loader's sampler), None when unknown."""
+        samplers = self._samplers()
+        if value.ident is not None and value.ident in samplers:
+            return value.ident
+        if value.kind == LOADER and value.ident is not None:
+            return self.facts.loader_sampler.get(value.ident)
+        return None
+
+    def _samplers(self) -> set:
+        return {s.ident for s in self.facts.samplers}

@@ -11,7 +11,9 @@ import libcst as cst
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
     AccumEvent,
+    Event,
     Frame,
+    LoaderIterEvent,
     ResetEvent,
     SnapshotEvent,
 )
@@ -255,6 +257,11 @@ class StatementsMixin:
 
     def exec_for(self, node: cst.For, state: State, ctx: Ctx) -> None:
         it = self.eval(node.iter, state, ctx)
+        sampled = None
+        if it.ident is not None and it.ident in self.facts.loader_sampler:
+            sampler = self.facts.loader_sampler[it.ident]
+            sampled = self._ev(LoaderIterEvent, node, ctx, sampler=sampler, loop=node)
+            self.facts.loader_iters.append(sampled)
         label = it.label or self._expr_label(node.iter)
         elems = it.elems if it.kind in (TUPLE, LIST) else None
         if elems is not None and 0 < len(elems) <= 6 and isinstance(node.target, (cst.Name, cst.Tuple)):
@@ -272,6 +279,8 @@ class StatementsMixin:
         else:
             element = self.iter_element(it, node.iter, state, ctx)
             frame = self._push_frame(node, ctx, label)
+            if sampled is not None:
+                sampled.frame_id = frame.id
             try:
                 out = self._loop_body(
                     node,
@@ -416,6 +425,8 @@ class StatementsMixin:
 
     # -- assignment ---------------------------------------------------------------------------------
     def assign(self, target, value: V, state: State, ctx: Ctx, value_node, *, loop_target: bool = False) -> None:
+        if value.wrapper == "ddp" and isinstance(target, (cst.Name, cst.Attribute)):
+            self._mark_wrapped(target, value_node, state, ctx)
         if isinstance(target, cst.Name):
             name = target.value
             if value.kind in (LOADER, TENSOR, UNKNOWN, LIST, DICT, TUPLE) and not value.label:
@@ -447,7 +458,15 @@ class StatementsMixin:
         elif isinstance(target, cst.Attribute):
             path = _dotted(target)
             if target.attr.value == "grad":
-                self.facts.resets.append(self._ev(ResetEvent, target, ctx))
+                owner = self.eval(target.value, state, ctx, record=False)
+                models = owner.ref[1] if isinstance(owner.ref, tuple) and owner.ref[0] == "params" else None
+                if models and value.kind == CONST and value.const is None:
+                    # `p.grad = None` for every parameter of known models
+                    self.facts.resets.append(self._ev(ResetEvent, target, ctx, target=models, kind="params"))
+                else:
+                    self.facts.resets.append(self._ev(ResetEvent, target, ctx))
+                    if not (value.kind == CONST and value.const is None):
+                        self.facts.grad_writes.append(self._ev(Event, target, ctx))
                 return
             owner = self.eval(target.value, state, ctx, record=False)
             if path is not None:
@@ -472,6 +491,41 @@ class StatementsMixin:
                 self._assign_item_head(target, value, state, ctx)
         elif isinstance(target, cst.StarredElement):
             self.assign(target.value, TOP, state, ctx, None, loop_target=loop_target)
+
+    def _mark_wrapped(self, target, value_node, state: State, ctx: Ctx) -> None:
+        """``ddp = DDP(model)``: from here on ``model`` names the model *inside* the wrapper (a forward
+        through it skips gradient synchronisation). ``model = DDP(model)`` rebinds the name instead."""
+        if type(value_node) is not cst.Call or not value_node.args:
+            return
+        inner = value_node.args[0].value
+        while isinstance(inner, cst.Call) and isinstance(inner.func, cst.Attribute):
+            if inner.func.attr.value not in api.MODEL_SELF_METHODS:
+                return
+            inner = inner.func.value  # `DDP(model.to(rank))`
+        path = _dotted(inner)
+        if path is None or path == _dotted(target):
+            return
+        current = self.eval(inner, state, ctx, record=False)
+        if current.kind != MODEL or current.wrapper is not None:
+            return
+        marked = current.with_(wrapper="inner")
+        state.env[path] = marked
+        if isinstance(inner, cst.Attribute):
+            owner = self.eval(inner.value, state, ctx, record=False)
+            if owner.kind in (INSTANCE, MODEL) and isinstance(owner.ref, Instance):
+                owner.ref.attrs[inner.attr.value] = marked
+        # other names of the same model (`self.model = model; self.ddp = DDP(model)`) are the inner one too
+        ident, target_path = current.ident, _dotted(target)
+        if ident is None:
+            return
+        for name, v in list(state.env.items()):
+            if v.kind == MODEL and v.ident is ident and v.wrapper is None and name != target_path:
+                state.env[name] = v.with_(wrapper="inner")
+        holder = ctx.self_value
+        if holder is not None and isinstance(holder.ref, Instance):
+            for attr, v in list(holder.ref.attrs.items()):
+                if v.kind == MODEL and v.ident is ident and v.wrapper is None and f"self.{attr}" != target_path:
+                    holder.ref.attrs[attr] = v.with_(wrapper="inner")
 
     def _outlives(self, path: str) -> bool:
         """Does the object at ``path`` (a name, ``self.x``, ``d[k]``) outlive the current loop iteration?"""
@@ -509,6 +563,8 @@ class StatementsMixin:
         )
 
     def exec_augassign(self, node: cst.AugAssign, state: State, ctx: Ctx) -> None:
+        if (_dotted(node.target) or "").endswith(".grad"):
+            self.facts.grad_writes.append(self._ev(Event, node.target, ctx))  # `p.grad += noise`
         value = self.eval(node.value, state, ctx)
         old = self.eval(node.target, state, ctx)
         if old.kind == LIST and value.kind in (LIST, TUPLE) and isinstance(node.operator, cst.AddAssign):

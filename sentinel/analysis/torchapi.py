@@ -288,6 +288,8 @@ def is_module_class(qual: str) -> bool:
     return False
 
 
+CLIP_FUNCS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm"})
+
 WRAPPERS = frozenset(
     {
         "torch.nn.DataParallel",

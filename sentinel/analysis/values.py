@@ -131,6 +131,7 @@ class V:
         "sensitive",
         "origin",
         "shape",
+        "wrapper",
     )
 
     def __init__(
@@ -149,6 +150,7 @@ class V:
         sensitive: bool | None = None,  # models: holds dropout/batch-norm style layers (None: unknown)
         origin: Any = None,  # node that created it
         shape: tuple | None = None,  # tensor: (rank, batch at dim 0); model: (rank change, keeps batch)
+        wrapper: str | None = None,  # models: "ddp" a DistributedDataParallel wrapper, "inner"/"module" what it wraps
     ) -> None:
         self.kind = kind
         self.ident = ident
@@ -164,6 +166,7 @@ class V:
         self.sensitive = sensitive
         self.origin = origin
         self.shape = shape
+        self.wrapper = wrapper
 
     def with_(self, **c: Any) -> V:
         g = c.get
@@ -182,6 +185,7 @@ class V:
             g("sensitive", self.sensitive),
             g("origin", self.origin),
             g("shape", self.shape),
+            g("wrapper", self.wrapper),
         )
 
     @property
@@ -245,6 +249,7 @@ def join(a: V | None, b: V | None) -> V:
         sensitive=a.sensitive if a.sensitive == b.sensitive else None,
         origin=a.origin,
         shape=a.shape if a.shape == b.shape else None,
+        wrapper=a.wrapper if a.wrapper == b.wrapper else None,
     )
 
 
