@@ -645,29 +645,6 @@ class Facts:
                 return last_eval
         return None
 
-
-_ADAPTISH = re.compile(
-    r"adapt|(^|_)tta(_|$)|(^|_)tent(_|$)|fine_?tun|finetun|transduct|pseudo|calibrat|maml|meta_?|(^|_)support|"
-    r"unlabel|distill|self_?train",
-    re.IGNORECASE,
-)
-_TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)
-_EVAL_FUNCTION = re.compile(
-    r"^_*(run_|do_|perform_)?(val|valid|validate|validation|eval|evaluate|evaluation|test|testing|predict|"
-    r"infer|inference)(_(one_)?(epoch|loop|step|model|net|batch|set|data|loader|accuracy|acc|loss|metrics))?$",
-    re.IGNORECASE,
-)
-_TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
-
-
-def _trainish(text: str) -> bool:
-    return bool(_TRAINISH.search(text))
-
-
-def _evaluation_function(name: str) -> bool:
-    """``validate``, ``evaluate_model``, ``test``, ``test_epoch``; not a pytest case (``test_model``), not
-    something that merely mentions a test (``lr_range_test``)."""
-    return bool(_EVAL_FUNCTION.match(name)) and not _TEST_CASE.match(name)
     # -- order within one training iteration (resets, steps, clipping) -----------------------------
     def near(self, anchor: Event, name: str) -> list:
         """The events of list ``name`` that can share ``anchor``'s iteration: those inside its
@@ -750,3 +727,27 @@ def _evaluation_function(name: str) -> bool:
     def grad_written_between(self, anchor: Event, lo: int, hi: int) -> bool:
         """Are gradients set by hand in ``anchor``'s iteration between seq ``lo`` and ``hi``?"""
         return any(lo < w.seq < hi and self.same_iteration(anchor, w) for w in self.near(anchor, "grad_writes"))
+
+
+_ADAPTISH = re.compile(
+    r"adapt|(^|_)tta(_|$)|(^|_)tent(_|$)|fine_?tun|finetun|transduct|pseudo|calibrat|maml|meta_?|(^|_)support|"
+    r"unlabel|distill|self_?train",
+    re.IGNORECASE,
+)
+_TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)
+_EVAL_FUNCTION = re.compile(
+    r"^_*(run_|do_|perform_)?(val|valid|validate|validation|eval|evaluate|evaluation|test|testing|predict|"
+    r"infer|inference)(_(one_)?(epoch|loop|step|model|net|batch|set|data|loader|accuracy|acc|loss|metrics))?$",
+    re.IGNORECASE,
+)
+_TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
+
+
+def _trainish(text: str) -> bool:
+    return bool(_TRAINISH.search(text))
+
+
+def _evaluation_function(name: str) -> bool:
+    """``validate``, ``evaluate_model``, ``test``, ``test_epoch``; not a pytest case (``test_model``), not
+    something that merely mentions a test (``lr_range_test``)."""
+    return bool(_EVAL_FUNCTION.match(name)) and not _TEST_CASE.match(name)
