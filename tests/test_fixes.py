@@ -19,7 +19,7 @@ from tests.lint_corpus import CORPUS, corpus_files, expectations
 FIXING = {r.CODE for r in all_rules() if r.FIX is not None}
 # rules whose fix applies to every finding in the linted file (SEN001's only where the probabilities
 # serve nothing but the loss; SEN004's not where the same code also trains, as in a phase loop)
-ALWAYS_FIXED = {"SEN005", "SEN006"}
+ALWAYS_FIXED = {"SEN005", "SEN006", "SEN015", "SEN016"}
 FILES = [p for p in corpus_files() if {c for c, _ in expectations(p.read_text(encoding="utf-8"))} & FIXING]
 RUNNER = Path(__file__).with_name("test_fixtures_run.py")
 
@@ -38,7 +38,8 @@ def test_fix_removes_the_finding_and_is_stable(path: Path, fixed_dir: Path) -> N
     compile(outcome.source, str(path), "exec")
     remaining = Counter(d.code for d in outcome.remaining)
     for code in expected:
-        assert remaining[code] == expected[code] - fixed[code], code
+        # a fix may remove a consequence too (SEN016's `model.eval` -> `model.eval()` ends a SEN003)
+        assert remaining[code] <= expected[code] - fixed[code], code
         if code in ALWAYS_FIXED:
             assert remaining[code] == 0, f"{code} left unfixed"
     assert set(remaining) <= set(expected), "a fix must not introduce another finding"

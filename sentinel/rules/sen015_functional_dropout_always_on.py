@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import Facts
 from sentinel.rules.base import Rule, Violation
+
+if TYPE_CHECKING:
+    from sentinel.fixes import Fix
 
 
 class FunctionalDropoutAlwaysOn(Rule):
@@ -66,6 +70,11 @@ class FunctionalDropoutAlwaysOn(Rule):
     ## Known problems
     Only methods of classes that derive from `nn.Module` (directly or through classes of the project)
     are checked; dropout in free functions that a functional model calls is not.
+
+    ## Fix safety
+    The fix (`--fix`) passes the module's own flag: `F.dropout(x, 0.1)` becomes
+    `F.dropout(x, 0.1, training=self.training)` (with the method's own name for `self`). It is safe:
+    training is unchanged, and `model.eval()` now turns the dropout off as it was meant to.
 
     ## References
     - [`torch.nn.functional.dropout`](https://pytorch.org/docs/stable/generated/torch.nn.functional.dropout.html):
@@ -164,6 +173,21 @@ class SelfNormalizing(nn.Module):
 """,
     ]
 
+    FIX = "safe"
+
+    def fix(self, violation: Violation, module) -> Fix | None:
+        import libcst as cst
+
+        from sentinel.fixes import Fix
+
+        call, owner = violation.node, violation.data
+        if not isinstance(call, cst.Call) or not owner or any(
+            a.keyword is not None and a.keyword.value == "training" for a in call.args
+        ):
+            return None
+        arg = cst.Arg(keyword=cst.Name("training"), value=cst.parse_expression(f"{owner}.training"))
+        return Fix([(call, call.with_changes(args=[*call.args, arg]))], description="pass training=self.training")
+
     def check(self, facts: Facts) -> Iterator[Violation]:
         for ev in facts.dropouts:
             if not ev.in_forward or ev.training != "missing":
@@ -179,4 +203,7 @@ class SelfNormalizing(nn.Module):
                     "dropout stays on after `model.eval()`; pass `training=self.training` or use an "
                     "`nn.Dropout` layer"
                 )
-            yield Violation(ev.node, ev.stmt, message)
+            func = facts.functions.get(ev.ctx)
+            params = getattr(getattr(func, "params", None), "params", ())
+            owner = params[0].name.value if params else None
+            yield Violation(ev.node, ev.stmt, message, data=owner)

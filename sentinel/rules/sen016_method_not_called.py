@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sentinel.analysis.facts import Facts
 from sentinel.rules.base import Rule, Violation
+
+if TYPE_CHECKING:
+    from sentinel.fixes import Fix
 
 _EFFECT = {
     "eval": "the model stays in training mode (dropout on, batch-norm statistics updated)",
@@ -65,6 +69,11 @@ class MethodNotCalled(Rule):
     Only these seven methods are checked, and only on receivers sentinel can identify; a property
     of the same name on a class of the project is not reported.
 
+    ## Fix safety
+    The fix (`--fix`) adds the missing `()`: `model.eval` becomes `model.eval()`. It is safe in the
+    sense that it does what the line was written to do; the program then behaves as intended (the
+    model really switches mode, the optimizer really steps), which changes its results.
+
     ## References
     - [`torch.nn.Module.eval`](https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.eval)
     """
@@ -73,6 +82,17 @@ class MethodNotCalled(Rule):
     NAME = "method-not-called"
     SUMMARY = "A method such as model.eval or optimizer.step named without () does nothing"
     TRIGGER = (re.compile(r"\.(?:eval|train|zero_grad|step|backward|update)[ \t]*(?:#.*)?$", re.M),)
+    FIX = "safe"
+
+    def fix(self, violation: Violation, module) -> Fix | None:
+        import libcst as cst
+
+        from sentinel.fixes import Fix
+
+        attr = violation.node.value if isinstance(violation.node, cst.Expr) else violation.node
+        if not isinstance(attr, cst.Attribute):
+            return None
+        return Fix([(attr, cst.Call(func=attr))], description="call it")
 
     VALID = [
         # a bound method stored for later is not a bug
