@@ -317,6 +317,7 @@ def fix_files(files, *, unsafe: bool, write: bool) -> FixRun:
     for path, rules in files:
         p = Path(path)
         if p.suffix.lower() == ".ipynb":
+            _fix_notebook_file(p, rules, unsafe, write, run)
             continue
         try:
             raw = p.read_bytes()
@@ -340,3 +341,65 @@ def fix_files(files, *, unsafe: bool, write: bool) -> FixRun:
         else:
             run.diffs.append(unified_diff(source, outcome.source, str(p)))
     return run
+
+
+def fix_notebook(text: str, path: str, rules, *, unsafe: bool) -> tuple[str, FixOutcome] | None:
+    """Fix a notebook's code cells as one program, then write each change back into its cell.
+
+    The fixed program is mapped back line by line (``difflib``): unchanged lines keep their cell and
+    their original text (IPython magics come back as they were), new or rewritten lines go to the cell
+    of the line before them. Returns the new notebook JSON and the outcome, or None when nothing was
+    fixed or a change would touch a masked IPython line (then the notebook is left as it is)."""
+    import difflib
+    import json
+
+    from sentinel.notebook import load_notebook
+
+    notebook = load_notebook(text)
+    outcome = fix_source(notebook.source, path, rules, unsafe=unsafe)
+    if outcome.source == notebook.source or not notebook.line_map:
+        return None
+    old = notebook.source.splitlines()
+    new = outcome.source.splitlines()
+    cells: dict[int, list[str]] = {}
+    touched: set[int] = set()
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if tag == "equal":
+            for i in range(i1, i2):
+                cell, line = notebook.line_map[i]
+                cells.setdefault(cell, []).append(notebook.cell_line(cell, line) or old[i])
+            continue
+        anchor = notebook.line_map[i1 - 1][0] if i1 > 0 else notebook.line_map[0][0]
+        for i in range(i1, i2):
+            cell, line = notebook.line_map[i]
+            touched.add(cell)
+            if (notebook.cell_line(cell, line) or "") != old[i]:
+                return None  # a masked IPython line would be rewritten
+        touched.add(anchor)
+        cells.setdefault(anchor, []).extend(new[j1:j2])
+    data = json.loads(text)
+    for number, cell in enumerate(data["cells"], start=1):
+        if number in touched:
+            lines = cells.get(number, [])
+            cell["source"] = [line + "\n" for line in lines[:-1]] + lines[-1:]
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n", outcome
+
+
+def _fix_notebook_file(p, rules, unsafe: bool, write: bool, run: FixRun) -> None:
+    from sentinel.notebook import NotebookError
+
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+        fixed = fix_notebook(text, str(p), rules, unsafe=unsafe)
+    except (OSError, UnicodeDecodeError, NotebookError, ValueError, RecursionError):
+        return
+    if fixed is None:
+        return
+    new_text, outcome = fixed
+    run.unsafe_hidden += outcome.unsafe_hidden
+    run.fixed += len(outcome.fixed)
+    run.files_changed += 1
+    if write:
+        write_atomically(p, new_text)
+    else:
+        run.diffs.append(unified_diff(text, new_text, str(p)))

@@ -102,3 +102,55 @@ def test_warm_cache_gives_the_same_report_and_no_cache_writes_nothing(project):
     assert removed.returncode == 0 and not (project / ".sentinel_cache").exists()
     sentinel("--no-cache", ".", cwd=project)
     assert not (project / ".sentinel_cache").exists()
+
+
+def test_fix_on_a_notebook_rewrites_cells_in_place_and_keeps_magics(tmp_path):
+    import json
+
+    def code(text: str) -> dict:
+        lines = textwrap.dedent(text).strip("\n").split("\n")
+        return {
+            "cell_type": "code",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": [line + "\n" for line in lines[:-1]] + lines[-1:],
+        }
+
+    cells = [
+        code("%matplotlib inline\nimport torch\nfrom torch import nn"),
+        {"cell_type": "markdown", "metadata": {}, "source": ["## Training"]},
+        code(
+            """
+            model = nn.Linear(4, 1)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            best, best_loss = None, float("inf")
+            for x in [torch.randn(8, 4) for _ in range(3)]:
+                opt.zero_grad()
+                loss = model(x).pow(2).mean()
+                loss.backward()
+                opt.step()
+                if loss.item() < best_loss:
+                    best_loss, best = loss.item(), model.state_dict()
+            model.load_state_dict(best)
+            """
+        ),
+    ]
+    nb = {
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": "python3", "language": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    path = tmp_path / "train.ipynb"
+    path.write_text(json.dumps(nb, indent=1))
+    assert sentinel("--diff", "train.ipynb", cwd=tmp_path).returncode == 1
+    out = sentinel("--fix", "--format", "concise", "train.ipynb", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    fixed = json.loads(path.read_text())["cells"]
+    first = "".join(fixed[0]["source"]).splitlines()
+    assert "%matplotlib inline" in first and "import copy" in first and "import torch" in first
+    assert fixed[1] == cells[1]
+    assert "best = loss.item(), copy.deepcopy(model.state_dict())" in "".join(fixed[2]["source"])
+    assert sentinel("--format", "concise", "--no-cache", "train.ipynb", cwd=tmp_path).returncode == 0
