@@ -210,8 +210,8 @@ def _analyse(
     places: list[tuple[str, Locator, list[str]]] = [(path, entry, entry.lines)]
     for dep, dep_source, snippets in interp.imported_sources():
         dep_lines = dep_source.splitlines(keepends=True)
-        for snippet, padded in snippets:
-            places.append((_display(dep, path), Locator(padded, snippet), dep_lines))
+        for snippet, text, offset in snippets:
+            places.append((_display(dep, path), Locator(text, snippet, line_offset=offset), dep_lines))
 
     def where(stmt) -> tuple[str, Locator, list[str]]:
         for place in places:

@@ -17,7 +17,9 @@ import libcst as cst
 class Locator:
     """Maps LibCST nodes to 1-based (line, column) ranges using CPython's ``ast`` for statements."""
 
-    def __init__(self, source: str, module: cst.Module) -> None:
+    def __init__(self, source: str, module: cst.Module, line_offset: int = 0) -> None:
+        #: lines of the file before ``source`` (a definition parsed on its own from an imported file)
+        self.line_offset = line_offset
         self.source = source
         self.module = module
         self.lines = source.splitlines(keepends=True)
@@ -51,6 +53,11 @@ class Locator:
         return self._stmt_pos.get(id(stmt), (1, 0))
 
     def locate(self, node: cst.CSTNode, stmt: cst.CSTNode) -> tuple[int, int, int, int]:
+        """1-based ``(line, column, end line, end column)`` of ``node`` (inside statement ``stmt``)."""
+        sline, scol, eline, ecol = self._locate(node, stmt)
+        return sline + self.line_offset, scol, eline + self.line_offset, ecol
+
+    def _locate(self, node: cst.CSTNode, stmt: cst.CSTNode) -> tuple[int, int, int, int]:
         line, col = self.statement_start(stmt)
         start = self.offsets[line - 1] + col if line - 1 < len(self.offsets) else 0
         code = self.module.code_for_node(node).strip()

@@ -9,8 +9,8 @@ Imported modules are not interpreted as a whole. A :class:`Unit` stands for one 
 top-level names are bound lazily: the first lookup of a name parses, with LibCST, only the top-level
 statement(s) that bind it (located by the module's :class:`~sentinel.analysis.project.ModuleIndex`)
 and executes them in that module's own global scope (``__name__`` is the module's name, so a
-``__main__`` block never runs). Line numbers are kept (the snippet is parsed after as many blank
-lines as precede it), so findings inside an imported file are located in that file.
+``__main__`` block never runs). A definition is parsed on its own, and its locations are offset by
+the lines before it, so findings inside an imported file are located at that file's lines.
 
 Anything that does not resolve to a project file keeps its qualified name (``torch.nn.Linear``),
 as before.
@@ -46,7 +46,8 @@ class Unit:
     ctx: Ctx
     done: set[tuple[int, int, int]] = field(default_factory=set)  # statement spans already executed
     loading: set[str] = field(default_factory=set)  # names being bound now (import cycles)
-    snippets: list[tuple[cst.Module, str]] = field(default_factory=list)  # (module, padded source)
+    # (module, its source, lines of the file before it) of every definition parsed from the file
+    snippets: list[tuple[cst.Module, str, int]] = field(default_factory=list)
 
     @property
     def lines(self) -> list[str]:
@@ -215,9 +216,9 @@ class ImportsMixin:
         found = self.project.definition(unit.path, span) if self.project is not None else None
         if found is None:
             return
-        module, text, statements = found
-        if not any(m is module for m, _ in unit.snippets):
-            unit.snippets.append((module, text))
+        module, text, statements, offset = found
+        if not any(m is module for m, _, _ in unit.snippets):
+            unit.snippets.append((module, text, offset))
         self.budget += BUDGET_PER_LINE * (span[1] - span[0] + 1)
         saved = (self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state)
         self.frame_stack, self.cond_stack, self.pass_stack = [], [], []

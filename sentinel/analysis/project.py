@@ -157,8 +157,10 @@ class Project:
         # LibCST parses shared by every analysis of this run: whole modules of files that are both
         # linted and imported, and single definitions of the other imported files
         self.run_files: set[Path] = set()
+        self._scans: dict[Path, tuple[str, list]] = {}
+        self._targets: dict[tuple, list] = {}
         self._modules: dict[Path, tuple[str, Any]] = {}
-        self._definitions: dict[tuple[Path, int, int, str], tuple[Any, str, list]] = {}
+        self._definitions: dict[tuple[Path, int, int, str], tuple[Any, str, list, int]] = {}
         self.cache = index_cache  # a sentinel.cache.Cache (indexes and results), or None
 
     # -- files -------------------------------------------------------------------------------------
@@ -194,6 +196,8 @@ class Project:
             text = decode(data) if len(data) <= MAX_MODULE_BYTES else None
         except (OSError, SourceError):
             text = None
+        if cached is not None:  # the file changed during this process: forget what was derived from it
+            self._targets.clear()
         self._texts[path] = (stamp, text)
         self._indexes.pop(path, None)
         return text
@@ -244,10 +248,10 @@ class Project:
             self._modules[path] = (key, module)
         return module
 
-    def definition(self, path: Path, span: tuple[int, int, int]) -> tuple[Any, str, list] | None:
+    def definition(self, path: Path, span: tuple[int, int, int]) -> tuple[Any, str, list, int] | None:
         """The top-level statement(s) at ``span`` of an imported file, parsed at most once per run:
-        ``(module, source of that module, statements)``. A file linted in this run is parsed whole;
-        any other only at that definition, after blank lines so that line numbers are the file's."""
+        ``(module, source of that module, statements, lines before it in the file)``. A file linted in
+        this run is parsed whole; any other only at that definition."""
         import libcst as cst
 
         path = path.resolve()
@@ -261,20 +265,20 @@ class Project:
             except Exception:  # a syntax error there is reported when that file is linted
                 return None
             stmt = _nth_statement(module, span[2])
-            return (module, text, [stmt]) if stmt is not None else None
+            return (module, text, [stmt], 0) if stmt is not None else None
         dkey = (path, span[0], span[1], key)
         found = self._definitions.get(dkey)
         if found is None:
             first, last, _ = span
             lines = text.splitlines(keepends=True)
-            snippet = "\n" * (first - 1) + "".join(lines[first - 1 : last])
+            snippet = "".join(lines[first - 1 : last])
             if not snippet.endswith("\n"):
                 snippet += "\n"
             try:
                 module = cst.parse_module(snippet)
             except (cst.ParserSyntaxError, RecursionError):
                 return None
-            found = self._definitions[dkey] = (module, snippet, list(module.body))
+            found = self._definitions[dkey] = (module, snippet, list(module.body), first - 1)
         return found
 
     # -- imports -----------------------------------------------------------------------------------
@@ -341,7 +345,7 @@ class Project:
             cur, text, depth = todo.pop()
             if depth >= MAX_CLOSURE_DEPTH:
                 continue
-            for module, level, names in scan_imports(text):
+            for module, level, names in self._scan(cur, text):
                 for target, scan in self._import_targets(cur, module, level, names, entry):
                     if target not in visited:
                         visited.add(target)
@@ -355,10 +359,26 @@ class Project:
                         todo.append((target, scan, depth + 1))
         return [p for p in seen if self.text(p) is not None]
 
+    def _scan(self, path: Path, text: str) -> list[tuple[str, int, list[str]]]:
+        """:func:`scan_imports` of ``text``, remembered per file while its text is the same."""
+        cached = self._scans.get(path)
+        if cached is None or cached[0] is not text:
+            cached = self._scans[path] = (text, scan_imports(text))
+        return cached[1]
+
     def _import_targets(
         self, importer: Path, module: str, level: int, names: list[str], entry: Path | None
     ) -> list[tuple[Path, str | None]]:
         """Files one import statement reads, each with the text to scan further (None: all of it)."""
+        key = (importer.parent, entry.parent if entry is not None else None, module, level, tuple(names))
+        found = self._targets.get(key)
+        if found is None:
+            found = self._targets[key] = self._compute_targets(importer, module, level, names, entry)
+        return found
+
+    def _compute_targets(
+        self, importer: Path, module: str, level: int, names: list[str], entry: Path | None
+    ) -> list[tuple[Path, str | None]]:
         out: list[tuple[Path, str | None]] = []
         target = self.resolve(importer, module, level, entry) if (module or not level) else None
         if target is None and level and not module:  # `from . import a, b`
