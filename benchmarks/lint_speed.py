@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from sentinel import engine  # noqa: E402
 from sentinel.engine import check_source  # noqa: E402
+from sentinel.lint import _expect_projects as expect_projects  # noqa: E402
 from sentinel.lint import lint_paths, load_settings  # noqa: E402
 from sentinel.rules import all_rules  # noqa: E402
 
@@ -90,6 +91,7 @@ def main() -> None:
 
     def lint_all(prefilter=True, subset=files):
         engine._PROJECTS.clear()  # each run reads and parses the projects afresh, as a new process would
+        expect_projects([f for f, _ in subset], False, None)  # as `sentinel lint DIR` does: parse each file once
         for f, t in subset:
             check_source(t, str(f), rules, prefilter=prefilter)
 
@@ -119,6 +121,7 @@ def main() -> None:
         first = rules[: args.compare_first]
         def lint_first():
             engine._PROJECTS.clear()
+            expect_projects([f for f, _ in files], False, None)
             for f, t in files:
                 check_source(t, str(f), first)
 
