@@ -564,3 +564,10 @@ def test_a_model_method_that_runs_no_layer_is_not_a_forward(tmp_path):
         },
     )
     assert lint(root, "bench.py") == set()
+
+
+def test_a_model_built_and_moved_in_one_expression_is_one_model(tmp_path):
+    """`Seq2Seq(encoder).to(device)` builds one model: `model.eval()` later reaches `model.encoder` too
+    (the expression used to be evaluated twice, leaving the encoder registered under a phantom model)."""
+    root = make_project(tmp_path, {"translate.py": (Path(__file__).parent / "data" / "seq2seq_moved_model.py").read_text()})
+    assert lint(root, "translate.py") == set()

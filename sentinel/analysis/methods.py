@@ -232,6 +232,8 @@ class MethodsMixin:
         text = _dotted(target)
         if text is None or type(value) is not cst.Call or not value.args:
             return None
+        if _dotted(value.func) is None or api.last(_dotted(value.func) or "") not in _JOIN_FUNCS:
+            return None  # only a plain name can be `torch.cat`: never evaluate a callee twice (`Net().to(d)`)
         fv = self.eval(value.func, state, ctx, record=False)
         if fv.kind != QUAL or api.last(str(fv.const)) not in _JOIN_FUNCS:
             return None
