@@ -121,12 +121,9 @@ def check_source(
     kept in the project's ``.sentinel_cache/`` (see :mod:`sentinel.cache`) and reused while the file
     and every project file it imports are unchanged.
     """
-    rule_list = list(all_rules() if rules is None else rules)
-    file_level = file_suppressions(source) if "sentinel" in source else []
-    if any(codes is None for codes in file_level):
+    rule_list = _not_suppressed_in_file(source, list(all_rules() if rules is None else rules))
+    if rule_list is None:
         return []
-    if file_level:
-        rule_list = [r for r in rule_list if not any(_matches(codes, r) for codes in file_level)]
     file = _real_file(path)
     proj: Project | None = None
     if project is not False and file is not None:
@@ -175,14 +172,18 @@ def lint_with_violations(source: str, path: str, rules: Iterable[type[Rule]]) ->
     Raises :class:`SourceError` when ``source`` does not parse."""
     file = _real_file(path)
     proj = project_for(file) if file is not None else None
-    rule_list = list(rules)
-    file_level = file_suppressions(source) if "sentinel" in source else []
-    if any(codes is None for codes in file_level):
-        return [], [], None
-    rule_list = [r for r in rule_list if not any(_matches(codes, r) for codes in file_level)]
+    rule_list = _not_suppressed_in_file(source, list(rules))
     if not rule_list:
         return [], [], None
     return _analyse(source, path, file, proj, rule_list)
+
+
+def _not_suppressed_in_file(source: str, rules: list[type[Rule]]) -> list[type[Rule]] | None:
+    """``rules`` less those a file-level ``# sentinel: noqa[: codes]`` silences; None: all of them."""
+    file_level = file_suppressions(source) if "sentinel" in source else []
+    if any(codes is None for codes in file_level):
+        return None
+    return [r for r in rules if not any(_matches(codes, r) for codes in file_level)]
 
 
 def _analyse(

@@ -347,17 +347,8 @@ class Facts:
                 models.update(r.target)
         if not models:
             return False
-        return step.model is None or all(self._covered(m, models) for m in step.model)
-
-    def _covered(self, module: Any, reset: set) -> bool:
-        """``module.zero_grad()`` on ``module`` or on any model it is part of clears its gradients."""
-        seen = 0
-        while module is not None and seen < 32:
-            if module in reset:
-                return True
-            module = self.parent_of.get(module)
-            seen += 1
-        return False
+        # `model.zero_grad()` on a model or on any model it is part of clears its gradients
+        return step.model is None or all(self._within(m, frozenset(models)) for m in step.model)
 
     def frame_trains(self, fid: int) -> bool:
         """Does this loop run backward() and an optimizer step (anywhere inside, helpers included)?"""
