@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sentinel.analysis.project import code_text
 from sentinel.diagnostics import Diagnostic, SourceError
 from sentinel.rules import Rule, Violation, all_rules
 from sentinel.sourcefile import decode, syntax_check
@@ -132,12 +133,12 @@ def check_source(
         else:
             proj = project  # type: ignore[assignment]
     deps: list[Path] = []
-    text = source
+    pieces: list[str] = [code_text(source)] if prefilter else []
     if proj is not None:
         proj.set_text(file, source)
         deps = proj.closure(file, source, file)
         if deps and prefilter:
-            text = "\n".join([source, *(proj.text(d) or "" for d in deps)])
+            pieces += proj.trigger_texts(file, source, file)
     store = proj.cache if proj is not None and cache else None
     key = ""
     if store is not None:
@@ -147,7 +148,7 @@ def check_source(
         hit = store.get(file, source, key, proj.text)
         if hit is not None:
             return [_redisplay(d, path, file) for d in hit]
-    active = [r for r in rule_list if r.triggered(text)] if prefilter else rule_list
+    active = _triggered(rule_list, pieces, proj) if prefilter else rule_list
     if not active:
         # nothing here can trigger a rule: skip LibCST, but still report a file Python cannot parse
         syntax_check(source)
@@ -158,6 +159,29 @@ def check_source(
         absolute = [replace(d, path=str(file.resolve() if d.path == path else Path(d.path).resolve())) for d in found]
         store.put(file, source, key, {d: proj.text(d) or "" for d in deps}, absolute)
     return found
+
+
+def _triggered(rules: list[type[Rule]], pieces: list[str], proj: Project | None) -> list[type[Rule]]:
+    """The rules each of whose trigger patterns occurs in the file's code or in the project code it
+    imports. Each imported piece is searched once per run (a model zoo's files share their layers)."""
+    memo = proj.trigger_hits if proj is not None else {}
+    found: set[re.Pattern[str]] = set()
+    for i, text in enumerate(pieces):
+        cached = memo.get(id(text)) if i else None
+        if cached is None or cached[0] is not text:
+            cached = (text, {})
+            if i:
+                memo[id(text)] = cached
+        hits = cached[1]
+        for rule in rules:
+            for pattern in rule.TRIGGER:
+                if pattern not in found:
+                    hit = hits.get(pattern)
+                    if hit is None:
+                        hit = hits[pattern] = pattern.search(text) is not None
+                    if hit:
+                        found.add(pattern)
+    return [r for r in rules if all(p in found for p in r.TRIGGER)]
 
 
 def _redisplay(d: Diagnostic, path: str, file: Path) -> Diagnostic:

@@ -25,8 +25,8 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
-from sentinel.analysis.objects import BUDGET_PER_LINE, Ctx, State
-from sentinel.analysis.project import ModuleIndex, Project
+from sentinel.analysis.objects import IMPORT_TICKS_PER_LINE, Ctx, State
+from sentinel.analysis.project import ModuleIndex, Project, real
 from sentinel.analysis.syntax import _dotted
 from sentinel.analysis.values import CONST, MODULE, QUAL, V
 
@@ -62,7 +62,7 @@ class ImportsMixin:
 
     def _init_imports(self, project: Project | None, path: Path | None) -> None:
         self.project = project
-        self.path = path.resolve() if path is not None else None
+        self.path = real(path) if path is not None else None
         self.units: dict[Path, Unit] = {}
 
     # -- statements ------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class ImportsMixin:
         return self._unit(target) if target is not None else None
 
     def _unit(self, target: Path) -> Unit | None:
-        target = target.resolve()
+        target = real(target)
         unit = self.units.get(target)
         if unit is not None:
             return unit
@@ -219,7 +219,8 @@ class ImportsMixin:
         module, text, statements, offset = found
         if not any(m is module for m, _, _ in unit.snippets):
             unit.snippets.append((module, text, offset))
-        self.budget += BUDGET_PER_LINE * (span[1] - span[0] + 1)
+        self.steps += IMPORT_TICKS_PER_LINE * (span[1] - span[0] + 1)  # reading it costs about a parse
+        self._tick()
         saved = (self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state)
         self.frame_stack, self.cond_stack, self.pass_stack = [], [], []
         self._global_state = unit.state

@@ -16,6 +16,7 @@ the caller is claimed about them.
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,12 @@ from sentinel.analysis.values import (
     Alt,
     V,
 )
+
+
+_SHAPE_STATEMENTS = 4
+_SHAPE_CHARS = 600
+#: string and number literals (prefixed strings included)
+_LITERAL = re.compile(r"""[rbfuRBFU]{0,2}(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|\b\d[\d_.eE+-]*\b""")
 
 
 class Interpreter(
@@ -125,11 +132,17 @@ class Interpreter(
         called = self._called_names()
         pending = [f for f in self.functions if id(f.node) not in self.executed]
         pending.sort(key=lambda f: (f.name in called, 0))
+        shapes: set[str] = set()
         for info in pending:
             if self.exhausted:
                 break
             if id(info.node) in self.executed:
                 continue
+            shape = self._entry_shape(info)
+            if shape is not None:
+                if shape in shapes:
+                    continue  # a near-copy of an entry already analysed (a model registry's factories)
+                shapes.add(shape)
             self._bounded(lambda i=info: self.run_entry(i, state))
         return self.facts
 
@@ -151,6 +164,21 @@ class Interpreter(
             self.frame_stack, self.cond_stack, self.pass_stack, self.fresh_stack = [], [], [], []
             self.active.clear()
             return False
+
+    def _entry_shape(self, info: FuncInfo) -> str | None:
+        """The code of a short function with its literals and own name masked, or None.
+
+        Model zoos define dozens of factories that differ only in a name or a number
+        (``def resnet50(pretrained=False, **kw): return _create("resnet50", pretrained, **kw)``); each,
+        analysed on its own, builds the same model again. They are analysed once per shape: what one
+        finds, the others would find on the same lines."""
+        body = info.node.body
+        if info.cls is not None or not isinstance(body, cst.IndentedBlock) or len(body.body) > _SHAPE_STATEMENTS:
+            return None
+        code = self.module.code_for_node(info.node.with_changes(name=cst.Name("_"), decorators=()))
+        if len(code) > _SHAPE_CHARS:
+            return None
+        return _LITERAL.sub("0", code)
 
     def _called_names(self) -> set[str]:
         return set(_CALLED.findall(self.source))

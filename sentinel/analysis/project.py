@@ -19,6 +19,7 @@ Nothing here imports LibCST.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -30,6 +31,12 @@ ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 MAX_CLOSURE = 64
 MAX_CLOSURE_DEPTH = 4
 MAX_MODULE_BYTES = 2_000_000
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def real(path: Path) -> Path:
+    """``path.resolve()``, remembered: a run asks for the same few hundred files tens of thousands of times."""
+    return path.resolve()
 
 
 def find_root(path: Path) -> Path:
@@ -131,6 +138,31 @@ def build_index(source: str) -> ModuleIndex:
 _IMPORT_LINE = re.compile(r"^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(.+)|import[ \t]+(.+))", re.M)
 
 
+_WORD = re.compile(r"[A-Za-z_]\w*")
+#: a string literal or a comment, matched from the left so a quote inside a comment (or a ``#`` inside
+#: a string) is not mistaken for the other
+_NOISE = re.compile(
+    r"""(?P<s>[rRbBuUfF]{0,2}(?:\"\"\"(?:[^"\\]|\\.|"(?!""))*(?:\"\"\"|$)|'''(?:[^'\\]|\\.|'(?!''))*(?:'''|$)"""
+    r"""|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'))|(?P<c>\#[^\n]*)""",
+    re.S,
+)
+
+
+def code_text(text: str) -> str:
+    """``text`` without its comments and triple-quoted strings (docstrings): what rule triggers read,
+    so ``# for backwards compatibility`` or a docstring mentioning ``torch.no_grad`` triggers nothing."""
+    if "#" not in text and '"""' not in text and "'''" not in text:
+        return text
+    return _NOISE.sub(_keep_code, text)
+
+
+def _keep_code(m: re.Match[str]) -> str:
+    s = m.group("s")
+    if s is None or s.endswith(('"""', "'''")) or s.lstrip("rRbBuUfF").startswith(('"""', "'''")):
+        return "\n" * m.group(0).count("\n")
+    return s
+
+
 def scan_imports(source: str) -> list[tuple[str, int, list[str]]]:
     """Imports found by a text scan: ``(module, level, names)``; over-approximates, never parses."""
     out = []
@@ -159,6 +191,9 @@ class Project:
         self.run_files: set[Path] = set()
         self._scans: dict[Path, tuple[str, list]] = {}
         self._targets: dict[tuple, list] = {}
+        self._used: dict[tuple, tuple[str, str]] = {}
+        #: which trigger patterns occur in each imported piece of code (see ``sentinel.engine``)
+        self.trigger_hits: dict[int, tuple[str, dict]] = {}
         self._modules: dict[Path, tuple[str, Any]] = {}
         self._definitions: dict[tuple[Path, int, int, str], tuple[Any, str, list, int]] = {}
         self.cache = index_cache  # a sentinel.cache.Cache (indexes and results), or None
@@ -166,7 +201,7 @@ class Project:
     # -- files -------------------------------------------------------------------------------------
     def contains(self, path: Path) -> bool:
         try:
-            path.resolve().relative_to(self.root)
+            real(path).relative_to(self.root)
         except ValueError:
             return False
         return True
@@ -183,7 +218,7 @@ class Project:
         """The decoded text of a project file, or None when it cannot be read as Python source.
 
         Re-read when the file changed since (a long-lived process: the pytest plugin, an editor)."""
-        path = path.resolve()
+        path = real(path)
         stamp = self._stamp(path)
         cached = self._texts.get(path)
         if cached is not None and cached[0] == stamp:
@@ -205,14 +240,14 @@ class Project:
     def set_text(self, path: Path, text: str) -> None:
         """Use ``text`` for ``path`` while the file is unchanged (the source being linted: from stdin,
         a notebook's code cells)."""
-        path = path.resolve()
+        path = real(path)
         cached = self._texts.get(path)
         if cached is None or cached[1] != text:
             self._indexes.pop(path, None)
         self._texts[path] = (self._stamp(path), text)
 
     def index(self, path: Path) -> ModuleIndex:
-        path = path.resolve()
+        path = real(path)
         text = self.text(path)  # re-reads (and drops the index) when the file changed
         idx = self._indexes.get(path)
         if idx is None:
@@ -232,13 +267,13 @@ class Project:
     def expect(self, paths: list[Path]) -> None:
         """These files are linted in this run: when one is imported, parse it whole, once, and reuse
         that parse for its own analysis (each file is parsed at most once per run)."""
-        self.run_files.update(p.resolve() for p in paths)
+        self.run_files.update(real(p) for p in paths)
 
     def module(self, path: Path, text: str) -> Any:
         """The LibCST module of a linted file (the run's shared parse when there is one)."""
         from sentinel.parse import parse
 
-        path = path.resolve()
+        path = real(path)
         key = digest(text)
         cached = self._modules.get(path)
         if cached is not None and cached[0] == key:
@@ -254,7 +289,7 @@ class Project:
         this run is parsed whole; any other only at that definition."""
         import libcst as cst
 
-        path = path.resolve()
+        path = real(path)
         text = self.text(path)
         if text is None:
             return None
@@ -292,7 +327,7 @@ class Project:
     def resolve(self, importer: Path, module: str, level: int = 0, entry: Path | None = None) -> Path | None:
         """The file that ``import module`` (or ``from .module import``, ``level`` dots) in ``importer``
         loads, when it is a file of this project; a package resolves to its ``__init__.py``."""
-        importer = importer.resolve()
+        importer = real(importer)
         key = (importer.parent, entry.parent if entry and not level else None, module, level)
         if key in self._resolved:
             return self._resolved[key]
@@ -336,7 +371,7 @@ class Project:
         ``from pkg import A`` through a package's ``__init__`` follows only the lines of the
         ``__init__`` that bind ``A`` (a package that re-exports a hundred modules is not a hundred
         dependencies of every importer)."""
-        path = path.resolve()
+        path = real(path)
         seen: list[Path] = []
         visited = {path}
         scanned = {path}  # files whose every import was followed already
@@ -358,6 +393,78 @@ class Project:
                     if scan:
                         todo.append((target, scan, depth + 1))
         return [p for p in seen if self.text(p) is not None]
+
+    def trigger_texts(self, path: Path, source: str, entry: Path | None = None) -> list[str]:
+        """The project code that ``source`` can reach through its imports, as rule triggers read it.
+
+        Only what is imported is followed: ``from models import Net`` reads the lines that define
+        ``Net`` in ``models.py``, then the names those lines use that ``models.py`` binds (its helpers,
+        its own imports, followed the same way); ``import models`` reads all of ``models.py``. A model
+        zoo whose files import a few layers from a large package is not triggered by the rest of it."""
+        path = real(path)
+        out: list[str] = []
+        seen: set[tuple[Path, tuple[str, ...] | None]] = set()
+        todo: list[tuple[Path, str, int]] = [(path, source, 0)]
+        while todo and len(seen) < MAX_CLOSURE * 4:
+            cur, text, depth = todo.pop()
+            if depth >= MAX_CLOSURE_DEPTH + 2:
+                continue
+            for module, level, names in self._scan(cur, text):
+                for target, scan in self._import_targets(cur, module, level, names, entry):
+                    named = target.stem in names or (target.name == "__init__.py" and target.parent.name in names)
+                    wanted = tuple(sorted(names)) if names and target.name != "__init__.py" and not named else None
+                    if scan is not None:
+                        wanted = ("<init>", *sorted(names))  # the lines of a package __init__ binding them
+                    if (target, wanted) in seen or target == path:
+                        continue
+                    seen.add((target, wanted))
+                    if scan is None:
+                        piece = self._used_text(target, wanted) if wanted else self._code(target)
+                    else:
+                        piece = scan
+                    if piece:
+                        out.append(piece)
+                        todo.append((target, piece, depth + 1))
+        return out
+
+    def _code(self, target: Path) -> str | None:
+        text = self.text(target)
+        if text is None:
+            return None
+        cached = self._used.get((target, None))
+        if cached is None or cached[0] is not text:
+            cached = self._used[(target, None)] = (text, code_text(text))
+        return cached[1]
+
+    def _used_text(self, target: Path, names: tuple[str, ...]) -> str | None:
+        """The top-level statements of ``target`` that bind ``names``, with those of every name they
+        use that ``target`` binds too, in source order (memoised per run while the file is unchanged)."""
+        text = self.text(target)
+        if text is None:
+            return None
+        key = (target, names)
+        cached = self._used.get(key)
+        if cached is not None and cached[0] is text:
+            return cached[1]
+        index = self.index(target)
+        lines = text.splitlines(keepends=True)
+        spans: set[tuple[int, int, int]] = set()
+        want, got = list(names), set()
+        while want:
+            name = want.pop()
+            if name in got:
+                continue
+            got.add(name)
+            for span in index.bindings.get(name, ()):
+                if span not in spans:
+                    spans.add(span)
+                    want.extend(w for w in _WORD.findall("".join(lines[span[0] - 1 : span[1]])) if w in index.bindings)
+        pieces = ["".join(lines[a - 1 : b]) for a, b, _ in sorted(spans)]
+        if index.star and not set(names) <= set(index.bindings):
+            pieces += [line for line in lines if "import *" in line]
+        found = code_text("".join(pieces))
+        self._used[key] = (text, found)
+        return found
 
     def _scan(self, path: Path, text: str) -> list[tuple[str, int, list[str]]]:
         """:func:`scan_imports` of ``text``, remembered per file while its text is the same."""
@@ -387,10 +494,10 @@ class Project:
                 base = base.parent
             target = self._package(base)
             if target is None:
-                return [(t.resolve(), None) for n in names if (t := self._find(base, [n])) is not None]
+                return [(real(t), None) for n in names if (t := self._find(base, [n])) is not None]
         if target is None:
             return out
-        target = target.resolve()
+        target = real(target)
         if target.name != "__init__.py" or not names:
             return [(target, None)]
         text = self.text(target) or ""
@@ -400,7 +507,7 @@ class Project:
         for n in names:
             sub = self._find(target.parent, [n])
             if sub is not None:
-                out.append((sub.resolve(), None))
+                out.append((real(sub), None))
             for first, last, _ in index.bindings.get(n, ()):
                 binding_text.append("".join(lines[first - 1 : last]))
         if index.star:
