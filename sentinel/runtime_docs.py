@@ -94,8 +94,7 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         "SEN102",
         "parameter-not-updated",
         "a trainable parameter gets no gradient, a zero gradient, is not in the optimizer or never changes",
-        "Reports every trainable parameter (`requires_grad=True`) that training leaves untouched, with the "
-        "reason.",
+        "Reports every trainable parameter (`requires_grad=True`) that training leaves untouched, with the reason.",
         "A layer that never learns keeps its random initialisation: the model trains, only worse. Common "
         "causes are a layer defined but not used in `forward`, an optimizer built from a subset of the "
         "parameters (or before a layer was replaced), a `.detach()` in the middle of the model, or an "

@@ -40,5 +40,3 @@ def syntax_check(source: str) -> None:
         from sentinel.parse import parse
 
         parse(source)
-
-

@@ -406,9 +406,9 @@ class CallsMixin:
         stateless = api.last(qual) == "SGD" and (momentum is None or (momentum.is_const and not momentum.const))
         fresh = False
         arg = node.args[0].value if node.args else None
-        selective = isinstance(
-            arg, (cst.List, cst.Tuple, cst.Dict, cst.ListComp, cst.GeneratorExp)
-        ) or (isinstance(arg, cst.Call) and api.last(_dotted(arg.func) or "") == "filter")
+        selective = isinstance(arg, (cst.List, cst.Tuple, cst.Dict, cst.ListComp, cst.GeneratorExp)) or (
+            isinstance(arg, cst.Call) and api.last(_dotted(arg.func) or "") == "filter"
+        )
         while isinstance(arg, cst.Call):
             arg = arg.func.value if isinstance(arg.func, cst.Attribute) else (arg.args[0].value if arg.args else None)
         base = _dotted(arg) if isinstance(arg, (cst.Name, cst.Attribute)) else None
@@ -514,13 +514,8 @@ class CallsMixin:
         return V(UNKNOWN, taints=merge_taints(*args))
 
 
-
 def _is_super(node: cst.BaseExpression) -> bool:
-    return (
-        isinstance(node, cst.Call)
-        and isinstance(node.func, cst.Name)
-        and node.func.value == "super"
-    )
+    return isinstance(node, cst.Call) and isinstance(node.func, cst.Name) and node.func.value == "super"
 
 
 def _param_groups(params: V) -> frozenset | None:

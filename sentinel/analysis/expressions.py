@@ -452,9 +452,7 @@ class ExpressionsMixin:
             return V(DICT, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
         elt = self.eval(node.elt, s, ctx)
         state.modes = s.modes  # `[m.eval() for m in nets]` switches every element
-        return V(
-            LIST, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object(), ref=list_of_models(elt)
-        )
+        return V(LIST, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object(), ref=list_of_models(elt))
 
     def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:
         """The value one iteration over ``it`` binds."""

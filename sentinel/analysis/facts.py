@@ -535,7 +535,6 @@ class Facts:
                 return ("loop", f)
         return None
 
-
     # -- training while in eval mode ----------------------------------------------------------------
     def _related(self, a: Any, b: Any, *, below: bool) -> bool:
         """Is module ``a`` the module ``b``, one of its ancestors, or (``below``) one of its submodules?"""
@@ -712,8 +711,11 @@ class Facts:
         """Does the clipping call touch the parameters ``step`` updates? None: cannot tell."""
         if clip.models is None or not step.model:
             return None
-        return any(any(self._within(m, clip.models) or self._within(c, frozenset({m})) for c in clip.models)
-                   for m in step.model if m is not None)
+        return any(
+            any(self._within(m, clip.models) or self._within(c, frozenset({m})) for c in clip.models)
+            for m in step.model
+            if m is not None
+        )
 
     def grad_written_between(self, anchor: Event, lo: int, hi: int) -> bool:
         """Are gradients set by hand in ``anchor``'s iteration between seq ``lo`` and ``hi``?"""

@@ -360,4 +360,3 @@ class InliningMixin:
         if v.kind == CONST and v.const is None:
             return self._guess(name)
         return v
-

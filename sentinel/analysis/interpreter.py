@@ -55,7 +55,6 @@ from sentinel.analysis.values import (
     V,
 )
 
-
 _SHAPE_STATEMENTS = 4
 _SHAPE_CHARS = 600
 #: string and number literals (prefixed strings included)
@@ -287,9 +286,6 @@ class Interpreter(
             raise _Budget
 
 
-
-def analyze(
-    module: cst.Module, source: str = "", *, path: Path | None = None, project: Project | None = None
-) -> Facts:
+def analyze(module: cst.Module, source: str = "", *, path: Path | None = None, project: Project | None = None) -> Facts:
     """Run the shared analysis on a parsed module (with the project it belongs to, when given)."""
     return Interpreter(module, source, path=path, project=project).run()

@@ -442,7 +442,6 @@ class MethodsMixin:
         shape = self.tensor_method_shape(recv, meth, args, kwargs, node) if recv.shape is not None else None
         return V(kind, graph=graph_of(*vals), taints=merge_taints(*vals), alias=None, shape=shape)
 
-
     def _sampler_of(self, value: V):
         """The DistributedSampler ``value`` is (or a loader's sampler), None when unknown."""
         samplers = self._samplers()

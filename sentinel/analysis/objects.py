@@ -260,4 +260,3 @@ def join_states(states: list[State]) -> State:
         g = join_grad(g, s.grad)
     out.grad = g
     return out
-

@@ -305,4 +305,3 @@ class ShapesMixin:
         if isinstance(expr, cst.Name) and expr.value in ("True", "False"):
             return expr.value.lower()
         return "other"
-

@@ -608,4 +608,3 @@ class StatementsMixin:
             graph=graph_of(old, value),
             taints=old.taints | value.taints | {acc_id},
         )
-

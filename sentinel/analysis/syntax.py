@@ -65,7 +65,6 @@ def _string_value(node: cst.BaseExpression) -> Any:
     return NOCONST
 
 
-
 _CALLED = re.compile(r"(?<!def )\b([A-Za-z_]\w*)\s*\(")
 _MODE_FUNCS = frozenset(
     {
@@ -266,5 +265,3 @@ def _is_scaled(node: cst.BaseExpression, text: str) -> bool:
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Multiply, cst.Divide)):
         return _dotted(node.left) == text or (isinstance(node.operator, cst.Multiply) and _dotted(node.right) == text)
     return False
-
-

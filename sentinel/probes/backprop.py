@@ -112,9 +112,7 @@ class BackwardWatch:
         self.seen.clear()
 
 
-def run_module_backward(
-    roots: list[tuple[Any, int, torch.Tensor]], lo: int, hi: int
-) -> BackwardOrigin | None:
+def run_module_backward(roots: list[tuple[Any, int, torch.Tensor]], lo: int, hi: int) -> BackwardOrigin | None:
     """Backpropagate once more through the part of the kept graph made by one module call (autograd
     nodes numbered ``lo..hi``), starting from ``roots`` ``(node, input slot, gradient)``, by calling
     the nodes themselves in the engine's order (highest sequence number first). Returns the first

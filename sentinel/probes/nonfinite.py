@@ -127,9 +127,7 @@ def _named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         out.append((name, module))
         children = module._modules
         if children:
-            stack.extend(
-                reversed([(f"{name}.{k}" if name else k, c) for k, c in children.items() if c is not None])
-            )
+            stack.extend(reversed([(f"{name}.{k}" if name else k, c) for k, c in children.items() if c is not None]))
     return out
 
 
@@ -600,9 +598,7 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
 
 
-def _forward_finding(
-    call: _Call, out: torch.Tensor, fresh: bool, step: int, error: str | None = None
-) -> Finding:
+def _forward_finding(call: _Call, out: torch.Tensor, fresh: bool, step: int, error: str | None = None) -> Finding:
     kind = _kind(out)
     parameter = _bad_param(call.module, call.name)
     why = f"; its parameter `{parameter}` is already non-finite" if parameter else ""

@@ -238,10 +238,14 @@ def overfit(
     if projected is not None and projected <= curves.HORIZON * round_size:
         data["projected_steps"] = projected
         data["verdict"] = "slow"
-        return [], data, (
-            f"slow: loss {_fmt(values[0])} -> {_fmt(best)} in {taken} steps and still falling; at its recent"
-            f" rate it reaches the target {_fmt(threshold)} in about {projected} steps (a slow optimizer or"
-            " regularization, not a broken model)"
+        return (
+            [],
+            data,
+            (
+                f"slow: loss {_fmt(values[0])} -> {_fmt(best)} in {taken} steps and still falling; at its recent"
+                f" rate it reaches the target {_fmt(threshold)} in about {projected} steps (a slow optimizer or"
+                " regularization, not a broken model)"
+            ),
         )
     data["verdict"] = "failed"
     causes = curves.likely_causes(

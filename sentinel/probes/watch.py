@@ -478,7 +478,7 @@ class Watch:
         if own or bufs:
             inputs = U.call_tensors(args, kwargs)
         else:
-            inputs = [(f"{type(inner).__name__}.input{n[len('batch'):]}", t) for n, t in U.call_tensors(args, kwargs)]
+            inputs = [(f"{type(inner).__name__}.input{n[len('batch') :]}", t) for n, t in U.call_tensors(args, kwargs)]
         named = inputs + own + bufs
         model_t = [t for _, t in own] or [t for _, t in bufs]
         self._blame(module, "SEN103", "device", named, model_t, [t for _, t in inputs], lambda t: t.device, str)

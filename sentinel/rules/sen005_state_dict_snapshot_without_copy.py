@@ -124,11 +124,15 @@ class StateDictSnapshotWithoutCopy(Rule):
         if value is None:
             return None
         copy_name = module_binds(module, "copy")
-        return Fix(
-            [(value, call_of(f"{copy_name or 'copy'}.deepcopy", value.with_changes(lpar=[], rpar=[])))],
-            imports=[] if copy_name else ["copy"],
-            description="snapshot a `copy.deepcopy`",
-        ) if not isinstance(value, cst.Call) or not _is_deepcopy(value) else None
+        return (
+            Fix(
+                [(value, call_of(f"{copy_name or 'copy'}.deepcopy", value.with_changes(lpar=[], rpar=[])))],
+                imports=[] if copy_name else ["copy"],
+                description="snapshot a `copy.deepcopy`",
+            )
+            if not isinstance(value, cst.Call) or not _is_deepcopy(value)
+            else None
+        )
 
     VALID = [
         """

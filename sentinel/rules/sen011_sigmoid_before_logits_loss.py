@@ -149,8 +149,7 @@ loss.backward()
                 )
             else:
                 message = (
-                    "cross-entropy loss receives sigmoid outputs; CrossEntropyLoss/F.cross_entropy expect raw "
-                    "logits"
+                    "cross-entropy loss receives sigmoid outputs; CrossEntropyLoss/F.cross_entropy expect raw logits"
                 )
             yield Violation(
                 call.node,

@@ -181,8 +181,10 @@ class SelfNormalizing(nn.Module):
         from sentinel.fixes import Fix
 
         call, owner = violation.node, violation.data
-        if not isinstance(call, cst.Call) or not owner or any(
-            a.keyword is not None and a.keyword.value == "training" for a in call.args
+        if (
+            not isinstance(call, cst.Call)
+            or not owner
+            or any(a.keyword is not None and a.keyword.value == "training" for a in call.args)
         ):
             return None
         arg = cst.Arg(keyword=cst.Name("training"), value=cst.parse_expression(f"{owner}.training"))
