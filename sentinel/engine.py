@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,6 +150,8 @@ def check_source(
         if hit is not None:
             return [_redisplay(d, path, file) for d in hit]
     active = _triggered(rule_list, pieces, proj) if prefilter else rule_list
+    if proj is not None and file is not None:
+        proj.triggers = partial(_would_trigger, rule_list, proj) if prefilter else None
     if not active:
         # nothing here can trigger a rule: skip LibCST, but still report a file Python cannot parse
         syntax_check(source)
@@ -182,6 +185,14 @@ def _triggered(rules: list[type[Rule]], pieces: list[str], proj: Project | None)
                     if hit:
                         found.add(pattern)
     return [r for r in rules if all(p in found for p in r.TRIGGER)]
+
+
+def _would_trigger(rules: list[type[Rule]], proj: Project, path: Path) -> bool:
+    """Would linting ``path`` (another file of this run) analyse it?"""
+    text = proj.text(path)
+    if text is None:
+        return False
+    return bool(_triggered(rules, [code_text(text), *proj.trigger_texts(path, text, path)], proj))
 
 
 def _redisplay(d: Diagnostic, path: str, file: Path) -> Diagnostic:

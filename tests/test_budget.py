@@ -10,9 +10,12 @@ from sentinel.analysis.interpreter import Interpreter
 from sentinel.engine import check_source
 
 # each helper calls the next six times: fully inlined, that is 6**7 calls
-EXPLOSIVE_HELPERS = "".join(
-    f"def h{k}(x):\n" + "".join(f"    x = h{k + 1}(x)\n" for _ in range(6)) + "    return x\n\n\n" for k in range(7)
-) + "def h7(x):\n    return x + 1\n"
+EXPLOSIVE_HELPERS = (
+    "".join(
+        f"def h{k}(x):\n" + "".join(f"    x = h{k + 1}(x)\n" for _ in range(6)) + "    return x\n\n\n" for k in range(7)
+    )
+    + "def h7(x):\n    return x + 1\n"
+)
 
 # the reset comes after the helper that exhausts the budget: a half-analysed iteration "has no reset"
 TRAINING = textwrap.dedent(

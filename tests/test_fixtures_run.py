@@ -270,9 +270,7 @@ def test_projects_and_notebooks_layout():
 @pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: str(p.relative_to(CORPUS)))
 def test_fixture_runs(path: Path, run_results: dict) -> None:
     outcome = run_results[str(path)]
-    assert outcome["ok"], (
-        f"{path.relative_to(REPO)} failed:\n{outcome['error']}\n--- output ---\n{outcome['output']}"
-    )
+    assert outcome["ok"], f"{path.relative_to(REPO)} failed:\n{outcome['error']}\n--- output ---\n{outcome['output']}"
     assert outcome["seconds"] < PER_FILE_LIMIT_S, (
         f"{path.relative_to(REPO)} took {outcome['seconds']:.1f} s (limit {PER_FILE_LIMIT_S} s)"
     )

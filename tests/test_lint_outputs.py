@@ -165,8 +165,7 @@ def test_github_annotation_escapes_and_drops_columns_for_multiline_ranges():
     diag = Diagnostic("a,b:c.py", 3, 5, 4, 2, "SEN001", "softmax-before-cross-entropy", "50% wrong\nreally")
     out = render_results([FileResult("a,b:c.py", [diag])], fmt="github")
     assert out == (
-        "::error title=sentinel (SEN001),file=a%2Cb%3Ac.py,line=3,endLine=4::"
-        "a,b:c.py:3:5: SEN001 50%25 wrong%0Areally"
+        "::error title=sentinel (SEN001),file=a%2Cb%3Ac.py,line=3,endLine=4::a,b:c.py:3:5: SEN001 50%25 wrong%0Areally"
     )
 
 

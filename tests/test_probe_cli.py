@@ -38,8 +38,12 @@ def test_healthy_model_exits_0_with_plain_text_when_piped():
     lines = result.stdout.splitlines()
     assert lines[0] == f"sentinel probe {HEALTHY}:make_mlp  on cpu"
     assert [line.split()[0:2] for line in lines[1:7]] == [
-        ["PASS", "devices"], ["PASS", "finite"], ["PASS", "updates"], ["PASS", "initial-loss"],
-        ["PASS", "batch-independence"], ["PASS", "overfit"],
+        ["PASS", "devices"],
+        ["PASS", "finite"],
+        ["PASS", "updates"],
+        ["PASS", "initial-loss"],
+        ["PASS", "batch-independence"],
+        ["PASS", "overfit"],
     ]
     assert lines[-1] == "All probes passed."
     assert result.stderr == ""
@@ -56,12 +60,20 @@ def test_findings_exit_1_and_json_is_exactly_the_contract():
     assert list(finding) == ["code", "name", "message", "details"]
     assert (finding["code"], finding["name"]) == ("SEN105", "non-finite-value")
     assert finding["details"] == {
-        "stage": "backward", "module": "dist", "parameter": None, "step": 0,
-        "op": "SqrtBackward0", "value": "inf",
+        "stage": "backward",
+        "module": "dist",
+        "parameter": None,
+        "step": 0,
+        "op": "SqrtBackward0",
+        "value": "inf",
     }
     assert [(p["name"], p["status"]) for p in data["probes"]] == [
-        ("devices", "pass"), ("finite", "fail"), ("updates", "pass"), ("initial-loss", "skipped"),
-        ("batch-independence", "skipped"), ("overfit", "skipped"),
+        ("devices", "pass"),
+        ("finite", "fail"),
+        ("updates", "pass"),
+        ("initial-loss", "skipped"),
+        ("batch-independence", "skipped"),
+        ("overfit", "skipped"),
     ]
     assert all(isinstance(p["seconds"], float) for p in data["probes"])
 
@@ -120,8 +132,7 @@ def test_model_exception_exits_2_with_the_users_traceback():
     assert "return self.fc(x)  # 16 features arrive" in err
     assert "sentinel/probes" not in err and "_call_impl" not in err
     assert err.splitlines()[-1] == (
-        "sentinel probe: finite: model raised RuntimeError: mat1 and mat2 shapes cannot"
-        " be multiplied (32x16 and 15x10)"
+        "sentinel probe: finite: model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (32x16 and 15x10)"
     )
 
 
@@ -129,8 +140,10 @@ def test_model_exception_exits_2_with_the_users_traceback():
     ("target", "message"),
     [
         ("fixtures/probes/nope.py:make", "no such file: fixtures/probes/nope.py"),
-        ("justaword", "bad TARGET 'justaword': expected path/to/file.py:factory, package.module:factory"
-                      " or path/to/train.py"),
+        (
+            "justaword",
+            "bad TARGET 'justaword': expected path/to/file.py:factory, package.module:factory or path/to/train.py",
+        ),
         ("model.py:", "bad TARGET 'model.py:': both sides of ':' are needed (e.g. model.py:make)"),
         ("model.py:make-it", "bad TARGET 'model.py:make-it': 'make-it' is not a function name"),
         ("no_such_module_xyz:make", "no module named 'no_such_module_xyz' (is it on sys.path?)"),
@@ -186,8 +199,7 @@ def test_extra_arguments_are_only_for_scripts():
     result = probe(f"{HEALTHY}:make_mlp", "--", "--epochs", "3")
     assert result.exit_code == 2
     assert result.stderr == (
-        "sentinel probe: extra arguments '--epochs 3' are only passed to training scripts"
-        " (TARGET = path/to/train.py)\n"
+        "sentinel probe: extra arguments '--epochs 3' are only passed to training scripts (TARGET = path/to/train.py)\n"
     )
 
 
@@ -195,9 +207,7 @@ def test_extra_arguments_are_only_for_scripts():
 def test_cuda_unavailable_is_a_usage_error():
     result = probe(f"{HEALTHY}:make_mlp", "--device", "cuda")
     assert result.exit_code == 2
-    assert result.stderr == (
-        "sentinel probe: CUDA is not available on this machine (use --device cpu or auto)\n"
-    )
+    assert result.stderr == ("sentinel probe: CUDA is not available on this machine (use --device cpu or auto)\n")
 
 
 def test_script_target_delegates_to_run_script(tmp_path, monkeypatch):

@@ -55,8 +55,12 @@ def test_corpus_factory(path: Path, factory: str, expected: list[dict]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = run_probes(
-            made["model"], made.get("loss_fn"), made["batch"], made.get("optimizer"),
-            compute_loss=made.get("compute_loss"), target=factory,
+            made["model"],
+            made.get("loss_fn"),
+            made["batch"],
+            made.get("optimizer"),
+            compute_loss=made.get("compute_loss"),
+            target=factory,
         )
     assert not [p for p in report.probes if p.status == "error"], [(p.name, p.message) for p in report.probes]
     found = {}

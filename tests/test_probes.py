@@ -82,13 +82,10 @@ def fingerprint(model: nn.Module, optimizer=None) -> dict:
         "training": [(n, m.training) for n, m in model.named_modules()],
         "torch_rng": _bits(torch.get_rng_state()),
         "python_rng": random.getstate(),
-        "numpy_rng": tuple(_value(x) if not isinstance(x, np.ndarray) else x.tobytes()
-                           for x in np.random.get_state()),
+        "numpy_rng": tuple(_value(x) if not isinstance(x, np.ndarray) else x.tobytes() for x in np.random.get_state()),
     }
     if optimizer is not None:
-        fp["opt_state"] = [
-            (id(p), sorted((k, _value(v)) for k, v in st.items())) for p, st in optimizer.state.items()
-        ]
+        fp["opt_state"] = [(id(p), sorted((k, _value(v)) for k, v in st.items())) for p, st in optimizer.state.items()]
         fp["opt_groups"] = [
             sorted((k, tuple(id(p) for p in v) if k == "params" else _value(v)) for k, v in g.items())
             for g in optimizer.param_groups
@@ -125,6 +122,7 @@ PROBES = {
     "suite": lambda m, lf, b, o: run_probes(m, lf, b, o, steps=20),
     "suite_on_cpu": lambda m, lf, b, o: run_probes(m, lf, b, o, steps=5, device="cpu"),
 }
+
 
 class _RandomUser(nn.Module):
     """Draws from every RNG a probe must restore: torch (dropout), Python random and NumPy."""
@@ -299,16 +297,28 @@ def test_same_bits_distinguishes_bits_not_values():
 
 
 @pytest.mark.parametrize(
-    "factory", ["make_mlp", "make_mlp_default_optimizer", "make_cnn", "make_frozen", "make_regression",
-                "make_dict_batch", "make_float16_table"],
+    "factory",
+    [
+        "make_mlp",
+        "make_mlp_default_optimizer",
+        "make_cnn",
+        "make_frozen",
+        "make_regression",
+        "make_dict_batch",
+        "make_float16_table",
+    ],
 )
 def test_healthy_models_have_no_finding(factory):
     made = getattr(healthy, factory)()
     report = run_probes(*_args(made), target=factory)
     initial = "skipped" if factory == "make_regression" else "pass"  # MSE: not a classification loss
     assert [(p.name, p.status) for p in report.probes] == [
-        ("devices", "pass"), ("finite", "pass"), ("updates", "pass"), ("initial-loss", initial),
-        ("batch-independence", "pass"), ("overfit", "pass"),
+        ("devices", "pass"),
+        ("finite", "pass"),
+        ("updates", "pass"),
+        ("initial-loss", initial),
+        ("batch-independence", "pass"),
+        ("overfit", "pass"),
     ]
     assert report.findings == []
     assert report.exit_code() == 0
@@ -433,9 +443,7 @@ def test_parameter_group_left_out_of_the_optimizer():
 def test_lr_zero_leaves_every_parameter_unchanged():
     made = buggy.make_lr_zero()
     params = _updates(made)
-    assert params == [
-        {"name": n, "reason": "unchanged"} for n in ("0.weight", "0.bias", "2.weight", "2.bias")
-    ]
+    assert params == [{"name": n, "reason": "unchanged"} for n in ("0.weight", "0.bias", "2.weight", "2.bias")]
 
 
 def test_zero_gradient_and_frozen_parameters():
@@ -463,7 +471,8 @@ def test_frozen_layer_is_never_reported_even_with_lr_zero():
     made = healthy.make_frozen()
     made["optimizer"] = torch.optim.SGD([p for p in made["model"].parameters() if p.requires_grad], lr=0.0)
     assert _updates(made) == [
-        {"name": "2.weight", "reason": "unchanged"}, {"name": "2.bias", "reason": "unchanged"},
+        {"name": "2.weight", "reason": "unchanged"},
+        {"name": "2.bias", "reason": "unchanged"},
     ]
 
 
@@ -473,7 +482,8 @@ def test_whole_graph_detached():
     x, y = torch.randn(5, 4), torch.randn(5, 2)
     result = check_updates(model, lambda out, t: ((out.detach() - t) ** 2).mean(), (x, y))
     assert result.findings[0].details["parameters"] == [
-        {"name": "weight", "reason": "no-grad"}, {"name": "bias", "reason": "no-grad"},
+        {"name": "weight", "reason": "no-grad"},
+        {"name": "bias", "reason": "no-grad"},
     ]
     overfit = check_overfit(model, lambda out, t: ((out.detach() - t) ** 2).mean(), (x, y))
     d = overfit.findings[0].details
@@ -583,13 +593,22 @@ def _finite_details(made: dict, **kw) -> dict:
 
 def test_nan_for_some_inputs_is_blamed_on_the_log_module():
     assert _finite_details(buggy.make_nan_for_some_inputs()) == {
-        "stage": "forward", "module": "logf", "parameter": None, "step": 0, "value": "nan", "indices": [3],
+        "stage": "forward",
+        "module": "logf",
+        "parameter": None,
+        "step": 0,
+        "value": "nan",
+        "indices": [3],
     }
 
 
 def test_inf_in_backward_only_is_blamed_on_the_sqrt():
     assert _finite_details(buggy.make_inf_in_backward()) == {
-        "stage": "backward", "module": "dist", "parameter": None, "step": 0, "op": "SqrtBackward0",
+        "stage": "backward",
+        "module": "dist",
+        "parameter": None,
+        "step": 0,
+        "op": "SqrtBackward0",
         "value": "inf",
     }
 
@@ -601,7 +620,12 @@ def test_nan_in_the_inputs():
     x[1, 2] = float("nan")
     made["batch"] = (x, y)
     assert _finite_details(made) == {
-        "stage": "input", "module": None, "parameter": None, "step": 0, "tensor": "batch[0]", "value": "nan",
+        "stage": "input",
+        "module": None,
+        "parameter": None,
+        "step": 0,
+        "tensor": "batch[0]",
+        "value": "nan",
     }
 
 
@@ -609,7 +633,11 @@ def test_inf_in_the_loss():
     made = healthy.make_regression()
     made["loss_fn"] = lambda out, y: torch.log((out - out).abs()).mean()  # log(0)
     assert _finite_details(made) == {
-        "stage": "loss", "module": None, "parameter": None, "step": 0, "value": "inf",
+        "stage": "loss",
+        "module": None,
+        "parameter": None,
+        "step": 0,
+        "value": "inf",
     }
 
 
@@ -618,7 +646,11 @@ def test_nan_parameter_is_named_in_the_forward_stage():
     with torch.no_grad():
         made["model"][2].weight[0, 0] = float("nan")
     assert _finite_details(made) == {
-        "stage": "forward", "module": "2", "parameter": "2.weight", "step": 0, "value": "nan",
+        "stage": "forward",
+        "module": "2",
+        "parameter": "2.weight",
+        "step": 0,
+        "value": "nan",
     }
 
 
@@ -626,10 +658,18 @@ def test_update_stage_and_later_step():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
     batch = (torch.randn(8, 4), torch.randn(8, 1))
-    inf_lr = {"model": model, "loss_fn": nn.MSELoss(), "batch": batch,
-              "optimizer": torch.optim.SGD(model.parameters(), lr=float("inf"))}
+    inf_lr = {
+        "model": model,
+        "loss_fn": nn.MSELoss(),
+        "batch": batch,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=float("inf")),
+    }
     assert _finite_details(inf_lr) == {
-        "stage": "update", "module": "0", "parameter": "0.weight", "step": 0, "value": "inf",
+        "stage": "update",
+        "module": "0",
+        "parameter": "0.weight",
+        "step": 0,
+        "value": "inf",
     }
     huge_lr = dict(inf_lr, optimizer=torch.optim.SGD(model.parameters(), lr=1e25))
     d = _finite_details(huge_lr)
@@ -657,11 +697,14 @@ def test_localize_is_reusable_and_restores():
 def test_localize_with_compute_loss_and_no_batch():
     made = buggy.make_nan_for_some_inputs()
     model, loss_fn, (x, y), _ = _args(made)
-    finding = localize(
-        model, None, None, None, 3, compute_loss=lambda m, lf, b: nn.functional.cross_entropy(m(x), y)
-    )
+    finding = localize(model, None, None, None, 3, compute_loss=lambda m, lf, b: nn.functional.cross_entropy(m(x), y))
     assert finding.details == {
-        "stage": "forward", "module": "logf", "parameter": None, "step": 3, "value": "nan", "indices": [3],
+        "stage": "forward",
+        "module": "logf",
+        "parameter": None,
+        "step": 3,
+        "value": "nan",
+        "indices": [3],
     }
 
 
@@ -704,8 +747,12 @@ def test_meta_buffer_is_a_device_mismatch_and_the_rest_is_skipped():
     ]
     report = run_probes(*_args(made))
     assert [(p.name, p.status) for p in report.probes] == [
-        ("devices", "fail"), ("finite", "skipped"), ("updates", "skipped"), ("initial-loss", "skipped"),
-        ("batch-independence", "skipped"), ("overfit", "skipped"),
+        ("devices", "fail"),
+        ("finite", "skipped"),
+        ("updates", "skipped"),
+        ("initial-loss", "skipped"),
+        ("batch-independence", "skipped"),
+        ("overfit", "skipped"),
     ]
     assert report.probes[1].message == (
         "not run: SEN103 device-mismatch: scale (meta) (model raised RuntimeError: Tensor on device"
@@ -764,13 +811,23 @@ def test_batch_optimizer_state_and_device_argument():
     batch = {"inputs": torch.randn(3, 4), "targets": torch.randn(3, 2, device="meta")}
     result = check_devices(model, nn.MSELoss(), batch, opt, device="cpu")
     assert [(f.code, f.details) for f in result.findings] == [
-        ("SEN103", {"tensors": [
-            {"name": 'batch["targets"]', "device": "meta", "expected": "cpu"},
-            {"name": "optimizer.state[weight].exp_avg", "device": "meta", "expected": "cpu"},
-        ]}),
-        ("SEN104", {"tensors": [
-            {"name": "optimizer.state[weight].exp_avg_sq", "dtype": "float64", "expected": "float32"},
-        ]}),
+        (
+            "SEN103",
+            {
+                "tensors": [
+                    {"name": 'batch["targets"]', "device": "meta", "expected": "cpu"},
+                    {"name": "optimizer.state[weight].exp_avg", "device": "meta", "expected": "cpu"},
+                ]
+            },
+        ),
+        (
+            "SEN104",
+            {
+                "tensors": [
+                    {"name": "optimizer.state[weight].exp_avg_sq", "dtype": "float64", "expected": "float32"},
+                ]
+            },
+        ),
     ]
     assert result.data == {"device": "cpu", "dtype": "float32"}
 
@@ -877,7 +934,12 @@ def test_report_json_contract():
     assert data["findings"][0]["code"] == "SEN105" and data["findings"][0]["name"] == "non-finite-value"
     assert data["findings"][0]["details"]["stage"] == "backward"
     assert [p["name"] for p in data["probes"]] == [
-        "devices", "finite", "updates", "initial-loss", "batch-independence", "overfit",
+        "devices",
+        "finite",
+        "updates",
+        "initial-loss",
+        "batch-independence",
+        "overfit",
     ]
     assert [p["status"] for p in data["probes"]][:3] == ["pass", "fail", "pass"]
     assert data["probes"][-1]["status"] == "skipped"
@@ -889,8 +951,13 @@ def test_public_api_is_exactly_the_seven_names():
     import sentinel.probes as probes
 
     assert probes.__all__ == [
-        "check_batch_independence", "check_devices", "check_finite", "check_initial_loss", "check_overfit",
-        "check_updates", "run_probes",
+        "check_batch_independence",
+        "check_devices",
+        "check_finite",
+        "check_initial_loss",
+        "check_overfit",
+        "check_updates",
+        "run_probes",
     ]
 
 

@@ -71,9 +71,9 @@ def test_which_batch_tensors_count_as_masks():
     nan = square.clone()
     nan[0, 0] = float("nan")
     assert neg_inf_only(square) and neg_inf_only(flat) and not neg_inf_only(nan)
-    items = [("batch[0]", flat), ("batch[1]", square), ("batch[\"mask\"]", flat), ("batch[2]", nan)]
+    items = [("batch[0]", flat), ("batch[1]", square), ('batch["mask"]', flat), ("batch[2]", nan)]
     # square, or named *mask*: masks; a NaN is never a mask; a flat -inf feature is not one either
-    assert mask_names(items, None, nn.Linear(3, 3)) == {"batch[1]", "batch[\"mask\"]"}
+    assert mask_names(items, None, nn.Linear(3, 3)) == {"batch[1]", 'batch["mask"]'}
     image = torch.zeros(2, 3, 8, 8)
     image[0, 0, 1, 1] = float("-inf")  # a square image with log(0) in it is no mask
     assert mask_names([("batch[0]", image)], None, nn.Conv2d(3, 3, 1)) == set()
@@ -85,7 +85,12 @@ def test_nan_next_to_a_mask_and_a_neg_inf_feature_are_still_input_findings():
     for made, value in ((bad.make_nan_features_next_to_mask(), "nan"), (bad.make_neg_inf_feature(), "inf")):
         [finding] = check_finite(*_args(made)).findings
         assert finding.details == {
-            "stage": "input", "module": None, "parameter": None, "step": 0, "tensor": "batch[0]", "value": value,
+            "stage": "input",
+            "module": None,
+            "parameter": None,
+            "step": 0,
+            "tensor": "batch[0]",
+            "value": value,
         }
 
 
@@ -103,7 +108,11 @@ def test_nan_rejected_by_bce_is_localized_with_the_users_error():
     [finding] = report.findings
     assert finding.code == "SEN105"
     assert finding.details == {
-        "stage": "forward", "module": "features", "parameter": None, "step": 0, "value": "nan",
+        "stage": "forward",
+        "module": "features",
+        "parameter": None,
+        "step": 0,
+        "value": "nan",
         "error": "loss_fn raised RuntimeError: all elements of input should be between 0 and 1",
     }
     assert finding.message.endswith(
@@ -130,7 +139,11 @@ def test_a_half_encoder_among_float32_layers_is_the_one_blamed():
     [finding] = report.findings
     assert finding.code == "SEN104"
     assert [t["name"] for t in finding.details["tensors"]] == [
-        "encoder.0.weight", "encoder.0.bias", "encoder.2.weight", "encoder.2.bias", "encoder.3.weight",
+        "encoder.0.weight",
+        "encoder.0.bias",
+        "encoder.2.weight",
+        "encoder.2.bias",
+        "encoder.3.weight",
         "encoder.3.bias",
     ]
     assert {t["dtype"] for t in finding.details["tensors"]} == {"float16"}
@@ -297,7 +310,12 @@ def test_report_json_has_the_new_probes():
     assert isinstance(report, Report)
     data = report.to_dict()
     assert [p["name"] for p in data["probes"]] == [
-        "devices", "finite", "updates", "initial-loss", "batch-independence", "overfit",
+        "devices",
+        "finite",
+        "updates",
+        "initial-loss",
+        "batch-independence",
+        "overfit",
     ]
     sen111 = next(f for f in data["findings"] if f["code"] == "SEN111")
     assert sen111["name"] == "batch-samples-mixed" and sen111["details"]["depends_on"] == [1, 2, 3]

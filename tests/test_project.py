@@ -96,8 +96,17 @@ def line_of(root: Path, rel: str, needle: str) -> int:
         ({"models.py": MODEL_SOFTMAX}, "from models import Net as Classifier", "Classifier()"),
         ({"models.py": MODEL_SOFTMAX}, "from models import *", "Net()"),
     ],
-    ids=["from", "import-as", "import", "submodule", "from-package-import-module", "reexport", "star-reexport",
-         "alias", "star"],
+    ids=[
+        "from",
+        "import-as",
+        "import",
+        "submodule",
+        "from-package-import-module",
+        "reexport",
+        "star-reexport",
+        "alias",
+        "star",
+    ],
 )
 def test_a_model_class_from_another_file_is_known_where_it_is_used(tmp_path, files, imports, ctor):
     root = make_project(tmp_path, {**files, "train.py": train(imports, ctor)})
@@ -341,13 +350,15 @@ def test_a_file_no_rule_can_trigger_is_answered_without_libcst(tmp_path):
 
 
 def test_each_file_is_parsed_at_most_once_per_run(tmp_path, monkeypatch):
-    """Two scripts import the same model file, which is linted too: one parse each, three in all."""
+    """Two scripts import the same model file, which is linted (and analysed) too: one parse each,
+    three in all."""
     import libcst
 
+    predict = "\n\n@torch.no_grad()\ndef predict(model, x):\n    return model.eval()(x)\n"
     root = make_project(
         tmp_path,
         {
-            "models.py": MODEL_SOFTMAX,
+            "models.py": "import torch\n" + textwrap.dedent(MODEL_SOFTMAX) + predict,
             "train.py": train("from models import Net", "Net()"),
             "finetune.py": train("from models import Net", "Net()"),
         },
@@ -364,6 +375,33 @@ def test_each_file_is_parsed_at_most_once_per_run(tmp_path, monkeypatch):
     assert len(parsed) == 3
     line = line_of(root, "train.py", "loss = criterion")
     assert found == {("SEN001", "train.py", line), ("SEN001", "finetune.py", line)}
+
+
+def test_a_linted_file_no_rule_triggers_on_is_read_like_an_imported_one(tmp_path, monkeypatch):
+    """models.py is in the run but nothing in it can trigger a rule: it is never parsed whole, only
+    the definitions train.py uses (the class and the import it needs), once."""
+    import libcst
+
+    root = make_project(
+        tmp_path,
+        {
+            "models.py": textwrap.dedent(MODEL_SOFTMAX) + "\n\ndef unrelated():\n    return 1\n",
+            "train.py": train("from models import Net", "Net()"),
+        },
+    )
+    parsed: list[str] = []
+    real = libcst.parse_module
+    monkeypatch.setattr(libcst, "parse_module", lambda text, *a, **k: parsed.append(text) or real(text, *a, **k))
+    project = Project(root)
+    files = [root / "train.py", root / "models.py"]
+    project.expect(files)
+    found = set()
+    for f in files:
+        found |= {(d.code, Path(d.path).name) for d in check_source(f.read_text(), str(f), project=project)}
+    assert found == {("SEN001", "train.py")}
+    from_models = [t for t in parsed if "class Net" in t or t.startswith("import torch.nn")]
+    assert len(from_models) == 2 and not any("def unrelated" in t for t in from_models)
+    assert len(parsed) == 3
 
 
 def test_definitions_of_files_outside_the_run_are_parsed_once_and_alone(tmp_path, monkeypatch):

@@ -158,8 +158,13 @@ def _loop_with_everything(mode: str | None, steps: int = 12, nan_at: int | None 
     torch.manual_seed(0)
     model = nn.Sequential(
         OrderedDict(
-            drop0=nn.Dropout(0.1), norm=L2Normalize(), fc=nn.Linear(6, 16), bn=nn.BatchNorm1d(16),
-            act=nn.ReLU(), drop=nn.Dropout(0.3), out=nn.Linear(16, 1),
+            drop0=nn.Dropout(0.1),
+            norm=L2Normalize(),
+            fc=nn.Linear(6, 16),
+            bn=nn.BatchNorm1d(16),
+            act=nn.ReLU(),
+            drop=nn.Dropout(0.3),
+            out=nn.Linear(16, 1),
         )
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -209,7 +214,11 @@ def test_replaying_a_failing_step_changes_nothing(mode):
     w = watched[4]
     assert codes(w) == ["SEN105"]
     assert details(w, "SEN105") == {
-        "stage": "input", "module": None, "parameter": None, "step": 5, "tensor": "batch[0]"
+        "stage": "input",
+        "module": None,
+        "parameter": None,
+        "step": 5,
+        "tensor": "batch[0]",
     }
 
 
@@ -223,7 +232,10 @@ def test_replaying_through_localize_changes_nothing(mode):
     assert torch.equal(watched[3], plain[3])
     got = details(watched[4], "SEN105")
     assert {k: got[k] for k in ("stage", "module", "parameter", "step")} == {
-        "stage": "forward", "module": "norm", "parameter": None, "step": 4
+        "stage": "forward",
+        "module": "norm",
+        "parameter": None,
+        "step": 4,
     }
 
 
@@ -432,7 +444,10 @@ def test_nan_in_the_forward_pass_names_the_module(mode):
     assert codes(w) == ["SEN105"]
     got = details(w, "SEN105")
     assert {k: got[k] for k in ("stage", "module", "parameter", "step")} == {
-        "stage": "forward", "module": "norm", "parameter": None, "step": 3
+        "stage": "forward",
+        "module": "norm",
+        "parameter": None,
+        "step": 3,
     }
 
 
@@ -448,7 +463,10 @@ def test_nan_in_the_targets_is_a_loss_stage():
         train(model, opt, 8, data=_batches_with(4, bad_label))
     got = details(w, "SEN105")
     assert {k: got[k] for k in ("stage", "module", "parameter", "step")} == {
-        "stage": "loss", "module": None, "parameter": None, "step": 4
+        "stage": "loss",
+        "module": None,
+        "parameter": None,
+        "step": 4,
     }
 
 
@@ -617,9 +635,7 @@ def test_float64_batch_and_float64_targets_into_a_loss_module():
             loss_fn(model(x.double()), y.double()).backward()  # promotes silently, runs in float64
             opt.step()
     assert codes(w) == ["SEN104"]
-    assert details(w, "SEN104") == {
-        "tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]
-    }
+    assert details(w, "SEN104") == {"tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]}
     with sentinel.watch() as w:
         for _ in range(3):
             opt.zero_grad()
@@ -689,10 +705,14 @@ def test_gan_loop(bug):
             F.binary_cross_entropy_with_logits(disc(fake), ones).backward()
             g_opt.step()
     assert w.models == [disc, gen] and w.steps == 6  # in the order their optimizers first stepped
-    expected = {"SEN102": {"parameters": [
-        {"name": "Discriminator.unused.weight", "reason": "not-in-optimizer"},
-        {"name": "Discriminator.unused.bias", "reason": "not-in-optimizer"},
-    ]}}
+    expected = {
+        "SEN102": {
+            "parameters": [
+                {"name": "Discriminator.unused.weight", "reason": "not-in-optimizer"},
+                {"name": "Discriminator.unused.bias", "reason": "not-in-optimizer"},
+            ]
+        }
+    }
     if bug:
         expected["SEN106"] = {"step": 1}
     assert {f.code: f.details for f in w.findings} == expected

@@ -374,6 +374,7 @@ class SyncCounter:
 
     def __enter__(self) -> SyncCounter:
         for name, fn in self.saved.items():
+
             def counted(t: torch.Tensor, *a, _fn=fn, **k):  # noqa: ANN001, ANN202
                 self.calls += 1
                 return _fn(t, *a, **k)

@@ -66,27 +66,52 @@ def found(report) -> list[tuple[str, dict]]:
 EXPECTED = {
     "missing_zero_grad.py": [("SEN106", {"step": 1})],
     "unused_layer.py": [
-        ("SEN102", {"parameters": [
-            {"name": "extra.weight", "reason": "no-grad"}, {"name": "extra.bias", "reason": "no-grad"},
-        ]}),
+        (
+            "SEN102",
+            {
+                "parameters": [
+                    {"name": "extra.weight", "reason": "no-grad"},
+                    {"name": "extra.bias", "reason": "no-grad"},
+                ]
+            },
+        ),
     ],
     "head_not_in_optimizer.py": [
-        ("SEN102", {"parameters": [
-            {"name": "head.weight", "reason": "not-in-optimizer"},
-            {"name": "head.bias", "reason": "not-in-optimizer"},
-        ]}),
+        (
+            "SEN102",
+            {
+                "parameters": [
+                    {"name": "head.weight", "reason": "not-in-optimizer"},
+                    {"name": "head.bias", "reason": "not-in-optimizer"},
+                ]
+            },
+        ),
     ],
     "nan_mid_training.py": [
-        ("SEN105", {
-            "stage": "forward", "module": "norm", "parameter": None, "step": 5, "value": "nan", "indices": [3],
-        }),
+        (
+            "SEN105",
+            {
+                "stage": "forward",
+                "module": "norm",
+                "parameter": None,
+                "step": 5,
+                "value": "nan",
+                "indices": [3],
+            },
+        ),
     ],
     "eval_without_eval_mode.py": [("SEN107", {"modules": ["1", "3"]})],
     "losses_append.py": [("SEN108", {"steps": 9})],
     "module_never_called.py": [
-        ("SEN102", {"parameters": [
-            {"name": "aux_proj.weight", "reason": "no-grad"}, {"name": "aux_proj.bias", "reason": "no-grad"},
-        ]}),
+        (
+            "SEN102",
+            {
+                "parameters": [
+                    {"name": "aux_proj.weight", "reason": "no-grad"},
+                    {"name": "aux_proj.bias", "reason": "no-grad"},
+                ]
+            },
+        ),
     ],
     "float64_input.py": [
         ("SEN104", {"tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]}),
@@ -119,10 +144,15 @@ def test_every_fixture_script_is_covered():
 def test_the_odd_dtype_out_is_blamed_even_when_the_script_then_crashes():
     report, _ = run("half_encoder.py")
     assert found(report) == [
-        ("SEN104", {"tensors": [
-            {"name": "encoder.0.weight", "dtype": "float16", "expected": "float32"},
-            {"name": "encoder.0.bias", "dtype": "float16", "expected": "float32"},
-        ]}),
+        (
+            "SEN104",
+            {
+                "tensors": [
+                    {"name": "encoder.0.weight", "dtype": "float16", "expected": "float32"},
+                    {"name": "encoder.0.bias", "dtype": "float16", "expected": "float32"},
+                ]
+            },
+        ),
     ]
     assert report.probes[0].status == "error" and "mat1 and mat2 must have the same dtype" in report.probes[0].message
 
@@ -220,9 +250,7 @@ def test_a_crashing_script_is_an_error_with_its_traceback():
     report, _ = run("crashes.py")
     probe = report.probes[0]
     assert probe.status == "error" and report.exit_code() == 2
-    assert probe.message == (
-        "the script raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x5 and 4x2)"
-    )
+    assert probe.message == ("the script raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x5 and 4x2)")
     assert probe.data["steps"] == 3
     tb = probe.traceback
     assert tb.startswith("Traceback (most recent call last):")
@@ -321,9 +349,20 @@ def test_cli_crashing_script_exits_2_with_the_traceback_on_stderr():
 def test_the_real_command_end_to_end():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "sentinel"), "probe", fixture("eval_without_eval_mode.py"),
-         "--steps", "10", "--format", "json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            str(Path(sys.executable).parent / "sentinel"),
+            "probe",
+            fixture("eval_without_eval_mode.py"),
+            "--steps",
+            "10",
+            "--format",
+            "json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stderr
     out = json.loads(proc.stdout)

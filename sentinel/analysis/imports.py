@@ -25,7 +25,7 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
-from sentinel.analysis.objects import IMPORT_TICKS_PER_LINE, Ctx, State
+from sentinel.analysis.objects import IMPORT_BUDGET_PER_LINE, IMPORT_TICKS_PER_LINE, Ctx, State
 from sentinel.analysis.project import ModuleIndex, Project, real
 from sentinel.analysis.syntax import _dotted
 from sentinel.analysis.values import CONST, MODULE, QUAL, V
@@ -219,7 +219,10 @@ class ImportsMixin:
         module, text, statements, offset = found
         if not any(m is module for m, _, _ in unit.snippets):
             unit.snippets.append((module, text, offset))
-        self.steps += IMPORT_TICKS_PER_LINE * (span[1] - span[0] + 1)  # reading it costs about a parse
+        n = span[1] - span[0] + 1
+        if self.grow_budget:
+            self.budget += IMPORT_BUDGET_PER_LINE * n
+        self.steps += IMPORT_TICKS_PER_LINE * n  # reading it costs about a parse
         self._tick()
         saved = (self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state)
         self.frame_stack, self.cond_stack, self.pass_stack = [], [], []

@@ -103,8 +103,9 @@ class Interpreter(
         self.functions: list[FuncInfo] = []
         self.classes: list[ClassInfo] = []
         self.module_state: State | None = None
-        n_lines = max(1, source.count("\n"))
+        self.n_lines = n_lines = max(1, source.count("\n"))
         self.budget = BUDGET_BASE + BUDGET_PER_LINE * n_lines if budget == 0 else budget
+        self.grow_budget = budget == 0  # definitions read from other files add to it (see objects.py)
         self.exhausted = False  # the budget ran out: what was cut short was dropped, not guessed
         self._global_state: State | None = None
         self.entry_state: State | None = None
@@ -127,7 +128,10 @@ class Interpreter(
             if not self._bounded(lambda s=stmt: self.exec_block([s], state, ctx)):
                 break
         self.module_state = state
-        # functions and methods no call reached: analyse them on their own
+        # functions and methods no call reached: analyse them on their own, within what the file's own
+        # size allows (a model zoo's hundreds of methods do not get the room of a training script's main)
+        self.grow_budget = False
+        self.budget = min(self.budget, self.steps + BUDGET_BASE + BUDGET_PER_LINE * self.n_lines)
         called = self._called_names()
         pending = [f for f in self.functions if id(f.node) not in self.executed]
         pending.sort(key=lambda f: (f.name in called, 0))

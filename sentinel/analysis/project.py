@@ -189,6 +189,9 @@ class Project:
         # LibCST parses shared by every analysis of this run: whole modules of files that are both
         # linted and imported, and single definitions of the other imported files
         self.run_files: set[Path] = set()
+        #: set by the engine: does some rule trigger on this file (it will be parsed whole)?
+        self.triggers: Any = None
+        self._will_analyse: dict[Path, bool] = {}
         self._scans: dict[Path, tuple[str, list]] = {}
         self._targets: dict[tuple, list] = {}
         self._used: dict[tuple, tuple[str, str]] = {}
@@ -233,6 +236,7 @@ class Project:
             text = None
         if cached is not None:  # the file changed during this process: forget what was derived from it
             self._targets.clear()
+            self._will_analyse.clear()
         self._texts[path] = (stamp, text)
         self._indexes.pop(path, None)
         return text
@@ -269,6 +273,15 @@ class Project:
         that parse for its own analysis (each file is parsed at most once per run)."""
         self.run_files.update(real(p) for p in paths)
 
+    def _analysed(self, path: Path) -> bool:
+        """Will this run analyse ``path`` itself (so its whole parse is shared), as far as the
+        engine can tell from its triggers? A linted file no rule triggers on is read like any other
+        imported file: only the definitions used."""
+        found = self._will_analyse.get(path)
+        if found is None:
+            found = self._will_analyse[path] = self.triggers is None or self.triggers(path)
+        return found
+
     def module(self, path: Path, text: str) -> Any:
         """The LibCST module of a linted file (the run's shared parse when there is one)."""
         from sentinel.parse import parse
@@ -294,7 +307,7 @@ class Project:
         if text is None:
             return None
         key = digest(text)
-        if path in self.run_files:
+        if path in self.run_files and self._analysed(path):
             try:
                 module = self.module(path, text)
             except Exception:  # a syntax error there is reported when that file is linted
