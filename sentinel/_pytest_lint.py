@@ -1,4 +1,5 @@
-"""``pytest --sentinel-lint``: every Python file under the test paths becomes one lint test item.
+"""``pytest --sentinel-lint``: every Python file and Jupyter notebook under the test paths becomes one
+lint test item.
 
 Registered by :mod:`sentinel.pytest_plugin` only when ``--sentinel-lint`` is given, so without the
 option neither this module nor the lint engine (and LibCST) is imported. ``[tool.sentinel]``
@@ -61,7 +62,7 @@ class LintCollector:
         return settings
 
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> LintFile | None:
-        if file_path.suffix != ".py":
+        if file_path.suffix not in (".py", ".ipynb"):
             return None
         try:
             if self.settings_for(file_path).is_excluded(file_path):
@@ -155,7 +156,7 @@ def _shown_path(path: Path) -> Path:
 
 
 class LintFile(pytest.File):
-    """One Python file; collects a single :class:`LintItem`."""
+    """One Python file or notebook; collects a single :class:`LintItem`."""
 
     def __init__(self, *, collector: LintCollector, **kwargs: Any) -> None:
         super().__init__(**kwargs)

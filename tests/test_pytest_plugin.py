@@ -521,6 +521,43 @@ def test_lint_items_fail_on_findings_and_pass_clean_files(pytester: pytest.Pytes
     assert "Traceback" not in result.stdout.str()
 
 
+def _notebook(*cells: str) -> str:
+    import json
+
+    return json.dumps(
+        {
+            "cells": [
+                {"cell_type": "code", "metadata": {}, "source": c, "outputs": [], "execution_count": None}
+                for c in cells
+            ],
+            "metadata": {"language_info": {"name": "python"}},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    )
+
+
+def test_notebooks_are_lint_items_reported_by_cell(pytester: pytest.Pytester) -> None:
+    setup = "import torch\nfrom torch import nn\nimport torch.nn.functional as F\nmodel = nn.Linear(4, 3)\n"
+    train = (
+        "loss_fn = nn.CrossEntropyLoss()\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "for x, y in [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]:\n"
+        "    opt.zero_grad()\n"
+        "    loss = loss_fn(F.softmax(model(x), dim=1), y)\n"
+        "    loss.backward()\n"
+        "    opt.step()\n"
+    )
+    pytester.makefile(".ipynb", bad=_notebook(setup, "%matplotlib inline\n" + train))
+    pytester.makefile(".ipynb", clean=_notebook(setup, train.replace("F.softmax(model(x), dim=1)", "model(x)")))
+    result = pytester.runpytest("--sentinel-lint", "-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["bad.ipynb::sentinel-lint FAILED*", "clean.ipynb::sentinel-lint PASSED*"], consecutive=False
+    )
+    result.stdout.fnmatch_lines(["bad.ipynb:cell 2:6:* SEN001 *"])
+
+
 def test_without_the_option_nothing_is_linted(pytester: pytest.Pytester) -> None:
     _lint_tree(pytester)
     result = pytester.runpytest("-v")
