@@ -220,8 +220,10 @@ class ImportsMixin:
         if not any(m is module for m, _, _ in unit.snippets):
             unit.snippets.append((module, text, offset))
         n = span[1] - span[0] + 1
-        if self.grow_budget:
-            self.budget += IMPORT_BUDGET_PER_LINE * n
+        if self.growth_left > 0:
+            grow = min(self.growth_left, IMPORT_BUDGET_PER_LINE * n)
+            self.budget += grow
+            self.growth_left -= grow
         self.steps += IMPORT_TICKS_PER_LINE * n  # reading it costs about a parse
         self._tick()
         saved = (self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state)

@@ -34,6 +34,7 @@ from sentinel.analysis.methods import MethodsMixin
 from sentinel.analysis.objects import (
     BUDGET_BASE,
     BUDGET_PER_LINE,
+    ENTRY_IMPORT_GROWTH,
     TRAIN,
     ClassInfo,
     Ctx,
@@ -105,7 +106,8 @@ class Interpreter(
         self.module_state: State | None = None
         self.n_lines = n_lines = max(1, source.count("\n"))
         self.budget = BUDGET_BASE + BUDGET_PER_LINE * n_lines if budget == 0 else budget
-        self.grow_budget = budget == 0  # definitions read from other files add to it (see objects.py)
+        #: what reading definitions from other files may still add to the budget (see objects.py)
+        self.growth_left = 1 << 62 if budget == 0 else 0
         self.exhausted = False  # the budget ran out: what was cut short was dropped, not guessed
         self._global_state: State | None = None
         self.entry_state: State | None = None
@@ -130,7 +132,7 @@ class Interpreter(
         self.module_state = state
         # functions and methods no call reached: analyse them on their own, within what the file's own
         # size allows (a model zoo's hundreds of methods do not get the room of a training script's main)
-        self.grow_budget = False
+        self.growth_left = min(self.growth_left, ENTRY_IMPORT_GROWTH)
         self.budget = min(self.budget, self.steps + BUDGET_BASE + BUDGET_PER_LINE * self.n_lines)
         called = self._called_names()
         pending = [f for f in self.functions if id(f.node) not in self.executed]
