@@ -31,8 +31,9 @@ MAX_DEPTH = 8
 #: reached are analysed afterwards within ``BUDGET_BASE + BUDGET_PER_LINE * lines`` more, and what
 #: they import adds at most ``ENTRY_IMPORT_GROWTH`` in all: a launcher whose ``Trainer.__call__`` runs
 #: another file's ``main()`` has room, and a model zoo file (hundreds of methods, each building the
-#: model from library layers) stays about proportional to its own size. Real training scripts need far less than they get (public corpus: pytorch/examples'
-#: imagenet 7,800 steps for 530 lines; timm's train.py 133,000 with its library). A step costs about
+#: model from library layers) stays about proportional to its own size. Real training scripts need
+#: less than they get (public corpus: pytorch/examples' imagenet 7,800 steps for 530 lines; timm's
+#: train.py 133,000 with its library). A step costs about
 #: a ninth of a line's LibCST parse. What the budget cuts short is dropped (``_bounded``): a finding is
 #: never made from it.
 BUDGET_BASE = 8000
