@@ -100,7 +100,8 @@ class CallsMixin:
                     args, kwargs, _ = self._args(node, state, ctx)
                     return self.call_value(attr_value, node, args, kwargs, state, ctx)
             if recv.kind == MODULE:  # `M.Net(...)`, `utils.evaluate(...)`: what the project module binds
-                fv = self.unit_attr(recv.ref, func.attr.value) or TOP
+                # (one of several modules, imported under one name on different paths: unknown)
+                fv = (self.unit_attr(recv.ref, func.attr.value) if recv.ref is not None else None) or TOP
                 args, kwargs, _ = self._args(node, state, ctx)
                 return self.call_value(fv, node, args, kwargs, state, ctx)
             if recv.kind == QUAL and isinstance(recv.const, str):

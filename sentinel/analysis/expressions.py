@@ -294,7 +294,7 @@ class ExpressionsMixin:
         if base.kind == QUAL and isinstance(base.const, str):
             return V(QUAL, const=api.normalize(f"{base.const}.{attr}"))
         if base.kind == MODULE:
-            found = self.unit_attr(base.ref, attr)
+            found = self.unit_attr(base.ref, attr) if base.ref is not None else None
             return found if found is not None else TOP
         if base.kind in (INSTANCE, MODEL, CLASS) and base.ref is not None:
             inst = base.ref
@@ -352,6 +352,8 @@ class ExpressionsMixin:
                 return base.with_(graph=False)
             if attr == "grad":
                 return V(TENSOR, graph=False)
+            if attr == "requires_grad" and (base.graph or (base.graph is False and base.taints)):
+                return V(CONST, const=bool(base.graph))  # a forward's output: tracked unless under no_grad
             if attr in ("shape", "dtype", "device", "requires_grad", "is_cuda", "ndim"):
                 return V(CONST)
             if attr in ("T", "mT", "real"):
@@ -452,7 +454,16 @@ class ExpressionsMixin:
             return V(DICT, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
         elt = self.eval(node.elt, s, ctx)
         state.modes = s.modes  # `[m.eval() for m in nets]` switches every element
-        return V(LIST, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object(), ref=list_of_models(elt))
+        return V(
+            LIST,
+            taints=elt.taints,
+            graph=elt.graph,
+            alias=elt.alias,
+            ident=object(),
+            ref=list_of_models(elt),
+            # `nn.Sequential(*[block() for _ in range(n)])`: the layers of every element are the same
+            sensitive=elt.sensitive if elt.kind == MODEL else None,
+        )
 
     def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:
         """The value one iteration over ``it`` binds."""

@@ -36,6 +36,11 @@ class Frame:
     cond_depth: int = 0  # conditions already open when the loop started
 
 
+_GRAD_PRESENT = re.compile(r"[\w.\[\]]+\.grad is not None|not [\w.\[\]]+\.grad is None")
+#: the condition key of ``if i == 0:`` on a loop's own counter: ``FIRST_ITERATION <frame id>``
+FIRST_ITERATION = "first-iteration-of"
+
+
 @dataclass
 class Event:
     seq: int
@@ -335,7 +340,7 @@ class Facts:
         step_conds = set(step.conds[depth:])
         models: set = set()
         for r in self.reset_by_frame.get(fid, ()):
-            if not set(r.conds[depth:]) <= step_conds:
+            if not {c for c in r.conds[depth:] if not self._always_for_reset(c, fid)} <= step_conds:
                 continue
             if r.target is None or step.ident is None:
                 return True
@@ -349,6 +354,22 @@ class Facts:
             return False
         # `model.zero_grad()` on a model or on any model it is part of clears its gradients
         return step.model is None or all(self._within(m, frozenset(models)) for m in step.model)
+
+    def _always_for_reset(self, cond: str, fid: int) -> bool:
+        """Does a reset under ``cond`` still clear, once in every iteration of loop ``fid``, whatever a
+        step there applies? ``p.grad is not None`` (nothing to clear otherwise), and "the first iteration
+        of a loop inside ``fid``" (``if i == 0:`` over the micro-batches of each step)."""
+        if _GRAD_PRESENT.fullmatch(cond):
+            return True
+        if not cond.startswith(FIRST_ITERATION):
+            return False
+        inner = self.frames.get(int(cond.rsplit(" ", 1)[1]))
+        parent = inner.parent if inner is not None else None
+        while parent is not None:
+            if parent == fid:
+                return True
+            parent = self.frames[parent].parent
+        return False
 
     def frame_trains(self, fid: int) -> bool:
         """Does this loop run backward() and an optimizer step (anywhere inside, helpers included)?"""

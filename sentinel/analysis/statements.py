@@ -10,6 +10,7 @@ import libcst as cst
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
+    FIRST_ITERATION,
     AccumEvent,
     Event,
     Frame,
@@ -177,6 +178,9 @@ class StatementsMixin:
         key = _cond_key(node.test)
         if isinstance(node.test, cst.Name) and isinstance(test.origin, cst.Comparison):
             key = _cond_key(test.origin)  # a parameter bound to the caller's condition
+        first = self._first_iteration_of(node.test)
+        if first is not None:
+            key = f"{FIRST_ITERATION} {first}"  # `if i == 0:` in `for i, mb in enumerate(...)`
         a = state.copy()
         self.cond_stack.append(key)
         try:
@@ -193,9 +197,50 @@ class StatementsMixin:
         finally:
             self.cond_stack.pop()
         jumped = a.jumped and b.jumped
+        self._settle_models(a, b)
         self._replace(state, join_states([a, b]))
         self._unknown_branch_modes(state, a, b)
         state.jumped = jumped
+
+    def _settle_models(self, a: State, b: State) -> None:
+        """A name bound to a different model on each branch (``model = Bigram()`` / ``model = MLP()``):
+        say on each whether it holds dropout or batch norm before the join forgets which class it was."""
+        if a.returned or b.returned:
+            return
+        for name, va in a.env.items():
+            vb = b.env.get(name)
+            if vb is None or va is vb or va.kind != MODEL or vb.kind != MODEL or va.ref is vb.ref:
+                continue
+            if va.sensitive is None:
+                a.env[name] = va.with_(sensitive=self.sensitivity(va))
+            if vb.sensitive is None:
+                b.env[name] = vb.with_(sensitive=self.sensitivity(vb))
+
+    def _first_iteration_of(self, test: cst.BaseExpression) -> int | None:
+        """The loop (frame id) whose first iteration ``test`` selects: ``i == 0`` (or ``not i``) where
+        ``i`` counts an enclosing loop from 0 (``enumerate(xs)``, ``range(n)``). Its body then runs
+        once per run of that loop: a reset there clears every step that follows the loop."""
+        name = None
+        if (
+            isinstance(test, cst.Comparison)
+            and len(test.comparisons) == 1
+            and isinstance(test.comparisons[0].operator, cst.Equal)
+        ):
+            left, right = test.left, test.comparisons[0].comparator
+            if isinstance(right, cst.Integer) and right.value == "0" and isinstance(left, cst.Name):
+                name = left.value
+            elif isinstance(left, cst.Integer) and left.value == "0" and isinstance(right, cst.Name):
+                name = right.value
+        elif isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+            if isinstance(test.expression, cst.Name):
+                name = test.expression.value
+        if name is None:
+            return None
+        for fid in reversed(self.frame_stack):
+            loop = self.facts.frames[fid].node
+            if isinstance(loop, cst.For) and _counter(loop) == name:
+                return None if self.facts.frames[fid].unrolled else fid
+        return None
 
     def _push_frame(self, node: cst.CSTNode, ctx: Ctx, label: str, unrolled: bool = False) -> Frame:
         fid = next(self.ids)
@@ -608,3 +653,20 @@ class StatementsMixin:
             graph=graph_of(old, value),
             taints=old.taints | value.taints | {acc_id},
         )
+
+
+def _counter(loop: cst.For) -> str | None:
+    """The name counting ``loop``'s iterations from 0: ``i`` of ``for i, x in enumerate(xs)`` (no
+    ``start``) or of ``for i in range(n)`` / ``range(0, n)``."""
+    it = loop.iter
+    if not isinstance(it, cst.Call) or not isinstance(it.func, cst.Name):
+        return None
+    target = loop.target
+    if it.func.value == "enumerate" and len(it.args) == 1 and isinstance(target, cst.Tuple) and target.elements:
+        first = target.elements[0].value
+        return first.value if isinstance(first, cst.Name) else None
+    if it.func.value == "range" and isinstance(target, cst.Name) and it.args:
+        if len(it.args) == 1 or (isinstance(it.args[0].value, cst.Integer) and it.args[0].value.value == "0"):
+            if all(a.keyword is None for a in it.args):
+                return target.value
+    return None
