@@ -259,7 +259,8 @@ class Interpreter(
             self.facts.functions[ctx.id] = ctx.func.node if ctx.func is not None else None
         names, c = self.facts.ctx_names, ctx
         while c is not None and c.id not in names:  # what each activation on an event's stack is called
-            names[c.id] = c.name
+            # a unittest case's `test_step` / `test_train_epoch` tests code; it evaluates nothing
+            names[c.id] = f"{c.func.cls.name}.{c.name}" if _test_case(c.func) else c.name
             c = c.parent
         return cls(
             seq=next(self.seq),
@@ -295,3 +296,11 @@ class Interpreter(
 def analyze(module: cst.Module, source: str = "", *, path: Path | None = None, project: Project | None = None) -> Facts:
     """Run the shared analysis on a parsed module (with the project it belongs to, when given)."""
     return Interpreter(module, source, path=path, project=project).run()
+
+
+def _test_case(func: FuncInfo | None) -> bool:
+    """A method of a ``unittest.TestCase`` (or of a pytest-style ``Test*`` class)."""
+    if func is None or func.cls is None:
+        return False
+    cls = func.cls
+    return cls.name.startswith("Test") or any(q.rsplit(".", 1)[-1] == "TestCase" for q in cls._qual_bases())
