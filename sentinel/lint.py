@@ -251,7 +251,8 @@ def lint_paths(
     else:
         for key, codes, use_cache in work:
             results[key] = _lint_path(key, codes, use_cache)
-    return [_keep_allowed(results[k], settings, select, ignore, extend_select) for k in order]
+    linted = {os.path.normpath(k) for k in order}
+    return [_keep_allowed(results[k], settings, select, ignore, extend_select, linted) for k in order]
 
 
 def _expect_projects(files: list[Path], cache: bool, cache_dir: Path | None) -> None:
@@ -266,8 +267,13 @@ def _expect_projects(files: list[Path], cache: bool, cache_dir: Path | None) -> 
         project.expect(members)  # type: ignore[attr-defined]
 
 
-def _keep_allowed(result: FileResult, settings: Settings, select, ignore, extend_select) -> FileResult:
-    """Drop findings located in another file (an imported helper) that its own settings exclude."""
+def _keep_allowed(
+    result: FileResult, settings: Settings, select, ignore, extend_select, linted: set[str] = frozenset()
+) -> FileResult:
+    """Drop findings located in another file (an imported helper) that its own settings exclude.
+
+    A file this run lints (named on the command line, or found in a directory it names) is never
+    excluded here: what the run lints, it reports, wherever the finding was discovered from."""
     if not result.diagnostics:
         return result
     own = os.path.normpath(result.path)
@@ -278,7 +284,7 @@ def _keep_allowed(result: FileResult, settings: Settings, select, ignore, extend
         if where != own:
             if where not in allowed:
                 p = Path(d.path)
-                excluded = settings.is_excluded(p)
+                excluded = where not in linted and settings.is_excluded(p)
                 rules = enabled_rules(settings, p, select=select, ignore=ignore, extend_select=extend_select)
                 allowed[where] = set() if excluded else {r.CODE for r in rules}
             if d.code not in allowed[where]:

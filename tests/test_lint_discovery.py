@@ -221,3 +221,32 @@ def test_show_files_reports_missing_paths_with_exit_2(tmp_path):
     assert result.exit_code == 2
     assert result.stdout.splitlines() == ["a.py"]
     assert "error: missing.py: no such file or directory" in result.stderr
+
+
+def test_a_named_directory_under_an_excluded_path_reports_findings_in_its_imported_files(tmp_path):
+    """`sentinel lint examples/proj` where the config excludes `examples`: every file of the named
+    directory is linted, so a bug found from train.py in its engine.py is reported, not dropped as
+    "excluded"."""
+    (tmp_path / "pyproject.toml").write_text('[tool.sentinel]\nexclude = ["examples"]\n')
+    proj = tmp_path / "examples" / "proj"
+    proj.mkdir(parents=True)
+    (proj / "pyproject.toml").write_text("")
+    (proj / "models.py").write_text(
+        "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(4, 3)\n\n    def forward(self, x):\n        return self.fc(x).softmax(dim=1)\n"
+    )
+    (proj / "engine.py").write_text(
+        "import torch.nn as nn\n\n\ndef train(model, loader, opt):\n    loss_fn = nn.CrossEntropyLoss()\n"
+        "    for x, y in loader:\n        opt.zero_grad()\n        loss = loss_fn(model(x), y)\n"
+        "        loss.backward()\n        opt.step()\n"
+    )
+    (proj / "train.py").write_text(
+        "import torch\n\nfrom engine import train\nfrom models import Net\n\nmodel = Net()\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        "train(model, [(torch.randn(8, 4), torch.randint(0, 3, (8,)))], opt)\n"
+    )
+    result = run("lint", "--no-cache", "--format", "concise", "examples/proj", cwd=tmp_path)
+    assert result.exit_code == 1
+    assert [line.split(" ")[:2] for line in result.output.splitlines() if "SEN" in line] == [
+        ["examples/proj/engine.py:8:16:", "SEN001"]
+    ]

@@ -35,6 +35,8 @@ class InliningMixin:
     # -- forward passes -----------------------------------------------------------------------------
     def forward(self, model: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         self.module_calls += 1
+        if state.grad != "off":
+            self.tracked_module_calls += 1
         act = model.act
         transform = model.shape  # how the model maps its input's layout
         inst = model.ref if isinstance(model.ref, Instance) else None

@@ -113,6 +113,7 @@ class Interpreter(
         self.entry_state: State | None = None
         self.steps = 0
         self.module_calls = 0  # calls of a module (a forward), anywhere: did a method run any layer?
+        self.tracked_module_calls = 0  # ... with gradient tracking possibly on
         self.ctx_ids = itertools.count(1)
 
     # =============================================================================================

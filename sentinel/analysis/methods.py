@@ -103,7 +103,7 @@ class MethodsMixin:
                 if meth == "forward" and module:
                     return self.forward(recv, node, args, kwargs, state, ctx)
                 before = len(self.facts.backwards) + len(self.facts.steps)
-                calls_before = self.module_calls
+                calls_before, tracked_before = self.module_calls, self.tracked_module_calls
                 runs = getattr(self, "_forward_runs", 0)
                 result = self.inline(m, node, args, kwargs, state, ctx, self_value=recv)
                 if (
@@ -117,7 +117,10 @@ class MethodsMixin:
                 ):
                     # `model.predict(x)`, `agent.act(s)`: the model runs its layers, like a forward
                     # (under the method's own @torch.no_grad() if it has one)
-                    fid = self._forward_event(recv, node, args, state, ctx, grad=m.grad)
+                    grad = m.grad
+                    if grad is None and self.tracked_module_calls == tracked_before:
+                        grad = "off"  # every layer it ran ran under its own `with torch.no_grad():`
+                    fid = self._forward_event(recv, node, args, state, ctx, grad=grad)
                     result = result.with_(taints=result.taints | {fid})
                 elif module and result.kind == TENSOR and not result.taints and not ctx.model_method:
                     # `loss = module.training_step(batch)`: a tensor the model computed; if it is
