@@ -63,9 +63,9 @@ from torch import nn
 
 from sentinel.findings import Finding, ProbeResult
 from sentinel.probes import _watch_util as U
-from sentinel.probes._watch_hooks import ModelHooks, compile_skipped, eager_only, is_compiling
+from sentinel.probes._watch_hooks import ModelHooks, compile_skipped, eager_only, is_compiling, never_compiled
 from sentinel.probes._watch_replay import ForwardRecord, RngRing, localize_records, unwrap
-from sentinel.probes._watch_steps import READ_EVERY, OptState, StepEntry, checked_params, read_entries, step_norms
+from sentinel.probes._watch_steps import READ_EVERY, OptState, StepEntry, read_entries, step_check
 from sentinel.probes.nonfinite import first_nonfinite
 from sentinel.probes.report import PROBE_NAME, WatchReport
 
@@ -80,6 +80,11 @@ RETAINED_THRESHOLD = 2
 _RECORD_BUDGET = 64 * 2**20
 
 _TAG_KEY = "sentinel.watch"
+
+# A small model output's norm is taken at its optimizer step, with the gradients' norms: outputs of
+# at most this many elements, at most this many outputs waiting.
+_DEFER_NUMEL = 1 << 16
+_DEFER_MAX = 16
 
 _active: Watch | None = None
 
@@ -114,8 +119,7 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
         except _StopTraining:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's run comes first
-            self._broken = True
-            self._errors.append(f"{method.__name__}: {type(exc).__name__}: {exc}")
+            self._fail(method.__name__, exc)
             return None
 
     return wrapper
@@ -156,6 +160,7 @@ class Watch:
         self._model_hooks: list[ModelHooks] = []
         self._global_handles: list[Any] = []
         self._global_on = False
+        self._global_quiet = False  # registered but doing nothing (see _leave_global_mode)
         self._warning_filter: Any = None
         self._hooked_models: set[int] = set()
         self._stack: list[nn.Module] = []
@@ -165,6 +170,7 @@ class Watch:
         self._rng_ring = RngRing()
         self._records: list[ForwardRecord] = []
         self._kept_bytes = 0
+        self._deferred = 0  # records whose output norm waits for the step
         self._pids: dict[int, frozenset[int]] = {}
         self._tags: list[tuple[int, weakref.ref[_Tag]]] = []
         self._tagged_window: dict[int, int] = {}
@@ -267,6 +273,7 @@ class Watch:
     def _release(self) -> None:
         """The report is final: drop references to the user's tensors (batches, gradients, graphs)."""
         self._records.clear()
+        self._deferred = 0
         self._rng_before.clear()
         self._train_roots.clear()
         self._params.clear()
@@ -294,6 +301,7 @@ class Watch:
     def _install(self) -> None:
         from torch.optim import optimizer as optimizer_mod
 
+        never_compiled(Watch._model_pre, Watch._model_post)
         self._handles.append(optimizer_mod.register_optimizer_step_pre_hook(self._opt_pre))
         self._handles.append(optimizer_mod.register_optimizer_step_post_hook(self._opt_post))
         for m in self._given_models:
@@ -329,6 +337,7 @@ class Watch:
                 getattr(module_mod, name, {}).pop(h.id, None)
         self._global_handles.clear()
         self._global_on = False
+        self._global_quiet = False
 
     def _remove_hooks(self) -> None:
         self._remove_global_hooks()
@@ -353,14 +362,29 @@ class Watch:
         if id(model) in self._hooked_models or self.mode == "full":
             return
         self._hooked_models.add(id(model))
-        self._model_hooks.append(ModelHooks(model, eager_only(self._model_pre), eager_only(self._model_post)))
+        # A model given by the user may be the inside of a torch.compile wrapper, its hooks traced:
+        # torch._dynamo.disable keeps them running (with graph breaks). A discovered model is one
+        # called from eager code: plain hooks (cheaper), which Dynamo never compiles on their own.
+        given = any(m is model for m in self._given_models)
+        pre, post = self._model_pre, self._model_post
+        if given:
+            pre, post = eager_only(pre), eager_only(post)
+        self._model_hooks.append(ModelHooks(model, pre, post))
         # SEN107 without a hook per dropout/batch-norm module (each would take PyTorch's slow call
         # path on every step): the model's own pre-hook checks them when grad mode is off.
         self._eval_modules[id(model)] = [m for m in model.modules() if U.is_eval_sensitive_type(m)]
 
     def _leave_global_mode(self) -> None:
-        """Default mode, models discovered: keep hooks on the watched models only (fast path elsewhere)."""
-        self._remove_global_hooks()
+        """Default mode, models discovered: keep hooks on the watched models only (fast path elsewhere).
+
+        Dynamo guards the graphs it compiled meanwhile on the number of global module hooks: with a
+        compiled model watched, the global hooks stay registered, quiet, until the watch ends
+        (removing them now would recompile every graph)."""
+        if any(_compiled(m) for m in self._models):
+            self._global_quiet = True
+            self._global_on = False
+        else:
+            self._remove_global_hooks()
         self._stack.clear()
         for m in self._models:
             self._hook_model(m)
@@ -369,6 +393,8 @@ class Watch:
 
     @_guarded
     def _global_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self._global_quiet:
+            return
         stack = self._stack
         if not stack:
             self._root_pre(module, args, {})
@@ -379,6 +405,8 @@ class Watch:
 
     @_guarded
     def _global_post(self, module: nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
+        if self._global_quiet:
+            return
         # with_kwargs hooks get (kwargs, output); on an exception PyTorch calls them with (output,) only
         kwargs, output = (rest[0], rest[1]) if len(rest) == 2 else ({}, rest[0])
         stack = self._stack
@@ -391,15 +419,28 @@ class Watch:
         if not stack:
             self._root_post(module, args, kwargs or {}, output)
 
-    @_guarded
-    def _model_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not is_compiling():
-            self._root_pre(module, args, kwargs)
+    # The model hooks are not @_guarded: Dynamo inlines them when it traces a caller, where they must
+    # read nothing before returning (see sentinel.probes._watch_hooks.never_compiled).
 
-    @_guarded
+    def _model_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if is_compiling() or self._busy or self._broken:
+            return
+        try:
+            self._root_pre(module, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - the user's run comes first
+            self._fail("_model_pre", exc)
+
     def _model_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if not is_compiling():
+        if is_compiling() or self._busy or self._broken:
+            return
+        try:
             self._root_post(module, args, kwargs, output)
+        except Exception as exc:  # noqa: BLE001
+            self._fail("_model_post", exc)
+
+    def _fail(self, where: str, exc: Exception) -> None:
+        self._broken = True
+        self._errors.append(f"{where}: {type(exc).__name__}: {exc}")
 
     def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not torch.is_grad_enabled():
@@ -424,41 +465,62 @@ class Watch:
         return pids
 
     def _root_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if id(module) not in self._roots_seen:
-            self._roots_seen.add(id(module))
+        mid = id(module)
+        if mid not in self._roots_seen:
+            self._roots_seen.add(mid)
             self._check_devices_dtypes(module, args, kwargs)
-        rng = self._rng_before.pop(id(module), None)
+        rng = self._rng_before.pop(mid, None)
         if output is None or not torch.is_grad_enabled():
             return
-        outs = U.graph_tensors(output)
-        if not outs:
-            return
+        if type(output) is torch.Tensor:  # the common case, fast
+            if output.grad_fn is None:
+                return
+            first, n_outs, outs = output, 1, None
+        else:
+            outs = U.graph_tensors(output)
+            if not outs:
+                return
+            first, n_outs = outs[0], len(outs)
         if self._global_on and not self._given_models:
-            self._train_roots.setdefault(id(module), module)
+            self._train_roots.setdefault(mid, module)
         # SEN108: one tag per root and step, in the graph of the first output.
         window = self._window
-        if self._tagged_window.get(id(module)) != window:
-            self._tagged_window[id(module)] = window
-            meta = outs[0].grad_fn.metadata
+        if self._tagged_window.get(mid) != window:
+            self._tagged_window[mid] = window
+            meta = first.grad_fn.metadata
             if _TAG_KEY not in meta:
                 tag = _Tag()
                 meta[_TAG_KEY] = tag
                 self._tags.append((window, weakref.ref(tag)))
         # What a replay needs: the inputs (detached, within the byte budget) and the RNG state before
         # the forward; and the norm of the output (on the device): was the forward finite?
-        if self._module_pids(module):
-            nbytes = _nbytes(args, kwargs)
-            keep = self._kept_bytes + nbytes <= _RECORD_BUDGET
-            record = ForwardRecord(
-                module,
-                U.detach_tree(tuple(args)) if keep else None,
-                (U.detach_tree(dict(kwargs)) if kwargs else {}) if keep else {},
-                rng,
-                len(outs),
-                nbytes=nbytes if keep else 0,
-            )
+        pids = self._pids.get(mid)
+        if pids is None:
+            pids = self._module_pids(module)
+        if pids:
+            if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:  # the common case, fast
+                a = args[0]
+                nbytes = a.nbytes
+                keep = self._kept_bytes + nbytes <= _RECORD_BUDGET
+                kept = ((a.detach() if a.requires_grad else a,) if keep else None), {}
+            else:
+                nbytes = _nbytes(args, kwargs)
+                keep = self._kept_bytes + nbytes <= _RECORD_BUDGET
+                kept = (
+                    U.detach_tree(args) if keep else None,
+                    (U.detach_tree(dict(kwargs)) if kwargs else {}) if keep else {},
+                )
+            record = ForwardRecord(module, kept[0], kept[1], rng, n_outs, nbytes=nbytes if keep else 0)
             self._kept_bytes += record.nbytes
-            record.out_norm = U.norm32(outs[0]) if len(outs) == 1 else torch.stack([U.norm32(t) for t in outs]).sum()
+            if outs is None and self._deferred < _DEFER_MAX and first.numel() <= _DEFER_NUMEL:
+                # left to the step's fused reduction (one reduction less per forward pass)
+                record.out = first.detach()
+                record.out_version = first._version
+                self._deferred += 1
+            elif outs is None or n_outs == 1:
+                record.out_norm = U.norm32(first)
+            else:
+                record.out_norm = torch.stack([U.norm32(t) for t in outs]).sum()
             self._records.append(record)
 
     def _check_devices_dtypes(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -562,36 +624,50 @@ class Watch:
 
     @_guarded
     def _opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._accepts(opt):
-            return
-        st = self._state(opt)
+        st = self._states.get(id(opt))
+        if st is None:
+            if not self._accepts(opt):
+                return
+            st = self._state(opt)
         arrivals = st.accumulation.close()
         params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
         if len(params) != st.n_params:
             self._register_params(st, params)
         if st.no_grad:
             st.no_grad.difference_update([id(p) for p in params if p.grad is not None])
-        with_grad = [p for p in params if p.grad is not None and not p.grad.is_sparse]
         step = st.steps  # 0-based index of the step being taken
-        ids = st.param_ids
-        mine = [r for r in self._records if not self._module_pids(r.module).isdisjoint(ids)]
-        if mine:
-            self._records = [r for r in self._records if self._module_pids(r.module).isdisjoint(ids)]
+        records = self._records
+        if records:
+            ids = st.param_ids
+            mine = [r for r in records if not self._module_pids(r.module).isdisjoint(ids)]
+            if mine:
+                self._records = [r for r in records if self._module_pids(r.module).isdisjoint(ids)]
+        else:
+            mine = records
         reads = self._reads_at(st, step)
-        checked = checked_params(st, with_grad, reads)
-        entry = StepEntry(step, checked, step_norms(checked) if checked else None, mine, arrivals)
+        deferred = [r for r in mine if r.out is not None] if self._deferred else []
+        checked, norms, out_norms = step_check(st, params, reads, [r.out for r in deferred])  # type: ignore[misc]
+        if deferred:
+            self._deferred -= len(deferred)
+            for r, v in zip(deferred, out_norms, strict=True):
+                assert r.out is not None
+                r.out_norm = v if r.out._version == r.out_version else None
+                r.out = None
+        entry = StepEntry(step, checked, norms, mine, arrivals)
         st.pending.append(entry)
         if reads:
             entry.grads = [p.grad for p in checked]  # type: ignore[misc]
             self._read(st, current=entry)
-        if st is self._primary:
+        if st is self._primary and self._tags:
             self._check_retained()
 
     @_guarded
     def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._accepts(opt):
-            return
-        st = self._state(opt)
+        st = self._states.get(id(opt))
+        if st is None:
+            if not self._accepts(opt):
+                return
+            st = self._state(opt)
         st.steps += 1
         acc = st.accumulation
         if acc.param is None and self._accumulate_step is None:
@@ -609,10 +685,11 @@ class Watch:
             if self._global_on and not self._given_models and self.mode == "default":
                 self._leave_global_mode()
             last = self.max_steps is not None and st.steps >= self.max_steps
-            if self._sync is None and _dist_ready():
-                self._sync = _rank_sync()
-            if self._sync and (last or self._reads_at(st, st.steps - 1)):
-                self._check_ranks(st)
+            if self._sync is not False and (last or self._reads_at(st, st.steps - 1)):
+                if self._sync is None and _dist_ready():
+                    self._sync = _rank_sync()
+                if self._sync:
+                    self._check_ranks(st)
             if last:
                 self._stopped = True
                 raise _StopTraining()
@@ -632,8 +709,9 @@ class Watch:
             self._params[id(p)] = p
         hashes = U.param_hashes(new)
         if hashes is not None:
-            st.first_hashes.append((new, hashes))
+            st.first_hashes.append((new, hashes, U.bit_sums(new)))
         st.n_params = len(params)
+        st.registered()
         if not self._given_models and new:
             # discovery: the roots that own parameters of this optimizer are the watched models
             for root in list(self._train_roots.values()):
@@ -755,16 +833,25 @@ class Watch:
             if i is not None:
                 last = max(st.steps for st in stepped) - 1
                 self._set_nonfinite("update", last, param=params[i])
-        # SEN102 "unchanged": compare each parameter's hash now with its hash at its first step, on
-        # the device; one host read for all
+        # SEN102 "unchanged": a parameter whose sum of bit patterns moved since its first step changed;
+        # the others are decided by comparing their exact hashes now and then (on the device)
         for st in stepped:
-            for params, before in st.first_hashes:
-                now = U.param_hashes(params)
+            for params, before, sums_before in st.first_hashes:
+                idx = list(range(len(params)))
+                if sums_before is not None:
+                    moved = U.moved(params, sums_before)
+                    idx = [i for i in idx if not moved[i]]
+                    for i, m in enumerate(moved):
+                        if m:
+                            self._unchanged[id(params[i])] = False
+                if not idx:
+                    continue
+                now = U.param_hashes([params[i] for i in idx])
                 if now is None:
                     continue
-                same = (now == before).tolist()
-                for p, s in zip(params, same, strict=True):
-                    self._unchanged[id(p)] = bool(s) and U.tensor_hash(p) is not None
+                same = (now == before[idx]).tolist()
+                for i, s in zip(idx, same, strict=True):
+                    self._unchanged[id(params[i])] = bool(s) and U.tensor_hash(params[i]) is not None
 
     def _build_report(self) -> WatchReport:
         from sentinel.probes._watch_findings import build_findings
@@ -859,6 +946,13 @@ def _nbytes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     if type(args) is tuple and all(type(a) is torch.Tensor for a in args) and not kwargs:
         return sum(a.nbytes for a in args)
     return sum(t.nbytes for _, t in U.call_tensors(args, kwargs))
+
+
+def _compiled(model: nn.Module) -> bool:
+    """``torch.compile(model)``'s wrapper, or a model with a part compiled in place (``.compile()``)."""
+    if unwrap(model) is not model and hasattr(model, "_orig_mod"):
+        return True
+    return any(m.__dict__.get("_compiled_call_impl") is not None for m in unwrap(model).modules())
 
 
 def _dist_ready() -> bool:
