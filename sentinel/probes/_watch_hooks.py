@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HookDict", "ModelHooks", "compile_skipped", "eager_only", "is_compiling", "never_compiled"]
+__all__ = ["HookDict", "ModelHooks", "compile_skipped", "eager_only", "guarded", "is_compiling", "never_compiled"]
 
 _HOOK_DICTS = (
     "_forward_pre_hooks",
@@ -37,6 +37,25 @@ _HOOK_DICTS = (
     "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
 )
+
+
+def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A hook body must never break the user's run: an internal error is recorded (``self._fail``)
+    and the watch goes quiet (``self._broken``); nothing runs while the watch is busy with its own
+    work (``self._busy``: a replay, a collective). ``BaseException``\\ s (the watch's own stop
+    signal, ``KeyboardInterrupt``) pass through."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._busy or self._broken:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the user's run comes first
+            self._fail(method.__name__, exc)
+            return None
+
+    return wrapper
 
 
 def _compiling_probe() -> Callable[[], bool]:

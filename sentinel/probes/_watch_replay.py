@@ -51,10 +51,6 @@ class ForwardRecord:
     n_outputs: int
     out_norm: torch.Tensor | None = None  # 0-dim norm of the outputs
     nbytes: int = 0
-    # a small single output (detached) whose norm the step's fused reduction takes, and its version
-    # then (changed in place since: the norm is not known)
-    out: torch.Tensor | None = None
-    out_version: int = 0
 
 
 @dataclass

@@ -195,29 +195,20 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
 
 
 def step_check(
-    st: OptState, params: list[torch.Tensor], full: bool, outs: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor]]:
-    """The parameters a step checks (see :func:`checked_params`), their gradient norms and the norms
-    of ``outs`` (forward outputs whose norm was left to the step), on the device, in one fused
-    reduction when they share a device and dtype. The fast path of a step that is not read: the
-    small parameters kept since their registration, known to share one device and dtype."""
-    checked: list[torch.Tensor] | None = None
-    uniform = False
+    st: OptState, params: list[torch.Tensor], full: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The parameters a step checks (see :func:`checked_params`) and their gradient norms, on the
+    device, in one fused reduction. The fast path of a step that is not read: the small parameters
+    kept since their registration, known to share one device and dtype."""
     if not full and not st.zero_grad and st.small_uniform:
         grads = [p.grad for p in st.small]
         if not any(g is None or g.is_sparse for g in grads):
-            checked, uniform = st.small, True
-    if checked is None:
-        checked = checked_params(st, [p for p in params if p.grad is not None and not p.grad.is_sparse], full)
-        grads = [p.grad for p in checked]
-        uniform = bool(grads) and _uniform(grads)  # type: ignore[arg-type]
-    n = len(checked)
-    if not n:
-        return checked, None, [U.norm32(o) for o in outs]
-    if outs and uniform and _uniform([grads[0], *outs]):  # type: ignore[list-item]
-        norms = _norms([*grads, *outs], True)  # type: ignore[list-item]
-        return checked, norms[:n], norms[n:]
-    return checked, _norms(grads, uniform), [U.norm32(o) for o in outs]  # type: ignore[arg-type]
+            return st.small, _norms(grads, True)  # type: ignore[arg-type]
+    checked = checked_params(st, [p for p in params if p.grad is not None and not p.grad.is_sparse], full)
+    if not checked:
+        return checked, None
+    grads = [p.grad for p in checked]
+    return checked, _norms(grads, _uniform(grads))  # type: ignore[arg-type]
 
 
 def _uniform(tensors: list[torch.Tensor]) -> bool:
