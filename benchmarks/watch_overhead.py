@@ -14,7 +14,8 @@ drifts on a shared machine hit all of them alike. Time is the process's CPU time
 (``time.process_time``), with one intra-op thread by default: wall-clock time of tiny CPU steps on
 a busy machine mostly measures the scheduler. The figure per variant is the median over rounds of
 the mean step time of a round; ratios are relative to ``plain``, and ``+us`` is the absolute cost
-per step.
+per step. ``paired`` is the median over rounds of the ratio to the ``plain`` run of the same round
+(neighbours in time see the same load: the steadiest ratio on a shared machine).
 
 Usage::
 
@@ -129,11 +130,18 @@ def main() -> None:
             for name in VARIANTS:
                 times[name].append(run_round(make, name, args.steps, clock))
         med = {name: statistics.median(ts) for name, ts in times.items()}
+        paired = {
+            name: statistics.median(t / p for t, p in zip(ts, times["plain"], strict=True))
+            for name, ts in times.items()
+        }
         print(f"\n{label}")
-        print(f"  {'variant':<8} {'ms/step':>9} {'ratio':>7} {'+us/step':>9}")
+        print(f"  {'variant':<8} {'ms/step':>9} {'ratio':>7} {'+us/step':>9} {'paired':>7}")
         for name in VARIANTS:
             extra = (med[name] - med["plain"]) * 1e6
-            print(f"  {name:<8} {med[name] * 1e3:9.3f} {med[name] / med['plain']:6.3f}x {extra:9.0f}")
+            print(
+                f"  {name:<8} {med[name] * 1e3:9.3f} {med[name] / med['plain']:6.3f}x {extra:9.0f}"
+                f" {paired[name]:6.3f}x"
+            )
 
 
 if __name__ == "__main__":

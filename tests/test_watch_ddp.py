@@ -1,8 +1,7 @@
 """``torchrun --nproc-per-node 2 -m sentinel probe train.py``: the loop monitor on every rank, one
 report from rank 0 (gloo, 2 CPU processes).
 
-Each fixture of fixtures/watch/ddp/ (but seeded_per_rank.py, the same SEN109 path as unwrapped.py,
-left out for time) runs as a real torchrun job (``python -m torch.distributed.run``
+Each fixture of fixtures/watch/ddp/ runs as a real torchrun job (``python -m torch.distributed.run``
 on 127.0.0.1 with a free port). The jobs are started together once per module, a few at a time,
 each with a hard timeout, and every test reads its job's output.
 """
@@ -69,6 +68,8 @@ JOBS = {
     ("missing_zero_grad.py", "json"),
     ("nan_one_rank.py", "json"),
     ("rank_raises.py", "json"),
+    ("seeded_per_rank.py", "json"),
+    ("reinit_after_wrap.py", "json"),
 }
 
 
@@ -114,6 +115,25 @@ def test_a_model_never_wrapped_is_out_of_sync_in_one_text_report_from_rank_0(job
     assert job.stdout.count("sentinel probe ") == 1  # rank 1 printed nothing
     assert job.stdout.count("SEN109") == 1 and "(2 ranks)" in job.stdout
     assert "6 parameters differ across ranks (body.0.weight, body.0.bias" in job.stdout
+
+
+def test_ranks_seeded_differently_are_out_of_sync_although_their_gradients_are_averaged(jobs):
+    # gradients all-reduced by hand, weights never broadcast: every parameter differs from step 0 on
+    job = jobs["seeded_per_rank.py", "json"]
+    assert job.returncode != 0
+    ((code, details),) = findings(job)
+    assert code == "SEN109" and details["step"] == 0 and details["ranks"] == [0, 1]
+    assert [p["name"] for p in details["parameters"]] == [
+        "body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "head.weight", "head.bias",
+    ]  # fmt: skip
+    assert all(p["ranks"] == [1] for p in details["parameters"])
+
+
+def test_weights_re_initialised_per_rank_after_ddp_wrapping_are_out_of_sync(jobs):
+    # DDP broadcast rank 0's weights when it was built; the per-rank init after it is never undone
+    ((code, details),) = findings(jobs["reinit_after_wrap.py", "json"])
+    assert code == "SEN109" and details["step"] == 0 and details["ranks"] == [0, 1]
+    assert [p["name"] for p in details["parameters"]] == ["body.0.weight", "body.2.weight", "head.weight"]
 
 
 def test_missing_zero_grad_under_ddp_with_bucket_views_and_clipping(jobs):

@@ -7,12 +7,15 @@
   plain dicts back when the watch ends. Gradient hooks on parameters are not copied by PyTorch.
 - **Compile-safe.** :func:`compile_skipped` makes a global module hook return at once while Dynamo
   traces a compiled region (``torch.compiler.is_compiling()``), so ``torch.compile`` never traces
-  the monitor; :func:`eager_only` keeps a model-level hook out of Dynamo's graph altogether
-  (``torch._dynamo.disable``) when a model compiled in place calls it.
+  the monitor; :func:`never_compiled` keeps Dynamo from compiling a hook as a frame of its own (a
+  model compiled in place, ``model.compile()``, calls its hooks eagerly under Dynamo's frame hook);
+  :func:`eager_only` keeps a hook out of Dynamo's graph altogether (``torch._dynamo.disable``, at a
+  cost per call) where it must run even inside a traced region.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gc
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["HookDict", "ModelHooks", "compile_skipped", "eager_only", "is_compiling"]
+__all__ = ["HookDict", "ModelHooks", "compile_skipped", "eager_only", "guarded", "is_compiling", "never_compiled"]
 
 _HOOK_DICTS = (
     "_forward_pre_hooks",
@@ -34,6 +37,25 @@ _HOOK_DICTS = (
     "_forward_hooks_with_kwargs",
     "_forward_hooks_always_called",
 )
+
+
+def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A hook body must never break the user's run: an internal error is recorded (``self._fail``)
+    and the watch goes quiet (``self._broken``); nothing runs while the watch is busy with its own
+    work (``self._busy``: a replay, a collective). ``BaseException``\\ s (the watch's own stop
+    signal, ``KeyboardInterrupt``) pass through."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._busy or self._broken:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the user's run comes first
+            self._fail(method.__name__, exc)
+            return None
+
+    return wrapper
 
 
 def _compiling_probe() -> Callable[[], bool]:
@@ -62,7 +84,28 @@ def compile_skipped(fn: Callable[..., Any]) -> Callable[..., Any]:
             return None
         return fn(*args, **kwargs)
 
+    never_compiled(hook)
     return hook
+
+
+def never_compiled(*functions: Callable[..., Any]) -> None:
+    """Dynamo never compiles a frame of these functions nor any frame they call (they run eagerly),
+    and still inlines them when it traces a caller (where :func:`is_compiling` must make them
+    no-ops before they read anything).
+
+    A module compiled in place (``module.compile()``) runs its ``_call_impl`` eagerly under Dynamo's
+    frame hook, so each hook it calls would be a frame that Dynamo compiles on its own: traced
+    (``is_compiling()`` true) into a hook that does nothing, ever; and the monitor's own functions
+    would be compiled. A per-code setting: no cost per call (unlike ``torch._dynamo.disable``)."""
+    try:
+        from torch._C._dynamo.eval_frame import _FrameAction, _FrameExecStrategy, set_code_exec_strategy
+    except ImportError:  # pragma: no cover - torch without Dynamo or with another private API
+        return
+    for fn in functions:
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            with contextlib.suppress(Exception):
+                set_code_exec_strategy(code, _FrameExecStrategy(_FrameAction.SKIP, _FrameAction.SKIP))
 
 
 def eager_only(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -183,17 +183,20 @@ class RngRing:
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self.buf: torch.Tensor | None = None
+        self.rows: list[torch.Tensor] = []  # views of buf's rows, made once (indexing costs per call)
         self.gen = [0] * size
         self.next = 0
+        self._get = torch.default_generator.get_state
 
     def save(self, has_cuda: bool) -> tuple[Any, ...]:
-        cpu = torch.get_rng_state()
-        if self.buf is None or self.buf.shape[1] != cpu.numel():
-            self.buf = torch.empty((self.size, cpu.numel()), dtype=torch.uint8)
-            self.gen = [0] * self.size
+        cpu = self._get()
         i = self.next
+        if not self.rows or self.rows[i].numel() != cpu.numel():
+            self.buf = torch.empty((self.size, cpu.numel()), dtype=torch.uint8)
+            self.rows = list(self.buf.unbind(0))
+            self.gen = [0] * self.size
         self.next = (i + 1) % self.size
-        self.buf[i].copy_(cpu)
+        self.rows[i].copy_(cpu)
         self.gen[i] += 1
         cuda = torch.cuda.get_rng_state_all() if has_cuda and torch.cuda.is_initialized() else None
         return (self, i, self.gen[i], cuda)
@@ -201,9 +204,9 @@ class RngRing:
     def state(self, ref: tuple[Any, ...]) -> Any:
         """``(cpu, cuda)`` for :func:`_rng_set`, or None when the row was reused."""
         _, i, gen, cuda = ref
-        if self.buf is None or self.gen[i] != gen:
+        if not self.rows or self.gen[i] != gen:
             return None
-        return self.buf[i].clone(), cuda
+        return self.rows[i].clone(), cuda
 
 
 def _rng_get() -> Any:

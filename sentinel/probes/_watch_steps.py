@@ -48,6 +48,7 @@ __all__ = [
     "StepEntry",
     "checked_params",
     "read_entries",
+    "step_check",
     "step_norms",
 ]
 
@@ -128,11 +129,25 @@ class OptState:
     param_ids: set[int] = field(default_factory=set)
     no_grad: set[int] = field(default_factory=set)  # never had a .grad at a step
     zero_grad: set[int] = field(default_factory=set)  # never had a non-zero gradient (as read)
-    # exact-change hashes of the parameters at their first step (on the device), by chunk
-    first_hashes: list[tuple[list[torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    # exact-change hashes and sums of bit patterns of the parameters at their first step (on the
+    # device), by registration (sums None when they could not be taken)
+    first_hashes: list[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
     pending: list[StepEntry] = field(default_factory=list)
+    # the parameters a step that is not read checks (see checked_params), kept from one
+    # registration to the next, and whether they share one device and dtype (one fused reduction)
+    small: list[torch.Tensor] = field(default_factory=list)
+    small_uniform: bool = False
     last_values: dict[int, float] = field(default_factory=dict)  # id(param) -> last grad norm read
     accumulation: Accumulation = field(default_factory=Accumulation)
+
+    def registered(self) -> None:
+        """The parameter set changed: recompute what an unread step checks."""
+        small = [p for p in self.params if p.numel() <= SMALL]
+        self.small = small or list(self.params)
+        first = self.small[0] if self.small else None
+        self.small_uniform = first is not None and all(
+            p.device == first.device and p.dtype == first.dtype for p in self.small
+        )
 
 
 @dataclass
@@ -146,17 +161,19 @@ class ReadResult:
 def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
     """Copy the entries' device values to the host in one go and read them in step order."""
     out = ReadResult()
-    chunks: list[torch.Tensor] = []
-    device = None
+    flat: list[torch.Tensor] = []
     for e in entries:
         if e.norms:
-            device = device or e.norms[0].device
-            chunks.append(torch.stack([v.to(device) for v in e.norms]).float())
+            flat.extend(e.norms)
         if e.arrivals:
-            chunks.append(torch.stack([a.reshape(()) for a in e.arrivals]).float())
-    if not chunks:
+            flat.extend(e.arrivals)
+    if not flat:
         return out
-    values = torch.cat([c.to(device) for c in chunks]).tolist()  # the one host sync of a read
+    try:  # the common case: one device (dtypes are promoted), one stack
+        values = torch.stack(flat).tolist()  # the one host sync of a read
+    except RuntimeError:
+        device = flat[0].device
+        values = torch.stack([v.reshape(()).float().to(device) for v in flat]).tolist()
     pos = 0
     for e in entries:
         n = len(e.params)
@@ -166,7 +183,7 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
             pos += n
             if st.zero_grad:
                 st.zero_grad.difference_update(id(p) for p, v in zip(e.params, gvals, strict=True) if v != 0)
-            st.last_values.update((id(p), v) for p, v in zip(e.params, gvals, strict=True))
+            st.last_values.update(zip(map(id, e.params), gvals))
             if out.failing is None and not math.isfinite(sum(gvals)):
                 out.failing = (e, gvals)
         if e.arrivals:
@@ -175,6 +192,37 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
             if out.accumulate_step is None and all(v != 0 for v in arrivals):
                 out.accumulate_step = e.step
     return out
+
+
+def step_check(
+    st: OptState, params: list[torch.Tensor], full: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The parameters a step checks (see :func:`checked_params`) and their gradient norms, on the
+    device, in one fused reduction. The fast path of a step that is not read: the small parameters
+    kept since their registration, known to share one device and dtype."""
+    if not full and not st.zero_grad and st.small_uniform:
+        grads = [p.grad for p in st.small]
+        if not any(g is None or g.is_sparse for g in grads):
+            return st.small, _norms(grads, True)  # type: ignore[arg-type]
+    checked = checked_params(st, [p for p in params if p.grad is not None and not p.grad.is_sparse], full)
+    if not checked:
+        return checked, None
+    grads = [p.grad for p in checked]
+    return checked, _norms(grads, _uniform(grads))  # type: ignore[arg-type]
+
+
+def _uniform(tensors: list[torch.Tensor]) -> bool:
+    first = tensors[0]
+    return all(t.device == first.device and t.dtype == first.dtype for t in tensors)
+
+
+def _norms(tensors: list[torch.Tensor], uniform: bool) -> list[torch.Tensor]:
+    """2-norms as 0-dim tensors (16-bit floats accumulated, and returned, in float32)."""
+    if not uniform:
+        return U.norm_list(tensors)
+    if tensors[0].dtype in (torch.float16, torch.bfloat16):
+        return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+    return list(torch._foreach_norm(tensors))
 
 
 def step_norms(params: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -18,6 +18,7 @@ from sentinel.probes.nonfinite import all_finite
 __all__ = [
     "all_finite",
     "autocast_enabled",
+    "bit_sums",
     "call_tensors",
     "detach_tree",
     "dtype_name",
@@ -28,6 +29,7 @@ __all__ = [
     "is_eval_sensitive_type",
     "is_finite",
     "norm32",
+    "moved",
     "norm_list",
     "quick_finite",
     "tensor_hash",
@@ -127,7 +129,11 @@ def quick_finite(tensors: list[torch.Tensor]) -> bool:
 # Odd 64-bit constants of a multiply-xorshift mixer (as signed int64: torch has no uint64 arithmetic).
 _MIX1 = -7046029254386353131  # 0x9E3779B97F4A7C15
 _MIX2 = -4658895280553007687  # 0xBF58476D1CE4E5B9
-_CHUNK = 1 << 20  # elements hashed at a time (bounds the int64 temporaries)
+# Elements hashed at a time: bounds the int64 temporaries. On the CPU small enough to stay in cache
+# and to be reused by the allocator (larger temporaries are fresh pages every time: several times
+# slower); on accelerators large, for few kernel launches.
+_CHUNK_CPU = 1 << 16
+_CHUNK = 1 << 20
 
 
 def tensor_hash(t: torch.Tensor) -> torch.Tensor | None:
@@ -142,14 +148,19 @@ def tensor_hash(t: torch.Tensor) -> torch.Tensor | None:
     if view is None or t.is_sparse or t.is_complex() or t.is_meta:
         return None
     flat = t.detach().reshape(-1).view(view)
-    total = torch.zeros((), dtype=torch.int64, device=t.device)
-    for start in range(0, flat.numel(), _CHUNK):
-        x = flat[start : start + _CHUNK].to(torch.int64)
-        x = x * _MIX1
-        x = x ^ (x >> 31)
-        x = x * _MIX2
-        x = x ^ (x >> 29)
-        total = total + x.sum(dtype=torch.int64)
+    n = flat.numel()
+    chunk = _CHUNK_CPU if t.device.type == "cpu" else _CHUNK
+    total: torch.Tensor | None = None
+    for start in range(0, n, chunk):
+        x = (flat[start : start + chunk] if n > chunk else flat).to(torch.int64, copy=True)
+        x.mul_(_MIX1)  # in place: one temporary per chunk besides the shifted copy
+        x.bitwise_xor_(x >> 31)
+        x.mul_(_MIX2)
+        x.bitwise_xor_(x >> 29)
+        part = x.sum(dtype=torch.int64)
+        total = part if total is None else total + part
+    if total is None:  # an empty tensor
+        return torch.zeros((), dtype=torch.int64, device=t.device)
     return total
 
 
@@ -165,6 +176,32 @@ def param_hashes(params: list[torch.Tensor]) -> torch.Tensor | None:
         h = tensor_hash(p)
         out.append(zero if h is None else h.to(device))
     return torch.stack(out)
+
+
+def bit_sums(params: list[torch.Tensor]) -> torch.Tensor | None:
+    """The wrapping int64 sum of each tensor's bit patterns, as one vector on the first tensor's
+    device (no host sync): one cheap pass per tensor. Integer sums do not depend on the order of
+    summation, so a different sum proves a changed tensor; an equal one proves nothing (two
+    elements moved by +u and -u). ``None`` when some tensor is not hashed (see :func:`tensor_hash`).
+    """
+    if not params:
+        return None
+    out = []
+    for p in params:
+        view = _INT_VIEW.get(p.element_size())
+        if view is None or p.is_sparse or p.is_complex() or p.is_meta:
+            return None
+        out.append(p.detach().reshape(-1).view(view).sum(dtype=torch.int64))
+    device = params[0].device
+    return torch.stack([v.to(device) for v in out])
+
+
+def moved(params: list[torch.Tensor], before: torch.Tensor) -> list[bool]:
+    """Per tensor: its :func:`bit_sums` entry differs from ``before`` (so it changed; one host read)."""
+    now = bit_sums(params)
+    if now is None or now.shape != before.shape:
+        return [False] * len(params)
+    return [bool(d) for d in (now != before).tolist()]
 
 
 _EVAL_SENSITIVE = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase)

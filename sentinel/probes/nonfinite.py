@@ -211,16 +211,39 @@ class _Tracer:
             self.arrival[key] = len(self.arrival)
         self.grads[key] = grad
 
+    def _got_grads(self, outputs: list[tuple[int, tuple[int, int]]], grad_outputs: tuple[Any, ...]) -> None:
+        for nr, key in outputs:
+            g = grad_outputs[nr] if nr < len(grad_outputs) else None
+            if g is not None:
+                self._got_grad(key, g)
+
     def hook_values(self) -> None:
         """Put the gradient hooks on the recorded values, once the forward is over and its loss is
         finite (a step that fails in the forward never pays for them). A value overwritten in place
-        since it was recorded is left out: its tensor now stands for another node."""
+        since it was recorded is left out: its tensor now stands for another node.
+
+        One pre-hook per autograd node that made recorded values (what ``Tensor.register_hook``
+        does for a non-leaf, without its Python bookkeeping per tensor): it sees the gradient that
+        reached each of the node's outputs just before the node runs. Leaves get a tensor hook."""
+        by_node: dict[int, tuple[Any, list[tuple[int, tuple[int, int]]]]] = {}
         for key, t in self.pending:
             if t._version != key[1]:
                 continue
+            node = t.grad_fn
+            if node is None or not hasattr(node, "register_prehook"):
+                try:
+                    self.grad_handles.append(t.register_hook(partial(self._got_grad, key)))
+                except RuntimeError:  # a tensor type that takes no hooks: its module is not a candidate
+                    pass
+                continue
+            entry = by_node.get(id(node))
+            if entry is None:
+                entry = by_node[id(node)] = (node, [])
+            entry[1].append((t.output_nr, key))
+        for node, outputs in by_node.values():
             try:
-                self.grad_handles.append(t.register_hook(partial(self._got_grad, key)))
-            except RuntimeError:  # a tensor type that takes no hooks: its module is not a candidate
+                self.grad_handles.append(node.register_prehook(partial(self._got_grads, outputs)))
+            except RuntimeError:  # pragma: no cover - a node that takes no hooks
                 pass
         self.pending.clear()
 

@@ -53,7 +53,7 @@ def _screen(tensors: Sequence[torch.Tensor]) -> list[bool]:
     (device, dtype) group and one host sync per group: no Python work per element, little per tensor
     (a few CPU tensors: one sum each).
     """
-    if len(tensors) <= _FEW and all(t.device.type == "cpu" for t in tensors):
+    if len(tensors) <= _FEW and all(t.is_cpu for t in tensors):
         return [math.isfinite(_sum_of(t.detach()).item()) for t in tensors]  # no sync to save on CPU
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):

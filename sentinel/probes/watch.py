@@ -10,6 +10,12 @@ Nothing in the user's code changes: the monitor uses PyTorch's own hook points, 
 ``torch.compile``'s traces and out of ``deepcopy`` / ``pickle`` / ``torch.save`` of the model
 (:mod:`sentinel.probes._watch_hooks`), and removes every one of them when the watch ends.
 
+This module owns the :class:`Watch` object: its life cycle (start, stop, the final checks, the
+report), installing and removing hooks, model discovery, and the optimizer side (the step hooks,
+reading the on-device checks, localizing a failing step, comparing ranks). The module-hook side (what
+each forward pass of a watched model records; SEN103/104/107/108) is its base class,
+:class:`sentinel.probes._watch_forward.ForwardHooks`.
+
 - Optimizer steps: the global ``register_optimizer_step_pre_hook`` / ``post_hook``. The per-step
   checks run there, on the device, and are read every few steps (:mod:`sentinel.probes._watch_steps`:
   no host-device synchronisation on a healthy step). A run is stopped after ``max_steps`` by a
@@ -18,7 +24,9 @@ Nothing in the user's code changes: the monitor uses PyTorch's own hook points, 
 - Models: given, or discovered through the global module forward hooks (a module called while no
   other module runs is a root; roots that own parameters of a stepping optimizer are the watched
   models). In the default mode the global hooks go after the first optimizer step, replaced by a
-  pre- and a post-hook on each watched model, so every submodule keeps PyTorch's fast call path.
+  pre- and a post-hook on each watched model, so every submodule keeps PyTorch's fast call path
+  (with a compiled model watched they stay registered but quiet: Dynamo guards its graphs on their
+  number). Models compiled in place (``model.compile()``) are discovered and watched too.
   Findings name parameters and modules as ``named_parameters()`` / ``named_modules()`` of the
   model itself (inside ``DistributedDataParallel`` / ``torch.compile`` wrappers); with several
   models, names are prefixed by the model's class name.
@@ -30,9 +38,10 @@ optimizer step). Messages and the SEN102..SEN108 findings are built in
 - SEN102 parameter-not-updated: ``.grad`` never set (``no-grad``), gradients all zero
   (``zero-grad``), not held by any watched optimizer (``not-in-optimizer``, also for modules never
   called), or not a single element changed (``unchanged``: an exact hash of every element at the
-  first step and at the end, compared on the device).
+  first step and at the end, compared on the device; the hash is only taken at the end for
+  parameters whose sum of bit patterns did not move).
 - SEN103 / SEN104 device- and dtype-mismatch: at the first call of each root module, its inputs,
-  parameters and buffers; the odd ones out are blamed (see ``_check_devices_dtypes``).
+  parameters and buffers; the odd ones out are blamed (see ``ForwardHooks._check_devices_dtypes``).
 - SEN105 non-finite-value: the step, stage and module (:mod:`sentinel.probes._watch_replay`).
   ``mode="full"`` also checks every module's output on every training forward pass and the
   parameters after every update (one host sync each: slow, exact).
@@ -54,7 +63,7 @@ import functools
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -63,9 +72,10 @@ from torch import nn
 
 from sentinel.findings import Finding, ProbeResult
 from sentinel.probes import _watch_util as U
-from sentinel.probes._watch_hooks import ModelHooks, compile_skipped, eager_only, is_compiling
+from sentinel.probes._watch_forward import ForwardHooks, Tag
+from sentinel.probes._watch_hooks import ModelHooks, compile_skipped, eager_only, guarded, never_compiled
 from sentinel.probes._watch_replay import ForwardRecord, RngRing, localize_records, unwrap
-from sentinel.probes._watch_steps import READ_EVERY, OptState, StepEntry, checked_params, read_entries, step_norms
+from sentinel.probes._watch_steps import READ_EVERY, OptState, StepEntry, read_entries, step_check
 from sentinel.probes.nonfinite import first_nonfinite
 from sentinel.probes.report import PROBE_NAME, WatchReport
 
@@ -75,11 +85,6 @@ Mode = Literal["default", "full"]
 
 # SEN108: how many earlier steps' graphs must be alive at one check to report.
 RETAINED_THRESHOLD = 2
-
-# Inputs kept (by reference) for replays, per window of unread steps.
-_RECORD_BUDGET = 64 * 2**20
-
-_TAG_KEY = "sentinel.watch"
 
 _active: Watch | None = None
 
@@ -96,32 +101,7 @@ class _StopTraining(BaseException):
     """
 
 
-class _Tag:
-    """A weak-referenceable nothing, stored in a graph node's metadata: alive iff the graph is."""
-
-    __slots__ = ("__weakref__",)
-
-
-def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A hook body must never break the user's run: internal errors are recorded, the watch goes quiet."""
-
-    @functools.wraps(method)
-    def wrapper(self: Watch, *args: Any, **kwargs: Any) -> Any:
-        if self._busy or self._broken:
-            return None
-        try:
-            return method(self, *args, **kwargs)
-        except _StopTraining:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the user's run comes first
-            self._broken = True
-            self._errors.append(f"{method.__name__}: {type(exc).__name__}: {exc}")
-            return None
-
-    return wrapper
-
-
-class Watch:
+class Watch(ForwardHooks):
     """A running (or finished) loop monitor. Create it with :func:`watch`."""
 
     def __init__(
@@ -156,6 +136,7 @@ class Watch:
         self._model_hooks: list[ModelHooks] = []
         self._global_handles: list[Any] = []
         self._global_on = False
+        self._global_quiet = False  # registered but doing nothing (see _leave_global_mode)
         self._warning_filter: Any = None
         self._hooked_models: set[int] = set()
         self._stack: list[nn.Module] = []
@@ -166,7 +147,7 @@ class Watch:
         self._records: list[ForwardRecord] = []
         self._kept_bytes = 0
         self._pids: dict[int, frozenset[int]] = {}
-        self._tags: list[tuple[int, weakref.ref[_Tag]]] = []
+        self._tags: list[tuple[int, weakref.ref[Tag]]] = []
         self._tagged_window: dict[int, int] = {}
         self._retained = 0
         self._retained_at = 0
@@ -264,6 +245,10 @@ class Watch:
         assert self._report is not None
         return self._report
 
+    def _fail(self, where: str, exc: Exception) -> None:
+        self._broken = True
+        self._errors.append(f"{where}: {type(exc).__name__}: {exc}")
+
     def _release(self) -> None:
         """The report is final: drop references to the user's tensors (batches, gradients, graphs)."""
         self._records.clear()
@@ -294,6 +279,7 @@ class Watch:
     def _install(self) -> None:
         from torch.optim import optimizer as optimizer_mod
 
+        never_compiled(Watch._model_pre, Watch._model_post)
         self._handles.append(optimizer_mod.register_optimizer_step_pre_hook(self._opt_pre))
         self._handles.append(optimizer_mod.register_optimizer_step_post_hook(self._opt_post))
         for m in self._given_models:
@@ -329,6 +315,7 @@ class Watch:
                 getattr(module_mod, name, {}).pop(h.id, None)
         self._global_handles.clear()
         self._global_on = False
+        self._global_quiet = False
 
     def _remove_hooks(self) -> None:
         self._remove_global_hooks()
@@ -353,183 +340,32 @@ class Watch:
         if id(model) in self._hooked_models or self.mode == "full":
             return
         self._hooked_models.add(id(model))
-        self._model_hooks.append(ModelHooks(model, eager_only(self._model_pre), eager_only(self._model_post)))
+        # A model given by the user may be the inside of a torch.compile wrapper, its hooks traced:
+        # torch._dynamo.disable keeps them running (with graph breaks). A discovered model is one
+        # called from eager code: plain hooks (cheaper), which Dynamo never compiles on their own.
+        given = any(m is model for m in self._given_models)
+        pre, post = self._model_pre, self._model_post
+        if given:
+            pre, post = eager_only(pre), eager_only(post)
+        self._model_hooks.append(ModelHooks(model, pre, post))
         # SEN107 without a hook per dropout/batch-norm module (each would take PyTorch's slow call
         # path on every step): the model's own pre-hook checks them when grad mode is off.
         self._eval_modules[id(model)] = [m for m in model.modules() if U.is_eval_sensitive_type(m)]
 
     def _leave_global_mode(self) -> None:
-        """Default mode, models discovered: keep hooks on the watched models only (fast path elsewhere)."""
-        self._remove_global_hooks()
+        """Default mode, models discovered: keep hooks on the watched models only (fast path elsewhere).
+
+        Dynamo guards the graphs it compiled meanwhile on the number of global module hooks: with a
+        compiled model watched, the global hooks stay registered, quiet, until the watch ends
+        (removing them now would recompile every graph)."""
+        if any(_compiled(m) for m in self._models):
+            self._global_quiet = True
+            self._global_on = False
+        else:
+            self._remove_global_hooks()
         self._stack.clear()
         for m in self._models:
             self._hook_model(m)
-
-    # ------------------------------------------------------------------------- module hooks
-
-    @_guarded
-    def _global_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        stack = self._stack
-        if not stack:
-            self._root_pre(module, args, {})
-        stack.append(module)
-        if not torch.is_grad_enabled() and module.training and U.is_eval_sensitive_type(module):
-            if U.eval_sensitive(module):
-                self._eval_hits.setdefault(id(module), (stack[0], module))
-
-    @_guarded
-    def _global_post(self, module: nn.Module, args: tuple[Any, ...], *rest: Any) -> None:
-        # with_kwargs hooks get (kwargs, output); on an exception PyTorch calls them with (output,) only
-        kwargs, output = (rest[0], rest[1]) if len(rest) == 2 else ({}, rest[0])
-        stack = self._stack
-        while stack and stack[-1] is not module:
-            stack.pop()
-        if stack:
-            stack.pop()
-        if self.mode == "full" and output is not None and self._nonfinite is None and torch.is_grad_enabled():
-            self._full_check_output(stack[0] if stack else module, module, output)
-        if not stack:
-            self._root_post(module, args, kwargs or {}, output)
-
-    @_guarded
-    def _model_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not is_compiling():
-            self._root_pre(module, args, kwargs)
-
-    @_guarded
-    def _model_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if not is_compiling():
-            self._root_post(module, args, kwargs, output)
-
-    def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not torch.is_grad_enabled():
-            # an evaluation pass: dropout / batch norm of this model still in training mode? (In
-            # global mode the global pre-hook sees each submodule as it runs instead.)
-            for sub in self._eval_modules.get(id(module), ()):
-                if sub.training and U.eval_sensitive(sub):
-                    self._eval_hits.setdefault(id(sub), (module, sub))
-        else:
-            self._rng_before[id(module)] = self._rng_ring.save(self._has_cuda)
-            if self.mode == "full" and self._nonfinite is None:
-                for name, t in U.call_tensors(args, kwargs):
-                    if not U.is_finite(t):
-                        self._set_nonfinite("input", self._window, root=module, tensor=name)
-                        break
-
-    def _module_pids(self, module: nn.Module) -> frozenset[int]:
-        pids = self._pids.get(id(module))
-        if pids is None:
-            pids = frozenset(id(p) for p in module.parameters() if p.requires_grad)
-            self._pids[id(module)] = pids
-        return pids
-
-    def _root_post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if id(module) not in self._roots_seen:
-            self._roots_seen.add(id(module))
-            self._check_devices_dtypes(module, args, kwargs)
-        rng = self._rng_before.pop(id(module), None)
-        if output is None or not torch.is_grad_enabled():
-            return
-        outs = U.graph_tensors(output)
-        if not outs:
-            return
-        if self._global_on and not self._given_models:
-            self._train_roots.setdefault(id(module), module)
-        # SEN108: one tag per root and step, in the graph of the first output.
-        window = self._window
-        if self._tagged_window.get(id(module)) != window:
-            self._tagged_window[id(module)] = window
-            meta = outs[0].grad_fn.metadata
-            if _TAG_KEY not in meta:
-                tag = _Tag()
-                meta[_TAG_KEY] = tag
-                self._tags.append((window, weakref.ref(tag)))
-        # What a replay needs: the inputs (detached, within the byte budget) and the RNG state before
-        # the forward; and the norm of the output (on the device): was the forward finite?
-        if self._module_pids(module):
-            nbytes = _nbytes(args, kwargs)
-            keep = self._kept_bytes + nbytes <= _RECORD_BUDGET
-            record = ForwardRecord(
-                module,
-                U.detach_tree(tuple(args)) if keep else None,
-                (U.detach_tree(dict(kwargs)) if kwargs else {}) if keep else {},
-                rng,
-                len(outs),
-                nbytes=nbytes if keep else 0,
-            )
-            self._kept_bytes += record.nbytes
-            record.out_norm = U.norm32(outs[0]) if len(outs) == 1 else torch.stack([U.norm32(t) for t in outs]).sum()
-            self._records.append(record)
-
-    def _check_devices_dtypes(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """SEN103/SEN104 at the first call of a root module: its inputs, parameters and buffers.
-
-        Names as the model names them (``named_parameters()`` / ``named_buffers()`` of the model
-        inside DDP / compile wrappers) and ``batch[0]`` / ``batch["x"]`` for the call's arguments; a
-        root without parameters (a loss module) compares its inputs with each other
-        (``MSELoss.input[1]``). The odd one out is blamed: the expected device (dtype) is the inputs'
-        when some parameter shares it (a ``.half()`` encoder among float32 layers fed float32 is
-        the encoder's fault), else the majority of the parameters and buffers. 0-dim CPU tensors mix
-        with any device; only floating dtypes count.
-        """
-        inner = unwrap(module)
-        own = list(inner.named_parameters())
-        bufs = list(inner.named_buffers())
-        if own or bufs:
-            inputs = U.call_tensors(args, kwargs)
-        else:
-            inputs = [(f"{type(inner).__name__}.input{n[len('batch') :]}", t) for n, t in U.call_tensors(args, kwargs)]
-        named = inputs + own + bufs
-        model_t = [t for _, t in own] or [t for _, t in bufs]
-        self._blame(module, "SEN103", "device", named, model_t, [t for _, t in inputs], lambda t: t.device, str)
-        if U.autocast_enabled():  # mixed dtypes are the point of autocast
-            return
-        floats = [(n, t) for n, t in named if t.is_floating_point()]
-        model_f = [t for t in model_t if t.is_floating_point()]
-        inputs_f = [t for _, t in inputs if t.is_floating_point()]
-        self._blame(module, "SEN104", "dtype", floats, model_f, inputs_f, lambda t: t.dtype, U.dtype_name)
-
-    def _blame(
-        self,
-        module: nn.Module,
-        code: str,
-        key: str,
-        named: list[tuple[str, torch.Tensor]],
-        model_t: list[torch.Tensor],
-        inputs: list[torch.Tensor],
-        attr: Callable[[torch.Tensor], Any],
-        show: Callable[[Any], str],
-    ) -> None:
-        def counts(ts: list[torch.Tensor]) -> dict[Any, int]:
-            c: dict[Any, int] = {}
-            for t in ts:
-                if code == "SEN103" and t.dim() == 0 and t.device.type == "cpu":
-                    continue
-                c[attr(t)] = c.get(attr(t), 0) + 1
-            return c
-
-        mc, ic = counts(model_t), counts(inputs)
-        if not mc and not ic:
-            return
-        shared = [v for v in ic if v in mc]
-        if shared:
-            expected = max(shared, key=lambda v: (ic[v], mc[v]))
-        elif mc:
-            expected = max(mc, key=lambda v: mc[v])
-        else:
-            expected = max(ic, key=lambda v: ic[v])
-        odd = [
-            {"name": n, key: show(attr(t)), "expected": show(expected)}
-            for n, t in named
-            if attr(t) != expected and not (code == "SEN103" and t.dim() == 0 and t.device.type == "cpu")
-        ]
-        if odd:
-            self._mismatch[code].append((module, odd))
-
-    def _full_check_output(self, root: nn.Module, module: nn.Module, output: Any) -> None:
-        # forward hooks fire innermost first: the first module with a non-finite output made it
-        if not U.quick_finite([t for _, t in U.tensor_items(output, "")]):
-            self._set_nonfinite("forward", self._window, root=root, module=module)
 
     # ---------------------------------------------------------------------- optimizer hooks
 
@@ -560,38 +396,45 @@ class Watch:
             return True
         return self.max_steps is not None and st is self._primary and step + 1 >= self.max_steps
 
-    @_guarded
+    @guarded
     def _opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._accepts(opt):
-            return
-        st = self._state(opt)
+        st = self._states.get(id(opt))
+        if st is None:
+            if not self._accepts(opt):
+                return
+            st = self._state(opt)
         arrivals = st.accumulation.close()
         params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
         if len(params) != st.n_params:
             self._register_params(st, params)
         if st.no_grad:
             st.no_grad.difference_update([id(p) for p in params if p.grad is not None])
-        with_grad = [p for p in params if p.grad is not None and not p.grad.is_sparse]
         step = st.steps  # 0-based index of the step being taken
-        ids = st.param_ids
-        mine = [r for r in self._records if not self._module_pids(r.module).isdisjoint(ids)]
-        if mine:
-            self._records = [r for r in self._records if self._module_pids(r.module).isdisjoint(ids)]
+        records = self._records
+        if records:
+            ids = st.param_ids
+            mine = [r for r in records if not self._module_pids(r.module).isdisjoint(ids)]
+            if mine:
+                self._records = [r for r in records if self._module_pids(r.module).isdisjoint(ids)]
+        else:
+            mine = records
         reads = self._reads_at(st, step)
-        checked = checked_params(st, with_grad, reads)
-        entry = StepEntry(step, checked, step_norms(checked) if checked else None, mine, arrivals)
+        checked, norms = step_check(st, params, reads)
+        entry = StepEntry(step, checked, norms, mine, arrivals)
         st.pending.append(entry)
         if reads:
             entry.grads = [p.grad for p in checked]  # type: ignore[misc]
             self._read(st, current=entry)
-        if st is self._primary:
+        if st is self._primary and self._tags:
             self._check_retained()
 
-    @_guarded
+    @guarded
     def _opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not self._accepts(opt):
-            return
-        st = self._state(opt)
+        st = self._states.get(id(opt))
+        if st is None:
+            if not self._accepts(opt):
+                return
+            st = self._state(opt)
         st.steps += 1
         acc = st.accumulation
         if acc.param is None and self._accumulate_step is None:
@@ -609,15 +452,16 @@ class Watch:
             if self._global_on and not self._given_models and self.mode == "default":
                 self._leave_global_mode()
             last = self.max_steps is not None and st.steps >= self.max_steps
-            if self._sync is None and _dist_ready():
-                self._sync = _rank_sync()
-            if self._sync and (last or self._reads_at(st, st.steps - 1)):
-                self._check_ranks(st)
+            if self._sync is not False and (last or self._reads_at(st, st.steps - 1)):
+                if self._sync is None and _dist_ready():
+                    self._sync = _rank_sync()
+                if self._sync:
+                    self._check_ranks(st)
             if last:
                 self._stopped = True
                 raise _StopTraining()
 
-    @_guarded
+    @guarded
     def _grad_arrives(self, st: OptState, grad: torch.Tensor) -> None:
         st.accumulation.arrive()
         return None
@@ -632,8 +476,9 @@ class Watch:
             self._params[id(p)] = p
         hashes = U.param_hashes(new)
         if hashes is not None:
-            st.first_hashes.append((new, hashes))
+            st.first_hashes.append((new, hashes, U.bit_sums(new)))
         st.n_params = len(params)
+        st.registered()
         if not self._given_models and new:
             # discovery: the roots that own parameters of this optimizer are the watched models
             for root in list(self._train_roots.values()):
@@ -755,16 +600,25 @@ class Watch:
             if i is not None:
                 last = max(st.steps for st in stepped) - 1
                 self._set_nonfinite("update", last, param=params[i])
-        # SEN102 "unchanged": compare each parameter's hash now with its hash at its first step, on
-        # the device; one host read for all
+        # SEN102 "unchanged": a parameter whose sum of bit patterns moved since its first step changed;
+        # the others are decided by comparing their exact hashes now and then (on the device)
         for st in stepped:
-            for params, before in st.first_hashes:
-                now = U.param_hashes(params)
+            for params, before, sums_before in st.first_hashes:
+                idx = list(range(len(params)))
+                if sums_before is not None:
+                    moved = U.moved(params, sums_before)
+                    idx = [i for i in idx if not moved[i]]
+                    for i, m in enumerate(moved):
+                        if m:
+                            self._unchanged[id(params[i])] = False
+                if not idx:
+                    continue
+                now = U.param_hashes([params[i] for i in idx])
                 if now is None:
                     continue
-                same = (now == before).tolist()
-                for p, s in zip(params, same, strict=True):
-                    self._unchanged[id(p)] = bool(s) and U.tensor_hash(p) is not None
+                same = (now == before[idx]).tolist()
+                for i, s in zip(idx, same, strict=True):
+                    self._unchanged[id(params[i])] = bool(s) and U.tensor_hash(params[i]) is not None
 
     def _build_report(self) -> WatchReport:
         from sentinel.probes._watch_findings import build_findings
@@ -855,10 +709,11 @@ def _as_list(obj: Any, kind: type, what: str) -> list[Any]:
     return items
 
 
-def _nbytes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    if type(args) is tuple and all(type(a) is torch.Tensor for a in args) and not kwargs:
-        return sum(a.nbytes for a in args)
-    return sum(t.nbytes for _, t in U.call_tensors(args, kwargs))
+def _compiled(model: nn.Module) -> bool:
+    """``torch.compile(model)``'s wrapper, or a model with a part compiled in place (``.compile()``)."""
+    if unwrap(model) is not model and hasattr(model, "_orig_mod"):
+        return True
+    return any(m.__dict__.get("_compiled_call_impl") is not None for m in unwrap(model).modules())
 
 
 def _dist_ready() -> bool:
