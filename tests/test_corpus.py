@@ -30,7 +30,6 @@ KNOWN_GAPS = {
     "tricky/sen003_diffusion_embedding_picked_by_flag.py": "a submodule chosen by a flag, neither with dropout",
     "tricky/sen003_unittest_trainer_loss_object.py": "a forward backpropagated through a loss object's attribute",
     "tricky/sen008_linear_probe_frozen_backbone.py": "linear probe: eval() on a frozen backbone, only fc trains",
-    "blind2_clean_no_grad_decorator_other_file": "a project decorator that calls eval() and no_grad()",
     "blind2_sen006_tracker_appends_logits": "reported at the tracker call, not at the append in the helper",
     "blind2_sen007_grad_logging_hook_resets": "reported inside the helper, not at its call between backward and step",
     "blind2_sen011_sequential_built_from_list": "a layer appended under a condition set by the caller's literal",

@@ -112,8 +112,8 @@ class ImportsMixin:
         importer = self._current_file()
         if importer is None:
             return None
-        if not level and api.normalize(module).startswith(("torch", "numpy", "builtins")):
-            return None
+        if not level and api.normalize(module).split(".", 1)[0] in ("torch", "numpy", "builtins"):
+            return None  # the libraries themselves (a project's own `torch_utils` is the project's)
         target = self.project.resolve(importer, module, level, self.path)
         return self._unit(target) if target is not None else None
 

@@ -149,7 +149,8 @@ class Interpreter(
                 if shape in shapes:
                     continue  # a near-copy of an entry already analysed (a model registry's factories)
                 shapes.add(shape)
-            self._bounded(lambda i=info: self.run_entry(i, state))
+            entry = info.wrapper if info.wrapper is not None else info  # called through its decorator
+            self._bounded(lambda i=entry: self.run_entry(i, state))
         return self.facts
 
     def _bounded(self, work) -> bool:

@@ -66,6 +66,7 @@ class FuncInfo:
     grad: str | None = None  # "off" when decorated with @torch.no_grad()
     kind: str = "function"  # function | staticmethod | classmethod | property
     globals: Any = None  # the State of the module defining it: its body looks names up there
+    wrapper: Any = None  # the FuncInfo a project decorator replaced it with (analysed in its place)
 
     @property
     def name(self) -> str:

@@ -428,6 +428,7 @@ class StatementsMixin:
     # -- definitions --------------------------------------------------------------------------------
     def define_function(self, node: cst.FunctionDef, state: State, ctx: Ctx, cls: ClassInfo | None = None) -> FuncInfo:
         info = FuncInfo(node=node, cls=cls)
+        wrappers: list[tuple[V, cst.Decorator]] = []
         for dec in node.decorators:
             d = dec.decorator
             name = _dotted(d.func) if isinstance(d, cst.Call) else _dotted(d)
@@ -441,13 +442,25 @@ class StatementsMixin:
             g = self._grad_of_ctx(v)
             if g == "off":
                 info.grad = "off"
+            elif v.kind == FUNC and isinstance(v.ref, FuncInfo) and cls is None:
+                wrappers.append((v, dec))  # the project's own decorator: applied below
         if ctx.func is not None or cls is None and not ctx.module_level:
             info.closure = state.env
         info.globals = self._global_state
         if self._global_state is self.entry_state:  # the linted file's own functions, not imported ones
             self.functions.append(info)
         if cls is None:
-            state.env[node.name.value] = V(FUNC, ref=info, origin=node)
+            value = V(FUNC, ref=info, origin=node)
+            for deco, dec in reversed(wrappers):
+                # `@evaluation_mode def val_loss(...)`: val_loss is what the decorator returns (its
+                # wrapper, which may switch modes or turn gradients off around the call)
+                wrapped = self.call_value(deco, dec.decorator, [value], {}, state, ctx)
+                if wrapped.kind != FUNC or not isinstance(wrapped.ref, FuncInfo):
+                    break
+                value = wrapped
+            if value.ref is not info:
+                info.wrapper = value.ref
+            state.env[node.name.value] = value
         return info
 
     def define_class(self, node: cst.ClassDef, state: State, ctx: Ctx) -> None:
