@@ -462,7 +462,7 @@ class ExpressionsMixin:
             ident=object(),
             ref=list_of_models(elt),
             # `nn.Sequential(*[block() for _ in range(n)])`: the layers of every element are the same
-            sensitive=elt.sensitive if elt.kind == MODEL else None,
+            sensitive=self.sensitivity(elt) if elt.kind == MODEL else None,
         )
 
     def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:

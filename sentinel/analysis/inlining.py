@@ -35,7 +35,7 @@ class InliningMixin:
     # -- forward passes -----------------------------------------------------------------------------
     def forward(self, model: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         self.module_calls += 1
-        if state.grad != "off":
+        if state.grad != "off" and not ctx.summary:
             self.tracked_module_calls += 1
         act = model.act
         transform = model.shape  # how the model maps its input's layout
@@ -198,7 +198,10 @@ class InliningMixin:
             return None
         st = State(None, self.facts.parent_of)
         st.grad = None
-        ctx = Ctx(id=next(self.ctx_ids), name="forward", func=fwd, parent=None, depth=1, model_method=True, entry=False)
+        # what a class's forward returns, not a run of it: its layers run under no known grad mode
+        ctx = Ctx(
+            id=next(self.ctx_ids), name="forward", func=fwd, parent=None, depth=1, model_method=True, summary=True
+        )
         self_value = V(MODEL, ident=inst, ref=inst)
         self._bind_params(
             fwd, ctx, st, args=[], kwargs={}, self_value=self_value, unknown_callers=True, default_kind=TENSOR
@@ -283,6 +286,7 @@ class InliningMixin:
             entry=False,
             call_node=node,
             call_stmt=self.stmt,
+            summary=ctx.summary,
         )
         if info.cls is not None and info.kind == "staticmethod":
             self_value = None

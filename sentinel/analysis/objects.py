@@ -150,6 +150,7 @@ class Ctx:
     model_method: bool = False  # inside a method of an nn.Module subclass: calls are sub-module calls
     lightning_eval: bool = False
     entry: bool = False  # analysed standalone: the caller is unknown
+    summary: bool = False  # inside a class's forward run for its summary (what it returns), not a real call
     returns: list[V] = field(default_factory=list)
     self_value: V | None = None
     closure: dict | None = None
