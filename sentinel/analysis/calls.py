@@ -18,7 +18,15 @@ from sentinel.analysis.facts import (
 )
 from sentinel.analysis.idioms import BoundModelMethod
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
-from sentinel.analysis.syntax import _JOIN_FUNCS, _MODE_FUNCS, _any_sensitive, _code, _dotted, _layer_sensitive
+from sentinel.analysis.syntax import (
+    _JOIN_FUNCS,
+    _MODE_FUNCS,
+    _any_sensitive,
+    _code,
+    _dotted,
+    _layer_sensitive,
+    list_sensitive,
+)
 from sentinel.analysis.values import (
     ACT_LOG_SOFTMAX,
     ACT_SIGMOID,
@@ -266,9 +274,13 @@ class CallsMixin:
         if qual == "torch.nn.Sequential":
             return self._sequential(node, args)
         if qual in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
-            return V(
-                MODEL, ident=object(), origin=node, sensitive=_any_sensitive(x.elems) if x.elems is not None else None
-            )
+            if x.kind == DICT and x.items is not None:  # nn.ModuleDict({...}) / nn.ModuleDict(dict(...))
+                sensitive = _any_sensitive([self._layers_known(v) for _, v in x.items])
+            elif x.elems is not None:
+                sensitive = _any_sensitive([self._layers_known(v) for v in x.elems])
+            else:  # a comprehension / loop-built list of layers
+                sensitive = list_sensitive(x) if x.kind == LIST else None
+            return V(MODEL, ident=object(), origin=node, sensitive=sensitive)
         if api.is_module_class(qual):
             return V(
                 MODEL,
@@ -336,6 +348,8 @@ class CallsMixin:
             return x.with_(alias=None, graph=False if x.graph else x.graph)
         if x.kind == PARAMS and qual in ("builtins.list", "builtins.tuple", "builtins.iter"):
             return x
+        if qual == "builtins.dict" and not args and kwargs:  # dict(wte=nn.Embedding(...), h=...): keys known
+            return V(DICT, items=tuple(kwargs.items()), taints=merge_taints(*kwargs.values()), ident=object())
         if qual in ("copy.copy", "builtins.dict", "collections.OrderedDict", "builtins.list"):
             if x.kind in (STATE_DICT, DICT) or x.alias is not None:
                 return x
@@ -467,6 +481,12 @@ class CallsMixin:
             if start is not None and start.is_const and isinstance(start.const, int) and start.const >= 1:
                 return (None, True) if x.shape[1] else None
         return None
+
+    def _layers_known(self, v: V) -> V:
+        """``v`` saying whether it holds dropout/batch norm, when it is an instance of a project model class."""
+        if v.kind == MODEL and v.sensitive is None and isinstance(v.ref, Instance):
+            return v.with_(sensitive=self.sensitivity(v))
+        return v
 
     def _builtin(self, name: str, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         x = args[0] if args else TOP
