@@ -466,7 +466,7 @@ class CallsMixin:
             ident=Ident(next(self.seq)),
             act=act,
             origin=node,
-            sensitive=_any_sensitive(args),
+            sensitive=_any_sensitive([self._layers_known(a) for a in args]),
             shape=self.sequential_shape(layers),
         )
 
