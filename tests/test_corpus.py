@@ -28,7 +28,6 @@ KNOWN_GAPS = {
     "blind2/sen020_lm_log_softmax_implicit_dim.py": "batches from tensor.split() are not known to be batched",
     "tricky/sen002_resume_rebuilds_optimizer_wrapper.py": "a resume branch rebuilds the wrapped optimizer",
     "tricky/sen003_unittest_trainer_loss_object.py": "a forward backpropagated through a loss object's attribute",
-    "tricky/sen008_linear_probe_frozen_backbone.py": "linear probe: eval() on a frozen backbone, only fc trains",
     "blind2_sen006_tracker_appends_logits": "reported at the tracker call, not at the append in the helper",
     "blind2_sen007_grad_logging_hook_resets": "reported inside the helper, not at its call between backward and step",
     "blind2_sen011_sequential_built_from_list": "a layer appended under a condition set by the caller's literal",

@@ -468,7 +468,8 @@ class ExpressionsMixin:
     def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:
         """The value one iteration over ``it`` binds."""
         if it.kind == PARAMS:
-            return V(TENSOR, graph=False, label="param", ref=("params", it.ident))
+            param = V(TENSOR, graph=False, label="param", ref=("params", it.ident))
+            return V(TUPLE, elems=(V(CONST), param)) if it.label == "named_parameters" else param
         if it.kind == STATE_DICT:
             return V(UNKNOWN)
         element = element_of(it)

@@ -229,6 +229,7 @@ class Facts:
     dropouts: list[DropoutCallEvent] = field(default_factory=list)
     mode_switches: list[ModeEvent] = field(default_factory=list)
     ctx_names: dict[int, str] = field(default_factory=dict)  # function activation id -> function name
+    frozen: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=False
     # (ctx id, name) -> last seq at which the name was read
     last_read: dict[tuple[int, str], int] = field(default_factory=dict)
     escaped_taints: set = field(default_factory=set)
@@ -593,6 +594,8 @@ class Facts:
                 continue
             if not self._steps_in_iteration(fw):
                 continue
+            if any(self._within(f, frozenset({fw.model.ident})) for f in self.frozen):
+                continue  # parameters frozen by hand: eval() keeps a frozen backbone's statistics (a linear probe)
             blame = self._eval_blame(fw)
             if blame is not None:
                 out.append((fw, blame))

@@ -396,7 +396,7 @@ class MethodsMixin:
         if meth == "forward":
             return self.forward(recv, node, args, kwargs, state, ctx)
         if meth in ("parameters", "named_parameters", "modules", "children", "buffers"):
-            return V(PARAMS, ident=frozenset({recv.ident}) if recv.ident is not None else None)
+            return V(PARAMS, ident=frozenset({recv.ident}) if recv.ident is not None else None, label=meth)
         if meth == "state_dict":
             return V(STATE_DICT, alias=recv.ident if recv.ident is not None else object(), ident=object())
         if meth in ("load_state_dict", "register_forward_hook", "register_buffer", "add_module"):

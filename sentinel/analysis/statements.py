@@ -527,6 +527,9 @@ class StatementsMixin:
                         self.facts.grad_writes.append(self._ev(Event, target, ctx))
                 return
             owner = self.eval(target.value, state, ctx, record=False)
+            if target.attr.value == "requires_grad" and value.is_const and value.const is False:
+                if isinstance(owner.ref, tuple) and owner.ref[0] == "params" and owner.ref[1]:
+                    self.facts.frozen.update(m for m in owner.ref[1] if m is not None)  # a frozen backbone
             if path is not None:
                 if not loop_target:
                     self._maybe_snapshot(target, path, value, value_node, ctx, persistent=self._outlives(path))
