@@ -69,7 +69,8 @@ class TrainingInEvalMode(Rule):
     A model known to have no dropout or batch norm is not reported (eval mode changes nothing for it),
     nor is one whose mode sentinel cannot follow (switched by code it cannot see). `eval()` on a
     submodule only (`model.backbone.eval()` to freeze batch-norm statistics while fine-tuning) is
-    deliberate and not reported.
+    deliberate and not reported, nor is `eval()` of a model some of whose parameters were frozen by
+    hand (`p.requires_grad = False`: a linear probe training only its head).
 
     ## References
     - [`torch.nn.Module.train`](https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.train)
