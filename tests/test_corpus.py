@@ -27,7 +27,6 @@ PROJECT_DIRS = project_dirs()
 KNOWN_GAPS = {
     "blind2/sen020_lm_log_softmax_implicit_dim.py": "batches from tensor.split() are not known to be batched",
     "tricky/sen002_resume_rebuilds_optimizer_wrapper.py": "a resume branch rebuilds the wrapped optimizer",
-    "tricky/sen003_unittest_trainer_loss_object.py": "a forward backpropagated through a loss object's attribute",
     "blind2_sen006_tracker_appends_logits": "reported at the tracker call, not at the append in the helper",
     "blind2_sen007_grad_logging_hook_resets": "reported inside the helper, not at its call between backward and step",
     "blind2_sen011_sequential_built_from_list": "a layer appended under a condition set by the caller's literal",

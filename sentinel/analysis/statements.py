@@ -646,6 +646,10 @@ class StatementsMixin:
             path = _dotted(node.target)
             if path:
                 state.env[path] = new
+            # `self.total += loss` in a loss object's method: the object keeps it for its backward()
+            owner = self.eval(node.target.value, state, ctx, record=False)
+            if owner.kind in (INSTANCE, MODEL) and isinstance(owner.ref, Instance):
+                owner.ref.attrs[node.target.attr.value] = new
 
     def _accumulate(self, node, target, old: V, value: V, state: State, ctx: Ctx) -> V:
         text = _target_text(target)
