@@ -28,9 +28,8 @@ KNOWN_GAPS = {
     "blind2/sen020_lm_log_softmax_implicit_dim.py": "batches from tensor.split() are not known to be batched",
     "tricky/sen002_resume_rebuilds_optimizer_wrapper.py": "a resume branch rebuilds the wrapped optimizer",
     "blind2_sen006_tracker_appends_logits": "reported at the tracker call, not at the append in the helper",
-    "blind2_sen007_grad_logging_hook_resets": "reported inside the helper, not at its call between backward and step",
+    "blind2_sen007_grad_logging_hook_resets": "arguable: a helper's reset is reported inside the helper",
     "blind2_sen011_sequential_built_from_list": "a layer appended under a condition set by the caller's literal",
-    "blind2_sen013_validate_reuses_base_step": "reported inside the shared step helper, not at validate's call",
     "blind2_sen015_sen020_attention_pkg_predict": "the batch dimension is lost through an attention-weighted sum",
     "blind2_sen020_log_softmax_dim0_in_forward": "the batch dimension is lost through Embedding/Conv1d/amax",
 }

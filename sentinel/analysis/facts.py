@@ -230,6 +230,7 @@ class Facts:
     mode_switches: list[ModeEvent] = field(default_factory=list)
     ctx_names: dict[int, str] = field(default_factory=dict)  # function activation id -> function name
     frozen: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=False
+    call_sites: dict[int, tuple] = field(default_factory=dict)  # activation id -> (call node, its statement)
     # (ctx id, name) -> last seq at which the name was read
     last_read: dict[tuple[int, str], int] = field(default_factory=dict)
     escaped_taints: set = field(default_factory=set)
@@ -523,6 +524,16 @@ class Facts:
         return (ev.frame, ev.ctx, model)
 
     # -- training on evaluation data ----------------------------------------------------------------
+    def site_in(self, ev: Event, ctx_id: int) -> tuple:
+        """Where ``ev`` shows in the code of activation ``ctx_id``: its own node when it ran there, else
+        the call in that code that led to it (a shared helper's statement is right for other callers)."""
+        stack = list(ev.stack)
+        if ctx_id in stack:
+            i = stack.index(ctx_id)
+            if i + 1 < len(stack) and stack[i + 1] in self.call_sites:
+                return self.call_sites[stack[i + 1]]
+        return ev.node, ev.stmt
+
     def evaluation_region_of(self, ev: Event) -> tuple | None:
         """The evaluation region a ``backward()`` / optimizer step runs in, or None.
 

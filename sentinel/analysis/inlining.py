@@ -288,6 +288,8 @@ class InliningMixin:
             call_stmt=self.stmt,
             summary=ctx.summary,
         )
+        if node is not None:
+            self.facts.call_sites[callee.id] = (node, self.stmt)
         if info.cls is not None and info.kind == "staticmethod":
             self_value = None
         self._bind_params(info, callee, callee_state, args, kwargs, self_value=self_value, unknown_callers=False)

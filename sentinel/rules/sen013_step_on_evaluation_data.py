@@ -13,7 +13,8 @@ class StepOnEvaluationData(Rule):
     data (`val_loader`, `loaders["val"]`, `X_test`), an evaluation function (`validate()`,
     `evaluate()`, `test()`), or a loop under `torch.no_grad()` whose forward passes feed no
     `backward()` (a metrics loop). One finding per evaluation region: the step, or the `backward()` when
-    the region has no step.
+    the region has no step, reported in the evaluation code itself (a step inside a helper that training
+    shares is reported at the helper's call in `validate()`, where the fix goes).
 
     ## Why is this bad?
     The model trains on the data meant to measure it. A `step()` in the validation loop applies the
@@ -169,11 +170,13 @@ print(evaluate(model, data, nn.CrossEntropyLoss(), optimizer))
         for key, events in regions.items():
             steps = [e for e in events if isinstance(e, StepEvent)]
             where = "the validation/test loop" if key[0] == "loop" else "an evaluation function"
+            owner = key[1] if key[0] == "function" else facts.frames[key[1]].ctx
             for ev in sorted(steps or events, key=lambda e: e.seq):
                 what = "optimizer step" if isinstance(ev, StepEvent) else "backward()"
+                node, stmt = facts.site_in(ev, owner)  # in the evaluation code, not inside a shared helper
                 yield Violation(
-                    ev.node,
-                    ev.stmt,
+                    node,
+                    stmt,
                     f"{what} in {where}: the model is trained on evaluation data, so validation "
                     "metrics, model selection and early stopping become optimistic",
                 )
