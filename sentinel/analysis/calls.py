@@ -514,6 +514,10 @@ class CallsMixin:
             return x
         if name == "filter" and len(args) > 1 and args[1].kind == PARAMS:
             return args[1]  # filter(lambda p: p.requires_grad, model.parameters())
+        if name == "zip" and args and all(a.ref == "batches" for a in args):
+            # zip(x.split(16), y.split(16)): each iteration binds one batch of each
+            labels = ",".join(a.label for a in args if a.label)
+            return V(UNKNOWN, label=labels, taints=merge_taints(*args), ref=("zip", tuple(args)))
         if name in ("zip", "iter", "reversed", "sorted", "list", "tuple", "next"):
             if name == "list" and x.kind in (LIST, TUPLE):
                 return x.with_(kind=LIST)

@@ -475,6 +475,8 @@ class ExpressionsMixin:
         element = element_of(it)
         if element is not None:
             return element
+        if isinstance(it.ref, tuple) and it.ref[0] == "zip":
+            return V(TUPLE, elems=tuple(self.iter_element(a, node, state, ctx) for a in it.ref[1]))
         if it.elems is not None:
             out = None
             for e in it.elems:
@@ -490,7 +492,7 @@ class ExpressionsMixin:
             graph=False if it.graph is False else None,
             label=it.label,
             taints=it.taints if it.graph is not False else frozenset(),
-            shape=it.shape if it.kind == LOADER or it.ref == "enumerate" else None,
+            shape=it.shape if it.kind == LOADER or it.ref in ("enumerate", "batches") else None,
         )
 
     @staticmethod

@@ -436,6 +436,10 @@ class MethodsMixin:
             if text.endswith(".grad") or text.endswith(".grad.data"):
                 self.facts.resets.append(self._ev(ResetEvent, node, ctx))
             return TOP
+        if meth in ("split", "chunk", "tensor_split") and recv.kind == TENSOR and "dim" not in kwargs and len(args) <= 1:
+            # `data.split(32)`: chunks of rows, each a batch along dim 0 with the tensor's rank
+            rank = recv.shape[0] if recv.shape is not None else None
+            return V(LIST, graph=recv.graph, taints=recv.taints, ref="batches", shape=(rank, True))
         if meth in ("get", "pop", "keys", "split", "format", "join", "startswith", "endswith", "replace", "lower"):
             return V(UNKNOWN)
         vals = [recv, *args, *kwargs.values()]
