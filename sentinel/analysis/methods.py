@@ -436,7 +436,8 @@ class MethodsMixin:
             if text.endswith(".grad") or text.endswith(".grad.data"):
                 self.facts.resets.append(self._ev(ResetEvent, node, ctx))
             return TOP
-        if meth in ("split", "chunk", "tensor_split") and recv.kind == TENSOR and "dim" not in kwargs and len(args) <= 1:
+        chunks = meth in ("split", "chunk", "tensor_split") and "dim" not in kwargs and len(args) <= 1
+        if chunks and recv.kind == TENSOR:
             # `data.split(32)`: chunks of rows, each a batch along dim 0 with the tensor's rank
             rank = recv.shape[0] if recv.shape is not None else None
             return V(LIST, graph=recv.graph, taints=recv.taints, ref="batches", shape=(rank, True))
