@@ -103,6 +103,7 @@ def main() -> None:
     t_parse_trig = best(lambda: parse_all(triggered), args.repeat)
     t_lint_trig = best(lambda: lint_all(subset=triggered), args.repeat)
     settings = load_settings(args.paths[0], use_config=False)
+    engine._PROJECTS.clear()  # the worker processes start cold, as a new `sentinel lint` does
     t_jobs = best(lambda: lint_paths(args.paths, settings, jobs=args.jobs), 1)
 
     n = len(files)
@@ -156,6 +157,9 @@ def worst_files(files: list[tuple[Path, str]], rules, repeat: int, top: int = 5)
     print(f"analysis budget exhausted in {exhausted} of {len(files)} triggered files")
     print("worst files (lint / own bare parse):")
     for ratio, secs, n_lines, ex, f in rows[:top]:
+        print(f"  {ratio:5.2f}x  {secs:6.3f} s  {n_lines:5d} lines  {'budget exhausted  ' if ex else ''}{f}")
+    print("largest files (lint / own bare parse):")
+    for ratio, secs, n_lines, ex, f in sorted(rows, key=lambda r: -r[2])[:top]:
         print(f"  {ratio:5.2f}x  {secs:6.3f} s  {n_lines:5d} lines  {'budget exhausted  ' if ex else ''}{f}")
 
 
