@@ -475,6 +475,8 @@ class ExpressionsMixin:
         element = element_of(it)
         if element is not None:
             return element
+        if it.ref == "batches":  # a chunk of a tensor's rows: a tensor, batched along dim 0
+            return V(TENSOR, graph=it.graph, taints=it.taints, shape=it.shape)
         if isinstance(it.ref, tuple) and it.ref[0] == "zip":
             return V(TUPLE, elems=tuple(self.iter_element(a, node, state, ctx) for a in it.ref[1]))
         if it.elems is not None:

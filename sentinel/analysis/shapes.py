@@ -143,6 +143,8 @@ class ShapesMixin:
         elif name == "randint":
             shape = kwargs.get("size") or (args[-1] if args and args[-1].elems is not None else None)
             sizes = list(shape.elems) if shape is not None and shape.elems is not None else None
+        elif name in ("arange", "linspace") and args:
+            return (1, False)  # one row of values: rank 1, no batch
         if not sizes or not all(_const_int(s) is not None for s in sizes):
             return None
         rank = len(sizes)
@@ -177,6 +179,13 @@ class ShapesMixin:
         rank, batch = shape
         if meth in api.ELEMENTWISE:
             return shape
+        if meth == "repeat" and rank is not None:
+            # `row.repeat(48, 1)`: one size per dimension, leading ones added; dim 0 repeated > 1 times is a batch
+            sizes = list(args[0].elems) if len(args) == 1 and args[0].elems is not None else args
+            counts = [_const_int(a) for a in sizes]
+            if len(counts) >= rank and all(c is not None for c in counts):
+                return (len(counts), len(counts) >= 2 and (counts[0] > 1 or (len(counts) == rank and batch)))
+            return None
         if not batch:
             return None
         if meth in ("view", "reshape"):
