@@ -200,8 +200,8 @@ class ShapesMixin:
             a, b = (_const_int(args[0]), _const_int(args[1])) if len(args) == 2 else (None, None)
             if a is None or b is None or rank is None and (a < 0 or b < 0):
                 return None
-            if rank is not None:
-                a, b = a % rank if rank else a, b % rank if rank else b
+            if rank:  # only negative dims need the rank (a forward's summary counts it from its input)
+                a, b = a % rank if a < 0 else a, b % rank if b < 0 else b
             return shape if 0 not in (a, b) else None
         if meth in ("unsqueeze", "squeeze"):
             d = _const_int(args[0]) if args else _const_int(kwargs.get("dim"))
