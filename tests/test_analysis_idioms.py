@@ -382,3 +382,44 @@ run(model, torch.load("val.pt"), training=False)
 def test_mode_method_referenced_then_called_switches_the_mode() -> None:
     # `model.train` is a bound method of the model, not a submodule it runs
     assert findings(BOUND_MODE_METHOD) == set()
+
+
+LIST_BUILT_HEADS = """
+import torch
+import torch.nn as nn
+
+def build(sizes, act=None):
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.pop()
+    if act == "softmax":
+        layers.append(nn.Softmax(dim=1))
+    return nn.Sequential(*layers)
+
+def popped():
+    layers = [nn.Linear(4, 3), nn.Softmax(dim=1)]
+    layers.pop()
+    return nn.Sequential(*layers)
+
+probs_net = build([4, 8, 3], act="softmax")
+logits_net = build([4, 8, 3])
+popped_net = popped()
+criterion = nn.CrossEntropyLoss()
+params = [*probs_net.parameters(), *logits_net.parameters(), *popped_net.parameters()]
+opt = torch.optim.SGD(params, lr=0.1)
+x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+for _ in range(3):
+    opt.zero_grad()
+    a = criterion(probs_net(x), y)  # probs
+    b = criterion(logits_net(x), y)
+    c = criterion(popped_net(x), y)
+    (a + b + c).backward()
+    opt.step()
+"""
+
+
+def test_last_layer_appended_after_a_loop_built_list_is_the_sequential_output() -> None:
+    """A layer list built in a loop, popped, then given a softmax under a literal-bound flag: the
+    Sequential ends in softmax; without the flag, or after popping the softmax, it does not."""
+    assert findings(LIST_BUILT_HEADS) == {("SEN001", line_of(LIST_BUILT_HEADS, "# probs"))}

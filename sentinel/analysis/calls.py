@@ -78,8 +78,8 @@ class CallsMixin:
                 starred = True
                 if v.elems is not None and a.star == "*":
                     args.extend(v.elems)
-                elif a.star == "*" and v.kind in (LIST, TUPLE) and v.sensitive is not None:
-                    args.append(v)  # elements unknown, but what kind of layers they are is known
+                elif a.star == "*" and v.kind in (LIST, TUPLE) and (v.sensitive is not None or v.tail is not None):
+                    args.append(v)  # elements unknown, but what kind of layers they are (or the last) is known
                 elif a.star == "*":
                     args.append(V(UNKNOWN, taints=v.taints))  # unknown elements
             else:
@@ -451,6 +451,12 @@ class CallsMixin:
             last = args[-1]
             if last.kind in (SOFTMAX, MODEL) and last.act is not None:
                 act = last.act
+            elif last.kind in (LIST, TUPLE) and last.elems is None:
+                # `nn.Sequential(*layers)` of a list built in a loop, then `layers.append(nn.Sigmoid())`
+                tail = last.tail
+                if tail is not None and tail.kind in (SOFTMAX, MODEL) and tail.act is not None:
+                    act = tail.act
+                    layers = [*args[:-1], TOP, tail]
             elif last.kind == DICT or last.elems:
                 elems = last.elems or ()
                 layers = [e.elems[1] if e.elems and len(e.elems) == 2 else TOP for e in elems]

@@ -30,7 +30,9 @@ from sentinel.analysis.syntax import (
     _code,
     _dotted,
     _target_text,
+    extended_tail,
     list_sensitive,
+    list_tail,
     union_sensitive,
 )
 from sentinel.analysis.values import (
@@ -223,6 +225,8 @@ class MethodsMixin:
             return V(UNKNOWN)
         if recv.kind in (LIST, UNKNOWN, TUPLE) and meth in ("append", "extend", "insert", "add"):
             return self._append(recv, meth, node, args, state, ctx)
+        if recv.kind == LIST and meth in ("pop", "remove", "clear", "reverse", "sort"):
+            return self._shrink(recv, meth, node, args, state)
         if recv.kind == PARAMS:
             return TOP
         if recv.kind in (TENSOR, UNKNOWN):
@@ -302,6 +306,22 @@ class MethodsMixin:
         self.facts.proven_graph_taints.update(value.taints)
         self.facts.backward_values[id(value)] = value
 
+    def _shrink(self, recv: V, meth: str, node, args: list[V], state: State) -> V:
+        """``layers.pop()`` and other in-place edits of a list: what is known of its elements changes."""
+        last = not args and meth == "pop"
+        out = list_tail(recv) if last else None
+        if meth == "clear":
+            new = recv.with_(elems=(), tail=None, sensitive=False)
+        else:
+            elems = recv.elems[:-1] if last and recv.elems else None
+            sensitive = list_sensitive(recv.with_(elems=elems)) if elems is not None else (recv.sensitive and None)
+            new = recv.with_(elems=elems if meth != "reverse" or recv.elems is None else recv.elems[::-1],
+                             tail=None, sensitive=sensitive)
+        path = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
+        if path is not None and (path in state.env or "." not in path):
+            state.env[path] = new
+        return out if out is not None else TOP
+
     def _append(self, recv: V, meth: str, node, args: list[V], state: State, ctx: Ctx) -> V:
         x = args[-1] if args else TOP
         path = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
@@ -351,6 +371,7 @@ class MethodsMixin:
             graph=True if x.graph else recv.graph,
             act=x.act if (first and x.act is not None) else None,
             elems=recv.elems + (x,) if recv.elems is not None and meth == "append" else None,
+            tail=x if meth == "append" else extended_tail(recv, x) if meth == "extend" else None,
             sensitive=union_sensitive(
                 list_sensitive(recv) if recv.kind in (LIST, TUPLE) else recv.sensitive,
                 list_sensitive(x) if meth == "extend" and x.kind in (LIST, TUPLE) else _any_sensitive((x,)),

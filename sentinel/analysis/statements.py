@@ -26,6 +26,7 @@ from sentinel.analysis.syntax import (
     _dotted,
     _self_add,
     _target_text,
+    extended_tail,
     list_sensitive,
     union_sensitive,
 )
@@ -631,7 +632,9 @@ class StatementsMixin:
         if old.kind == LIST and value.kind in (LIST, TUPLE) and isinstance(node.operator, cst.AddAssign):
             elems = old.elems + value.elems if old.elems is not None and value.elems is not None else None
             sensitive = union_sensitive(list_sensitive(old), list_sensitive(value))
-            new = old.with_(elems=elems, taints=old.taints | value.taints, sensitive=sensitive)
+            new = old.with_(
+                elems=elems, taints=old.taints | value.taints, sensitive=sensitive, tail=extended_tail(old, value)
+            )
         elif isinstance(node.operator, (cst.AddAssign, cst.SubtractAssign)):
             new = self._accumulate(node, node.target, old, value, state, ctx)
         else:

@@ -3,6 +3,7 @@ and the fixed vocabularies (builtins, container methods, dummy-tensor factories)
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -133,6 +134,18 @@ def list_sensitive(v: V) -> bool | None:
     return _any_sensitive(v.elems) if v.elems is not None else v.sensitive
 
 
+def list_tail(v: V) -> V | None:
+    """The last element of a list or tuple, when known (also after a loop that built the rest)."""
+    return v.elems[-1] if v.elems else v.tail
+
+
+def extended_tail(v: V, more: V) -> V | None:
+    """The last element of ``v`` after ``v += more`` / ``v.extend(more)``."""
+    if more.kind not in (LIST, TUPLE):
+        return None
+    return list_tail(v) if more.elems == () else list_tail(more)
+
+
 def union_sensitive(a: bool | None, b: bool | None) -> bool | None:
     if a or b:
         return True
@@ -229,18 +242,20 @@ _CMPOPS: dict[type, Any] = {
 }
 
 
+@functools.lru_cache(maxsize=8192)
 def _cond_key(test: cst.BaseExpression) -> str:
     """A key under which two guards count as the same condition.
 
     ``i % accum == 0`` and ``(i + 1) % accum == 0`` both pace on ``accum``: gradient accumulation written
-    with the reset at the top and the step at the bottom of the iteration shares one key.
+    with the reset at the top and the step at the bottom of the iteration shares one key. Remembered per
+    node (nodes compare by identity): an inlined helper's guards are keyed once, not once per call.
     """
     if isinstance(test, cst.Comparison) and isinstance(test.left, cst.BinaryOperation):
         if isinstance(test.left.operator, cst.Modulo):
-            return "% " + cst.Module([]).code_for_node(test.left.right).strip()
+            return "% " + _code(test.left.right).strip()
     if isinstance(test, cst.BinaryOperation) and isinstance(test.operator, cst.Modulo):
-        return "% " + cst.Module([]).code_for_node(test.right).strip()
-    return cst.Module([]).code_for_node(test).strip()
+        return "% " + _code(test.right).strip()
+    return _code(test).strip()
 
 
 def _self_add(target: cst.BaseExpression, value: cst.BaseExpression) -> cst.BaseExpression | None:

@@ -132,6 +132,7 @@ class V:
         "origin",
         "shape",
         "wrapper",
+        "tail",
     )
 
     def __init__(
@@ -151,6 +152,7 @@ class V:
         origin: Any = None,  # node that created it
         shape: tuple | None = None,  # tensor: (rank, batch at dim 0); model: (rank change, keeps batch)
         wrapper: str | None = None,  # models: "ddp" a DistributedDataParallel wrapper, "inner"/"module" what it wraps
+        tail: V | None = None,  # lists: the last element, known even when the earlier ones are not
     ) -> None:
         self.kind = kind
         self.ident = ident
@@ -167,6 +169,7 @@ class V:
         self.origin = origin
         self.shape = shape
         self.wrapper = wrapper
+        self.tail = tail
 
     def with_(self, **c: Any) -> V:
         g = c.get
@@ -186,6 +189,7 @@ class V:
             g("origin", self.origin),
             g("shape", self.shape),
             g("wrapper", self.wrapper),
+            g("tail", self.tail),
         )
 
     @property
@@ -250,7 +254,14 @@ def join(a: V | None, b: V | None) -> V:
         origin=a.origin,
         shape=a.shape if a.shape == b.shape else None,
         wrapper=a.wrapper if a.wrapper == b.wrapper else None,
+        tail=_join_tail(a.tail, b.tail),
     )
+
+
+def _join_tail(a: V | None, b: V | None) -> V | None:
+    if a is b:
+        return a
+    return join(a, b) if a is not None and b is not None else None
 
 
 class Alt(frozenset):
