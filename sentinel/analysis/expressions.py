@@ -474,7 +474,14 @@ class ExpressionsMixin:
             return V(UNKNOWN)
         element = element_of(it)
         if element is not None:
-            return element
+            if element.kind == MODEL:
+                return element
+            # a batch of data: named after the list, like a loader's batches (`for x, y in val_batches`),
+            # and no longer a dummy input made by a factory call
+            if element.kind == TUPLE:
+                parts = tuple(e.with_(label=it.label, origin=None) for e in element.elems)
+                return element.with_(elems=parts, label=it.label, origin=None)
+            return element.with_(label=it.label, origin=None)
         if it.ref == "batches":  # a chunk of a tensor's rows: a tensor, batched along dim 0
             return V(TENSOR, graph=it.graph, taints=it.taints, shape=it.shape)
         if isinstance(it.ref, tuple) and it.ref[0] == "zip":

@@ -97,8 +97,17 @@ def element_of(it: V) -> V | None:
 
 
 def list_of_models(elt: V) -> Any:
-    """The ``ref`` a comprehension's list gets: its element, when that is a model."""
-    return Elements(elt) if elt.kind == MODEL else None
+    """The ``ref`` a comprehension's list gets: its element, when that is a model, or a batch of data
+    (``[(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(10)]``: tensors without a graph
+    whose layout is known)."""
+    if elt.kind == MODEL:
+        return Elements(elt)
+    parts = elt.elems if elt.kind == TUPLE and elt.elems else (elt,)
+    if all(p.kind in (TENSOR, CONST) and p.graph is False for p in parts) and any(
+        p.kind == TENSOR and p.shape is not None and p.shape[1] for p in parts
+    ):
+        return Elements(elt)
+    return None
 
 
 def concat_lists(left: V, right: V) -> V | None:
