@@ -423,3 +423,32 @@ def test_last_layer_appended_after_a_loop_built_list_is_the_sequential_output() 
     """A layer list built in a loop, popped, then given a softmax under a literal-bound flag: the
     Sequential ends in softmax; without the flag, or after popping the softmax, it does not."""
     assert findings(LIST_BUILT_HEADS) == {("SEN001", line_of(LIST_BUILT_HEADS, "# probs"))}
+
+
+ATTENTION_POOL = """
+import torch
+import torch.nn as nn
+
+class Pool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.score = nn.Linear(8, 1)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, items):
+        w = torch.softmax(self.score(items).squeeze(-1), dim=-1)
+        return self.out((w.unsqueeze(-1) * items).sum(1))
+
+model = Pool()
+items = torch.randn(32, 5, 8)
+with torch.no_grad():
+    model.eval()
+    over_batch = torch.softmax(model(items), dim=0)  # batch
+    over_classes = torch.softmax(model(items), dim=1)
+"""
+
+
+def test_attention_weighted_sum_keeps_the_batch_at_dimension_zero() -> None:
+    """squeeze(-1), unsqueeze(-1) and sum(1) inside a forward keep dimension 0 the batch, so a softmax
+    over dimension 0 of the model's output normalizes over the batch; dimension 1 is the classes."""
+    assert findings(ATTENTION_POOL) == {("SEN020", line_of(ATTENTION_POOL, "# batch"))}

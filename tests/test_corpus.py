@@ -28,7 +28,6 @@ KNOWN_GAPS = {
     "tricky/sen002_resume_rebuilds_optimizer_wrapper.py": "a resume branch rebuilds the wrapped optimizer",
     "blind2_sen006_tracker_appends_logits": "reported at the tracker call, not at the append in the helper",
     "blind2_sen007_grad_logging_hook_resets": "arguable: a helper's reset is reported inside the helper",
-    "blind2_sen015_sen020_attention_pkg_predict": "the batch dimension is lost through an attention-weighted sum",
 }
 
 

@@ -205,12 +205,12 @@ class ShapesMixin:
             return shape if 0 not in (a, b) else None
         if meth in ("unsqueeze", "squeeze"):
             d = _const_int(args[0]) if args else _const_int(kwargs.get("dim"))
-            if d is None or d < 1:
+            if d is None or d == 0 or d < 0 and not (meth == "unsqueeze" or _past_batch(rank)):
                 return None
             return (rank + (1 if meth == "unsqueeze" else -1) if rank is not None else None, True)
         if meth in ("sum", "mean", "amax", "amin", "logsumexp", "norm", "std", "var", "prod"):
             d = _const_int(args[0]) if args else _const_int(kwargs.get("dim"))
-            if d is None or d < 1:
+            if d is None or d == 0 or d < 0 and not _past_batch(rank):
                 return None
             keep = kwargs.get("keepdim")
             keepdim = bool(keep is not None and keep.is_const and keep.const)
@@ -314,3 +314,11 @@ class ShapesMixin:
         if isinstance(expr, cst.Name) and expr.value in ("True", "False"):
             return expr.value.lower()
         return "other"
+
+
+def _past_batch(rank: int | None) -> bool:
+    """Is the last dimension of a batched tensor of this rank surely not the batch (dimension 0)?
+
+    Ranks inside a forward's summary count from its input (0: as many dimensions as the input), and a
+    batched input has a dimension past the batch; an absolute rank 1 is the batch alone."""
+    return rank is None or rank <= 0 or rank >= 2
