@@ -25,7 +25,6 @@ PROJECT_DIRS = project_dirs()
 #: Fixtures (held-out programs and reductions of public code) the analysis does not get right yet. Each
 #: is a strict xfail: the day it passes, the suite says so and the entry must go.
 KNOWN_GAPS = {
-    "tricky/sen002_resume_rebuilds_optimizer_wrapper.py": "a resume branch rebuilds the wrapped optimizer",
     "blind2_sen006_tracker_appends_logits": "reported at the tracker call, not at the append in the helper",
     "blind2_sen007_grad_logging_hook_resets": "arguable: a helper's reset is reported inside the helper",
 }

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import libcst as cst
 
 from sentinel.analysis import torchapi as api
-from sentinel.analysis.values import V
+from sentinel.analysis.values import Alt, V
 
 
 @dataclass
@@ -349,13 +349,18 @@ class Facts:
             if r.kind == "optimizer" and r.target == step.ident:
                 return True
             if r.kind == "model":
-                models.add(r.target)
+                models.update(_either(r.target))
             elif r.kind == "params":
-                models.update(r.target)
+                models.update(m for target in r.target for m in _either(target))
         if not models:
             return False
         # `model.zero_grad()` on a model or on any model it is part of clears its gradients
-        return step.model is None or all(self._within(m, frozenset(models)) for m in step.model)
+        return step.model is None or self._covered(step.model, frozenset(models))
+
+    def _covered(self, stepped, models: frozenset) -> bool:
+        """Is every model in ``stepped`` within ``models``? A model chosen by a branch (``Alt``) may be
+        any of its members: one inside is enough (what is uncertain never fires)."""
+        return all(m is not None and any(self._within(one, models) for one in _either(m)) for m in stepped)
 
     def _always_for_reset(self, cond: str, fid: int) -> bool:
         """Does a reset under ``cond`` still clear, once in every iteration of loop ``fid``, whatever a
@@ -736,8 +741,10 @@ class Facts:
         if r.kind == "optimizer" and step.ident is not None and r.target == step.ident:
             return True
         if r.kind in ("model", "params") and r.target is not None and step.model:
-            models = r.target if r.kind == "params" else frozenset({r.target})
-            return all(m is not None and self._within(m, models) for m in step.model)
+            # a model chosen by a branch (`model = torch.load(...) if resume else Net()`) may be either:
+            # resetting it may cover the step, and what is unknown never fires
+            targets = r.target if r.kind == "params" else frozenset({r.target})
+            return self._covered(step.model, frozenset(m for target in targets for m in _either(target)))
         if r.kind in (None, "optimizer") and r.recv and r.recv == step.recv and r.ctx == step.ctx:
             return True  # `opt.zero_grad()` and `opt.step()` on the same name in one activation
         return False
@@ -769,6 +776,11 @@ _EVAL_FUNCTION = re.compile(
     re.IGNORECASE,
 )
 _TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
+
+
+def _either(model: Any) -> tuple:
+    """The objects a model identity may be: the members of an ``Alt`` (chosen by a branch), else itself."""
+    return tuple(model) if isinstance(model, Alt) else (model,)
 
 
 def _trainish(text: str) -> bool:
