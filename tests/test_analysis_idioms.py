@@ -452,3 +452,55 @@ def test_attention_weighted_sum_keeps_the_batch_at_dimension_zero() -> None:
     """squeeze(-1), unsqueeze(-1) and sum(1) inside a forward keep dimension 0 the batch, so a softmax
     over dimension 0 of the model's output normalizes over the batch; dimension 1 is the classes."""
     assert findings(ATTENTION_POOL) == {("SEN020", line_of(ATTENTION_POOL, "# batch"))}
+
+
+CALLBACKS = """
+import torch
+import torch.nn as nn
+
+class Callback:
+    def on_batch_start(self, trainer): ...
+
+class ZeroGrad(Callback):
+    def on_batch_start(self, trainer):
+        trainer.optimizer.zero_grad()
+
+class Log(Callback):
+    pass
+
+class Trainer:
+    def __init__(self, model, callbacks=None):
+        self.model = model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        self.callbacks = list(callbacks or [])
+
+    def emit(self, hook):
+        for cb in self.callbacks:
+            getattr(cb, hook)(self)
+
+    def fit(self, batches):
+        for x, y in batches:
+            self.emit("on_batch_start")
+            loss = nn.functional.mse_loss(self.model(x), y)
+            loss.backward()  # here
+            self.optimizer.step()
+
+batches = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(3)]
+Trainer(nn.Linear(2, 1), CALLBACKS).fit(batches)
+"""
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "found"),
+    [
+        ("[Log(), ZeroGrad()]", False),  # a short literal list: each callback run in turn
+        ("[Log()] * 3 + [ZeroGrad()] + [Log()] * 4", False),  # one of them, unknown which: may reset
+        ("[Log() for _ in range(8)]", True),  # none of these can reset
+        ("[Log(), Log()]", True),
+        ("load_callbacks()", False),  # unknown callbacks given the trainer: may reset
+    ],
+)
+def test_gradient_reset_by_a_callback_is_followed_or_left_unknown(callbacks: str, found: bool) -> None:
+    source = CALLBACKS.replace("CALLBACKS", callbacks)
+    expected = {("SEN002", line_of(source, "# here"))} if found else set()
+    assert findings(source) == expected

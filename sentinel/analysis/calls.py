@@ -16,7 +16,7 @@ from sentinel.analysis.facts import (
     SamplerEvent,
     SetEpochEvent,
 )
-from sentinel.analysis.idioms import BoundModelMethod
+from sentinel.analysis.idioms import BoundModelMethod, Candidates
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _JOIN_FUNCS,
@@ -166,6 +166,7 @@ class CallsMixin:
             if call is not None:
                 return self.inline(call, node, args, kwargs, state, ctx, self_value=fv)
         # unknown callable
+        self.note_maybe_reset(node, fv, None, [*args, *kwargs.values()], ctx)
         name = _dotted(node.func) or ""
         if name and api.resetish(api.last(name)):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
@@ -183,12 +184,31 @@ class CallsMixin:
 
     def _opaque_training_step(self, node, values: list[V], ctx: Ctx) -> None:
         """A call sentinel cannot see into that gets a model output *and* an optimizer (MAE's
-        ``loss_scaler(loss, optimizer)``, a user's ``backward_and_step(loss, opt)``) backpropagates it."""
+        ``loss_scaler(loss, optimizer)``, a user's ``backward_and_step(loss, opt)``) backpropagates it.
+        One that gets the optimizer, or an object holding it (a callback given the trainer), may reset
+        its gradients (:meth:`note_maybe_reset`)."""
         if not any(v.kind == OPTIMIZER for v in values):
             return
         taints = merge_taints(*(v for v in values if v.kind in (TENSOR, UNKNOWN)))
         if taints:
             self._backward(node, V(TENSOR, taints=taints), ctx)
+
+    def note_maybe_reset(self, node, callee: V, method: str | None, values: list[V], ctx: Ctx) -> None:
+        """A call sentinel cannot follow may reset gradients: a method of one of several known objects
+        whose text resets them (``for cb in callbacks: cb.on_batch_start(self)``), or an unknown callable
+        given the optimizer or an object holding it. A missing reset is then not proven (SEN002)."""
+        if isinstance(callee.ref, Candidates):
+            maybe = callee.ref.may_reset(method if method is not None else callee.ref.attr)
+        else:
+            maybe = any(
+                v.kind == OPTIMIZER
+                or v.kind == INSTANCE
+                and isinstance(v.ref, Instance)
+                and any(a.kind == OPTIMIZER for a in v.ref.attrs.values())
+                for v in values
+            )
+        if maybe:
+            self.facts.maybe_resets.append(self._ev(Event, node, ctx))
 
     def call_lambda(self, fv: V, node, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         lam: cst.Lambda = fv.ref
@@ -518,6 +538,8 @@ class CallsMixin:
             )
         if name in ("list", "tuple", "iter") and x.kind == PARAMS:
             return x
+        if name in ("list", "tuple") and x.kind in (LIST, TUPLE) and len(args) == 1:
+            return x.with_(kind=LIST if name == "list" else TUPLE, ident=object())  # a copy, same elements
         if name == "filter" and len(args) > 1 and args[1].kind == PARAMS:
             return args[1]  # filter(lambda p: p.requires_grad, model.parameters())
         if name == "zip" and args and all(a.ref == "batches" for a in args):
@@ -541,6 +563,10 @@ class CallsMixin:
             # getattr(nn, cfg["criterion"]) with a constant name is just an attribute
             if len(args) >= 2 and x.kind == QUAL and isinstance(x.const, str) and isinstance(args[1].const, str):
                 return V(QUAL, const=api.normalize(f"{x.const}.{args[1].const}"))
+            if len(args) == 2 and x.kind in (INSTANCE, MODEL) and x.ref is not None and isinstance(args[1].const, str):
+                return self.object_attr(x, args[1].const)  # getattr(callback, "on_step_end")
+            if len(args) >= 2 and isinstance(x.ref, Candidates):  # getattr(cb, hook) over known callbacks
+                return V(UNKNOWN, ref=x.ref.named(args[1].const if isinstance(args[1].const, str) else None))
             return TOP
         return V(UNKNOWN, taints=merge_taints(*args))
 

@@ -9,7 +9,14 @@ import libcst as cst
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import BareMethodEvent
-from sentinel.analysis.idioms import bound_model_method, concat_lists, element_of, list_of_models
+from sentinel.analysis.idioms import (
+    Candidates,
+    any_instances,
+    bound_model_method,
+    concat_lists,
+    element_of,
+    list_of_models,
+)
 from sentinel.analysis.imports import lookup_star
 from sentinel.analysis.objects import ClassInfo, Ctx, Ident, Instance, State
 from sentinel.analysis.syntax import (
@@ -163,6 +170,10 @@ class ExpressionsMixin:
             return v.with_(act=None)
         if t is cst.BooleanOperation:
             left = self.eval(node.left, state, ctx)
+            if left.kind in (LIST, TUPLE) and left.elems:  # `callbacks or []` given a non-empty list
+                left = V(CONST, const=True) if isinstance(node.operator, cst.And) else left
+                if not left.is_const:
+                    return left
             if left.is_const:
                 if isinstance(node.operator, cst.And):
                     return self.eval(node.right, state, ctx) if left.const else left
@@ -170,6 +181,8 @@ class ExpressionsMixin:
             right = self.eval(node.right, state, ctx)
             if right.is_const and isinstance(node.operator, cst.And) and not right.const:
                 return right
+            if isinstance(node.operator, cst.Or) and left.kind in (LIST, TUPLE) and right.elems == ():
+                return left  # `callbacks or []`: the same elements, if any
             return V(CONST, taints=merge_taints(left, right))
         if t is cst.Subscript:
             return self.eval_subscript(node, state, ctx)
@@ -280,6 +293,34 @@ class ExpressionsMixin:
             return V(QUAL, const=_CONVENTIONAL[name])
         return TOP
 
+    def object_attr(self, base: V, attr: str) -> V:
+        """Attribute ``attr`` of an object or class of the project (``base.ref`` an Instance or ClassInfo)."""
+        inst = base.ref
+        if isinstance(inst, Instance):
+            if attr in inst.attrs:
+                value = inst.attrs[attr]
+                if base.kind == MODEL and value.kind == MODEL:
+                    self._part_of(value.ident, base.ident)
+                return value
+            cls = inst.cls
+        else:
+            cls = inst
+        if attr == "training" and isinstance(cls, ClassInfo):
+            cls.uses_mode = True
+            return V(CONST)
+        if isinstance(cls, ClassInfo):
+            m = cls.method(attr)
+            if m is not None:
+                return V(FUNC, ref=m, ident=base)  # bound method: ident carries self
+            for c in cls.mro():
+                if attr in c.class_attrs:
+                    return c.class_attrs[attr]
+            if isinstance(inst, Instance) and cls._static_instance is not None and cls._static_instance.ref is not inst:
+                st = cls._static_instance.ref.attrs.get(attr)
+                if st is not None:
+                    return st
+        return self._guess(attr)
+
     def eval_attribute(self, node: cst.Attribute, state: State, ctx: Ctx, record: bool = True) -> V:
         path = _dotted(node)
         if path is not None and path in state.env:
@@ -297,35 +338,7 @@ class ExpressionsMixin:
             found = self.unit_attr(base.ref, attr) if base.ref is not None else None
             return found if found is not None else TOP
         if base.kind in (INSTANCE, MODEL, CLASS) and base.ref is not None:
-            inst = base.ref
-            if isinstance(inst, Instance):
-                if attr in inst.attrs:
-                    value = inst.attrs[attr]
-                    if base.kind == MODEL and value.kind == MODEL:
-                        self._part_of(value.ident, base.ident)
-                    return value
-                cls = inst.cls
-            else:
-                cls = inst
-            if attr == "training" and isinstance(cls, ClassInfo):
-                cls.uses_mode = True
-                return V(CONST)
-            if isinstance(cls, ClassInfo):
-                m = cls.method(attr)
-                if m is not None:
-                    return V(FUNC, ref=m, ident=base)  # bound method: ident carries self
-                for c in cls.mro():
-                    if attr in c.class_attrs:
-                        return c.class_attrs[attr]
-                if (
-                    isinstance(inst, Instance)
-                    and cls._static_instance is not None
-                    and cls._static_instance.ref is not inst
-                ):
-                    st = cls._static_instance.ref.attrs.get(attr)
-                    if st is not None:
-                        return st
-            return self._guess(attr)
+            return self.object_attr(base, attr)
         if base.kind == MODEL:
             if attr == "module":
                 return base
@@ -490,6 +503,9 @@ class ExpressionsMixin:
             out = None
             for e in it.elems:
                 out = join(out, e) if out is not None else e
+            if out is not None and not isinstance(out.ref, Instance) and any_instances(it.elems):
+                # `for cb in [Logger(), ZeroGrad()]`: one of these objects, whose classes are known
+                return V(UNKNOWN, ref=Candidates(it.elems), label=it.label)
             return out if out is not None else TOP
         if it.kind == QUAL:
             return TOP

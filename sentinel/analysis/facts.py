@@ -262,6 +262,9 @@ class Facts:
     loader_sampler: dict = field(default_factory=dict)  # loader identity -> its DistributedSampler
     # gradients written by hand (`p.grad = g`, `p.grad.copy_(g)`, `set_grads(model, g)`)
     grad_writes: list[Event] = field(default_factory=list)
+    # calls sentinel cannot see into that get the optimizer or an object holding it (a callback given the
+    # trainer: `cb.on_batch_start(self)`): they may reset gradients, so a missing reset is not proven
+    maybe_resets: list[Event] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- budget ------------------------------------------------------------------------------------
@@ -286,6 +289,7 @@ class Facts:
         "bare_methods",
         "reinits",
         "grad_writes",
+        "maybe_resets",
     )
     _EVENT_SETS = ("escaped_taints", "stored", "proven_graph_taints")
 
@@ -340,6 +344,10 @@ class Facts:
         """
         depth = self.frames[fid].cond_depth
         step_conds = set(step.conds[depth:])
+        if "mr" not in self._cache:
+            self._cache["mr"] = self._per_frame(self.maybe_resets)
+        if self._cache["mr"].get(fid):
+            return True  # something in this loop may reset them: unknown never fires
         models: set = set()
         for r in self.reset_by_frame.get(fid, ()):
             if not {c for c in r.conds[depth:] if not self._always_for_reset(c, fid)} <= step_conds:

@@ -6,6 +6,7 @@ and batch-norm recalibration (``update_bn``) that runs the model in train mode o
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import libcst as cst
@@ -13,11 +14,12 @@ import libcst as cst
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import AccumEvent
 from sentinel.analysis.objects import TRAIN, Ctx, Ident, Instance, State
-from sentinel.analysis.syntax import _dotted, _target_text
+from sentinel.analysis.syntax import _code, _dotted, _target_text
 from sentinel.analysis.values import (
     CONST,
     DICT,
     FUNC,
+    INSTANCE,
     LIST,
     MODEL,
     QUAL,
@@ -46,6 +48,39 @@ class Elements:
 
     def __init__(self, value: V) -> None:
         self.value = value
+
+
+class Candidates:
+    """One of several objects of known project classes (an element of ``[Logger(), ZeroGrad()]``), or the
+    attribute ``attr`` of one of them (``getattr(cb, "on_batch_start")``; None: an unknown attribute)."""
+
+    __slots__ = ("instances", "attr")
+
+    def __init__(self, values: tuple, attr: str | None = None) -> None:
+        self.instances = tuple(v.ref for v in values if isinstance(v.ref, Instance))
+        self.attr = attr
+
+    def named(self, attr: str | None) -> Candidates:
+        out = Candidates(())
+        out.instances, out.attr = self.instances, attr
+        return out
+
+    def may_reset(self, method: str | None) -> bool:
+        """Could calling ``method`` (None: some method) of one of the objects reset gradients? Read from
+        the methods' text: a callback whose ``on_batch_start`` calls ``zero_grad()``."""
+        for inst in self.instances:
+            funcs = [inst.cls.method(method)] if method else [m for c in inst.cls.mro() for m in c.methods.values()]
+            if any(f is not None and _RESETS.search(_code(f.node)) for f in funcs):
+                return True
+        return False
+
+
+def any_instances(values: tuple) -> bool:
+    """Are these all objects of project classes (at least one)?"""
+    return bool(values) and all(v.kind in (INSTANCE, MODEL) and isinstance(v.ref, Instance) for v in values)
+
+
+_RESETS = re.compile(r"zero_grad|\.grad\s*=\s*None|\.grad\.zero_\(|set_to_none")
 
 
 class BoundModelMethod:
@@ -100,8 +135,8 @@ def list_of_models(elt: V) -> Any:
     """The ``ref`` a comprehension's list gets: its element, when that is a model, or a batch of data
     (``[(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(10)]``: tensors without a graph
     whose layout is known)."""
-    if elt.kind == MODEL:
-        return Elements(elt)
+    if elt.kind == MODEL or elt.kind == INSTANCE and isinstance(elt.ref, Instance):
+        return Elements(elt)  # models, or objects of a project class (`[Logger() for _ in range(3)]`)
     parts = elt.elems if elt.kind == TUPLE and elt.elems else (elt,)
     if all(p.kind in (TENSOR, CONST) and p.graph is False for p in parts) and any(
         p.kind == TENSOR and p.shape is not None and p.shape[1] for p in parts

@@ -20,6 +20,7 @@ from sentinel.analysis.facts import (
     StepEvent,
     UnscaleEvent,
 )
+from sentinel.analysis.idioms import Candidates
 from sentinel.analysis.objects import EVAL, TRAIN, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _CONTAINER_API,
@@ -229,6 +230,10 @@ class MethodsMixin:
             return self._shrink(recv, meth, node, args, state)
         if recv.kind == PARAMS:
             return TOP
+        if recv.kind == UNKNOWN:
+            self.note_maybe_reset(node, recv, meth, [*args, *kwargs.values()], ctx)
+            if isinstance(recv.ref, Candidates):
+                return TOP
         if recv.kind in (TENSOR, UNKNOWN):
             return self._tensor_method(recv, meth, node, args, kwargs, ctx)
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
