@@ -168,6 +168,8 @@ class CallsMixin:
         # unknown callable
         self.note_maybe_reset(node, fv, None, [*args, *kwargs.values()], ctx)
         name = _dotted(node.func) or ""
+        if "freeze" in api.last(name).lower():
+            self.facts.grad_flags.append(self._ev(Event, node, ctx))  # `unfreeze(model, n)` from a library
         if name and api.resetish(api.last(name)):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
         elif "grad" in api.last(name).lower():
@@ -441,9 +443,11 @@ class CallsMixin:
         stateless = api.last(qual) == "SGD" and (momentum is None or (momentum.is_const and not momentum.const))
         fresh = False
         arg = node.args[0].value if node.args else None
-        selective = isinstance(arg, (cst.List, cst.Tuple, cst.Dict, cst.ListComp, cst.GeneratorExp)) or (
+        selective = isinstance(arg, (cst.List, cst.Tuple, cst.Dict))
+        subset = isinstance(arg, (cst.ListComp, cst.GeneratorExp)) or (
             isinstance(arg, cst.Call) and api.last(_dotted(arg.func) or "") == "filter"
         )
+        subset = subset or bool(args) and args[0].ref == "selected"
         while isinstance(arg, cst.Call):
             arg = arg.func.value if isinstance(arg.func, cst.Attribute) else (arg.args[0].value if arg.args else None)
         base = _dotted(arg) if isinstance(arg, (cst.Name, cst.Attribute)) else None
@@ -461,6 +465,8 @@ class CallsMixin:
                 fresh_params=fresh,
                 stateless=stateless,
                 selective=selective,
+                subset=subset,
+                chooser=tuple(self.cond_stack[ctx.cond_base :]) if ctx.call_node is not None else (),
             )
         )
 

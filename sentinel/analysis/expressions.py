@@ -455,8 +455,10 @@ class ExpressionsMixin:
     def eval_comprehension(self, node, state: State, ctx: Ctx) -> V:
         s = state.copy()
         comp = node.for_in
+        first: V | None = None
         while comp is not None:
             it = self.eval(comp.iter, s, ctx)
+            first = it if first is None else first
             self.assign(comp.target, self.iter_element(it, comp.iter, s, ctx), s, ctx, None, loop_target=True)
             for cond in comp.ifs:
                 self.eval(cond.test, s, ctx)
@@ -467,6 +469,9 @@ class ExpressionsMixin:
             return V(DICT, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
         elt = self.eval(node.elt, s, ctx)
         state.modes = s.modes  # `[m.eval() for m in nets]` switches every element
+        if first is not None and first.kind == PARAMS and isinstance(elt.ref, tuple) and elt.ref[0] == "params":
+            # `[p for p in model.parameters() if p.requires_grad]`: a chosen subset of those parameters
+            return V(PARAMS, ident=first.ident, label="selected", ref="selected")
         return V(
             LIST,
             taints=elt.taints,

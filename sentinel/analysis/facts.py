@@ -177,7 +177,9 @@ class CtorEvent(Event):
     models: frozenset | None = None  # optimizer: the models whose parameters it optimizes
     fresh_params: bool = False  # the parameters come from a name (re)bound in the current loop iteration
     stateless: bool = False  # plain SGD without momentum: recreating it loses nothing
-    selective: bool = False  # parameter groups, `filter(...)` or a comprehension: a chosen subset
+    selective: bool = False  # parameter groups (a list / dict literal)
+    subset: bool = False  # `filter(...)` or a comprehension: the parameters that train, chosen each time
+    chooser: tuple = ()  # conditions opened inside the factory that builds it (`if name == "sgd":`)
 
 
 @dataclass
@@ -265,6 +267,8 @@ class Facts:
     # calls sentinel cannot see into that get the optimizer or an object holding it (a callback given the
     # trainer: `cb.on_batch_start(self)`): they may reset gradients, so a missing reset is not proven
     maybe_resets: list[Event] = field(default_factory=list)
+    # `p.requires_grad = ...`, `requires_grad_()`, `freeze(...)`: which parameters train changes
+    grad_flags: list[Event] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # -- budget ------------------------------------------------------------------------------------
@@ -290,6 +294,7 @@ class Facts:
         "reinits",
         "grad_writes",
         "maybe_resets",
+        "grad_flags",
     )
     _EVENT_SETS = ("escaped_taints", "stored", "proven_graph_taints")
 

@@ -287,6 +287,7 @@ class InliningMixin:
             call_node=node,
             call_stmt=self.stmt,
             summary=ctx.summary,
+            cond_base=len(self.cond_stack),
         )
         if node is not None:
             self.facts.call_sites[callee.id] = (node, self.stmt)

@@ -94,6 +94,8 @@ class MethodsMixin:
                 self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=owner, kind="model"))
         if _writes_grad(meth, node):
             self.facts.grad_writes.append(self._ev(Event, node, ctx))
+        if meth == "requires_grad_" or "freeze" in meth.lower():
+            self.facts.grad_flags.append(self._ev(Event, node, ctx))  # which parameters train changes
         # a method defined in this file wins over everything else
         if recv.kind in (INSTANCE, MODEL) and isinstance(recv.ref, Instance):
             m = recv.ref.cls.method(meth)

@@ -157,6 +157,7 @@ class Ctx:
     call_node: Any = None  # the call (and its statement) in the caller that started this activation
     call_stmt: Any = None
     module_level: bool = False  # a module body: functions defined here take no closure
+    cond_base: int = 0  # how many conditions were open where this activation was called
 
     @property
     def stack(self) -> tuple[int, ...]:

@@ -528,6 +528,8 @@ class StatementsMixin:
                         self.facts.grad_writes.append(self._ev(Event, target, ctx))
                 return
             owner = self.eval(target.value, state, ctx, record=False)
+            if target.attr.value == "requires_grad":
+                self.facts.grad_flags.append(self._ev(Event, target, ctx))
             if target.attr.value == "requires_grad" and value.is_const and value.const is False:
                 if isinstance(owner.ref, tuple) and owner.ref[0] == "params" and owner.ref[1]:
                     self.facts.frozen.update(m for m in owner.ref[1] if m is not None)  # a frozen backbone

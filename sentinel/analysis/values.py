@@ -236,8 +236,8 @@ def join(a: V | None, b: V | None) -> V:
     if a.kind in (QUAL, GRAD_CTX) and a.const != b.const and a.kind == QUAL:
         return V(taints=taints, label=a.label or b.label)
     ident = a.ident if a.ident is b.ident else None
-    if ident is None and a.kind == MODEL and a.ident is not None and b.ident is not None:
-        ident = Alt(_members(a.ident) | _members(b.ident))  # either model, depending on the path
+    if ident is None and a.kind in (MODEL, OPTIMIZER) and a.ident is not None and b.ident is not None:
+        ident = Alt(_members(a.ident) | _members(b.ident))  # either object, depending on the path
     return V(
         kind=a.kind,
         ident=ident,
@@ -248,7 +248,7 @@ def join(a: V | None, b: V | None) -> V:
         elems=None,
         items=a.items if a.items == b.items else None,
         ref=a.ref if a.ref is b.ref else None,
-        alias=a.alias if a.alias is b.alias else None,
+        alias=a.alias if a.alias is b.alias or isinstance(a.alias, frozenset) and a.alias == b.alias else None,
         label=a.label or b.label,
         sensitive=a.sensitive if a.sensitive == b.sensitive else None,
         origin=a.origin,

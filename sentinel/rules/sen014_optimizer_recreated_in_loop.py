@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sentinel.analysis.facts import CtorEvent, Facts, Frame, StepEvent
+from sentinel.analysis.values import Alt
 from sentinel.rules.base import Rule, Violation
 
 
@@ -79,13 +80,18 @@ class OptimizerRecreatedInLoop(Rule):
             optimizer.step()
     ```
 
+    An optimizer built by a factory that returns it (`optimizer = build_optimizer(model, cfg)`) is
+    reported on that call in the loop; a factory's own choice of optimizer (`if name == "sgd":`) is not
+    a condition on the loop.
+
     ## Known problems
     Loops over a literal list (a learning-rate sweep, training stages) are not reported, nor is an
-    optimizer rebuilt only under a condition (`if epoch == unfreeze_at:`), nor an
-    optimizer over a chosen subset of parameters (`filter(...)`, parameter groups, a comprehension) or
-    one whose parameters sentinel cannot resolve: that is how progressive unfreezing legitimately
-    rebuilds its optimizer. A model re-initialised in place
-    before the optimizer (`model.apply(init)`, `model.load_state_dict(...)`) counts as a new model.
+    optimizer rebuilt only under a condition in the loop (`if epoch == unfreeze_at:`), nor one over
+    parameter groups or over a chosen subset (`filter(...)`, `[p for p in ... if p.requires_grad]`)
+    when the loop changes which parameters train (`requires_grad`, `freeze`/`unfreeze`): that is how
+    progressive unfreezing legitimately rebuilds its optimizer. Parameters sentinel cannot resolve are
+    not reported. A model re-initialised in place before the optimizer (`model.apply(init)`,
+    `model.load_state_dict(...)`) counts as a new model.
 
     ## References
     - [`torch.optim`: constructing an optimizer](https://pytorch.org/docs/stable/optim.html#how-to-use-an-optimizer)
@@ -133,6 +139,22 @@ for epoch in range(6):
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
 """,
+        # progressive unfreezing: which parameters train changes, the optimizer follows
+        """
+import torch
+from torch import nn
+model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+for p in model[0].parameters():
+    p.requires_grad = False
+for epoch in range(4):
+    if epoch == 2:
+        for p in model[0].parameters():
+            p.requires_grad = True
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    opt.zero_grad()
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+""",
         # trials built by a helper: model and optimizer together
         """
 import torch
@@ -175,6 +197,23 @@ for epoch in range(3):
         scaler.step(opt)
         scaler.update()
 """,
+        # a factory that chooses the optimizer, over the parameters that train
+        """
+import torch
+from torch import nn
+def build_optimizer(model, name):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    return torch.optim.AdamW(params, lr=1e-3)
+def run(name):
+    model = nn.Linear(4, 1)
+    for epoch in range(3):
+        opt = build_optimizer(model, name)  # error
+        opt.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+""",
     ]
 
     def check(self, facts: Facts) -> Iterator[Violation]:
@@ -183,11 +222,17 @@ for epoch in range(3):
             if not ctor.frames or id(ctor.node) in seen or ctor.stateless or ctor.selective:
                 continue
             loop = facts.frames[ctor.frames[-1]]
-            if loop.unrolled or facts.conds_within(ctor, ctor):
-                continue  # a sweep over literals, or rebuilt only when a condition holds (a new stage)
+            if loop.unrolled or facts.conds_within(ctor, ctor) - set(ctor.chooser):
+                # a sweep over literals, or rebuilt only when a condition holds (a new stage); a factory's
+                # own `if name == "sgd":` only chooses which optimizer to build
+                continue
+            if ctor.subset and any(loop.id in f.frames for f in facts.grad_flags):
+                continue  # progressive unfreezing: the parameters that train change in this loop
             steps = [s for s in facts.near(ctor, "steps") if s.seq > ctor.seq and facts.same_iteration(ctor, s)]
             if ctor.what == "optimizer":
-                steps = [s for s in steps if s.ident is ctor.ident]
+                steps = [
+                    s for s in steps if s.ident is ctor.ident or isinstance(s.ident, Alt) and ctor.ident in s.ident
+                ]
                 models = ctor.models
                 if not steps or not models:
                     continue
@@ -208,10 +253,16 @@ for epoch in range(3):
                 lost = "its loss scale restarts from the initial value"
             if not outlives or (models and _reinitialised(facts, ctor, models)):
                 continue
-            seen.add(id(ctor.node))
+            # a factory called in the loop (`build_optimizer(model, cfg)`) returns what it builds, and the
+            # call in the loop is the mistake; a function that builds and trains is reported at the build
+            factory = ctor.ctx != loop.ctx and all(ctor.ctx not in s.stack for s in steps)
+            node, stmt = facts.site_in(ctor, loop.ctx) if factory else (ctor.node, ctor.stmt)
+            if id(node) in seen:
+                continue
+            seen.update({id(ctor.node), id(node)})
             yield Violation(
-                ctor.node,
-                ctor.stmt,
+                node,
+                stmt,
                 f"a new {what} is built in every iteration of the loop that trains the same model: {lost} "
                 f"each time; build it once before the loop",
                 related=loop.node,
