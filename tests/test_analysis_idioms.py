@@ -504,3 +504,36 @@ def test_gradient_reset_by_a_callback_is_followed_or_left_unknown(callbacks: str
     source = CALLBACKS.replace("CALLBACKS", callbacks)
     expected = {("SEN002", line_of(source, "# here"))} if found else set()
     assert findings(source) == expected
+
+
+PREDICT_PROBA = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(x)
+
+    @torch.no_grad()
+    def predict_proba(self, x):
+        return torch.softmax(self(x), dim=0)  # batch
+
+    @torch.no_grad()
+    def predict(self, x):
+        return self.forward(x).softmax(dim=1).argmax(1)
+
+model = Net().eval()
+batch = torch.randn(16, 8)
+probs = model.predict_proba(batch)
+labels = model.predict(batch)
+"""
+
+
+def test_softmax_over_the_batch_in_a_models_own_prediction_method() -> None:
+    """A model's method other than forward runs on the caller's batch: ``softmax(self(x), dim=0)``
+    normalizes over it; over dim 1 it does not."""
+    assert findings(PREDICT_PROBA) == {("SEN020", line_of(PREDICT_PROBA, "# batch"))}

@@ -11,6 +11,8 @@ relative rank 0", so a model's class can be summarised once as a transform of it
 
 from __future__ import annotations
 
+from typing import Any
+
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
@@ -80,7 +82,7 @@ class ShapesMixin:
             shape[0] if shape is not None else None,
             bool(known_dim and shape is not None and shape[1]),
         )
-        if not ctx.model_method:
+        if self._outside_forward(ctx):
             self._note_over_batch(act, x, ctx)
         graph = False if grad == "off" else x.graph
         return V(TENSOR, act=act, graph=graph, taints=x.taints, origin=node, shape=shape)
@@ -100,7 +102,7 @@ class ShapesMixin:
         if act is None:
             return V(TENSOR, graph=x.graph, taints=x.taints)
         applied = act.shifted(x.shape, self._where(node))
-        if not ctx.model_method:
+        if self._outside_forward(ctx):
             self._note_over_batch(applied, x, ctx)
         return V(TENSOR, act=applied, graph=x.graph, taints=x.taints, origin=node, shape=x.shape)
 
@@ -109,15 +111,27 @@ class ShapesMixin:
         if act is None:
             return None
         applied = act.shifted(x.shape)
-        if not ctx.model_method:
+        if self._outside_forward(ctx):
             self._note_over_batch(applied, x, ctx, model_output=True)
         return applied
+
+    @staticmethod
+    def _outside_forward(ctx: Ctx) -> bool:
+        """Are layouts here the caller's own: code outside a model, or a model's other method run on the
+        caller's data (``def predict_proba(self, x): return torch.softmax(self(x), dim=0)``)? A forward
+        (and what it calls) is judged from its summary, where ranks count from its input."""
+        c: Ctx | None = ctx
+        while c is not None and c.model_method:
+            if c.summary or c.name == "forward" or c.func is None or c.func.cls is None or not c.func.cls.is_module:
+                return False
+            c = c.parent
+        return True
 
     def _note_over_batch(self, act: Act, x: V, ctx: Ctx, model_output: bool = False) -> None:
         """Record a softmax/log_softmax that normalizes over the batch of a model's batched output."""
         if act.kind not in (ACT_SOFTMAX, ACT_LOG_SOFTMAX) or not act.over_batch:
             return
-        if not model_output and not self._is_model_output(x):
+        if not model_output and not self._is_model_output(x) and not (ctx.model_method and _self_forward(x.origin)):
             return
         self.facts.activations.append(self._ev(ActivationEvent, act.node, ctx, act=act))
 
@@ -322,3 +336,13 @@ def _past_batch(rank: int | None) -> bool:
     Ranks inside a forward's summary count from its input (0: as many dimensions as the input), and a
     batched input has a dimension past the batch; an absolute rank 1 is the batch alone."""
     return rank is None or rank <= 0 or rank >= 2
+
+
+def _self_forward(node: Any) -> bool:
+    """Is ``node`` a model's call of itself (``self(x)``, ``self.forward(x)``) in one of its methods?"""
+    if not isinstance(node, cst.Call):
+        return False
+    func = node.func
+    if isinstance(func, cst.Name):
+        return func.value == "self"
+    return isinstance(func, cst.Attribute) and _dotted(func) == "self.forward"
