@@ -537,3 +537,61 @@ def test_softmax_over_the_batch_in_a_models_own_prediction_method() -> None:
     """A model's method other than forward runs on the caller's batch: ``softmax(self(x), dim=0)``
     normalizes over it; over dim 1 it does not."""
     assert findings(PREDICT_PROBA) == {("SEN020", line_of(PREDICT_PROBA, "# batch"))}
+
+
+LIBRARY_SCALER_STEP = """
+import torch
+from torch import nn
+from optimlib import build_optimizer, AmpScaler
+
+def train_epoch(model, loader, optimizer, loss_scaler):
+    model.train()
+    for x, y in loader:
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss_scaler(loss, optimizer, clip_grad=1.0)
+
+model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1), nn.Linear(8, 2))
+optimizer = build_optimizer(model)
+loader = [(torch.randn(4, 8), torch.randint(0, 2, (4,))) for _ in range(3)]
+for epoch in range(2):
+    train_epoch(model, loader, optimizer, AmpScaler())
+"""
+
+
+def test_a_library_optimizer_handed_to_a_loss_scaler_with_the_loss_trains() -> None:
+    """``loss_scaler(loss, optimizer)`` backpropagates and steps even when the optimizer comes from a
+    library factory: the forward is training, not an evaluation without no_grad."""
+    assert findings(LIBRARY_SCALER_STEP) == set()
+
+
+HELPER_DETACHES_STATE = """
+import torch
+from torch import nn
+
+net = nn.LSTM(4, 8)
+
+def step(x, h):
+    h = tuple(t.detach() for t in h)
+    out, h = net(x, h)
+    return out, h
+
+def step_keeping_graph(x, h):
+    out, h = net(x, h)
+    return out, h
+
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+h = g = (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8))
+for x in [torch.randn(3, 2, 4) for _ in range(4)]:
+    opt.zero_grad()
+    out, h = step(x, h)
+    out2, g = step_keeping_graph(x, g)  # kept
+    (out.sum() + out2.sum()).backward(retain_graph=True)
+    opt.step()
+"""
+
+
+def test_recurrent_state_detached_inside_the_helper_that_steps_it_is_not_carried() -> None:
+    """A helper that rebinds its state parameter to a detached copy before the forward cuts the graph;
+    one that does not carries every step's graph into the next."""
+    assert findings(HELPER_DETACHES_STATE) == {("SEN006", line_of(HELPER_DETACHES_STATE, "# kept"))}

@@ -4,6 +4,8 @@ model, the torch API, a builtin), and the model of the torch API's constructors 
 
 from __future__ import annotations
 
+import re
+
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
@@ -188,8 +190,9 @@ class CallsMixin:
         """A call sentinel cannot see into that gets a model output *and* an optimizer (MAE's
         ``loss_scaler(loss, optimizer)``, a user's ``backward_and_step(loss, opt)``) backpropagates it.
         One that gets the optimizer, or an object holding it (a callback given the trainer), may reset
-        its gradients (:meth:`note_maybe_reset`)."""
-        if not any(v.kind == OPTIMIZER for v in values):
+        its gradients (:meth:`note_maybe_reset`). An optimizer from a library factory (timm's
+        ``create_optimizer``) is known by its name."""
+        if not any(v.kind == OPTIMIZER or v.kind == UNKNOWN and _OPTIMIZER_NAME.search(v.label) for v in values):
             return
         taints = merge_taints(*(v for v in values if v.kind in (TENSOR, UNKNOWN)))
         if taints:
@@ -575,6 +578,9 @@ class CallsMixin:
                 return V(UNKNOWN, ref=x.ref.named(args[1].const if isinstance(args[1].const, str) else None))
             return TOP
         return V(UNKNOWN, taints=merge_taints(*args))
+
+
+_OPTIMIZER_NAME = re.compile(r"(^|[._])(optimizer|optimiser|optim|opt)(_?\d*)$")
 
 
 def _is_super(node: cst.BaseExpression) -> bool:

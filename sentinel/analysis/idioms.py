@@ -13,7 +13,7 @@ import libcst as cst
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import AccumEvent
-from sentinel.analysis.objects import TRAIN, Ctx, Ident, Instance, State
+from sentinel.analysis.objects import TRAIN, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import _code, _dotted, _target_text
 from sentinel.analysis.values import (
     CONST,
@@ -355,7 +355,7 @@ class IdiomsMixin:
         return derived
 
     # -- recurrent state carried across iterations ------------------------------------------------
-    def _carried_names(self, node: cst.Assign) -> list[str]:
+    def _carried_names(self, node: cst.Assign, state: State, ctx: Ctx) -> list[str]:
         """Names that ``out, h = model(x, h)`` feeds back from the previous iteration (not detached in
         this one)."""
         if not self.frame_stack or type(node.value) is not cst.Call:
@@ -377,7 +377,29 @@ class IdiomsMixin:
             elif isinstance(v, (cst.Tuple, cst.List)):
                 passed.update(e.value.value for e in v.elements if isinstance(e.value, cst.Name))
         fresh = self.fresh_stack[-1] if self.fresh_stack else set()
-        return [n for n in targets if n in passed and n not in fresh]
+        out = [n for n in targets if n in passed and n not in fresh]
+        return [n for n in out if not self._helper_detaches(node.value, n, state, ctx)] if out else out
+
+    def _helper_detaches(self, call: cst.Call, name: str, state: State, ctx: Ctx) -> bool:
+        """Does the project function ``call`` runs rebind the parameter ``name`` is passed to with a
+        detached copy before using it (``h = tuple(t.data for t in h)``, ``h = repackage_hidden(h)``)?"""
+        if not isinstance(call.func, (cst.Name, cst.Attribute)):
+            return False
+        fv = self.eval(call.func, state, ctx, record=False)
+        if fv.kind != FUNC or not isinstance(fv.ref, FuncInfo):
+            return False
+        fn = fv.ref.node
+        params = [p.name.value for p in (*fn.params.posonly_params, *fn.params.params)]
+        if fv.ref.cls is not None and fv.ref.kind not in ("staticmethod",) and params:
+            params = params[1:]
+        target = None
+        for i, a in enumerate(call.args):
+            if isinstance(a.value, cst.Name) and a.value.value == name:
+                target = a.keyword.value if a.keyword is not None else (params[i] if i < len(params) else None)
+        if target is None:
+            return False
+        pattern = rf"(^|\n)\s*{re.escape(target)}\s*=[^\n]*(\.data\b|detach|repackage)"
+        return re.search(pattern, _code(fn.body)) is not None
 
     def _record_carried(self, node: cst.Assign, names: list[str], before: dict, state: State, ctx: Ctx) -> None:
         """Mark the new state; whether it really reaches the next iteration is decided at the end of the

@@ -99,7 +99,7 @@ class StatementsMixin:
                 elif isinstance(target, cst.Attribute) and _dotted(target):
                     state.env[_dotted(target)] = new
                 return
-            carried = self._carried_names(node)
+            carried = self._carried_names(node, state, ctx)
             before = {n: state.env.get(n) for n in carried}
             value = self.eval(node.value, state, ctx)
             for t in node.targets:
