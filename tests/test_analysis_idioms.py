@@ -595,3 +595,46 @@ def test_recurrent_state_detached_inside_the_helper_that_steps_it_is_not_carried
     """A helper that rebinds its state parameter to a detached copy before the forward cuts the graph;
     one that does not carries every step's graph into the next."""
     assert findings(HELPER_DETACHES_STATE) == {("SEN006", line_of(HELPER_DETACHES_STATE, "# kept"))}
+
+
+POLICY_ACTS = """
+import random
+import torch
+from torch import nn
+
+class Policy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def act(self, state, eps):
+        if random.random() < eps:
+            return random.randrange(2)
+        return int(self.forward(state.unsqueeze(0)).argmax(1))
+
+policy = Policy()
+opt = torch.optim.Adam(policy.parameters())
+for episode in range(3):
+    state = torch.randn(4)
+    action = policy.act(state, 0.1)
+    for update in range(2):
+        loss = policy(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+policy.eval()
+test_returns = []
+for episode in range(3):
+    test_state = torch.randn(4)
+    test_returns.append(policy.act(test_state, 0.0))  # evaluation
+"""
+
+
+def test_a_policy_acting_in_the_loop_that_trains_it_collects_data() -> None:
+    """``policy.act(state)`` inside the loop that trains the policy is data collection, not an
+    evaluation without no_grad; acting in a test loop after training is evaluation."""
+    assert findings(POLICY_ACTS) == {("SEN004", line_of(POLICY_ACTS, "# evaluation"))}

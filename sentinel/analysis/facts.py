@@ -523,11 +523,22 @@ class Facts:
                 continue
             if self.iteration_trains(ev) and not (ev.evalish or ev.modes == frozenset({"eval"})):
                 continue
+            if not ev.evalish and self._acting(ev):
+                continue  # a policy choosing actions inside the loop that trains it: data collection
             if ev.frame is None and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
                 continue  # a lone forward with nothing saying "evaluation" (a demo print, a sanity check)
             out.append(ev)
         self._cache["ef"] = out
         return out
+
+    def _acting(self, ev: ForwardEvent) -> bool:
+        """Is ``ev`` a policy's action selection (``agent.act(state)``, ``select_action``) in a loop that
+        trains? Reinforcement learning collects its data this way; it is not an evaluation."""
+        attr = getattr(getattr(ev.node, "func", None), "attr", None)  # `agent.act(state)`
+        called = getattr(attr, "value", "") if attr is not None else ""
+        if not _ACTING.match(called) and not any(_ACTING.match(self.ctx_names.get(c, "")) for c in ev.stack):
+            return False
+        return any(self.backward_by_frame.get(f) for f in ev.frames)
 
     def region_key(self, ev: ForwardEvent) -> tuple:
         """One evaluation region: a function that trains nothing (``evaluate()``, ``forecast()``),
@@ -782,6 +793,7 @@ _ADAPTISH = re.compile(
     r"unlabel|distill|self_?train",
     re.IGNORECASE,
 )
+_ACTING = re.compile(r"^_*(act|(select|choose|get|sample|pick|take)_actions?|explore|epsilon_greedy|policy_action)$")
 _TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)
 _EVAL_FUNCTION = re.compile(
     r"^_*(run_|do_|perform_)?(val|valid|validate|validation|eval|evaluate|evaluation|test|testing|predict|"
