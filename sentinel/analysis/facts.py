@@ -797,7 +797,8 @@ _ACTING = re.compile(r"^_*(act|(select|choose|get|sample|pick|take)_actions?|exp
 _TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)
 _EVAL_FUNCTION = re.compile(
     r"^_*(run_|do_|perform_)?(val|valid|validate|validation|eval|evaluate|evaluation|test|testing|predict|"
-    r"infer|inference)(_(one_)?(epoch|loop|step|model|net|batch|set|data|loader|accuracy|acc|loss|metrics))?$",
+    r"infer|inference|translate|generate|greedy_decode|beam_search)"
+    r"(_(one_)?(epoch|loop|step|model|net|batch|set|data|loader|accuracy|acc|loss|metrics))?$",
     re.IGNORECASE,
 )
 _TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")

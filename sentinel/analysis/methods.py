@@ -232,6 +232,8 @@ class MethodsMixin:
             return self._shrink(recv, meth, node, args, state)
         if recv.kind == PARAMS:
             return TOP
+        if recv.kind == UNKNOWN and meth in ("next", "__next__") and not args:
+            return V(UNKNOWN, label=recv.label, taints=recv.taints)  # `dataiter.next()`: like next(dataiter)
         if recv.kind == UNKNOWN:
             self.note_maybe_reset(node, recv, meth, [*args, *kwargs.values()], ctx)
             if isinstance(recv.ref, Candidates):

@@ -309,7 +309,7 @@ _EVALISH = re.compile(
 )
 _EVALISH_FUNC = re.compile(
     r"(^|_)(val|valid|validate|validation|eval|evaluate|evaluation|test|infer|inference|"
-    r"predict|score)(_|$|\d)",
+    r"predict|score|translate|generate|greedy_decode|beam_search)(_|$|\d)",
     re.IGNORECASE,
 )
 
