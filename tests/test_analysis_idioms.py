@@ -638,3 +638,37 @@ def test_a_policy_acting_in_the_loop_that_trains_it_collects_data() -> None:
     """``policy.act(state)`` inside the loop that trains the policy is data collection, not an
     evaluation without no_grad; acting in a test loop after training is evaluation."""
     assert findings(POLICY_ACTS) == {("SEN004", line_of(POLICY_ACTS, "# evaluation"))}
+
+
+SHAPE_CHECK = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self, hidden=8):
+        super().__init__()
+        self.fc = nn.Linear(4, hidden)
+
+    def forward(self, x):
+        return self.fc(x)
+
+test_net = Net()
+test_out = test_net(torch.tensor([[0.5, 0.1, 0.2, 0.3]]))
+print(test_out.shape)
+
+net = Net()
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+for step in range(3):
+    loss = net(torch.randn(4, 4)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+test_x = torch.tensor([[0.5, 0.1, 0.2, 0.3]])
+test_pred = net(test_x)  # after training
+"""
+
+
+def test_a_shape_check_of_an_untrained_throwaway_model_is_not_evaluation() -> None:
+    """``test_net = Net(); test_net(sample)`` before anything trains, on a model nothing trains: a
+    dimension check. The trained model's test prediction afterwards is evaluation."""
+    assert findings(SHAPE_CHECK) == {("SEN004", line_of(SHAPE_CHECK, "# after training"))}

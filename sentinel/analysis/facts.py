@@ -515,6 +515,8 @@ class Facts:
         for ev in self.forwards:
             if ev.lightning_eval or ev.dummy_input and ev.seq < first_training:
                 continue  # a smoke test / shape probe on random inputs before anything trained
+            if ev.frame is None and ev.seq < first_training and self._never_trained(ev):
+                continue  # a shape check of a model built here that nothing trains or loads weights into
             if ev.deliberate_train and ev.ctx not in self.training_activations:
                 continue  # recomputing batch-norm statistics (update_bn): train mode on purpose
             if self.connected_to_backward(frozenset({ev.id})):
@@ -530,6 +532,19 @@ class Facts:
             out.append(ev)
         self._cache["ef"] = out
         return out
+
+    def _never_trained(self, ev: ForwardEvent) -> bool:
+        """Is the model ``ev`` runs one built in this program (a project class), never stepped by an
+        optimizer and never given weights (``load_state_dict``, ``torch.load``)?"""
+        model = ev.model.ident if ev.model is not None else None
+        if model is None or isinstance(model, Alt) or ev.from_checkpoint:
+            return False
+        if getattr(model, "cls", None) is None:
+            return False  # an instance of a project class: zoo models come with pretrained weights
+        for s in self.steps:
+            if s.model is None or any(m is None or self._within(model, frozenset({m})) for m in s.model):
+                return False
+        return not any(r.target is model or self._within(model, frozenset({r.target})) for r in self.reinits)
 
     def _acting(self, ev: ForwardEvent) -> bool:
         """Is ``ev`` a policy's action selection (``agent.act(state)``, ``select_action``) in a loop that
