@@ -788,6 +788,23 @@ class Facts:
             return True  # `opt.zero_grad()` and `opt.step()` on the same name in one activation
         return False
 
+    def backward_may_reach(self, b: BackwardEvent, step: StepEvent) -> bool:
+        """Can ``b`` write gradients ``step`` applies? No only when every forward its loss came from is
+        known and runs models ``step`` does not optimize (a GAN's discriminator loss on detached fakes,
+        for the generator's optimizer)."""
+        if not step.model or None in step.model:
+            return True
+        if "fwd" not in self._cache:
+            self._cache["fwd"] = {ev.id: ev for ev in self.forwards}
+        forwards = self._cache["fwd"]
+        models = [forwards[t].model for t in b.taints if t in forwards]
+        if not models or any(m is None or m.ident is None or isinstance(m.ident, Alt) for m in models):
+            return True
+        for m in models:
+            if any(self._within(m.ident, frozenset({s})) or self._within(s, frozenset({m.ident})) for s in step.model):
+                return True
+        return False
+
     def clip_touches(self, clip: ClipEvent, step: StepEvent) -> bool | None:
         """Does the clipping call touch the parameters ``step`` updates? None: cannot tell."""
         if clip.models is None or not step.model:

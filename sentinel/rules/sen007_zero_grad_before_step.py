@@ -22,8 +22,20 @@ def reset_before_step(facts: Facts, step: StepEvent) -> Iterator[ResetEvent]:
 
 
 def backward_between(facts: Facts, step: StepEvent, lo: int, hi: int) -> bool:
-    """Does some backward() of ``step``'s iteration run between seq ``lo`` and ``hi``?"""
-    return any(lo < b.seq < hi and facts.same_iteration(step, b) for b in facts.near(step, "backwards"))
+    """Does some backward() of ``step``'s iteration that may feed its gradients run between ``lo`` and ``hi``?"""
+    return any(
+        lo < b.seq < hi and facts.same_iteration(step, b) and facts.backward_may_reach(b, step)
+        for b in facts.near(step, "backwards")
+    )
+
+
+def other_step_between(facts: Facts, step: StepEvent, lo: int, hi: int) -> bool:
+    """Does another optimizer step between seq ``lo`` and ``hi`` of ``step``'s iteration? Then the
+    backward() before it was that optimizer's (a GAN's discriminator update before the generator's)."""
+    return any(
+        lo < s.seq < hi and s.ident is not step.ident and facts.same_iteration(step, s)
+        for s in facts.near(step, "steps")
+    )
 
 
 class ZeroGradBeforeStep(Rule):
@@ -203,7 +215,11 @@ Trainer(nn.Linear(4, 1)).train_epoch([(torch.randn(2, 4), torch.randn(2, 1))])
                 if id(r.node) in seen or facts.in_closure(step, r):
                     continue
                 backed = any(
-                    b.seq < r.seq and facts.same_iteration(step, b) and not facts.exclusive(b, r)
+                    b.seq < r.seq
+                    and facts.same_iteration(step, b)
+                    and not facts.exclusive(b, r)
+                    and facts.backward_may_reach(b, step)
+                    and not other_step_between(facts, step, b.seq, r.seq)
                     for b in facts.near(step, "backwards")
                 )
                 if not backed or backward_between(facts, step, r.seq, step.seq):
