@@ -65,3 +65,27 @@ def test_every_fixed_program_still_runs(fixed_dir: Path) -> None:
     outcomes = json.loads(result.read_text(encoding="utf-8"))
     failed = {Path(p).name: o["error"].splitlines()[-1] for p, o in outcomes.items() if not o["ok"]}
     assert not failed, failed
+
+
+TOP_K = """import heapq
+import torch
+from torch import nn
+
+model = nn.Linear(2, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+top_k = []
+for epoch in range(3):
+    opt.zero_grad()
+    model(torch.randn(4, 2)).sum().backward()
+    opt.step()
+    heapq.heappush(top_k, (-epoch, epoch, model.state_dict()))
+print(top_k[0][2])
+"""
+
+
+def test_a_state_dict_pushed_into_a_kept_heap_is_found_and_copied_in_place() -> None:
+    """``heapq.heappush(top_k, (..., model.state_dict()))`` keeps live tensors: SEN005 on that call,
+    and the fix deep-copies the ``state_dict()`` inside the tuple (never the tuple or the call)."""
+    outcome = fix_source(TOP_K, "top_k.py", all_rules(), unsafe=True)
+    assert "    heapq.heappush(top_k, (-epoch, epoch, copy.deepcopy(model.state_dict())))\n" in outcome.source
+    assert "import copy\n" in outcome.source

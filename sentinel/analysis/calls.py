@@ -179,7 +179,7 @@ class CallsMixin:
         if "set_epoch" in api.last(name):
             self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx))  # `utils.set_epoch(loader, e)`
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
-        self._stored_by_call(node, state, ctx)
+        self._stored_by_call(node, state, ctx, [*args, *kwargs.values()])
         # `Net()` brought in by `from models import *`: a class being instantiated
         ctor = fv is TOP and type(node.func) is cst.Name and node.func.value[:1].isupper()
         return V(
@@ -429,7 +429,7 @@ class CallsMixin:
         if "set_epoch" in name:
             self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx))
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
-        self._stored_by_call(node, state, ctx)
+        self._stored_by_call(node, state, ctx, [*args, *kwargs.values()])
         # a CamelCase name from another module is most likely a class being instantiated
         return V(
             UNKNOWN,

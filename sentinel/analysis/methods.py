@@ -297,13 +297,40 @@ class MethodsMixin:
                     if v is not None and v.alias is not None and v.kind in (STATE_DICT, DICT):
                         self.facts.stored.add((ctx.id, n.value))
 
-    def _stored_by_call(self, node: cst.Call, state: State, ctx: Ctx) -> None:
-        """An unknown call given a long-lived container and a snapshot stores the snapshot in it."""
+    def _stored_by_call(self, node: cst.Call, state: State, ctx: Ctx, values: Sequence[V] = ()) -> None:
+        """An unknown call given a long-lived container and a snapshot stores the snapshot in it; a
+        ``state_dict()`` handed over directly (``heapq.heappush(top_k, (-loss, model.state_dict()))``)
+        is itself a snapshot kept there."""
         if not self.frame_stack or len(node.args) < 2:
             return
         containers = [_dotted(a.value) for a in node.args if _dotted(a.value)]
-        if any(c and self._outlives(c) and ("." in c or c in state.env) for c in containers):
-            self._note_stored(node.args, state, ctx)
+        kept = [c for c in containers if c and self._outlives(c) and ("." in c or c in state.env)]
+        if not kept:
+            return
+        self._note_stored(node.args, state, ctx)
+        direct = any(
+            isinstance(n, cst.Call) and isinstance(n.func, cst.Attribute) and n.func.attr.value == "state_dict"
+            for a in node.args
+            for n in ([e.value for e in a.value.elements] if type(a.value) in (cst.Tuple, cst.List) else [a.value])
+        )
+        if ctx.model_method or not direct:
+            return
+        for v in values:
+            for x in (v.elems or ()) if v.kind in (TUPLE, LIST) else (v,):
+                if x.kind == STATE_DICT and x.alias is not None:
+                    self.facts.snapshots.append(
+                        self._ev(
+                            SnapshotEvent,
+                            node,
+                            ctx,
+                            target=kept[0],
+                            what="append",
+                            persistent=True,
+                            source="optimizer" if x.const == "optimizer" else "model",
+                            alias=x.alias,
+                        )
+                    )
+                    return
 
     def _closure(self, args: list[V], kwargs: dict[str, V], node, state: State, ctx: Ctx) -> None:
         for v in [*args, *kwargs.values()]:
