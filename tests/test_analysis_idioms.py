@@ -672,3 +672,26 @@ def test_a_shape_check_of_an_untrained_throwaway_model_is_not_evaluation() -> No
     """``test_net = Net(); test_net(sample)`` before anything trains, on a model nothing trains: a
     dimension check. The trained model's test prediction afterwards is evaluation."""
     assert findings(SHAPE_CHECK) == {("SEN004", line_of(SHAPE_CHECK, "# after training"))}
+
+
+def test_functools_partial_keeps_the_arguments_it_binds() -> None:
+    """``partial(torch.optim.SGD, momentum=0.9)`` builds an SGD with momentum: rebuilding it every
+    batch loses state (SEN014); a partial of plain SGD keeps none."""
+    source = """
+import functools
+import torch
+from torch import nn
+
+model = nn.Linear(4, 2)
+with_momentum = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+plain = functools.partial(torch.optim.SGD, lr=0.1)
+for x in [torch.randn(8, 4) for _ in range(3)]:
+    opt = with_momentum(model.parameters())  # state lost
+    opt2 = plain(model.parameters())
+    opt.zero_grad()
+    opt2.zero_grad()
+    model(x).sum().backward()
+    opt.step()
+    opt2.step()
+"""
+    assert findings(source) == {("SEN014", line_of(source, "# state lost"))}

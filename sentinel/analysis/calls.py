@@ -153,6 +153,8 @@ class CallsMixin:
         if kind == CLASS and isinstance(fv.ref, ClassInfo):
             return self.instantiate(fv.ref, node, args, kwargs, state, ctx)
         if kind == QUAL and isinstance(fv.const, str):
+            if isinstance(fv.ref, tuple) and fv.ref[0] == "partial":  # the arguments partial() bound come first
+                args, kwargs = [*fv.ref[1], *args], {**fv.ref[2], **kwargs}
             return self.call_api(fv.const, node, args, kwargs, state, ctx)
         if kind == MODEL:
             return self.forward(fv, node, args, kwargs, state, ctx)
@@ -335,6 +337,8 @@ class CallsMixin:
             self._record_optimizer(qual, node, opt, args, kwargs, ctx)
             return opt
         if qual == "functools.partial":
+            if x.kind == QUAL and isinstance(x.const, str):  # partial(torch.optim.SGD, momentum=0.9)
+                return x.with_(ref=("partial", tuple(args[1:]), dict(kwargs)))
             return x if x.kind in (QUAL, FUNC, LOSS, MODEL) else TOP
         if api.is_scheduler(qual):
             return V(SCHEDULER, origin=node)
