@@ -695,3 +695,38 @@ for x in [torch.randn(8, 4) for _ in range(3)]:
     opt2.step()
 """
     assert findings(source) == {("SEN014", line_of(source, "# state lost"))}
+
+
+def test_batches_yielded_by_a_generator_keep_their_layout() -> None:
+    """``for xb, yb in batches(...)`` binds what the generator yields: samples stacked into a batch,
+    so an implicit-dim log_softmax on the model's 3-D output is over the batch (SEN020)."""
+    source = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+class LM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(24, 8)
+        self.out = nn.Linear(8, 24)
+
+    def forward(self, tokens):
+        return F.log_softmax(self.out(self.embed(tokens)))  # implicit
+
+def batches(stream, n):
+    for _ in range(n):
+        starts = torch.randint(0, 500, (16,))
+        yield (torch.stack([stream[s : s + 10] for s in starts]),
+               torch.stack([stream[s + 1 : s + 11] for s in starts]))
+
+model = LM()
+opt = torch.optim.Adam(model.parameters())
+stream = torch.arange(600) % 24
+for xb, yb in batches(stream, 3):
+    loss = F.nll_loss(model(xb).reshape(-1, 24), yb.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+    assert findings(source) == {("SEN020", line_of(source, "# implicit"))}

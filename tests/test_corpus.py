@@ -27,7 +27,6 @@ PROJECT_DIRS = project_dirs()
 KNOWN_GAPS = {
     "blind2_sen006_tracker_appends_logits": "reported at the tracker call, not at the append in the helper",
     "blind2_sen007_grad_logging_hook_resets": "arguable: a helper's reset is reported inside the helper",
-    "blind3/sen020_lstm_lm_implicit_dim.py": "batches yielded by a generator function lose their layout",
     "blind3_nb_optimizer_per_epoch_best_state.ipynb": "arguable: the snapshot's only read is in a skipped %%time cell",
 }
 

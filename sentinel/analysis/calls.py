@@ -510,9 +510,16 @@ class CallsMixin:
         )
 
     def _function_shape(self, name: str, x: V, args: list[V], kwargs: dict[str, V]) -> tuple | None:
-        """Layout of a ``torch.*`` function's result: elementwise ones keep their input's."""
+        """Layout of a ``torch.*`` function's result: elementwise ones keep their input's; stacking the
+        samples a comprehension built makes a batch of them."""
         if x.shape is None:
             return None
+        if x.kind == LIST:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if name != "stack" or dim is not None and not (dim.is_const and dim.const == 0):
+                return None
+            rank = x.shape[0]
+            return (rank + 1 if rank is not None else None, True)
         if name in api.ELEMENTWISE:
             return x.shape
         if name == "flatten":

@@ -241,6 +241,7 @@ class ExpressionsMixin:
             return V(FUNC, ref=node, origin=node, ident=(state.env, self.stmt))
         if t is cst.Yield:
             value = self.eval(node.value, state, ctx) if isinstance(node.value, cst.BaseExpression) else TOP
+            ctx.yielded.append(value)
             if self._yields and self._yields[-1] is None:
                 self._yields[-1] = (value, state.grad, dict(state.modes))
             return TOP
@@ -472,12 +473,15 @@ class ExpressionsMixin:
         if first is not None and first.kind == PARAMS and isinstance(elt.ref, tuple) and elt.ref[0] == "params":
             # `[p for p in model.parameters() if p.requires_grad]`: a chosen subset of those parameters
             return V(PARAMS, ident=first.ident, label="selected", ref="selected")
+        # samples of data (`[stream[s : s + n] for s in starts]`): the layout of each, for torch.stack
+        sample = elt.shape if elt.kind == TENSOR and elt.graph is False and not elt.taints else None
         return V(
             LIST,
             taints=elt.taints,
             graph=elt.graph,
             alias=elt.alias,
             ident=object(),
+            shape=sample,
             ref=list_of_models(elt),
             # `nn.Sequential(*[block() for _ in range(n)])`: the layers of every element are the same
             sensitive=self.sensitivity(elt) if elt.kind == MODEL else None,

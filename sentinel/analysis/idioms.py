@@ -75,6 +75,11 @@ class Candidates:
         return False
 
 
+def generated(element: V | None) -> Any:
+    """The ``ref`` of a generator's value: what iterating it binds, when it yields models or data."""
+    return list_of_models(element) if element is not None else None
+
+
 def any_instances(values: tuple) -> bool:
     """Are these all objects of project classes (at least one)?"""
     return bool(values) and all(v.kind in (INSTANCE, MODEL) and isinstance(v.ref, Instance) for v in values)

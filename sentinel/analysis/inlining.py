@@ -10,6 +10,7 @@ from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import (
     ForwardEvent,
 )
+from sentinel.analysis.idioms import generated
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Instance, State
 from sentinel.analysis.shapes import apply_shape
 from sentinel.analysis.syntax import _dotted, _is_factory
@@ -18,6 +19,7 @@ from sentinel.analysis.values import (
     CONST,
     DICT,
     INSTANCE,
+    LIST,
     MODEL,
     TENSOR,
     TOP,
@@ -307,6 +309,12 @@ class InliningMixin:
             # set_grad_enabled(...) as a statement inside the callee leaks out, like the real thing
             state.grad = callee_state.grad
         state.modes = callee_state.modes
+        if callee.yielded and not callee.returns:
+            # a generator (`def batches(...): ... yield x, y`): iterating it binds what it yields
+            element = None
+            for y in callee.yielded:
+                element = y if element is None else _join_items(element, y)
+            return V(LIST, ident=object(), taints=merge_taints(*callee.yielded), ref=generated(element), origin=node)
         result = None
         for r in callee.returns:
             result = r if result is None else join(result, r)
@@ -369,3 +377,16 @@ class InliningMixin:
         if v.kind == CONST and v.const is None:
             return self._guess(name)
         return v
+
+
+def _join_items(a: V, b: V) -> V:
+    """Join two values; tuples of one length element by element (``yield x, y`` on every pass)."""
+    if (
+        a.kind == TUPLE
+        and b.kind == TUPLE
+        and a.elems is not None
+        and b.elems is not None
+        and len(a.elems) == len(b.elems)
+    ):
+        return V(TUPLE, elems=tuple(join(x, y) for x, y in zip(a.elems, b.elems)), taints=a.taints | b.taints)
+    return join(a, b)

@@ -152,6 +152,7 @@ class Ctx:
     entry: bool = False  # analysed standalone: the caller is unknown
     summary: bool = False  # inside a class's forward run for its summary (what it returns), not a real call
     returns: list[V] = field(default_factory=list)
+    yielded: list[V] = field(default_factory=list)  # a generator's values, one per `yield`
     self_value: V | None = None
     closure: dict | None = None
     call_node: Any = None  # the call (and its statement) in the caller that started this activation

@@ -254,6 +254,9 @@ class ShapesMixin:
     def subscript_shape(self, base: V, node: cst.Subscript, index: V) -> tuple | None:
         """``out[:, -1]`` keeps the batch (rank unknown); ``batch["x"]`` of a loader batch is a batch."""
         shape = base.shape
+        if shape is not None and not shape[1] and base.kind == TENSOR:
+            # `stream[s : s + seq]`: a slice of an unbatched tensor keeps its rank
+            return shape if all(isinstance(e.slice, cst.Slice) for e in node.slice) else None
         if shape is None or not shape[1]:
             return None
         if base.kind != TENSOR:
