@@ -104,3 +104,16 @@ def test_notebook_findings_match_expectations(path):
     found = {(d.code, d.cell, d.line) for d in result.diagnostics}
     expected = notebook_expectations(path)
     assert found == expected, f"missing: {sorted(expected - found)}; unexpected: {sorted(found - expected)}"
+
+
+def test_the_text_prefilter_never_hides_a_finding():
+    """A file whose findings are known must not be skipped by the rules' trigger patterns: linting
+    every single-file program with and without the pre-filter gives the same findings."""
+    hidden = []
+    for path in FILES:
+        source = path.read_text(encoding="utf-8")
+        on = {(d.code, d.line) for d in check_source(source, str(path), project=False)}
+        off = {(d.code, d.line) for d in check_source(source, str(path), project=False, prefilter=False)}
+        if on != off:
+            hidden.append((path.name, sorted(off - on)))
+    assert not hidden
