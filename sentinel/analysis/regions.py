@@ -1,0 +1,260 @@
+"""Which code is evaluation and which trains, read from the recorded events (a part of :class:`Facts`):
+evaluation forward passes and their regions (SEN003/SEN004), optimizer steps that run on evaluation
+data (SEN013), forwards that train while the model is in eval mode (SEN008), and the name heuristics
+they share (``validate()``, ``val_loader``, test-time adaptation, a policy acting)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from sentinel.analysis import torchapi as api
+from sentinel.analysis.values import Alt
+
+if TYPE_CHECKING:
+    from sentinel.analysis.facts import Event, ForwardEvent, ModeEvent
+
+
+class RegionsMixin:
+    """Evaluation regions and training-in-eval-mode; mixed into :class:`~sentinel.analysis.facts.Facts`."""
+
+    # -- evaluation regions ----------------------------------------------------------------------
+    def evaluation_forwards(self) -> list[ForwardEvent]:
+        """Forward passes that are evaluation code: not part of any backward, not a shape probe.
+
+        Inside an iteration that also trains (DQN targets, GAN samples, teacher outputs) a forward
+        only counts as evaluation when names say so (``X_val``, ``test_loader``, ``evaluate()``).
+        """
+        if "ef" in self._cache:
+            return self._cache["ef"]
+        first_training = min((e.seq for e in (*self.backwards, *self.steps)), default=1 << 62)
+        out = []
+        for ev in self.forwards:
+            if ev.lightning_eval or ev.dummy_input and ev.seq < first_training:
+                continue  # a smoke test / shape probe on random inputs before anything trained
+            if ev.frame is None and ev.seq < first_training and self._never_trained(ev):
+                continue  # a shape check of a model built here that nothing trains or loads weights into
+            if ev.deliberate_train and ev.ctx not in self.training_activations:
+                continue  # recomputing batch-norm statistics (update_bn): train mode on purpose
+            if self.connected_to_backward(frozenset({ev.id})):
+                continue
+            if ev.id in self.escaped_taints and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
+                continue
+            if self.iteration_trains(ev) and not (ev.evalish or ev.modes == frozenset({"eval"})):
+                continue
+            if not ev.evalish and self._acting(ev):
+                continue  # a policy choosing actions inside the loop that trains it: data collection
+            if ev.frame is None and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
+                continue  # a lone forward with nothing saying "evaluation" (a demo print, a sanity check)
+            out.append(ev)
+        self._cache["ef"] = out
+        return out
+
+    def _never_trained(self, ev: ForwardEvent) -> bool:
+        """Is the model ``ev`` runs one built in this program (a project class), never stepped by an
+        optimizer and never given weights (``load_state_dict``, ``torch.load``)?"""
+        model = ev.model.ident if ev.model is not None else None
+        if model is None or isinstance(model, Alt) or ev.from_checkpoint:
+            return False
+        if getattr(model, "cls", None) is None:
+            return False  # an instance of a project class: zoo models come with pretrained weights
+        for s in self.steps:
+            if s.model is None or any(m is None or self._within(model, frozenset({m})) for m in s.model):
+                return False
+        return not any(r.target is model or self._within(model, frozenset({r.target})) for r in self.reinits)
+
+    def _acting(self, ev: ForwardEvent) -> bool:
+        """Is ``ev`` a policy's action selection (``agent.act(state)``, ``select_action``) in a loop that
+        trains? Reinforcement learning collects its data this way; it is not an evaluation."""
+        attr = getattr(getattr(ev.node, "func", None), "attr", None)  # `agent.act(state)`
+        called = getattr(attr, "value", "") if attr is not None else ""
+        if not _ACTING.match(called) and not any(_ACTING.match(self.ctx_names.get(c, "")) for c in ev.stack):
+            return False
+        return any(self.backward_by_frame.get(f) for f in ev.frames)
+
+    def region_key(self, ev: ForwardEvent) -> tuple:
+        """One evaluation region: a function that trains nothing (``evaluate()``, ``forecast()``),
+        or else the innermost loop (a validation loop inside the training function)."""
+        model = ev.model.ident if ev.model is not None else None
+        try:
+            model = self.root_of.get(model, model)  # `model.encoder(x)` and `model.decoder(h)`: one model
+        except TypeError:
+            pass
+        if ev.ctx != 0 and ev.ctx not in self.training_activations:
+            return ("function", ev.ctx, model)
+        return (ev.frame, ev.ctx, model)
+
+    # -- training on evaluation data ----------------------------------------------------------------
+    def site_in(self, ev: Event, ctx_id: int) -> tuple:
+        """Where ``ev`` shows in the code of activation ``ctx_id``: its own node when it ran there, else
+        the call in that code that led to it (a shared helper's statement is right for other callers)."""
+        stack = list(ev.stack)
+        if ctx_id in stack:
+            i = stack.index(ctx_id)
+            if i + 1 < len(stack) and stack[i + 1] in self.call_sites:
+                return self.call_sites[stack[i + 1]]
+        return ev.node, ev.stmt
+
+    def evaluation_region_of(self, ev: Event) -> tuple | None:
+        """The evaluation region a ``backward()`` / optimizer step runs in, or None.
+
+        Evaluation is what the code says it is: the loop that runs it iterates validation/test data
+        (``val_loader``, ``loaders["val"]``, ``X_test``), or, failing a loop that says either way, the
+        function running it is an evaluation function (``validate()``, ``evaluate()``, ``test()``), or the
+        step runs under ``no_grad`` in a loop whose forward passes feed no ``backward()``. Training data
+        (``train_loader``) and deliberate adaptation (test-time adaptation, fine-tuning, pseudo-labels,
+        meta-learning) are never evaluation.
+        """
+        texts = [self.frames[f].label for f in ev.frames] + [self.ctx_names.get(c, "") for c in ev.stack]
+        if any(_ADAPTISH.search(t) for t in texts if t):
+            return None
+        for fid in reversed(ev.frames):
+            label = self.frames[fid].label
+            if not label:
+                continue
+            if _trainish(label):
+                return None
+            if api.evalish(label):
+                return ("loop", fid)
+        for cid in reversed(ev.stack):
+            name = self.ctx_names.get(cid, "")
+            if _trainish(name):
+                return None
+            if _evaluation_function(name):
+                return ("function", cid)
+        from sentinel.analysis.facts import StepEvent  # facts imports this module
+
+        f = ev.frame
+        if isinstance(ev, StepEvent) and ev.grad == "off" and f is not None and not self.backward_by_frame.get(f):
+            fwds = [fw for fw in self.forwards if f in fw.frames and fw.grad == "off"]
+            if fwds and not any(self.connected_to_backward(frozenset({fw.id})) for fw in fwds):
+                return ("loop", f)
+        return None
+
+    # -- training while in eval mode ----------------------------------------------------------------
+    def _related(self, a: Any, b: Any, *, below: bool) -> bool:
+        """Is module ``a`` the module ``b``, one of its ancestors, or (``below``) one of its submodules?"""
+        if a is None or b is None:
+            return False
+        if a == b:
+            return True
+        for x, y in ((b, a), (a, b)) if below else ((b, a),):
+            cur, n = self.parent_of.get(x), 0
+            while cur is not None and n < 16:
+                if cur == y:
+                    return True
+                cur, n = self.parent_of.get(cur), n + 1
+        return False
+
+    def trained_in_eval_mode(self) -> list[tuple[ForwardEvent, ModeEvent]]:
+        """Training forwards (backpropagated, their model stepped in the same iteration) that run while the
+        model (with dropout/batch norm, or unknown layers) is in eval mode, with the ``eval()`` to blame.
+
+        Definitely in eval mode (``eval()`` before the loop, never undone), or possibly, when the
+        ``eval()`` ran in an earlier iteration of a loop around the step (validation inside the epoch
+        loop) with no ``train()`` of the model, an ancestor or a submodule since. Modes sentinel does not
+        know, models without dropout/batch norm, ``eval()`` of a submodule only (frozen batch-norm
+        statistics) and steps on evaluation data (SEN013) are left out.
+        """
+        out = []
+        for fw in self.forwards:
+            # an unknown mode (validation under a condition the code cannot evaluate) still counts when
+            # the eval() ran in an earlier iteration and nothing switched back (see _eval_blame)
+            if fw.modes is not None and "eval" not in fw.modes or fw.sensitive is False or fw.grad == "off":
+                continue
+            if fw.model is None or fw.model.ident is None or fw.frame is None:
+                continue
+            if not self.connected_to_backward(frozenset({fw.id})):
+                continue
+            if not self._steps_in_iteration(fw):
+                continue
+            if any(self._within(f, frozenset({fw.model.ident})) for f in self.frozen):
+                continue  # parameters frozen by hand: eval() keeps a frozen backbone's statistics (a linear probe)
+            blame = self._eval_blame(fw)
+            if blame is not None:
+                out.append((fw, blame))
+        return out
+
+    def _same_pass(self, a: Event, b: Event, fid: int) -> bool:
+        return fid in a.frames and fid in b.frames and a.passes[a.frames.index(fid)] == b.passes[b.frames.index(fid)]
+
+    def _steps_in_iteration(self, fw: ForwardEvent) -> bool:
+        """Does an optimizer step of ``fw``'s model follow it in the same loop iteration (not on
+        evaluation data)?"""
+        f = fw.frame
+        model = fw.model.ident if fw.model is not None else None
+        others = {
+            o.model.ident
+            for o in self.forwards
+            if o.model is not None
+            and o.grad != "off"
+            and o.model.ident is not None
+            and self._same_pass(o, fw, f)  # type: ignore[arg-type]
+            and self.connected_to_backward(frozenset({o.id}))
+        }
+        for st in self.step_by_frame.get(f, ()):  # type: ignore[arg-type]
+            if st.seq < fw.seq or not self._same_pass(st, fw, f):  # type: ignore[arg-type]
+                continue
+            if self.evaluation_region_of(st) is not None:
+                continue
+            if st.model is None:
+                # an optimizer built here from something else (an input image, a list of tensors) does
+                # not train the model; one sentinel cannot see (a parameter) may, if nothing else ran
+                if (st.ident is None or isinstance(st.ident, tuple)) and len(others) <= 1:
+                    return True
+                continue
+            if any(self._related(m, model, below=False) or self._related(model, m, below=False) for m in st.model):
+                return True
+            root = self.root_of.get(model, model)
+            if any(self.root_of.get(m, m) == root for m in st.model):
+                return True
+        return False
+
+    def _eval_blame(self, fw: ForwardEvent) -> ModeEvent | None:
+        model = fw.model.ident if fw.model is not None else None
+        last_eval = None
+        for ev in self.mode_switches:
+            if ev.seq > fw.seq:
+                break
+            if ev.stack[:1] != fw.stack[:1]:
+                continue  # another entry point's analysis
+            if ev.mode is not None and "eval" in ev.mode and "train" not in ev.mode:
+                if self._related(ev.target, model, below=False):
+                    last_eval = ev
+            elif last_eval is not None and self._related(ev.target, model, below=True):
+                last_eval = None  # train() (or an unknown mode) since: switched back
+        if last_eval is None:
+            return None
+        if fw.modes == frozenset({"eval"}):
+            return last_eval
+        # possibly eval: only when the eval() ran in an earlier iteration of a loop around the step
+        for fid in fw.frames:
+            if fid in last_eval.frames and not self._same_pass(fw, last_eval, fid):
+                return last_eval
+        return None
+
+
+_ADAPTISH = re.compile(
+    r"adapt|(^|_)tta(_|$)|(^|_)tent(_|$)|fine_?tun|finetun|transduct|pseudo|calibrat|maml|meta_?|(^|_)support|"
+    r"unlabel|distill|self_?train",
+    re.IGNORECASE,
+)
+_ACTING = re.compile(r"^_*(act|(select|choose|get|sample|pick|take)_actions?|explore|epsilon_greedy|policy_action)$")
+_TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)
+_EVAL_FUNCTION = re.compile(
+    r"^_*(run_|do_|perform_)?(val|valid|validate|validation|eval|evaluate|evaluation|test|testing|predict|"
+    r"infer|inference|translate|generate|greedy_decode|beam_search)"
+    r"(_(one_)?(epoch|loop|step|model|net|batch|set|data|loader|accuracy|acc|loss|metrics))?$",
+    re.IGNORECASE,
+)
+_TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
+
+
+def _trainish(text: str) -> bool:
+    return bool(_TRAINISH.search(text))
+
+
+def _evaluation_function(name: str) -> bool:
+    """``validate``, ``evaluate_model``, ``test``, ``test_epoch``; not a pytest case (``test_model``), not
+    something that merely mentions a test (``lr_range_test``)."""
+    return bool(_EVAL_FUNCTION.match(name)) and not _TEST_CASE.match(name)
