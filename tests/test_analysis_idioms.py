@@ -730,3 +730,27 @@ for xb, yb in batches(stream, 3):
     opt.step()
 """
     assert findings(source) == {("SEN020", line_of(source, "# implicit"))}
+
+
+def test_test_data_with_noise_added_is_still_test_data() -> None:
+    """``noisy = test_images + 0.3 * torch.randn(...)`` keeps naming the test loader's batch: the
+    forward on it after training, with gradients on, is evaluation (SEN004)."""
+    source = """
+import torch
+from torch import nn
+
+model = nn.Sequential(nn.Linear(16, 4), nn.ReLU(), nn.Linear(4, 16))
+opt = torch.optim.Adam(model.parameters())
+train_loader = [(torch.rand(8, 16),) for _ in range(3)]
+test_loader = [(torch.rand(8, 16),) for _ in range(2)]
+for (images,) in train_loader:
+    noisy = images + 0.3 * torch.randn(*images.shape)
+    loss = nn.functional.mse_loss(model(noisy), images)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+(images,) = next(iter(test_loader))
+noisy_imgs = images + 0.3 * torch.randn(*images.shape)
+output = model(noisy_imgs)  # evaluation
+"""
+    assert findings(source) == {("SEN004", line_of(source, "# evaluation"))}

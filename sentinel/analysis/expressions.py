@@ -155,8 +155,14 @@ class ExpressionsMixin:
                 both = left.ident | right.ident if left.ident is not None and right.ident is not None else None
                 return V(PARAMS, ident=both)
             kind = TENSOR if TENSOR in (left.kind, right.kind) else UNKNOWN
+            # data stays the data it came from (`test_images + noise` is still test data)
+            label = next((v.label for v in (left, right) if v.label and v.graph is not True and v.kind != CONST), "")
             return V(
-                kind, graph=graph_of(left, right), taints=merge_taints(left, right), shape=_binop_shape(left, right)
+                kind,
+                graph=graph_of(left, right),
+                taints=merge_taints(left, right),
+                shape=_binop_shape(left, right),
+                label=label,
             )
         if t is cst.UnaryOperation:
             v = self.eval(node.expression, state, ctx)
