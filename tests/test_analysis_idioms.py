@@ -754,3 +754,72 @@ noisy_imgs = images + 0.3 * torch.randn(*images.shape)
 output = model(noisy_imgs)  # evaluation
 """
     assert findings(source) == {("SEN004", line_of(source, "# evaluation"))}
+
+
+def test_a_distributed_sampler_inside_a_batch_sampler_still_needs_set_epoch() -> None:
+    source = """
+import torch
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
+
+def make_loader(dataset):
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0)
+    return DataLoader(dataset, batch_sampler=BatchSampler(sampler, batch_size=8, drop_last=True))
+
+model = torch.nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+loader = make_loader(TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,))))
+for epoch in range(3):  # no set_epoch
+    for x, y in loader:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+"""
+    assert findings(source) == {("SEN018", line_of(source, "# no set_epoch"))}
+    set_epoch = "    loader.batch_sampler.sampler.set_epoch(epoch)\n"
+    fixed = source.replace("    for x, y in loader:", set_epoch + "    for x, y in loader:")
+    assert findings(fixed) == set()
+
+
+def test_lists_made_anew_for_each_optimizer_step_hold_one_steps_graphs() -> None:
+    """Micro-batches: ``outputs``/``losses`` are new lists every step, each chunk backpropagated at once:
+    nothing grows across iterations. A list kept across steps is SEN006."""
+    source = """
+import torch
+from torch import nn
+
+model = nn.Linear(4, 3)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+history = []
+for data, targets in [(torch.randn(16, 4), torch.randint(0, 3, (16,))) for _ in range(3)]:
+    opt.zero_grad()
+    outputs, losses = [], []
+    for x, y in zip(data.chunk(4), targets.chunk(4)):
+        out = model(x)
+        outputs.append(out)
+        loss = nn.functional.cross_entropy(out, y)
+        losses.append(loss)
+        loss.backward()
+    opt.step()
+    history.append(sum(losses))  # kept
+    acc = (torch.cat(outputs).argmax(1) == targets).float().mean().item()
+"""
+    assert findings(source) == {("SEN006", line_of(source, "# kept"))}
+
+
+def test_a_state_dict_inside_a_record_appended_to_a_kept_list_is_a_snapshot() -> None:
+    source = """
+import torch
+from torch import nn
+
+model = nn.Linear(4, 1)
+opt = torch.optim.Adam(model.parameters())
+top_k = []
+for epoch in range(3):
+    opt.zero_grad()
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.step()
+    top_k.append((epoch, model.state_dict()))  # live
+print(top_k[0][1])
+"""
+    assert findings(source) == {("SEN005", line_of(source, "# live"))}

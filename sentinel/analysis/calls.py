@@ -353,10 +353,14 @@ class CallsMixin:
                 shape=(None, True) if batched else None,
                 ident=Ident(next(self.seq)),
             )
-            sampler = self._sampler_of(kwargs["sampler"]) if "sampler" in kwargs else None
+            given = kwargs.get("sampler", kwargs.get("batch_sampler"))
+            sampler = self._sampler_of(given) if given is not None else None
             if sampler is not None:
                 self.facts.loader_sampler[loader.ident] = sampler
             return loader
+        if name == "BatchSampler":  # BatchSampler(DistributedSampler(ds), 64, False): batches of its indices
+            inner = args[0] if args else kwargs.get("sampler")
+            return inner if inner is not None and self._sampler_of(inner) is not None else TOP
         if name == "DistributedSampler":
             shuffle = kwargs.get("shuffle")
             sampler = V(UNKNOWN, ident=Ident(next(self.seq)), origin=node, label="sampler")

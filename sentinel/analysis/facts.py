@@ -150,6 +150,7 @@ class AccumEvent(Event):
     outlives: bool = False
     site: Any = None  # the statement to report (the call into a meter's update(), or the node's own)
     carried: bool = False  # recurrent state fed back into the next iteration (`out, h = rnn(x, h)`)
+    fresh_in: tuple = ()  # loops (frame ids) in whose current iteration the container was created
 
 
 @dataclass

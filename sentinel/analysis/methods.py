@@ -351,8 +351,11 @@ class MethodsMixin:
         else:
             elems = recv.elems[:-1] if last and recv.elems else None
             sensitive = list_sensitive(recv.with_(elems=elems)) if elems is not None else (recv.sensitive and None)
-            new = recv.with_(elems=elems if meth != "reverse" or recv.elems is None else recv.elems[::-1],
-                             tail=None, sensitive=sensitive)
+            new = recv.with_(
+                elems=elems if meth != "reverse" or recv.elems is None else recv.elems[::-1],
+                tail=None,
+                sensitive=sensitive,
+            )
         path = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
         if path is not None and (path in state.env or "." not in path):
             state.env[path] = new
@@ -361,6 +364,9 @@ class MethodsMixin:
     def _append(self, recv: V, meth: str, node, args: list[V], state: State, ctx: Ctx) -> V:
         x = args[-1] if args else TOP
         path = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
+        if x.kind in (TUPLE, LIST) and x.elems and node.args and _holds_state_dict_call(node.args[-1].value):
+            # `top_k.append((-loss, epoch, model.state_dict()))`: the live state dict, kept in a record
+            x = next((e for e in x.elems if e.kind == STATE_DICT and e.alias is not None), x)
         if x.kind in (STATE_DICT, DICT) and x.alias is not None and self.frame_stack and not ctx.model_method:
             self.facts.snapshots.append(
                 self._ev(
@@ -399,6 +405,7 @@ class MethodsMixin:
                         value=item,
                         outlives=outlives,
                         site=stmt,
+                        fresh_in=self.fresh_in(container) if container and "." not in container else (),
                     )
                 )
         first = recv.elems == () or (recv.act is not None and x.act is not None and recv.act.kind == x.act.kind)
@@ -518,3 +525,15 @@ class MethodsMixin:
 
     def _samplers(self) -> set:
         return {s.ident for s in self.facts.samplers}
+
+
+def _holds_state_dict_call(node: cst.BaseExpression) -> bool:
+    """Is ``node`` a tuple or list literal with a ``....state_dict()`` call among its elements?"""
+    if not isinstance(node, (cst.Tuple, cst.List)):
+        return False
+    return any(
+        isinstance(e.value, cst.Call)
+        and isinstance(e.value.func, cst.Attribute)
+        and e.value.func.attr.value == "state_dict"
+        for e in node.elements
+    )

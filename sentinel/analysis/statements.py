@@ -591,6 +591,10 @@ class StatementsMixin:
                 if v.kind == MODEL and v.ident is ident and v.wrapper is None and f"self.{attr}" != target_path:
                     holder.ref.attrs[attr] = v.with_(wrapper="inner")
 
+    def fresh_in(self, name: str) -> tuple:
+        """The loops (frame ids, outermost first) in whose current iteration ``name`` was bound."""
+        return tuple(f for f, names in zip(self.frame_stack, self.fresh_stack) if name in names)
+
     def _outlives(self, path: str) -> bool:
         """Does the object at ``path`` (a name, ``self.x``, ``d[k]``) outlive the current loop iteration?"""
         base = path.split(".")[0].split("[")[0]
@@ -670,8 +674,19 @@ class StatementsMixin:
             persistent = isinstance(target, (cst.Attribute, cst.Subscript))
             outlives = persistent or base not in self.fresh_stack[-1]
             where, stmt = self._accumulation_site(node, ctx)
+            fresh = () if persistent else self.fresh_in(base)
             self.facts.accums.append(
-                self._ev(AccumEvent, where, ctx, id=acc_id, target=text, value=value, outlives=outlives, site=stmt)
+                self._ev(
+                    AccumEvent,
+                    where,
+                    ctx,
+                    id=acc_id,
+                    target=text,
+                    value=value,
+                    outlives=outlives,
+                    site=stmt,
+                    fresh_in=fresh,
+                )
             )
         return V(
             TENSOR if TENSOR in (old.kind, value.kind) else UNKNOWN,

@@ -29,6 +29,18 @@ def _carried_argument(node):
     return None
 
 
+def _within_one_step(facts: Facts, acc, sources: frozenset) -> bool:
+    """Is the container made anew in each iteration of a loop that steps the optimizer, filled in an
+    inner loop that does not step (micro-batches, a logging helper's loop over loss terms), with
+    values whose graphs are backpropagated? Then it holds at most one step's graphs, which backward()
+    frees, and nothing grows across iterations."""
+    if not acc.fresh_in or not acc.frames or facts.step_by_frame.get(acc.frames[-1]):
+        return False
+    if not any(facts.step_by_frame.get(f) for f in acc.fresh_in if f != acc.frames[-1]):
+        return False
+    return bool(sources) and all(facts.connected_to_backward(frozenset({s})) for s in sources)
+
+
 class GraphRetainingLossAccumulation(Rule):
     """## What it does
     Finds a tensor that carries an autograd graph (a loss, a model output, anything computed from
@@ -234,6 +246,8 @@ def train_epoch(model, loader, opt):
                 continue  # evaluation code whose grad mode is not known to be on
             if acc.id in facts.escaped_taints and not backpropagated:
                 continue  # returned to a caller we cannot see, which may backpropagate it
+            if _within_one_step(facts, acc, sources):
+                continue  # a list made anew for each optimizer step, of graphs that step backpropagates
             yield Violation(
                 acc.node,
                 acc.site or acc.stmt,
