@@ -823,3 +823,62 @@ for epoch in range(3):
 print(top_k[0][1])
 """
     assert findings(source) == {("SEN005", line_of(source, "# live"))}
+
+
+def test_a_tensor_dataset_loader_batch_keeps_each_tensors_rank() -> None:
+    """Batches of ``DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]))`` are 2-D token ids: the
+    language model's output is 3-D, and a log_softmax without ``dim`` normalizes over the batch."""
+    source = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+class LM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.gru = nn.GRU(8, 16, batch_first=True)
+        self.out = nn.Linear(16, 20)
+
+    def forward(self, x):
+        h, _ = self.gru(self.emb(x))
+        return F.log_softmax(self.out(h))  # implicit
+
+tokens = torch.randint(0, 20, (64, 12))
+loader = DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=16, shuffle=True)
+model = LM()
+opt = torch.optim.Adam(model.parameters())
+for x, y in loader:
+    loss = F.nll_loss(model(x).reshape(-1, 20), y.reshape(-1))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
+    assert findings(source) == {("SEN020", line_of(source, "# implicit"))}
+
+
+def test_a_distributed_loader_read_by_a_training_comprehension_needs_set_epoch() -> None:
+    source = """
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+model = torch.nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+data = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, num_replicas=1, rank=0))
+val_loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, num_replicas=1, rank=0))
+
+def train_step(x, y):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+for epoch in range(3):  # no set_epoch
+    losses = [train_step(x, y) for x, y in loader]
+    with torch.no_grad():
+        scores = [model(x).argmax(1) for x, _ in val_loader]
+"""
+    assert findings(source) == {("SEN018", line_of(source, "# no set_epoch"))}

@@ -342,16 +342,21 @@ class CallsMixin:
             return x if x.kind in (QUAL, FUNC, LOSS, MODEL) else TOP
         if api.is_scheduler(qual):
             return V(SCHEDULER, origin=node)
+        if name == "TensorDataset":  # the rank of each tensor's samples, for the loader's batches
+            ranks = tuple(a.shape[0] if a.kind == TENSOR and a.shape is not None and a.shape[1] else None for a in args)
+            return V(UNKNOWN, ref=("dataset", ranks) if args and None not in ranks else None)
         if name == "DataLoader":
             size = kwargs.get("batch_size")
             batched = "collate_fn" not in kwargs and not (size is not None and size.is_const and size.const is None)
             label = args[0].label if args else ""
+            dataset = args[0].ref if args and isinstance(args[0].ref, tuple) and args[0].ref[0] == "dataset" else None
             loader = V(
                 LOADER,
                 origin=node,
                 label=label,
                 shape=(None, True) if batched else None,
                 ident=Ident(next(self.seq)),
+                ref=dataset if batched else None,
             )
             given = kwargs.get("sampler", kwargs.get("batch_sampler"))
             sampler = self._sampler_of(given) if given is not None else None

@@ -8,7 +8,7 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
-from sentinel.analysis.facts import BareMethodEvent
+from sentinel.analysis.facts import BareMethodEvent, LoaderIterEvent
 from sentinel.analysis.idioms import (
     Candidates,
     any_instances,
@@ -463,9 +463,17 @@ class ExpressionsMixin:
         s = state.copy()
         comp = node.for_in
         first: V | None = None
+        passes: list = []  # passes over distributed loaders, kept if the comprehension trains
+        trained = len(self.facts.backwards) + len(self.facts.steps)
         while comp is not None:
             it = self.eval(comp.iter, s, ctx)
             first = it if first is None else first
+            if it.ident is not None and it.ident in self.facts.loader_sampler and self.frame_stack:
+                # `[self.train_step(x, y) for x, y in loader]`: one pass over a distributed loader
+                sampler = self.facts.loader_sampler[it.ident]
+                ev = self._ev(LoaderIterEvent, node, ctx, sampler=sampler, loop=node)
+                ev.frame_id = self.frame_stack[-1]
+                passes.append(ev)
             self.assign(comp.target, self.iter_element(it, comp.iter, s, ctx), s, ctx, None, loop_target=True)
             for cond in comp.ifs:
                 self.eval(cond.test, s, ctx)
@@ -475,6 +483,8 @@ class ExpressionsMixin:
             elt = self.eval(node.value, s, ctx)
             return V(DICT, taints=elt.taints, graph=elt.graph, alias=elt.alias, ident=object())
         elt = self.eval(node.elt, s, ctx)
+        if passes and len(self.facts.backwards) + len(self.facts.steps) > trained:
+            self.facts.loader_iters.extend(passes)
         state.modes = s.modes  # `[m.eval() for m in nets]` switches every element
         if first is not None and first.kind == PARAMS and isinstance(elt.ref, tuple) and elt.ref[0] == "params":
             # `[p for p in model.parameters() if p.requires_grad]`: a chosen subset of those parameters
@@ -524,6 +534,10 @@ class ExpressionsMixin:
             return out if out is not None else TOP
         if it.kind == QUAL:
             return TOP
+        if it.kind == LOADER and isinstance(it.ref, tuple) and it.ref[0] == "dataset":
+            # a batch of a TensorDataset's tensors: each keeps its rank, dimension 0 the batch
+            parts = tuple(V(UNKNOWN, graph=False, label=it.label, shape=(r, True)) for r in it.ref[1])
+            return V(TUPLE, elems=parts, graph=False, label=it.label) if len(parts) > 1 else parts[0]
         if it.kind == TUPLE and it.ref == "items":
             return V(TUPLE, elems=(V(CONST), V(TENSOR, graph=False, alias=it.alias)), alias=it.alias)
         # batches from a loader: tensors without a graph, labelled by the loader
