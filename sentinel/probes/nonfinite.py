@@ -503,6 +503,9 @@ def _input_finding(
 ) -> tuple[Finding | None, bool, list[torch.Tensor]]:
     """The SEN105 input finding (or None), whether the batch holds attention masks, and the batch's
     tensors when all of them are finite."""
+    if type(batch) is tuple and all(type(t) is torch.Tensor for t in batch):  # (inputs, targets): no walk
+        if first_nonfinite(batch) is None:
+            return None, False, list(batch)
     items = list(tensor_items(batch))
     i = first_nonfinite([t for _, t in items])
     if i is None:
