@@ -11,16 +11,20 @@ Prints, in one run:
    against the same step with the cheap finiteness checks only.
 3. on a model whose forward makes a NaN for one sample (``fixtures/probes/buggy.py:make_nan_for_some_inputs``)
    and on models whose backward produces an Inf/NaN (``fixtures/probes/buggy.py:make_inf_in_backward``,
-   a 12-block residual MLP and a 4-layer transformer encoder with the same bug): the time of one
+   a 12-block residual MLP, a 4-layer transformer encoder and a 16-block ResNet-style CNN with
+   in-place ReLUs and batch norm, with the same bug; the deep CNN also with a NaN made in its last
+   block's forward, and with a backward NaN at its stem, under the whole network): the time of one
    failing step under ``torch.autograd.detect_anomaly()`` (until it raises) against the finite
    probe's ``checked_step`` on the same step, and what localization adds to it (the checked step
    minus the same step with the cheap checks only): the ratio localization / anomaly step is the
    target (<= 0.2). Also the plain step, the cheap check, ``localize()`` replaying the step from
-   scratch (what the loop monitor does), and what each one blames.
+   scratch (what the loop monitor does), what each one
+   blames, and whether sentinel's answer is the exact origin (stage, module, step).
 
-Timings are the best of R runs (wall clock, and CPU time of the process for the localization
-figures); on a shared machine they move with the load (the load average is printed). Not a test:
-no assertion, just figures.
+Timings: the contenders run interleaved, one call each per round, R rounds; the figures are the
+median over the rounds (wall clock, and CPU time of the process), and each ratio is the median of
+the per-round ratios (so every ratio compares calls made side by side, under the same load). The
+load average is printed. Not a test: no assertion, just figures.
 """
 
 from __future__ import annotations
@@ -84,8 +88,10 @@ def bench_suite(healthy, repeat: int) -> None:
         split = ", ".join(f"{p.name} {p.seconds:.3f}s" for p in report.probes)
         status = "no finding" if not report.findings else f"findings {report.codes()}"
         steps = report.probes[-1].data.get("steps")
-        print(f"{name:10s} cold {cold:6.3f}s  warm best {warm:6.3f}s median {warm_median:6.3f}s"
-              f"  ({split}; overfit {steps} steps; {status})")
+        print(
+            f"{name:10s} cold {cold:6.3f}s  warm best {warm:6.3f}s median {warm_median:6.3f}s"
+            f"  ({split}; overfit {steps} steps; {status})"
+        )
 
 
 # ---------------------------------------------------------------------------------- localization
@@ -142,11 +148,98 @@ class _TinyTransformer(nn.Module):
         return self.head(self.dist(h))
 
 
+class _BasicBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + x)
+
+
+class _LogVariance(nn.Module):
+    """log of a linear output that goes negative for some samples: a NaN made in the forward."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.fc(h))
+
+
+class _SampleNorm(nn.Module):
+    """Scales each sample by its RMS, without an epsilon under the sqrt: a backward Inf (NaN) for
+    a sample whose features are all 0."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h / (torch.sqrt(h.pow(2).mean(dim=(1, 2, 3), keepdim=True)) + 1e-6)
+
+
+class _DeepCNN(nn.Module):
+    """A ResNet-style CNN: stem, 16 basic blocks (in-place ReLU, batch norm), pooled features, then
+    a pair distance that is exactly 0 for one sample (``head="dist"``: a backward Inf next to the
+    loss), a log head (``"log"``: a NaN made in the forward) or a linear head whose stem normalises
+    each sample (``"bottom"``: a backward NaN at the first module, under the whole network)."""
+
+    def __init__(self, head: str, channels: int = 16, depth: int = 16) -> None:
+        super().__init__()
+        stem: list[nn.Module] = [nn.Conv2d(3, channels, 3, padding=1, bias=False)]
+        if head == "bottom":
+            stem.append(_SampleNorm())
+        self.stem = nn.Sequential(*stem, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.layers = nn.Sequential(*[_BasicBlock(channels) for _ in range(depth)])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_kind = head
+        self.dist = _Distance()
+        self.logvar = _LogVariance(channels)
+        self.fc = nn.Linear(channels, 1)
+        self.out = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(self.layers(self.stem(x))).flatten(1)
+        if self.head_kind == "log":
+            return self.out(self.logvar(h))
+        if self.head_kind == "bottom":
+            return self.fc(h)
+        half = h.shape[1] // 2
+        first = x[:, :1, 0, 0] > -10
+        h = torch.cat([h[:, :half], h[:, :half] * first], dim=1)
+        return self.out(self.dist(h))
+
+
+def make_deep_cnn(head: str = "dist") -> dict:
+    torch.manual_seed(0)
+    model = _DeepCNN(head)
+    if head == "log":
+        with torch.no_grad():  # some samples' linear output below 0
+            model.logvar.fc.bias.fill_(0.05)
+    x = torch.randn(8, 3, 16, 16)
+    if head == "bottom":
+        x[2] = 0.0  # an all-black image: its stem features are exactly 0
+    y = torch.randn(8, 1)
+    return {
+        "model": model,
+        "loss_fn": nn.MSELoss(),
+        "batch": (x, y),
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
+    }
+
+
 def make_transformer() -> dict:
     torch.manual_seed(0)
     model = _TinyTransformer()
-    return {"model": model, "loss_fn": nn.MSELoss(), "batch": (torch.randn(8, 16, 16), torch.randn(8, 1)),
-            "optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
+    return {
+        "model": model,
+        "loss_fn": nn.MSELoss(),
+        "batch": (torch.randn(8, 16, 16), torch.randn(8, 1)),
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
+    }
 
 
 def make_deep() -> dict:
@@ -154,8 +247,12 @@ def make_deep() -> dict:
     model = _DeepSiamese()
     x = torch.randn(32, 64)
     y = torch.randn(32, 1)
-    return {"model": model, "loss_fn": nn.MSELoss(), "batch": (x, y),
-            "optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
+    return {
+        "model": model,
+        "loss_fn": nn.MSELoss(),
+        "batch": (x, y),
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
+    }
 
 
 def _anomaly_step(model, loss_fn, batch):
@@ -188,7 +285,9 @@ def _blamed_by_anomaly(result) -> str:
     return f"{op.group(1) if op else '?'} ({where})"
 
 
-def bench_localize(name: str, made: dict, repeat: int) -> None:
+def bench_localize(name: str, made: dict, rounds: int, expected: tuple[str, str]) -> dict[str, float]:
+    """One failing step, timed side by side (see the module docstring); ``expected`` is the exact
+    origin ``(stage, module)`` at step 0. Returns the median ratios."""
     model, loss_fn, batch, opt = made["model"], made["loss_fn"], made["batch"], made["optimizer"]
     x, y = batch
     named = list(model.named_parameters())
@@ -219,11 +318,9 @@ def bench_localize(name: str, made: dict, repeat: int) -> None:
     def replayed():
         return localize(model, loss_fn, batch, opt, 0)
 
-    # Interleaved, so that every contender sees the same load; best of `repeat` for each.
-    fns = {"plain": plain, "cheap": cheap, "detect": detect, "anomaly": anomaly, "checked": checked,
-           "replay": replayed}
-    wall = {k: float("inf") for k in fns}
-    cpu = {k: float("inf") for k in fns}
+    fns = {"plain": plain, "cheap": cheap, "detect": detect, "anomaly": anomaly, "checked": checked, "replay": replayed}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     out = {}
     for f in fns.values():
         f()  # warm-up
@@ -234,7 +331,7 @@ def bench_localize(name: str, made: dict, repeat: int) -> None:
     gc.freeze()
     gc.disable()
     try:
-        for _ in range(repeat):
+        for _ in range(rounds):
             for key, f in fns.items():
                 out.pop(key, None)
                 gc.collect()
@@ -242,18 +339,22 @@ def bench_localize(name: str, made: dict, repeat: int) -> None:
                 w0, c0 = time.perf_counter(), time.process_time()
                 out[key] = f()
                 synchronize()
-                wall[key] = min(wall[key], time.perf_counter() - w0)
-                cpu[key] = min(cpu[key], time.process_time() - c0)
+                wall[key].append(time.perf_counter() - w0)
+                cpu[key].append(time.process_time() - c0)
     finally:
         gc.enable()
         gc.unfreeze()
+    exact = {}
     for key in ("checked", "replay"):
         d = out[key].details if out[key] is not None else {}
+        exact[key] = (d.get("stage"), d.get("module"), d.get("step")) == (*expected, 0)
         out[key] = f"stage={d.get('stage')} module={d.get('module')!r} op={d.get('op')}" if d else "nothing"
+        out[key] += "  (exact)" if exact[key] else f"  (NOT the origin: expected {expected})"
     for t in (wall, cpu):
-        t["extra"] = t["checked"] - t["detect"]
+        t["extra"] = [c - d for c, d in zip(t["checked"], t["detect"], strict=True)]
+    med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in wall}
     n_modules = len(list(model.modules()))
-    print(f"-- {name} ({n_modules} modules)".ljust(52) + "wall ms    CPU ms")
+    print(f"-- {name} ({n_modules} modules, {rounds} rounds)".ljust(72) + "wall ms    CPU ms")
     rows = [
         ("plain forward+backward", "plain", ""),
         ("cheap check (all grads)", "cheap", "per healthy step"),
@@ -264,13 +365,18 @@ def bench_localize(name: str, made: dict, repeat: int) -> None:
         ("sentinel replay (localize)", "replay", f"blames {out['replay']}"),
     ]
     for label, key, note in rows:
-        print(f"   {label:32s} {wall[key] * 1e3:9.2f} {cpu[key] * 1e3:9.2f}   {note}")
+        print(f"   {label:52s} {med[key][0] * 1e3:9.2f} {med[key][1] * 1e3:9.2f}   {note}")
+    ratios = {}
     for label, key, target in (
         ("localization / anomaly step", "extra", "(target <= 0.2)"),
         ("checked step / anomaly step", "checked", "(the whole failing step)"),
         ("replay / anomaly step", "replay", "(localize() from scratch)"),
     ):
-        print(f"   {label:32s} {wall[key] / wall['anomaly']:9.3f} {cpu[key] / cpu['anomaly']:9.3f}   {target}")
+        rw = statistics.median(a / b for a, b in zip(wall[key], wall["anomaly"], strict=True))
+        rc = statistics.median(a / b for a, b in zip(cpu[key], cpu["anomaly"], strict=True)) if med["anomaly"][1] else 0
+        ratios[key] = rw
+        print(f"   {label + ' (median of rounds)':52s} {rw:9.3f} {rc:9.3f}   {target}")
+    return ratios
 
 
 def bench_healthy_overhead(healthy, repeat: int) -> None:
@@ -304,37 +410,62 @@ def bench_healthy_overhead(healthy, repeat: int) -> None:
                 c0 = time.process_time()
                 f()
                 best[key] = min(best[key], time.process_time() - c0)
-        print(f"{name:10s} step with cheap checks {best['plain'] * 1e3:7.2f} ms   checked_step"
-              f" {best['checked'] * 1e3:7.2f} ms   ratio {best['checked'] / best['plain']:.3f}")
+        print(
+            f"{name:10s} step with cheap checks {best['plain'] * 1e3:7.2f} ms   checked_step"
+            f" {best['checked'] * 1e3:7.2f} ms   ratio {best['checked'] / best['plain']:.3f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions (median)")
+    parser.add_argument("--only", default="", help="localization cases whose name contains this (skips 1. and 2.)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores,"
-          f" load average {load:.2f}, python {sys.version.split()[0]}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores,"
+        f" load average {load:.2f}, python {sys.version.split()[0]}"
+    )
     healthy = _load("healthy")
     buggy = _load("buggy")
-    bench_suite(healthy, args.repeat)
-    bench_healthy_overhead(healthy, args.repeat)
+    if not args.only:
+        bench_suite(healthy, args.repeat)
+        bench_healthy_overhead(healthy, args.repeat)
     print("== NaN/Inf localization vs torch.autograd.detect_anomaly (one failing step) ==")
-    print("   compared on the same failing step, from the same state: 'detect_anomaly step' = zero_grad,\n"
-          "   forward, loss and backward under torch.autograd.detect_anomaly() until it raises (parsing its\n"
-          "   message is not timed); 'sentinel checked step' = the finite probe's step: zero_grad, traced\n"
-          "   forward, checks, backward keeping the graph and the gradients at module boundaries, checks,\n"
-          "   then the origin search (module boundaries, the origin module's nodes re-run) and the finding;\n"
-          "   'localization' = that minus the same step with the cheap checks only (= tracing, search,\n"
-          "   finding); 'replay' = localize() from scratch (snapshot, traced forward, hooked backward,\n"
-          "   restore), what the loop monitor uses. Best of N interleaved runs (no GC inside a timed call).")
-    bench_localize("buggy.py:make_nan_for_some_inputs", buggy.make_nan_for_some_inputs(), args.repeat * 40)
-    bench_localize("buggy.py:make_inf_in_backward", buggy.make_inf_in_backward(), args.repeat * 40)
-    bench_localize("deep residual MLP + sqrt at 0", make_deep(), args.repeat * 10)
-    bench_localize("4-layer transformer + sqrt at 0", make_transformer(), args.repeat * 4)
+    print(
+        "   compared on the same failing step, from the same state: 'detect_anomaly step' = zero_grad,\n"
+        "   forward, loss and backward under torch.autograd.detect_anomaly() until it raises (parsing its\n"
+        "   message is not timed); 'sentinel checked step' = the finite probe's step: zero_grad, traced\n"
+        "   forward, checks, backward keeping the graph and the gradients at module boundaries, checks,\n"
+        "   then the origin search (module boundaries, the origin module's nodes re-run) and the finding;\n"
+        "   'localization' = that minus the same step with the cheap checks only (= tracing, search,\n"
+        "   finding); 'replay' = localize() from scratch (snapshot, traced forward, hooked backward,\n"
+        "   restore), what the loop monitor uses. Medians of N interleaved rounds (no GC inside a timed\n"
+        "   call); each ratio is the median of the per-round ratios."
+    )
+    cases = [
+        ("buggy.py:make_nan_for_some_inputs", buggy.make_nan_for_some_inputs(), 40, ("forward", "logf")),
+        ("buggy.py:make_inf_in_backward", buggy.make_inf_in_backward(), 40, ("backward", "dist")),
+        ("deep residual MLP + sqrt at 0", make_deep(), 10, ("backward", "dist")),
+        ("4-layer transformer + sqrt at 0", make_transformer(), 4, ("backward", "dist")),
+        ("16-block ResNet-style CNN + sqrt at 0", make_deep_cnn("dist"), 4, ("backward", "dist")),
+        ("16-block ResNet-style CNN + log < 0", make_deep_cnn("log"), 4, ("forward", "logvar")),
+        ("16-block ResNet-style CNN, NaN at its stem", make_deep_cnn("bottom"), 4, ("backward", "stem.1")),
+    ]
+    summary = []
+    for name, made, per_repeat, expected in cases:
+        if args.only not in name:
+            continue
+        ratios = bench_localize(name, made, args.repeat * per_repeat, expected)
+        summary.append((name, ratios["extra"]))
+    print("== localization / anomaly step, median of rounds (wall; target <= 0.2) ==")
+    for name, ratio in summary:
+        print(f"   {name:52s} {ratio:6.3f}")
+    if summary:
+        print(f"   {'worst':52s} {max(r for _, r in summary):6.3f}")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,7 @@ def test_nan_on_one_rank_names_the_rank_and_the_input(jobs):
     assert code == "SEN105"
     assert (details["stage"], details["step"], details["tensor"]) == ("input", 3, "batch[0]")
     assert details["ranks"] == [0, 1]  # all-reduced: both ranks' gradients went NaN
+    assert details["origin_ranks"] == [1]  # the corrupt sample was in rank 1's batch
 
 
 def test_a_rank_that_raises_is_reported_not_a_hang(jobs):
@@ -157,3 +158,23 @@ def test_a_rank_that_raises_is_reported_not_a_hang(jobs):
     (probe,) = out["probes"]
     assert probe["status"] == "error" and out["world_size"] == 2
     assert "rank 1: the script raised RuntimeError: corrupt shard on rank 1" in probe["message"]
+
+
+def test_merged_nan_keeps_the_rank_it_started_on_apart_from_the_ranks_it_reached():
+    from sentinel.findings import Finding, ProbeResult
+    from sentinel.probes.report import WatchReport, merge_rank_reports
+
+    def report(details: dict) -> WatchReport:
+        f = Finding("SEN105", "first non-finite value", details)
+        return WatchReport("t.py", "cpu", [ProbeResult("loop-monitor", "fail", 0.1, [f], "", {"steps": 6})])
+
+    common = {"module": None, "parameter": None}
+    rank0 = report({**common, "stage": "backward", "step": 3, "parameter": "fc.weight"})
+    rank1 = report({**common, "stage": "input", "step": 3, "tensor": "batch[0]"})
+    (f,) = merge_rank_reports({0: rank0, 1: rank1}, 2, "t.py").findings
+    assert (f.details["stage"], f.details["tensor"], f.details["ranks"], f.details["origin_ranks"]) == (
+        "input", "batch[0]", [0, 1], [1],
+    )  # fmt: skip
+    assert f.message.endswith("(ranks 0, 1); it started on rank 1")
+    (f,) = merge_rank_reports({0: rank1, 1: rank1}, 2, "t.py").findings
+    assert f.details["origin_ranks"] == [0, 1] and "started" not in f.message

@@ -116,8 +116,26 @@ EXPECTED = {
     "float64_input.py": [
         ("SEN104", {"tensors": [{"name": "batch[0]", "dtype": "float64", "expected": "float32"}]}),
     ],
+    "gan_optimizer_typo.py": [
+        (
+            "SEN102",
+            {
+                "parameters": [
+                    {"name": f"D.{n}", "reason": "not-in-optimizer"}
+                    for n in ("0.weight", "0.bias", "2.weight", "2.bias")
+                ]
+            },
+        ),
+    ],
 }
-HEALTHY = ["healthy_mlp.py", "healthy_cnn.py", "train_with_args.py", "uses_local_module.py", "two_logit_head_adam.py"]
+HEALTHY = [
+    "healthy_mlp.py",
+    "healthy_cnn.py",
+    "train_with_args.py",
+    "uses_local_module.py",
+    "two_logit_head_adam.py",
+    "loss_network_eval.py",
+]
 OWN_TESTS = {"crashes.py", "exits_early.py", "half_encoder.py", "manual_sgd.py", "prints_argv_and_path.py"}
 
 

@@ -198,6 +198,9 @@ def _not_updated(w: Watch) -> list[Finding]:
             seen.add(id(p))
             gi, pi = index.get(id(p), (0, 0))
             named.append((found.get(id(p), f"param_groups[{gi}]['params'][{pi}]"), p))
+    for name, p in _untrained_roots(w, seen):
+        seen.add(id(p))
+        named.append((name, p))
     bad: list[dict[str, str]] = []
     for name, p in named:
         if not p.requires_grad:
@@ -227,6 +230,46 @@ def _not_updated(w: Watch) -> list[Finding]:
             {"parameters": bad},
         )
     ]
+
+
+def _untrained_roots(w: Watch, seen: set[int]) -> list[tuple[str, torch.Tensor]]:
+    """Parameters of a model that ran in training forward passes and got gradients, in training mode,
+    although no optimizer holds any of its parameters: a GAN's discriminator whose optimizer was
+    given the generator's parameters, a separate head or loss module left out of the optimizer.
+
+    A model in eval mode (a fixed loss network, a teacher) is left alone, and so is one whose
+    parameters some optimizer holds that has not stepped yet (a WGAN generator between critic steps).
+    """
+    held = {id(p) for st in w._states.values() for p in st.params}
+    candidates: list[nn.Module] = []
+    for root in list(w._train_roots.values()):
+        inner = unwrap(root)
+        if any(inner is unwrap(m) for m in w._models) or not inner.training:
+            continue
+        params = [p for p in inner.parameters() if p.requires_grad]
+        if not params or any(id(p) in held or id(p) in seen for p in params):
+            continue
+        if any(p.grad is not None for p in params):
+            candidates.append(inner)
+    if not candidates:
+        return []
+    in_some_optimizer = {
+        id(p)
+        for o in gc.get_objects()
+        if issubclass(type(o), torch.optim.Optimizer)
+        for g in o.param_groups
+        for p in g["params"]
+    }
+    out: list[tuple[str, torch.Tensor]] = []
+    for inner in candidates:
+        params = [p for p in inner.parameters() if p.requires_grad]
+        if any(id(p) in in_some_optimizer for p in params):
+            continue
+        names = _orphan_names(params)
+        out.extend(
+            (names.get(id(p), f"{type(inner).__name__}.{n}"), p) for n, p in inner.named_parameters() if p.requires_grad
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------- SEN103/SEN104

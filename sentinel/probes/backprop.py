@@ -8,6 +8,7 @@ node hooks added on demand (:class:`BackwardWatch`), stopping at the first bad n
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -112,6 +113,27 @@ class BackwardWatch:
         self.seen.clear()
 
 
+def _first_bad(outs: Any) -> tuple[int, torch.Tensor] | None:
+    """The first gradient in a node's outputs holding a NaN/Inf, exactly (index, gradient)."""
+    if type(outs) is not tuple:
+        outs = (outs,)
+    if len(outs) == 1:  # the common case: one output, checked without building lists
+        g = outs[0]
+        if g is None or not _checkable(g):
+            return None
+        if g.is_cpu and not g.is_sparse:
+            s = g.sum() if g.dtype is torch.float32 else g.float().sum()
+            if math.isfinite(s.item()) or _exactly_finite(g):
+                return None
+            return 0, g
+    present = [(i, g) for i, g in enumerate(outs) if g is not None and _checkable(g)]
+    if present:
+        for (i, g), ok in zip(present, _screen([g for _, g in present]), strict=True):
+            if not ok and not _exactly_finite(g):
+                return i, g
+    return None
+
+
 def run_module_backward(roots: list[tuple[Any, int, torch.Tensor]], lo: int, hi: int) -> BackwardOrigin | None:
     """Backpropagate once more through the part of the kept graph made by one module call (autograd
     nodes numbered ``lo..hi``), starting from ``roots`` ``(node, input slot, gradient)``, by calling
@@ -130,20 +152,25 @@ def run_module_backward(roots: list[tuple[Any, int, torch.Tensor]], lo: int, hi:
 
     for node, slot, grad in roots:
         feed(node, slot, grad)
-    with torch.no_grad():
+    enabled = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)
+    try:
         while buffers:
-            key = max(buffers, key=lambda k: buffers[k][0]._sequence_nr())
+            if len(buffers) == 1:
+                key = next(iter(buffers))
+            else:
+                key = max(buffers, key=lambda k: buffers[k][0]._sequence_nr())
             node, slots = buffers.pop(key)
             out = node(*slots)
+            bad = _first_bad(out)
+            if bad is not None:
+                return BackwardOrigin(node, *bad)
             outs = out if isinstance(out, tuple) else (out,)
-            present = [(i, g) for i, g in enumerate(outs) if g is not None and _checkable(g)]
-            if present:
-                for (i, g), ok in zip(present, _screen([g for _, g in present]), strict=True):
-                    if not ok and not _exactly_finite(g):
-                        return BackwardOrigin(node, i, g)
             for (nxt, slot), g in zip(node.next_functions, outs, strict=False):
                 if nxt is None or g is None or nxt.name() == ACCUMULATE_GRAD:
                     continue
                 if lo <= nxt._sequence_nr() <= hi:
                     feed(nxt, slot, g)
+    finally:
+        torch._C._set_grad_enabled(enabled)
     return None

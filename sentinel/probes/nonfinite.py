@@ -20,15 +20,17 @@ Two layers, so that healthy steps cost almost nothing (the cheap checks live in
      other recorded value was overwritten in place, the step is replayed with a sum taken of every
      value as it is seen;
   3. loss: non-finite although the model output is finite;
-  4. backward: the step keeps its graph and a tensor hook keeps (by reference) the gradient that
-     reached every recorded value. The origin is a module call whose outputs received a finite
-     gradient while its inputs (or its parameters) received a non-finite one; only that call's part
-     of the graph is backpropagated again, node by node, to name the first op emitting a NaN/Inf.
-     When that finds nothing (the origin is outside every module, e.g. in the loss), the whole kept
-     graph is backpropagated again with autograd nodes hooked on demand (a node gets its hook when
-     a node above it has run), abandoning the pass at the first node emitting a non-finite
-     gradient. Either way the node is mapped to the innermost module that was running when it was
-     created (by autograd sequence number);
+  4. backward: the step keeps its graph and sees the gradient that reaches every recorded value
+     below the model's own output (:mod:`sentinel.probes.boundary`: on CPU each one is checked as
+     it arrives and the backward stops at the first non-finite one; elsewhere they are kept and
+     screened after). The origin is a module call whose outputs received a finite gradient while
+     its inputs (or its parameters) received a non-finite one; only that call's part of the graph
+     is backpropagated again, node by node, to name the first op emitting a NaN/Inf. When that
+     finds nothing (the origin is in the loss or at the model's top), the whole kept graph is
+     backpropagated again with autograd nodes hooked on demand (a node gets its hook when a node
+     above it has run), abandoning the pass at the first node emitting a non-finite gradient.
+     Either way the node is mapped to the innermost module that was running when it was created
+     (by autograd sequence number);
   5. update: the first parameter that is non-finite after ``optimizer.step()``.
 
 - :func:`localize`: the same search on a replay of a step known to fail, from the state the caller
@@ -38,9 +40,10 @@ Two layers, so that healthy steps cost almost nothing (the cheap checks live in
 In-place ops are handled: a value is keyed by tensor and autograd version, so a tensor overwritten
 in place is a new value, and a value that is gone by the time it is checked triggers the eager replay.
 
-Cost on a healthy step: a thin wrapper per module call and a tensor hook per recorded value that
-requires grad (benchmarks/probe_speed.py prints both). On a failing step: one norm per recorded
-value, the re-run of the origin module's nodes (or of the backward up to the origin) and the finding.
+Cost on a healthy step: a thin wrapper per module call and a gradient hook per recorded value that
+requires grad (on CPU one sum per gradient), benchmarks/probe_speed.py prints it. On a failing step:
+the backward only down to the first bad boundary (CPU), one sum per recorded value, the re-run of
+the origin module's nodes (or of the backward up to the origin) and the finding.
 """
 
 from __future__ import annotations
@@ -49,15 +52,15 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from sentinel.findings import Finding
-from sentinel.probes.backprop import BackwardOrigin, BackwardWatch, run_module_backward
+from sentinel.probes.backprop import BackwardOrigin, BackwardWatch
 from sentinel.probes.batch import ComputeLoss, compute, tensor_items
+from sentinel.probes.boundary import BoundaryGrads, StopBackward, module_origin
 from sentinel.probes.masks import ATTENTION, mask_names, neg_inf_only
 from sentinel.probes.screen import _checkable, _exactly_finite, _kind, _screen, _sum_of, all_finite, first_nonfinite
 from sentinel.probes.state import Snapshot
@@ -153,13 +156,11 @@ class _Tracer:
         self.sums: dict[tuple[int, int], torch.Tensor] = {}
         self.tensors: dict[tuple[int, int], torch.Tensor] = {}
         self.saved: list[tuple[nn.Module, Any]] = []
-        # grads=True: a tensor hook on every value that requires grad keeps the gradient that reaches
-        # it in the backward (a reference, no computation), in the order they arrive.
+        # grads=True: the gradient that reaches every value that requires grad is seen in the
+        # backward (see sentinel.probes.boundary); the values are hooked by hook_values()
         self.hook_grads = grads
-        self.grads: dict[tuple[int, int], torch.Tensor] = {}
-        self.arrival: dict[tuple[int, int], int] = {}
-        self.grad_handles: list[Any] = []
-        self.pending: list[tuple[tuple[int, int], torch.Tensor]] = []  # hooked by hook_values() after the forward
+        self.boundary = BoundaryGrads()
+        self.proven: set[tuple[int, int]] = set()  # values known to be finite (the checked batch)
         try:
             for name, module in _named_modules(model):
                 original = module.__dict__.get("forward", _MISSING)
@@ -180,7 +181,7 @@ class _Tracer:
                     continue
                 kept[key] = t
                 if self.hook_grads and t.requires_grad:
-                    self.pending.append((key, t))
+                    self.boundary.pending.append((key, t))
             if eager and key not in sums:
                 sums[key] = _sum_of(t.detach())
             keys.append(key)
@@ -206,52 +207,14 @@ class _Tracer:
 
         return traced_forward
 
-    def _got_grad(self, key: tuple[int, int], grad: torch.Tensor) -> None:
-        if key not in self.grads:
-            self.arrival[key] = len(self.arrival)
-        self.grads[key] = grad
-
-    def _got_grads(self, outputs: list[tuple[int, tuple[int, int]]], grad_outputs: tuple[Any, ...]) -> None:
-        for nr, key in outputs:
-            g = grad_outputs[nr] if nr < len(grad_outputs) else None
-            if g is not None:
-                self._got_grad(key, g)
-
-    def hook_values(self) -> None:
-        """Put the gradient hooks on the recorded values, once the forward is over and its loss is
-        finite (a step that fails in the forward never pays for them). A value overwritten in place
-        since it was recorded is left out: its tensor now stands for another node.
-
-        One pre-hook per autograd node that made recorded values (what ``Tensor.register_hook``
-        does for a non-leaf, without its Python bookkeeping per tensor): it sees the gradient that
-        reached each of the node's outputs just before the node runs. Leaves get a tensor hook."""
-        by_node: dict[int, tuple[Any, list[tuple[int, tuple[int, int]]]]] = {}
-        for key, t in self.pending:
-            if t._version != key[1]:
-                continue
-            node = t.grad_fn
-            if node is None or not hasattr(node, "register_prehook"):
-                try:
-                    self.grad_handles.append(t.register_hook(partial(self._got_grad, key)))
-                except RuntimeError:  # a tensor type that takes no hooks: its module is not a candidate
-                    pass
-                continue
-            entry = by_node.get(id(node))
-            if entry is None:
-                entry = by_node[id(node)] = (node, [])
-            entry[1].append((t.output_nr, key))
-        for node, outputs in by_node.values():
-            try:
-                self.grad_handles.append(node.register_prehook(partial(self._got_grads, outputs)))
-            except RuntimeError:  # pragma: no cover - a node that takes no hooks
-                pass
-        self.pending.clear()
+    def hook_values(self) -> bool:
+        """Hook the recorded values' gradients, once the forward is over and its loss is finite
+        (False: none to hook)."""
+        return self.boundary.hook(self.calls)
 
     def release(self) -> None:
         """Remove the gradient hooks (the module wrappers are removed by :meth:`remove`)."""
-        for h in self.grad_handles:
-            h.remove()
-        self.grad_handles.clear()
+        self.boundary.release()
 
     def remove(self) -> None:
         for module, original in reversed(self.saved):
@@ -265,8 +228,10 @@ class _Tracer:
         """Per value seen: True when proven finite (from its sum if one was taken, else from the
         tensor, which still holds that value), False when it may not be."""
         keys = list(self.tensors)
-        live = [k for k in keys if k not in self.sums]
+        proven = self.proven
+        live = [k for k in keys if k not in self.sums and k not in proven]
         screened = dict(zip(live, _screen([self.tensors[k] for k in live]), strict=True)) if live else {}
+        screened.update((k, True) for k in proven if k in self.tensors and k not in self.sums)
         summed = [k for k in keys if k in self.sums]
         by_device: dict[torch.device, list[tuple[int, int]]] = {}
         for k in summed:
@@ -387,59 +352,6 @@ def _describe(name: str | None, module: nn.Module | None) -> str:
     return f"the model itself ({cls}.forward)" if name == "" else f"module `{name}` ({cls})"
 
 
-def _module_origin(tracer: _Tracer, params: Sequence[tuple[str, torch.Tensor]]) -> BackwardOrigin | None:
-    """The backward origin, found from the gradients the live backward left at module boundaries.
-
-    A module call is a candidate when the gradient that reached its outputs is finite and the one it
-    passed on to its inputs (or, failing that, to its parameters) is not. Candidates are tried in the
-    order the backward reached them: only that call's part of the kept graph is backpropagated again
-    (:func:`run_module_backward`), from its outputs with the gradient they received, and the first
-    op emitting a NaN/Inf is the origin. None when no candidate reproduces it (the caller then hooks
-    the whole backward).
-    """
-    grads = tracer.grads
-    if not grads:
-        return None
-    # Screened only: a gradient whose norm overflows counts as non-finite here; if that hides the
-    # origin, no candidate reproduces and the caller's exact search runs.
-    keys = list(grads)
-    finite = dict(zip(keys, _screen([grads[k] for k in keys]), strict=True)).__getitem__
-
-    def candidates(bad_params: set[int] | None) -> list[tuple[int, _Call, list[tuple[int, int]]]]:
-        found = []
-        for c in tracer.calls:
-            outs = [k for k in c.outputs if k in grads]
-            if not outs or not all(finite(k) for k in outs):
-                continue
-            if bad_params is None:
-                hit = any(not finite(k) for k in c.inputs if k in grads)
-            else:
-                hit = any(id(p) in bad_params for p in c.module.parameters())
-            if hit:
-                found.append((min(tracer.arrival[k] for k in outs), c, outs))
-        found.sort(key=lambda item: item[0])
-        return found
-
-    def bad_parameters() -> set[int]:
-        with_grad = [p for _, p in params if p.grad is not None and _checkable(p.grad)]
-        flags = _screen([p.grad for p in with_grad]) if with_grad else []
-        return {id(p) for p, ok in zip(with_grad, flags, strict=True) if not ok}
-
-    for bad in (None, bad_parameters):
-        for _, c, outs in candidates(None if bad is None else bad()):
-            tensors = [tracer.tensors[k] for k in outs]
-            if any(t._version != k[1] or t.grad_fn is None for t, k in zip(tensors, outs, strict=True)):
-                continue  # overwritten in place since: its node is not the one the gradient reached
-            roots = [(t.grad_fn, t.output_nr, grads[k]) for t, k in zip(tensors, outs, strict=True)]
-            try:
-                origin = run_module_backward(roots, c.start, c.end)
-            except Exception:  # a node that cannot run twice: let the caller hook the whole backward
-                return None
-            if origin is not None:
-                return origin
-    return None
-
-
 Backward = Callable[[torch.Tensor, bool], None]
 
 
@@ -473,7 +385,7 @@ def checked_step(
 
     - forward or loss: the recorded module inputs and outputs name the origin;
     - backward: the gradients the step left at module boundaries name the origin module, whose
-      nodes are run again to name the op (:func:`_module_origin`); failing that, the grads are
+      nodes are run again to name the op (:func:`sentinel.probes.boundary.module_origin`); failing that, the grads are
       cleared and the kept graph is backpropagated once more with autograd node hooks
       (:class:`BackwardWatch`), which stop at the first node emitting a NaN/Inf;
     - update: the first parameter that is no longer finite.
@@ -483,12 +395,14 @@ def checked_step(
     (a replay of a step known to fail) hooks the backward at once instead of keeping the graph.
     Exceptions raised by the user's code propagate.
     """
-    found_input, masked = _input_finding(batch, step, model)
+    found_input, masked, finite_batch = _input_finding(batch, step, model)
     if found_input is not None:
         return found_input
     tracer = _Tracer(model, eager=eager, grads=not expect_failure)
+    tracer.proven.update((id(t), t._version) for t in finite_batch)
     watch = BackwardWatch()
     origin: BackwardOrigin | None = None
+    hooked = False
     try:
         try:
             loss = forward()
@@ -514,9 +428,16 @@ def checked_step(
                 except BackwardOrigin as found:
                     origin = found
             else:
-                tracer.hook_values()
-                backward(loss, True)
-            grads_ok = origin is None and all_finite([p.grad for _, p in params])
+                hooked = tracer.hook_values()
+                try:
+                    backward(loss, True)
+                except StopBackward:  # a boundary gradient was non-finite (CPU): the rest is not needed
+                    if tracer.boundary.overflowed():  # no: large finite values; run it all
+                        for _, p in params:
+                            p.grad = None
+                        backward(loss, True)
+            stopped = tracer.boundary.stopped
+            grads_ok = origin is None and not stopped and all_finite([p.grad for _, p in params])
         if not loss_ok or not grads_ok:
             found_fwd = tracer.origin(masked)
             if found_fwd is _UNKNOWN:
@@ -528,8 +449,10 @@ def checked_step(
             if not loss_ok:
                 return _loss_finding(loss, step)
             if origin is None and not expect_failure:
-                origin = _module_origin(tracer, params)
+                if hooked:
+                    origin = module_origin(tracer.calls, tracer.tensors, tracer.boundary, params)
             if origin is None and not expect_failure:
+                tracer.release()  # its hooks would stop this backward at the same place
                 for _, p in params:
                     p.grad = None
                 watch.add(loss.grad_fn)
@@ -575,18 +498,24 @@ def checked_step(
     )
 
 
-def _input_finding(batch: Any, step: int, model: nn.Module | None = None) -> tuple[Finding | None, bool]:
-    """The SEN105 input finding (or None), and whether the batch holds attention masks."""
+def _input_finding(
+    batch: Any, step: int, model: nn.Module | None = None
+) -> tuple[Finding | None, bool, list[torch.Tensor]]:
+    """The SEN105 input finding (or None), whether the batch holds attention masks, and the batch's
+    tensors when all of them are finite."""
+    if type(batch) is tuple and all(type(t) is torch.Tensor for t in batch):  # (inputs, targets): no walk
+        if first_nonfinite(batch) is None:
+            return None, False, list(batch)
     items = list(tensor_items(batch))
     i = first_nonfinite([t for _, t in items])
     if i is None:
-        return None, False
+        return None, False, [t for _, t in items]
     masks = mask_names(items, batch, model)  # -inf by design (see sentinel.probes.masks)
     if masks:
         items = [(n, t) for n, t in items if n not in masks]
         i = first_nonfinite([t for _, t in items])
         if i is None:
-            return None, True
+            return None, True, []
     name, t = items[i]
     kind = _kind(t)
     finding = _finding(
@@ -599,7 +528,7 @@ def _input_finding(batch: Any, step: int, model: nn.Module | None = None) -> tup
         tensor=name,
         value=kind.lower(),
     )
-    return finding, bool(masks)
+    return finding, bool(masks), []
 
 
 def _bad_positions(t: torch.Tensor) -> tuple[int, list[int]] | None:

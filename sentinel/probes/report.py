@@ -177,7 +177,19 @@ def _merge_findings(per_rank: Sequence[tuple[int, Finding]]) -> Finding:
     message = base.message
     if len(ranks) > 1 or ranks != [0]:
         message += f" (rank{'s' if len(ranks) != 1 else ''} {', '.join(map(str, ranks))})"
+    if base.code == "SEN105":
+        # where the first non-finite value was made, apart from the ranks it reached afterwards (a
+        # NaN batch on one rank spreads to every rank through DDP's gradient all-reduce)
+        origin = sorted({r for r, f in per_rank if _origin(f) == _origin(base)})
+        details["origin_ranks"] = origin
+        if origin != ranks:
+            message += f"; it started on rank{'s' if len(origin) != 1 else ''} {', '.join(map(str, origin))}"
     return Finding(base.code, message, details, name=base.name)
+
+
+def _origin(f: Finding) -> tuple[Any, ...]:
+    d = f.details
+    return (d.get("step"), d.get("stage"), d.get("module"), d.get("parameter"), d.get("tensor"))
 
 
 def merge_rank_reports(reports: dict[int, Report | None], world_size: int, target: str) -> WatchReport:
