@@ -162,7 +162,8 @@ def test_missing_factory_lists_the_available_ones():
     assert result.exit_code == 2
     assert result.stderr == (
         f"sentinel probe: {HEALTHY} has no attribute 'make_nothing' (it has: make, make_cnn, make_dict_batch,"
-        " make_float16_table, make_frozen, make_mlp, make_mlp_default_optimizer, make_plain_sgd, make_regression)\n"
+        " make_float16_table, make_frozen, make_mlp, make_mlp_default_optimizer, make_plain_sgd,"
+        " make_regression, make_warmup_from_zero)\n"
     )
 
 

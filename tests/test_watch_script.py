@@ -136,7 +136,14 @@ HEALTHY = [
     "two_logit_head_adam.py",
     "loss_network_eval.py",
 ]
-OWN_TESTS = {"crashes.py", "exits_early.py", "half_encoder.py", "manual_sgd.py", "prints_argv_and_path.py"}
+OWN_TESTS = {
+    "crashes.py",
+    "exits_early.py",
+    "half_encoder.py",
+    "manual_sgd.py",
+    "prints_argv_and_path.py",
+    "nan_loss_raises.py",
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -173,6 +180,17 @@ def test_the_odd_dtype_out_is_blamed_even_when_the_script_then_crashes():
         ),
     ]
     assert report.probes[0].status == "error" and "mat1 and mat2 must have the same dtype" in report.probes[0].message
+
+
+def test_a_script_that_raises_on_its_nan_loss_still_gets_the_forward_that_made_it():
+    report, _ = run("nan_loss_raises.py")
+    ((code, details),) = found(report)
+    assert code == "SEN105"
+    assert (details["stage"], details["module"], details["step"], details["value"]) == ("forward", "", 0, "nan")
+    assert details["error"] == "FloatingPointError: NaN loss at step 0"
+    probe = report.probes[0]
+    assert probe.status == "error" and report.exit_code() == 2  # the script raised: its traceback is shown
+    assert probe.traceback.rstrip().endswith("FloatingPointError: NaN loss at step 0")
 
 
 def test_a_script_without_an_optimizer_has_nothing_to_watch():

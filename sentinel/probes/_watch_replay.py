@@ -37,7 +37,7 @@ from torch import nn
 
 from sentinel.probes import _watch_util as U
 
-__all__ = ["ForwardRecord", "Localized", "RngRing", "localize_records", "unwrap"]
+__all__ = ["ForwardRecord", "Localized", "RngRing", "localize_records", "localize_unread", "unwrap"]
 
 
 @dataclass(eq=False)
@@ -149,6 +149,24 @@ def localize_records(
         return Localized("loss", step, root=records[0].module)
     bad = next((p for p, v in zip(params_with_grad, grad_values, strict=False) if not math.isfinite(v)), None)
     return Localized("backward", step, param=bad)
+
+
+def localize_unread(records: list[ForwardRecord], step: int) -> Localized | None:
+    """Training forward passes that no optimizer step followed, at the end of the watch: the script
+    stopped, typically because it rejected the non-finite loss they made (``if torch.isnan(loss):
+    raise``). A non-finite input, or an output whose replay on the model as it is (nothing updated
+    it since) names the forward origin, is the step's first non-finite value; anything else (a
+    finite output, an origin the replay does not reproduce) is not reported."""
+    bad_in = any(
+        not U.is_finite(t) for rec in records if rec.args is not None for _, t in U.call_tensors(rec.args, rec.kwargs)
+    )
+    norms = [r.out_norm for r in records if r.out_norm is not None]
+    if not bad_in and (not norms or _finite_sum(norms)):
+        return None
+    found = localize_records(records, [], [], step, current=True)
+    if found.stage == "input" or (found.stage == "forward" and found.module_name is not None):
+        return found
+    return None
 
 
 def _finite_sum(values: list[torch.Tensor]) -> bool:

@@ -10,7 +10,9 @@ a :class:`~sentinel.findings.Report`.
 - A script that raises (or exits with a non-zero status) is an *error*, not a finding: the probe's
   status is ``error`` (exit status 2), its ``message`` says what was raised and its ``traceback``
   is the script's traceback without sentinel's frames (``sentinel probe`` prints it on stderr).
-  Findings seen before the crash are still reported.
+  Findings seen before the crash are still reported; a script that stops on a NaN/Inf itself (``if
+  torch.isnan(loss): raise``) gets the SEN105 of the forward pass that made it, with its error in
+  ``details["error"]``.
 - The script sees what ``python train.py ARGS`` gives it: ``sys.argv == [path, *ARGS]``,
   ``sys.path[0]`` its own directory (replacing the working directory that ``python -m sentinel``
   put there, so a sibling module shadows nothing it would not shadow under ``python``), and a fresh
@@ -149,6 +151,9 @@ def run_script(
         probe.message = f"{error}; {probe.message}" if probe.message else error
         probe.data["error"] = error
         probe.traceback = user_tb
+        for f in probe.findings:
+            if f.code == "SEN105":  # the script stopped on the NaN/Inf the monitor localized
+                f.details.setdefault("error", error.removeprefix("the script raised "))
     if device != "auto" and not watcher.models:
         report.device = device
     if exchange is not None:

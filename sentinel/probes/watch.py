@@ -74,7 +74,7 @@ from sentinel.findings import Finding, ProbeResult
 from sentinel.probes import _watch_util as U
 from sentinel.probes._watch_forward import ForwardHooks, Tag
 from sentinel.probes._watch_hooks import ModelHooks, compile_skipped, eager_only, guarded, never_compiled
-from sentinel.probes._watch_replay import ForwardRecord, RngRing, localize_records, unwrap
+from sentinel.probes._watch_replay import ForwardRecord, RngRing, localize_records, localize_unread, unwrap
 from sentinel.probes._watch_steps import READ_EVERY, OptState, StepEntry, read_entries, step_check
 from sentinel.probes.nonfinite import first_nonfinite
 from sentinel.probes.report import PROBE_NAME, WatchReport
@@ -591,6 +591,24 @@ class Watch(ForwardHooks):
 
     def _final_checks(self) -> None:
         self._read_all()
+        if self._nonfinite is None and self._records:
+            self._busy = True
+            try:
+                found = localize_unread(self._records, self._window)
+            finally:
+                self._busy = False
+            if found is not None:
+                self._set_nonfinite(
+                    found.stage,
+                    found.step,
+                    root=found.root,
+                    module=found.module,
+                    param=found.param,
+                    tensor=found.tensor,
+                    module_name=found.module_name,
+                    param_name=found.param_name,
+                    extra=found.extra,
+                )
         if self._primary is not None:
             self._check_retained(self._window - 1)
         stepped = [st for st in self._states.values() if st.steps]

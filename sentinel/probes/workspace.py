@@ -212,7 +212,7 @@ class Workspace:
         for g in user.param_groups:
             ps = [by_name[self.user_names[id(p)]] for p in g["params"] if id(p) in self.user_names]
             if ps:
-                groups.append({"params": ps, **{k: _copy_hparam(v) for k, v in g.items() if k != "params"}})
+                groups.append({"params": ps, **{k: _copy_hparam(v) for k, v in _base_hparams(g).items()}})
         desc = _describe_optimizer(user)
         if not groups:
             return None, desc
@@ -252,10 +252,21 @@ class Workspace:
         call_user("optimizer.step()", optimizer_step, optimizer, closure)
 
 
+def _base_hparams(group: dict[str, Any]) -> dict[str, Any]:
+    """A param group's hyperparameters (not its params) with the learning rate its scheduler started
+    from: an LR scheduler records it as ``initial_lr``, and the current ``lr`` may be anything on
+    the schedule (0 at the start of a linear warmup, a fraction of it at the end of a decay). The
+    probes train from scratch, so they use the base rate."""
+    hp = {k: v for k, v in group.items() if k != "params"}
+    if "initial_lr" in hp:
+        hp["lr"] = hp["initial_lr"]
+    return hp
+
+
 def _describe_optimizer(opt: torch.optim.Optimizer) -> str:
     lrs = []
     for g in opt.param_groups:
-        lr = g.get("lr")
+        lr = _base_hparams(g).get("lr")
         if isinstance(lr, torch.Tensor):
             lr = lr.item()
         lrs.append(f"{lr:g}" if isinstance(lr, (int, float)) else str(lr))
