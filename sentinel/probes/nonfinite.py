@@ -181,7 +181,8 @@ class _Tracer:
                     continue
                 kept[key] = t
                 if self.hook_grads and t.requires_grad:
-                    self.boundary.pending.append((key, t))
+                    node = t.grad_fn
+                    self.boundary.pending.append((key, t, -1 if node is None else node._sequence_nr()))
             if eager and key not in sums:
                 sums[key] = _sum_of(t.detach())
             keys.append(key)
