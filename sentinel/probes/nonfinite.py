@@ -419,7 +419,7 @@ def checked_step(
             return _forward_finding(*found, step, error=_error_text(exc))
         finally:
             tracer.remove()
-        loss_ok = all_finite([loss])
+        loss_ok = _finite_loss(loss)
         grads_ok = True
         if loss_ok and loss.grad_fn is not None:
             if expect_failure:
@@ -497,6 +497,13 @@ def checked_step(
         " decay is invalid).",
         value=kind.lower(),
     )
+
+
+def _finite_loss(loss: torch.Tensor) -> bool:
+    """The loss is finite: a scalar is read once (exact, no reduction), anything else screened."""
+    if isinstance(loss, torch.Tensor) and loss.dim() == 0 and loss.is_floating_point() and not loss.is_meta:
+        return math.isfinite(loss.item())
+    return all_finite([loss])
 
 
 def _input_finding(
