@@ -1,6 +1,6 @@
 """How fast is `sentinel probe`, and what does NaN localization cost next to detect_anomaly?
 
-Run:  python benchmarks/probe_speed.py [--threads N] [--repeat R]
+Run:  python benchmarks/probe_speed.py [--threads N] [--repeat R] [--only NAME]
 
 Prints, in one run:
 
@@ -21,10 +21,12 @@ Prints, in one run:
    scratch (what the loop monitor does), what each one
    blames, and whether sentinel's answer is the exact origin (stage, module, step).
 
-Timings: the contenders run interleaved, one call each per round, R rounds; the figures are the
-median over the rounds (wall clock, and CPU time of the process), and each ratio is the median of
-the per-round ratios (so every ratio compares calls made side by side, under the same load). The
-load average is printed. Not a test: no assertion, just figures.
+Timings: one intra-op thread by default (``--threads``): on a shared machine torch's threads wait
+on each other and a step's time mostly measures the scheduler (a small CNN's step went from 30 ms
+to over a second under load with 2 threads). The contenders run interleaved, one call each per
+round, R rounds; the figures are the median over the rounds (wall clock, and CPU time of the
+process), and each ratio is the median of the per-round ratios (so every ratio compares calls made
+side by side, under the same load). The load average is printed. Not a test: no assertion, just figures.
 """
 
 from __future__ import annotations
@@ -418,7 +420,9 @@ def bench_healthy_overhead(healthy, repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch.set_num_threads (default 1, like watch_overhead.py; 0: torch's)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions (median)")
     parser.add_argument("--only", default="", help="localization cases whose name contains this (skips 1. and 2.)")
     args = parser.parse_args()

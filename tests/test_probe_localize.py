@@ -111,3 +111,32 @@ def test_a_boundary_gradient_whose_sum_overflows_is_not_mistaken_for_an_inf():
     loss_fn(model(x), None).backward()
     assert all(torch.equal(a, p.grad) for a, p in zip(got, model.parameters(), strict=True))
     assert all(bool(torch.isfinite(g).all()) for g in got)
+
+
+def test_a_finite_cpu_backward_keeps_only_the_gradients_a_candidate_could_need():
+    # Every call whose inputs all got a finite gradient is cleared, including the calls fed by an
+    # in-place ReLU (their input cannot be hooked: cleared once the backward has passed below it).
+    # Left: the outputs of the calls whose input is the batch (no gradient: they can only be an
+    # origin through their parameters): the stem conv's, and the stem's (its in-place ReLU's).
+    from sentinel.probes.boundary import StopBackward
+    from sentinel.probes.nonfinite import _Tracer
+
+    torch.manual_seed(0)
+    stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+    model = nn.Sequential(stem, *[_Block(4) for _ in range(3)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+    x = torch.randn(4, 3, 6, 6)
+    tracer = _Tracer(model, grads=True)
+    try:
+        loss = model(x).pow(2).mean()
+    finally:
+        tracer.remove()
+    assert tracer.hook_values()
+    try:
+        loss.backward(retain_graph=True)
+    except StopBackward:  # pragma: no cover - the step is finite
+        raise AssertionError("a finite backward was stopped") from None
+    finally:
+        tracer.release()
+    kept = {c.name for c in tracer.calls for k in c.outputs if k in tracer.boundary.grads}
+    assert kept == {"0", "0.0", "0.2"} and len(tracer.boundary.grads) == 2
+    assert len([c for c in tracer.calls if c.outputs]) == 20

@@ -79,7 +79,8 @@ class BoundaryGrads:
     """What reached the recorded values in the backward (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[Key, torch.Tensor]] = []  # recorded values that require grad
+        # recorded values that require grad, with the sequence number of the node that made them
+        self.pending: list[tuple[Key, torch.Tensor, int]] = []
         self.grads: dict[Key, torch.Tensor] = {}
         self.arrival: dict[Key, int] = {}
         self.flags: dict[Key, bool] | None = None  # CPU: finite as it arrived
@@ -90,6 +91,9 @@ class BoundaryGrads:
         self._open: dict[Key, int] = {}  # output value -> calls producing it not cleared yet
         self._waiting: list[int] = []  # per call: inputs whose gradient has not arrived yet
         self._consumers: dict[Key, list[int]] = {}
+        self._seq: dict[Key, int] = {}
+        self._blocked: set[int] = set()  # calls with an input overwritten in place, not passed yet
+        self._thresholds: list[tuple[int, int]] = []  # (sequence number, call) of those, highest first
         self._calls: Sequence[_Call] = ()
 
     def hook(self, calls: Sequence[_Call]) -> bool:
@@ -100,13 +104,16 @@ class BoundaryGrads:
         One pre-hook per autograd node that made recorded values (what ``Tensor.register_hook``
         does for a non-leaf, without its Python bookkeeping per tensor); leaves get a tensor hook."""
         top = _top_outputs(calls)
-        live = [(key, t) for key, t in self.pending if t._version == key[1] and key not in top]
-        self.pending.clear()
+        live = [(key, t) for key, t, _ in self.pending if t._version == key[1] and key not in top]
         eager = all(t.is_cpu for _, t in live)
+        if eager:
+            self._seq = {key: seq for key, _, seq in self.pending}
+            stale = {key: seq for key, t, seq in self.pending if t._version != key[1]}
+        self.pending.clear()
         if not live:
             return False
         if eager:
-            self._track(calls, {key for key, _ in live})
+            self._track(calls, {key for key, _ in live}, stale)
         got = self._got_now if eager else self._got
         by_node: dict[int, tuple[Any, list[tuple[int, Key]]]] = {}
         handles = self.handles
@@ -133,12 +140,18 @@ class BoundaryGrads:
                 pass
         return True
 
-    def _track(self, calls: Sequence[_Call], hooked: set[Key]) -> None:
-        """CPU: check gradients as they arrive and drop those no candidate needs."""
+    def _track(self, calls: Sequence[_Call], hooked: set[Key], stale: dict[Key, int]) -> None:
+        """CPU: check gradients as they arrive and drop those no candidate needs.
+
+        A call is cleared once every input got a finite gradient. An input overwritten in place since
+        (the input of an ``inplace=True`` ReLU) cannot be hooked; the engine runs the nodes of a CPU
+        backward in decreasing sequence number, so its gradient has been passed on once a value made
+        by an earlier node (a lower number than the node that made the input) receives its own."""
         self.flags = {}
         self._calls = calls
         consumers, opened = self._consumers, self._open
         waiting = []
+        blocked: list[tuple[int, int]] = []
         for i, c in enumerate(calls):
             ins = hooked.intersection(c.inputs)
             waiting.append(len(ins))
@@ -146,7 +159,12 @@ class BoundaryGrads:
                 consumers.setdefault(k, []).append(i)
             for k in set(c.outputs):
                 opened[k] = opened.get(k, 0) + 1
+            made = [stale[k] for k in c.inputs if k in stale]
+            if made:
+                blocked.append((min(made) if min(made) >= 0 else -1, i))
         self._waiting = waiting
+        self._blocked = {i for _, i in blocked}
+        self._thresholds = sorted(blocked, reverse=True)
 
     @staticmethod
     def _got_one(got: Any, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> None:
@@ -186,20 +204,30 @@ class BoundaryGrads:
             self.bad_grad = grad
             self.stopped = True
             raise StopBackward
-        consumers = self._consumers.get(key)
-        if not consumers:
-            return
-        calls, waiting, grads = self._calls, self._waiting, self.grads
-        for i in consumers:
+        waiting, blocked = self._waiting, self._blocked
+        for i in self._consumers.get(key, ()):
             waiting[i] -= 1
-            if waiting[i] == 0:  # every input got a finite gradient: this call is not the origin
-                for k in set(calls[i].outputs):
-                    n = opened.get(k, 0)
-                    if n > 1:
-                        opened[k] = n - 1
-                    elif n == 1:
-                        del opened[k]
-                        grads.pop(k, None)
+            if waiting[i] == 0 and i not in blocked:  # every input got a finite gradient: not the origin
+                self._clear(i)
+        thresholds = self._thresholds
+        if thresholds:
+            seq = self._seq.get(key, -1)
+            while thresholds and seq >= 0 and thresholds[0][0] > seq:
+                _, i = thresholds.pop(0)
+                blocked.discard(i)
+                if waiting[i] == 0:
+                    self._clear(i)
+
+    def _clear(self, i: int) -> None:
+        """Call ``i`` is not the origin: drop the gradients of its outputs that no other call needs."""
+        opened, grads = self._open, self.grads
+        for k in set(self._calls[i].outputs):
+            n = opened.get(k, 0)
+            if n > 1:
+                opened[k] = n - 1
+            elif n == 1:
+                del opened[k]
+                grads.pop(k, None)
 
     def overflowed(self) -> bool:
         """The backward was stopped on a gradient whose sum overflowed although every element was

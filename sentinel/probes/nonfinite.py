@@ -181,7 +181,8 @@ class _Tracer:
                     continue
                 kept[key] = t
                 if self.hook_grads and t.requires_grad:
-                    self.boundary.pending.append((key, t))
+                    node = t.grad_fn
+                    self.boundary.pending.append((key, t, -1 if node is None else node._sequence_nr()))
             if eager and key not in sums:
                 sums[key] = _sum_of(t.detach())
             keys.append(key)
@@ -418,7 +419,7 @@ def checked_step(
             return _forward_finding(*found, step, error=_error_text(exc))
         finally:
             tracer.remove()
-        loss_ok = all_finite([loss])
+        loss_ok = _finite_loss(loss)
         grads_ok = True
         if loss_ok and loss.grad_fn is not None:
             if expect_failure:
@@ -496,6 +497,13 @@ def checked_step(
         " decay is invalid).",
         value=kind.lower(),
     )
+
+
+def _finite_loss(loss: torch.Tensor) -> bool:
+    """The loss is finite: a scalar is read once (exact, no reduction), anything else screened."""
+    if isinstance(loss, torch.Tensor) and loss.dim() == 0 and loss.is_floating_point() and not loss.is_meta:
+        return math.isfinite(loss.item())
+    return all_finite([loss])
 
 
 def _input_finding(
