@@ -140,6 +140,7 @@ def _worker(result_path: str, paths: list[str]) -> None:
         cpu_start = time.process_time()
         sink = io.StringIO()
         saved_argv = sys.argv
+        saved_env = dict(os.environ)
         try:
             os.chdir(workdir)
             sys.argv = [path]  # as `python fixture.py`: scripts with argparse see no arguments
@@ -160,6 +161,12 @@ def _worker(result_path: str, paths: list[str]) -> None:
         finally:
             sys.argv = saved_argv
             os.chdir(REPO)
+            # A fixture's environment (MASTER_PORT, ...) and a process group it left initialized must
+            # not leak into the next one: a stale port makes the next rendezvous wait for a peer.
+            os.environ.clear()
+            os.environ.update(saved_env)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
             # Global autograd state must not leak from one fixture into the next.
             torch.set_grad_enabled(True)
             torch.set_default_dtype(torch.float32)
