@@ -593,6 +593,35 @@ class Facts(RegionsMixin):
                 return True
         return False
 
+    def resets_before(self, step: StepEvent) -> Iterator[ResetEvent]:
+        """Resets that run, whenever ``step`` runs, earlier in its iteration and clear every gradient it applies."""
+        step_conds = self.conds_within(step, step)
+        for r in self.near(step, "resets"):
+            if r.seq >= step.seq or not self.same_iteration(step, r) or not self.only_resets_below(step, r):
+                continue
+            if self.exclusive(r, step) or not self.conds_within(step, r) <= step_conds:
+                continue
+            if self.reset_covers(r, step):
+                yield r
+
+    def backward_between(self, step: StepEvent, lo: int, hi: int) -> bool:
+        """Does a backward() of ``step``'s iteration that may feed its gradients run between ``lo`` and ``hi``?"""
+        return any(
+            lo < b.seq < hi and self.same_iteration(step, b) and self.backward_may_reach(b, step)
+            for b in self.near(step, "backwards")
+        )
+
+    def feeds_step(self, b: BackwardEvent, step: StepEvent, until: int) -> bool:
+        """Is ``b``, before seq ``until`` in ``step``'s iteration, a backward() for ``step``? Not when another
+        optimizer steps in between: that backward was the other one's (a GAN's discriminator update
+        before the generator's)."""
+        if not (b.seq < until and self.same_iteration(step, b) and self.backward_may_reach(b, step)):
+            return False
+        return not any(
+            b.seq < s.seq < until and s.ident is not step.ident and self.same_iteration(step, s)
+            for s in self.near(step, "steps")
+        )
+
     def clip_touches(self, clip: ClipEvent, step: StepEvent) -> bool | None:
         """Does the clipping call touch the parameters ``step`` updates? None: cannot tell."""
         if clip.models is None or not step.model:

@@ -5,37 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from sentinel.analysis.facts import Facts, ResetEvent, StepEvent
+from sentinel.analysis.facts import Facts
 from sentinel.rules.base import Rule, Violation
-
-
-def reset_before_step(facts: Facts, step: StepEvent) -> Iterator[ResetEvent]:
-    """Resets that run, whenever ``step`` runs, earlier in its iteration and clear every gradient it applies."""
-    step_conds = facts.conds_within(step, step)
-    for r in facts.near(step, "resets"):
-        if r.seq >= step.seq or not facts.same_iteration(step, r) or not facts.only_resets_below(step, r):
-            continue
-        if facts.exclusive(r, step) or not facts.conds_within(step, r) <= step_conds:
-            continue
-        if facts.reset_covers(r, step):
-            yield r
-
-
-def backward_between(facts: Facts, step: StepEvent, lo: int, hi: int) -> bool:
-    """Does some backward() of ``step``'s iteration that may feed its gradients run between ``lo`` and ``hi``?"""
-    return any(
-        lo < b.seq < hi and facts.same_iteration(step, b) and facts.backward_may_reach(b, step)
-        for b in facts.near(step, "backwards")
-    )
-
-
-def other_step_between(facts: Facts, step: StepEvent, lo: int, hi: int) -> bool:
-    """Does another optimizer step between seq ``lo`` and ``hi`` of ``step``'s iteration? Then the
-    backward() before it was that optimizer's (a GAN's discriminator update before the generator's)."""
-    return any(
-        lo < s.seq < hi and s.ident is not step.ident and facts.same_iteration(step, s)
-        for s in facts.near(step, "steps")
-    )
 
 
 class ZeroGradBeforeStep(Rule):
@@ -211,18 +182,14 @@ Trainer(nn.Linear(4, 1)).train_epoch([(torch.randn(2, 4), torch.randn(2, 1))])
     def check(self, facts: Facts) -> Iterator[Violation]:
         seen: set[int] = set()
         for step in facts.steps:
-            for r in reset_before_step(facts, step):
+            for r in facts.resets_before(step):
                 if id(r.node) in seen or facts.in_closure(step, r):
                     continue
                 backed = any(
-                    b.seq < r.seq
-                    and facts.same_iteration(step, b)
-                    and not facts.exclusive(b, r)
-                    and facts.backward_may_reach(b, step)
-                    and not other_step_between(facts, step, b.seq, r.seq)
+                    facts.feeds_step(b, step, r.seq) and not facts.exclusive(b, r)
                     for b in facts.near(step, "backwards")
                 )
-                if not backed or backward_between(facts, step, r.seq, step.seq):
+                if not backed or facts.backward_between(step, r.seq, step.seq):
                     continue
                 if facts.grad_written_between(step, r.seq, step.seq):
                     continue  # gradients set by hand after the reset (PCGrad-style surgery)

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 from sentinel.analysis.facts import Facts
 from sentinel.rules.base import Rule, Violation
-from sentinel.rules.sen007_zero_grad_before_step import backward_between, other_step_between, reset_before_step
 
 
 class StepBeforeBackward(Rule):
@@ -160,24 +159,18 @@ for epoch in range(2):
                 and not facts.exclusive(b, step)
                 and facts.backward_may_reach(b, step)
             ]
-            earlier = any(
-                b.seq < step.seq
-                and facts.same_iteration(step, b)
-                and facts.backward_may_reach(b, step)
-                and not other_step_between(facts, step, b.seq, step.seq)
-                for b in facts.near(step, "backwards")
-            )
+            earlier = any(facts.feeds_step(b, step, step.seq) for b in facts.near(step, "backwards"))
             if not after or earlier:
                 continue  # a backward() for this step earlier in the iteration: the reset wipes it (SEN007)
             # a reset, then the step, with no backward() between them: whatever ran before the reset
             # (another network's loss in a GAN) is wiped, and this iteration's backward comes too late
             resets = [
                 r
-                for r in reset_before_step(facts, step)
-                if not backward_between(facts, step, r.seq, step.seq)
+                for r in facts.resets_before(step)
+                if not facts.backward_between(step, r.seq, step.seq)
                 and not facts.grad_written_between(step, r.seq, step.seq)
             ]
-            if not backward_between(facts, step, -1, step.seq) and not facts.grad_written_between(step, -1, step.seq):
+            if not facts.backward_between(step, -1, step.seq) and not facts.grad_written_between(step, -1, step.seq):
                 resets += self._reset_at_end(facts, step, after)
             if not resets:
                 continue
@@ -207,7 +200,7 @@ for epoch in range(2):
                 continue
             if facts.exclusive(r, step) or not facts.conds_within(step, r) <= step_conds:
                 continue
-            if not facts.reset_covers(r, step) or backward_between(facts, step, r.seq, 1 << 62):
+            if not facts.reset_covers(r, step) or facts.backward_between(step, r.seq, 1 << 62):
                 continue
             if facts.grad_written_between(step, r.seq, 1 << 62):
                 continue
