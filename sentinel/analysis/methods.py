@@ -34,6 +34,7 @@ from sentinel.analysis.syntax import (
     extended_tail,
     list_sensitive,
     list_tail,
+    state_dict_call,
     union_sensitive,
 )
 from sentinel.analysis.values import (
@@ -308,29 +309,22 @@ class MethodsMixin:
         if not kept:
             return
         self._note_stored(node.args, state, ctx)
-        direct = any(
-            isinstance(n, cst.Call) and isinstance(n.func, cst.Attribute) and n.func.attr.value == "state_dict"
-            for a in node.args
-            for n in ([e.value for e in a.value.elements] if type(a.value) in (cst.Tuple, cst.List) else [a.value])
-        )
-        if ctx.model_method or not direct:
+        if ctx.model_method or not any(state_dict_call(a.value) for a in node.args):
             return
         for v in values:
-            for x in (v.elems or ()) if v.kind in (TUPLE, LIST) else (v,):
-                if x.kind == STATE_DICT and x.alias is not None:
-                    self.facts.snapshots.append(
-                        self._ev(
-                            SnapshotEvent,
-                            node,
-                            ctx,
-                            target=kept[0],
-                            what="append",
-                            persistent=True,
-                            source="optimizer" if x.const == "optimizer" else "model",
-                            alias=x.alias,
-                        )
-                    )
-                    return
+            x = _live_state_dict(v)
+            if x is not None:
+                self._kept_snapshot(node, ctx, kept[0], x)
+                return
+
+    def _kept_snapshot(self, node, ctx: Ctx, target: str, x: V) -> None:
+        """A live state dict (or dict aliasing one) put into container ``target`` by call ``node``."""
+        source = "optimizer" if x.const == "optimizer" else "model"
+        self.facts.snapshots.append(
+            self._ev(
+                SnapshotEvent, node, ctx, target=target, what="append", persistent=True, source=source, alias=x.alias
+            )
+        )
 
     def _closure(self, args: list[V], kwargs: dict[str, V], node, state: State, ctx: Ctx) -> None:
         for v in [*args, *kwargs.values()]:
@@ -364,22 +358,11 @@ class MethodsMixin:
     def _append(self, recv: V, meth: str, node, args: list[V], state: State, ctx: Ctx) -> V:
         x = args[-1] if args else TOP
         path = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
-        if x.kind in (TUPLE, LIST) and x.elems and node.args and _holds_state_dict_call(node.args[-1].value):
+        if x.kind in (TUPLE, LIST) and node.args and state_dict_call(node.args[-1].value) is not None:
             # `top_k.append((-loss, epoch, model.state_dict()))`: the live state dict, kept in a record
-            x = next((e for e in x.elems if e.kind == STATE_DICT and e.alias is not None), x)
+            x = _live_state_dict(x) or x
         if x.kind in (STATE_DICT, DICT) and x.alias is not None and self.frame_stack and not ctx.model_method:
-            self.facts.snapshots.append(
-                self._ev(
-                    SnapshotEvent,
-                    node,
-                    ctx,
-                    target=path or "<list>",
-                    what="append",
-                    persistent=True,
-                    source="optimizer" if x.const == "optimizer" else "model",
-                    alias=x.alias,
-                )
-            )
+            self._kept_snapshot(node, ctx, path or "<list>", x)
         acc_id = next(self.ids)
         items = x.elems if (meth == "extend" and x.elems is not None) else (x,)
         for item in items:
@@ -527,13 +510,9 @@ class MethodsMixin:
         return {s.ident for s in self.facts.samplers}
 
 
-def _holds_state_dict_call(node: cst.BaseExpression) -> bool:
-    """Is ``node`` a tuple or list literal with a ``....state_dict()`` call among its elements?"""
-    if not isinstance(node, (cst.Tuple, cst.List)):
-        return False
-    return any(
-        isinstance(e.value, cst.Call)
-        and isinstance(e.value.func, cst.Attribute)
-        and e.value.func.attr.value == "state_dict"
-        for e in node.elements
-    )
+def _live_state_dict(v: V) -> V | None:
+    """A state dict aliasing live tensors: ``v`` itself or an element of the tuple/list ``v``."""
+    for x in (v.elems or ()) if v.kind in (TUPLE, LIST) else (v,):
+        if x.kind == STATE_DICT and x.alias is not None:
+            return x
+    return None

@@ -134,6 +134,16 @@ def list_sensitive(v: V) -> bool | None:
     return _any_sensitive(v.elems) if v.elems is not None else v.sensitive
 
 
+def state_dict_call(node: cst.BaseExpression) -> cst.Call | None:
+    """``model.state_dict()`` itself, or the first such call among a tuple/list literal's elements
+    (``(-loss, epoch, model.state_dict())``: a record holding the live state dict)."""
+    parts = [e.value for e in node.elements] if isinstance(node, (cst.Tuple, cst.List)) else [node]
+    for part in parts:
+        if isinstance(part, cst.Call) and isinstance(part.func, cst.Attribute) and part.func.attr.value == "state_dict":
+            return part
+    return None
+
+
 def list_tail(v: V) -> V | None:
     """The last element of a list or tuple, when known (also after a loop that built the rest)."""
     return v.elems[-1] if v.elems else v.tail

@@ -214,15 +214,15 @@ def _snapshot_value(violation: Violation):
     takes its element), or the argument of the flagged ``append``."""
     import libcst as cst
 
+    from sentinel.analysis.syntax import state_dict_call
+
     node, stmt = violation.node, violation.stmt
     if isinstance(node, cst.Call):
         args = [a for a in node.args if a.keyword is None and not a.star]
         for a in args:  # `heappush(top_k, (-loss, model.state_dict()))`: the state_dict() call itself
-            parts = [e.value for e in a.value.elements] if isinstance(a.value, (cst.Tuple, cst.List)) else [a.value]
-            for part in parts:
-                func = part.func if isinstance(part, cst.Call) else None
-                if isinstance(func, cst.Attribute) and func.attr.value == "state_dict":
-                    return part
+            call = state_dict_call(a.value)
+            if call is not None:
+                return call
         method = node.func.attr.value if isinstance(node.func, cst.Attribute) else ""
         if method in ("append", "insert") and args and not isinstance(args[-1].value, (cst.Tuple, cst.List)):
             return args[-1].value
