@@ -882,3 +882,22 @@ for epoch in range(3):  # no set_epoch
         scores = [model(x).argmax(1) for x, _ in val_loader]
 """
     assert findings(source) == {("SEN018", line_of(source, "# no set_epoch"))}
+
+
+def test_stacking_batches_does_not_make_dimension_zero_a_batch() -> None:
+    """``torch.stack`` of samples is a batch; ``torch.stack`` of whole batches puts the number of
+    batches at dimension 0, so a softmax over it is not over a batch of samples."""
+    source = """
+import torch
+from torch import nn
+
+model = nn.Linear(4, 3)
+stream = torch.arange(100) % 4
+samples = torch.stack([stream[i : i + 4].float() for i in range(8)])
+batches = torch.stack([torch.randn(8, 4) for _ in range(3)])
+with torch.no_grad():
+    model.eval()
+    over_samples = torch.softmax(model(samples), dim=0)  # batch
+    over_batches = torch.softmax(model(batches), dim=0)
+"""
+    assert findings(source) == {("SEN020", line_of(source, "# batch"))}

@@ -524,8 +524,10 @@ class CallsMixin:
         if x.shape is None:
             return None
         if x.kind == LIST:
+            # stacking samples (unbatched tensors) along a new dimension 0 makes a batch of them;
+            # stacking batches (or chunks of one) does not
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-            if name != "stack" or dim is not None and not (dim.is_const and dim.const == 0):
+            if name != "stack" or x.shape[1] or dim is not None and not (dim.is_const and dim.const == 0):
                 return None
             rank = x.shape[0]
             return (rank + 1 if rank is not None else None, True)

@@ -176,10 +176,8 @@ class ExpressionsMixin:
             return v.with_(act=None)
         if t is cst.BooleanOperation:
             left = self.eval(node.left, state, ctx)
-            if left.kind in (LIST, TUPLE) and left.elems:  # `callbacks or []` given a non-empty list
-                left = V(CONST, const=True) if isinstance(node.operator, cst.And) else left
-                if not left.is_const:
-                    return left
+            if left.kind in (LIST, TUPLE) and left.elems:  # a non-empty list is true: `callbacks or []`
+                return left if isinstance(node.operator, cst.Or) else self.eval(node.right, state, ctx)
             if left.is_const:
                 if isinstance(node.operator, cst.And):
                     return self.eval(node.right, state, ctx) if left.const else left
@@ -530,7 +528,7 @@ class ExpressionsMixin:
                 out = join(out, e) if out is not None else e
             if out is not None and not isinstance(out.ref, Instance) and any_instances(it.elems):
                 # `for cb in [Logger(), ZeroGrad()]`: one of these objects, whose classes are known
-                return V(UNKNOWN, ref=Candidates(it.elems), label=it.label)
+                return V(UNKNOWN, ref=Candidates.of(it.elems), label=it.label)
             return out if out is not None else TOP
         if it.kind == QUAL:
             return TOP

@@ -56,14 +56,16 @@ class Candidates:
 
     __slots__ = ("instances", "attr")
 
-    def __init__(self, values: tuple, attr: str | None = None) -> None:
-        self.instances = tuple(v.ref for v in values if isinstance(v.ref, Instance))
+    def __init__(self, instances: tuple, attr: str | None = None) -> None:
+        self.instances = instances
         self.attr = attr
 
+    @classmethod
+    def of(cls, values: tuple) -> Candidates:
+        return cls(tuple(v.ref for v in values if isinstance(v.ref, Instance)))
+
     def named(self, attr: str | None) -> Candidates:
-        out = Candidates(())
-        out.instances, out.attr = self.instances, attr
-        return out
+        return Candidates(self.instances, attr)
 
     def may_reset(self, method: str | None) -> bool:
         """Could calling ``method`` (None: some method) of one of the objects reset gradients? Read from
