@@ -313,7 +313,7 @@ class InliningMixin:
             # a generator (`def batches(...): ... yield x, y`): iterating it binds what it yields
             element = None
             for y in callee.yielded:
-                element = y if element is None else _join_items(element, y)
+                element = y if element is None else join(element, y)
             return V(LIST, ident=object(), taints=merge_taints(*callee.yielded), ref=generated(element), origin=node)
         result = None
         for r in callee.returns:
@@ -377,16 +377,3 @@ class InliningMixin:
         if v.kind == CONST and v.const is None:
             return self._guess(name)
         return v
-
-
-def _join_items(a: V, b: V) -> V:
-    """Join two values; tuples of one length element by element (``yield x, y`` on every pass)."""
-    if (
-        a.kind == TUPLE
-        and b.kind == TUPLE
-        and a.elems is not None
-        and b.elems is not None
-        and len(a.elems) == len(b.elems)
-    ):
-        return V(TUPLE, elems=tuple(join(x, y) for x, y in zip(a.elems, b.elems)), taints=a.taints | b.taints)
-    return join(a, b)

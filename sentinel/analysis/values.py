@@ -245,7 +245,7 @@ def join(a: V | None, b: V | None) -> V:
         graph=a.graph if a.graph == b.graph else None,
         taints=taints,
         const=a.const if (a.is_const and b.is_const and a.const == b.const) else NOCONST,
-        elems=None,
+        elems=_join_elems(a, b),
         items=a.items if a.items == b.items else None,
         ref=a.ref if a.ref is b.ref else None,
         alias=a.alias if a.alias is b.alias or isinstance(a.alias, frozenset) and a.alias == b.alias else None,
@@ -256,6 +256,14 @@ def join(a: V | None, b: V | None) -> V:
         wrapper=a.wrapper if a.wrapper == b.wrapper else None,
         tail=_join_tail(a.tail, b.tail),
     )
+
+
+def _join_elems(a: V, b: V) -> tuple | None:
+    """Tuples of one length join element by element (`return x, y` on two paths, `yield x, y` on every
+    pass); lists, which are mutated and iterated, do not."""
+    if a.kind != TUPLE or a.elems is None or b.elems is None or len(a.elems) != len(b.elems):
+        return None
+    return tuple(join(x, y) for x, y in zip(a.elems, b.elems))
 
 
 def _join_tail(a: V | None, b: V | None) -> V | None:
