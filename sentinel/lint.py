@@ -14,6 +14,7 @@ reporters in :mod:`sentinel.reporters`.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 from sentinel.config import ConfigError, Settings, load_settings, resolve_selection
 from sentinel.diagnostics import Diagnostic, InputError, SourceError
 from sentinel.discovery import IgnoreFiles, discover
-from sentinel.engine import check_source, decode
+from sentinel.engine import GC_THRESHOLDS, check_source, decode, fewer_collections
 from sentinel.rules import Rule, all_rules
 
 __all__ = [
@@ -246,11 +247,12 @@ def lint_paths(
         work.append((key, tuple(r.CODE for r in rules), cache))
     _expect_projects([Path(w[0]) for w in work], cache, cache_dir)
     n_jobs = jobs or os.cpu_count() or 1
-    if n_jobs > 1 and len(work) >= 8:
-        results.update(_parallel(work, n_jobs))
-    else:
-        for key, codes, use_cache in work:
-            results[key] = _lint_path(key, codes, use_cache)
+    with fewer_collections():  # the project's parses live for the whole run (see sentinel.engine)
+        if n_jobs > 1 and len(work) >= 8:
+            results.update(_parallel(work, n_jobs))
+        else:
+            for key, codes, use_cache in work:
+                results[key] = _lint_path(key, codes, use_cache)
     linted = {os.path.normpath(k) for k in order}
     return [_keep_allowed(results[k], settings, select, ignore, extend_select, linted) for k in order]
 
@@ -306,7 +308,8 @@ def _parallel(work: list[tuple[str, tuple[str, ...], bool]], jobs: int) -> dict[
     # big files first so one straggler does not finish last
     ordered = sorted(work, key=lambda w: -_size(w[0]))
     chunk = max(1, len(ordered) // (jobs * 8))
-    with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=ctx) as pool:
+    workers = min(jobs, len(work))
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=gc.set_threshold, initargs=GC_THRESHOLDS) as pool:
         return {r.path: r for r in pool.map(_lint_star, ordered, chunksize=chunk)}
 
 

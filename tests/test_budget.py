@@ -75,3 +75,33 @@ def test_a_real_bug_before_the_explosion_is_still_found():
     lines = source.splitlines()
     backward_line = next(i for i, text in enumerate(lines, 1) if "loss.backward()" in text)
     assert [(d.code, d.line) for d in check_source(source, "<string>")] == [("SEN002", backward_line)]
+
+
+def test_collector_runs_rarely_during_analysis_and_host_thresholds_come_back(monkeypatch):
+    """A lint relaxes the cyclic collector while it parses and analyses (LibCST's trees are acyclic
+    and large), and a host process (the pytest plugin, an editor) gets its own thresholds back."""
+    import gc
+
+    from sentinel import engine
+    from sentinel.analysis import interpreter
+
+    seen: list[tuple[int, int, int]] = []
+    run = interpreter.Interpreter.run
+
+    def recording_run(self):
+        seen.append(gc.get_threshold())
+        return run(self)
+
+    monkeypatch.setattr(interpreter.Interpreter, "run", recording_run)
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        check_source("def h0(x):\n    return x\n\n\n" + TRAINING, "<string>")
+        assert seen == [engine.GC_THRESHOLDS]
+        assert gc.get_threshold() == (700, 10, 10)
+        # a host that already collects rarely keeps its choice
+        gc.set_threshold(500_000, 20, 20)
+        check_source("def h0(x):\n    return x\n\n\n" + TRAINING, "<string>")
+        assert seen[-1] == (500_000, 20, 20) and gc.get_threshold() == (500_000, 20, 20)
+    finally:
+        gc.set_threshold(*before)

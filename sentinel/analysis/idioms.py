@@ -14,7 +14,7 @@ import libcst as cst
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import AccumEvent
 from sentinel.analysis.objects import TRAIN, Ctx, FuncInfo, Ident, Instance, State
-from sentinel.analysis.syntax import _code, _dotted, _target_text
+from sentinel.analysis.syntax import _dotted, _target_text
 from sentinel.analysis.values import (
     CONST,
     DICT,
@@ -72,7 +72,7 @@ class Candidates:
         the methods' text: a callback whose ``on_batch_start`` calls ``zero_grad()``."""
         for inst in self.instances:
             funcs = [inst.cls.method(method)] if method else [m for c in inst.cls.mro() for m in c.methods.values()]
-            if any(f is not None and _RESETS.search(_code(f.node)) for f in funcs):
+            if any(f is not None and _RESETS.search(f.code) for f in funcs):
                 return True
         return False
 
@@ -406,7 +406,7 @@ class IdiomsMixin:
         if target is None:
             return False
         pattern = rf"(^|\n)\s*{re.escape(target)}\s*=[^\n]*(\.data\b|detach|repackage)"
-        return re.search(pattern, _code(fn.body)) is not None
+        return re.search(pattern, fv.ref.code) is not None
 
     def _record_carried(self, node: cst.Assign, names: list[str], before: dict, state: State, ctx: Ctx) -> None:
         """Mark the new state; whether it really reaches the next iteration is decided at the end of the

@@ -67,10 +67,18 @@ class FuncInfo:
     kind: str = "function"  # function | staticmethod | classmethod | property
     globals: Any = None  # the State of the module defining it: its body looks names up there
     wrapper: Any = None  # the FuncInfo a project decorator replaced it with (analysed in its place)
+    _code: str | None = None
 
     @property
     def name(self) -> str:
         return self.node.name.value
+
+    @property
+    def code(self) -> str:
+        """The function's text as LibCST prints it, computed once (printing a tree is not cheap)."""
+        if self._code is None:
+            self._code = cst.Module([]).code_for_node(self.node)
+        return self._code
 
 
 @dataclass(eq=False, repr=False)

@@ -68,7 +68,7 @@ class ProbabilitiesIntoNllLoss(Rule):
     CODE = "SEN012"
     NAME = "probabilities-into-nll-loss"
     SUMMARY = "Softmax or sigmoid probabilities passed to NLLLoss, which expects log-probabilities"
-    TRIGGER = (re.compile(r"(?i)softmax|sigmoid|expit"), re.compile(r"(?i)nll_?loss"))
+    TRIGGER = (re.compile(r"(?i)nll_?loss"), re.compile(r"(?i)softmax|sigmoid|expit"))
 
     VALID = [
         # log_softmax into NLLLoss: correct
