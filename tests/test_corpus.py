@@ -27,8 +27,6 @@ PROJECT_DIRS = project_dirs()
 KNOWN_GAPS = {
     "blind2_sen006_tracker_appends_logits": "reported at the tracker call, not at the append in the helper",
     "blind2_sen007_grad_logging_hook_resets": "arguable: a helper's reset is reported inside the helper",
-    "blind4/sen014_main_optimizer_factory_in_loop.py": "weight-decay parameter groups built from named_parameters",
-    "blind4/sen020_gru_lm_implicit_dim_log_softmax.py": "batches from a hand-written sampling helper lose their rank",
     "blind3_nb_optimizer_per_epoch_best_state.ipynb": "arguable: the snapshot's only read is in a skipped %%time cell",
 }
 

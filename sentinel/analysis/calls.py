@@ -521,6 +521,11 @@ class CallsMixin:
     def _function_shape(self, name: str, x: V, args: list[V], kwargs: dict[str, V]) -> tuple | None:
         """Layout of a ``torch.*`` function's result: elementwise ones keep their input's; stacking the
         samples a comprehension built makes a batch of them."""
+        if name == "where" and len(args) == 3:
+            # `torch.where(noise < p, random_tokens, stream)`: the layout both choices share
+            a, b = args[1], args[2]
+            same = a.shape is not None and a.shape == b.shape
+            return a.shape if same and x.shape in (None, a.shape) else None
         if x.shape is None:
             return None
         if x.kind == LIST:
@@ -619,7 +624,23 @@ def _param_groups(params: V) -> frozenset | None:
         group = e
         if e.items is not None:
             group = next((v for k, v in e.items if k == "params"), TOP)
-        if group.kind != PARAMS or group.ident is None:
+        models = group.ident if group.kind == PARAMS else _params_collected(group)
+        if models is None:
             return None
-        out = out | group.ident
+        out = out | models
     return out
+
+
+def _params_collected(group: V) -> frozenset | None:
+    """The models whose parameters a list filled in a loop over ``named_parameters()`` holds
+    (``decay.append(p)``): the models of what was appended, when every item is known."""
+    if group.kind != LIST:
+        return None
+    items = [group.tail] if group.elems is None else list(group.elems)
+    out: frozenset = frozenset()
+    for item in items:
+        ref = item.ref if item is not None else None
+        if not (isinstance(ref, tuple) and len(ref) == 2 and ref[0] == "params" and ref[1] and None not in ref[1]):
+            return None
+        out = out | ref[1]
+    return out or None

@@ -63,6 +63,7 @@ from sentinel.analysis.values import (
     Alt,
     V,
     graph_of,
+    join,
     merge_taints,
 )
 
@@ -355,9 +356,20 @@ class MethodsMixin:
             state.env[path] = new
         return out if out is not None else TOP
 
-    def _append(self, recv: V, meth: str, node, args: list[V], state: State, ctx: Ctx) -> V:
+    def _append(self, recv: V, meth: str, node, args: list[V], state: State, ctx: Ctx, path: str | None = None) -> V:
+        receiver = node.func.value if isinstance(node.func, cst.Attribute) else None
+        if path is None and isinstance(receiver, cst.IfExp):
+            branches = [_dotted(receiver.body), _dotted(receiver.orelse)]
+            if all(branches) and branches[0] != branches[1]:
+                # `(no_decay if is_bias else decay).append(p)`: either list may receive the item
+                for name, branch in zip(branches, (receiver.body, receiver.orelse)):
+                    old = self.eval(branch, state, ctx, record=False)
+                    self._append(old, meth, node, args, state, ctx, path=name)
+                    state.env[name] = join(old, state.env.get(name, old))
+                return TOP
         x = args[-1] if args else TOP
-        path = _dotted(node.func.value) if isinstance(node.func, cst.Attribute) else None
+        if path is None:
+            path = _dotted(receiver) if receiver is not None else None
         if x.kind in (TUPLE, LIST) and node.args and state_dict_call(node.args[-1].value) is not None:
             # `top_k.append((-loss, epoch, model.state_dict()))`: the live state dict, kept in a record
             x = _live_state_dict(x) or x

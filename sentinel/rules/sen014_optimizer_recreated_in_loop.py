@@ -219,14 +219,14 @@ def run(name):
     def check(self, facts: Facts) -> Iterator[Violation]:
         seen: set[int] = set()
         for ctor in facts.ctors:
-            if not ctor.frames or id(ctor.node) in seen or ctor.stateless or ctor.selective:
+            if not ctor.frames or id(ctor.node) in seen or ctor.stateless:
                 continue
             loop = facts.frames[ctor.frames[-1]]
             if loop.unrolled or facts.conds_within(ctor, ctor) - set(ctor.chooser):
                 # a sweep over literals, or rebuilt only when a condition holds (a new stage); a factory's
                 # own `if name == "sgd":` only chooses which optimizer to build
                 continue
-            if ctor.subset and any(loop.id in f.frames for f in facts.grad_flags):
+            if (ctor.subset or ctor.selective) and any(loop.id in f.frames for f in facts.grad_flags):
                 continue  # progressive unfreezing: the parameters that train change in this loop
             steps = [s for s in facts.near(ctor, "steps") if s.seq > ctor.seq and facts.same_iteration(ctor, s)]
             if ctor.what == "optimizer":
