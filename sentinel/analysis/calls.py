@@ -18,7 +18,7 @@ from sentinel.analysis.facts import (
     SamplerEvent,
     SetEpochEvent,
 )
-from sentinel.analysis.idioms import BoundModelMethod, Candidates
+from sentinel.analysis.idioms import BoundModelMethod, Candidates, Registry
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _JOIN_FUNCS,
@@ -58,6 +58,8 @@ from sentinel.analysis.values import (
     UNKNOWN,
     V,
     graph_of,
+    join,
+    join_act,
     merge_taints,
 )
 
@@ -124,6 +126,30 @@ class CallsMixin:
         args, kwargs, _ = self._args(node, state, ctx)
         return self.call_value(fv, node, args, kwargs, state, ctx)
 
+    def _call_registry(
+        self, registry: Registry, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx
+    ) -> V:
+        """One of a registry's classes or factories, called: what every choice has in common. Models
+        keep what all of them share: a head ending in softmax, dropout or batch norm in every one."""
+        results = [self.call_value(choice, node, args, kwargs, state, ctx) for choice in registry.choices]
+        out: V | None = None
+        for r in results:
+            out = join(out, r)
+        if out is None or out.kind != MODEL or out.ref is not None:
+            return out if out is not None else TOP
+        if not all(isinstance(r.ref, Instance) and r.ref.cls.is_module for r in results):
+            return out
+        summaries = [self.class_forward(r.ref) for r in results]
+        act = shape = None
+        if all(s is not None for s in summaries):
+            act = summaries[0].act
+            for summary in summaries[1:]:
+                act = join_act(act, summary.act)
+            shapes = {summary.shape for summary in summaries}
+            shape = shapes.pop() if len(shapes) == 1 else None
+        sensitive = {self.sensitivity(r) for r in results}
+        return out.with_(act=act, shape=shape, sensitive=sensitive.pop() if len(sensitive) == 1 else None)
+
     def call_super(self, meth: str, node: cst.Call, state: State, ctx: Ctx) -> V:
         """``super().meth(...)`` in a method: the next class in the MRO that defines ``meth`` (a base
         class of this file or of another project file); a torch base class's method does nothing
@@ -143,6 +169,8 @@ class CallsMixin:
 
     def call_value(self, fv: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         kind = fv.kind
+        if isinstance(fv.ref, Registry):
+            return self._call_registry(fv.ref, node, args, kwargs, state, ctx)
         if kind == FUNC and isinstance(fv.ref, cst.Lambda):
             return self.call_lambda(fv, node, args, kwargs, state, ctx)
         if kind == FUNC and isinstance(fv.ref, BoundModelMethod):  # `set_mode = model.eval; set_mode()`

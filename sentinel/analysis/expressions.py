@@ -11,6 +11,7 @@ from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import BareMethodEvent, LoaderIterEvent
 from sentinel.analysis.idioms import (
     Candidates,
+    Registry,
     any_instances,
     bound_model_method,
     concat_lists,
@@ -431,10 +432,15 @@ class ExpressionsMixin:
             for s in node.slice:
                 if isinstance(s.slice, cst.Index):
                     self.eval(s.slice.value, state, ctx)
-        if base.items is not None and index.is_const:
-            for key, value in base.items:
-                if key == index.const:
-                    return value
+        if base.items is not None:
+            if index.is_const:
+                for key, value in base.items:
+                    if key == index.const:
+                        return value
+            else:
+                registry = Registry.of([value for _, value in base.items])
+                if registry is not None:  # `MODELS[args.arch]`: one of the registered classes
+                    return V(UNKNOWN, ref=registry, taints=base.taints)
         if base.elems is not None and index.is_const and isinstance(index.const, int):
             try:
                 return base.elems[index.const]

@@ -13,7 +13,7 @@ import libcst as cst
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import AccumEvent
-from sentinel.analysis.objects import TRAIN, Ctx, FuncInfo, Ident, Instance, State
+from sentinel.analysis.objects import TRAIN, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import _dotted, _target_text
 from sentinel.analysis.values import (
     CONST,
@@ -48,6 +48,27 @@ class Elements:
 
     def __init__(self, value: V) -> None:
         self.value = value
+
+
+class Registry:
+    """A class or factory picked from a dict literal by a key the code cannot know
+    (``MODELS[args.arch](num_classes=10)``): calling it is calling one of them."""
+
+    __slots__ = ("choices",)
+
+    #: more entries than this (a model zoo's registry) stay unknown: each would be analysed
+    LIMIT = 6
+
+    def __init__(self, choices: tuple) -> None:
+        self.choices = choices
+
+    @classmethod
+    def of(cls, values: list[V]) -> Registry | None:
+        callables = (
+            1 < len(values) <= cls.LIMIT
+            and all(isinstance(v.ref, ClassInfo) or isinstance(v.ref, FuncInfo) and v.ident is None for v in values)
+        )
+        return cls(tuple(values)) if callables else None
 
 
 class Candidates:

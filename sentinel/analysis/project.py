@@ -516,13 +516,13 @@ class Project:
         text = self.text(target) or ""
         lines = text.splitlines(keepends=True)
         index = self.index(target)
-        binding_text = []
         for n in names:
             sub = self._find(target.parent, [n])
             if sub is not None:
                 out.append((real(sub), None))
-            for first, last, _ in index.bindings.get(n, ()):
-                binding_text.append("".join(lines[first - 1 : last]))
+        # the lines binding the names, with those of what they use (`build_model` reading a `MODELS`
+        # registry whose classes `from .mlp import MLP` brings in)
+        binding_text = [self._used_text(target, tuple(sorted(names))) or ""]
         if index.star:
             binding_text += [line for line in lines if "import *" in line]
         out.insert(0, (target, "".join(binding_text)))
