@@ -901,3 +901,53 @@ with torch.no_grad():
     over_batches = torch.softmax(model(batches), dim=0)
 """
     assert findings(source) == {("SEN020", line_of(source, "# batch"))}
+
+
+ZOO_WEIGHTS_TRANSFORMS = """
+import torch
+import torchvision
+
+def predict(paths, model, transform):
+    out = []
+    for path in paths:
+        x = transform(path).unsqueeze(0)  # preprocessing
+        model.eval()
+        with torch.inference_mode():
+            out.append(model(x).argmax(1).item())  # the forward
+    return out
+
+weights = torchvision.models.ViT_B_16_Weights.DEFAULT
+model = torchvision.models.vit_b_16(weights=weights)
+print(predict(["a.jpg"], model, weights.transforms()))
+"""
+
+
+def test_zoo_weights_transforms_are_preprocessing_not_a_model() -> None:
+    """`weights.transforms()` of a torchvision weights enum is the preprocessing pipeline: calling it
+    outside eval mode and no_grad is not an evaluation forward (the model is evaluated correctly)."""
+    assert findings(ZOO_WEIGHTS_TRANSFORMS) == set()
+    without_eval = ZOO_WEIGHTS_TRANSFORMS.replace("        model.eval()\n", "")
+    assert findings(without_eval) == {("SEN003", line_of(without_eval, "# the forward"))}
+
+
+NO_GRAD_RUNNING_SUM = """
+import torch
+from torch import nn
+model = nn.Linear(3, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+history = []
+for epoch in range(3):
+    total = torch.zeros(1)
+    for x in [torch.randn(4, 3)]:
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            total += loss  # arithmetic under no_grad
+            history.append(loss)  # the tensor itself, graph and all
+"""
+
+
+def test_sum_under_no_grad_keeps_no_graph_but_the_tensor_kept_does() -> None:
+    assert findings(NO_GRAD_RUNNING_SUM) == {("SEN006", line_of(NO_GRAD_RUNNING_SUM, "# the tensor itself"))}

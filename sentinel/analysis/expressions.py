@@ -403,7 +403,17 @@ class ExpressionsMixin:
         result: Any = True
         for comp in node.comparisons:
             right = self.eval(comp.comparator, state, ctx)
-            if result is True and left.is_const and (right.is_const or right.elems is not None):
+            if (
+                result is True
+                and isinstance(comp.operator, (cst.Is, cst.IsNot))
+                and right.is_const
+                and right.const is None
+                and left.kind == TENSOR
+                and left.graph is True
+            ):
+                # a tensor computed with its graph is not None: `if hidden is not None: hidden.detach_()`
+                result = isinstance(comp.operator, cst.IsNot)
+            elif result is True and left.is_const and (right.is_const or right.elems is not None):
                 op = type(comp.operator)
                 try:
                     if op in (cst.In, cst.NotIn) and right.elems is not None:

@@ -449,7 +449,12 @@ class IdiomsMixin:
             key = (frame, id(node), name)
             acc_id = self._carry_ids.setdefault(key, next(self.ids))  # one id for every pass over the body
             candidate = self._carry_candidates.pop(key, None) if hasattr(self, "_carry_candidates") else None
-            if candidate is not None and acc_id in old.taints and acc_id not in self._carry_done:
+            if (
+                candidate is not None
+                and acc_id in old.taints
+                and old.graph is not False  # not cut in place on the way (`hidden.detach_()`)
+                and acc_id not in self._carry_done
+            ):
                 # the previous iteration's state arrives here still holding its graph: confirmed
                 self._carry_done.add(acc_id)
                 self.facts.accums.append(candidate)

@@ -241,7 +241,13 @@ class MethodsMixin:
             if isinstance(recv.ref, Candidates):
                 return TOP
         if recv.kind in (TENSOR, UNKNOWN):
-            return self._tensor_method(recv, meth, node, args, kwargs, ctx)
+            out = self._tensor_method(recv, meth, node, args, kwargs, ctx)
+            if meth == "detach_" and isinstance(node.func, cst.Attribute):
+                # `hidden.detach_()`: the tensor itself leaves its graph (recurrent state cut in place)
+                path = _dotted(node.func.value)
+                if path is not None and (path in state.env or "." not in path):
+                    state.env[path] = out
+            return out
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         return TOP
 

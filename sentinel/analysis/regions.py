@@ -210,6 +210,26 @@ class RegionsMixin:
                 return True
         return False
 
+    def switched_to_train_for(self, fw: ForwardEvent) -> bool:
+        """Did the code put the model in training mode on purpose for this forward: the last mode switch
+        before it is an explicit ``train()`` and nothing trained in between (Monte Carlo dropout:
+        ``net.train()`` then sampled predictions under ``no_grad``; recomputing batch-norm statistics)?"""
+        model = fw.model.ident if fw.model is not None else None
+        last = None
+        for ev in self.mode_switches:
+            if ev.seq > fw.seq:
+                break
+            if ev.stack[:1] == fw.stack[:1] and self._related(ev.target, model, below=True):
+                last = ev
+        if last is None or last.mode is None or "train" not in last.mode or "eval" in last.mode:
+            return False
+        training = (*self.backwards, *self.steps)
+        if any(last.seq < e.seq < fw.seq for e in training):
+            return False
+        # a train() inside a loop that trains restores the mode for its next pass (the epoch loop's
+        # `model.train()` after validation), whatever runs after the loop
+        return not any(f in e.frames for f in last.frames for e in training)
+
     def _eval_blame(self, fw: ForwardEvent) -> ModeEvent | None:
         model = fw.model.ident if fw.model is not None else None
         last_eval = None

@@ -663,9 +663,11 @@ class StatementsMixin:
     def _accumulate(self, node, target, old: V, value: V, state: State, ctx: Ctx) -> V:
         text = _target_text(target)
         acc_id = next(self.ids)
+        no_grad = state.grad == "off"  # `with torch.no_grad(): total += loss`: the sum records no graph
         if (
             self.frame_stack
             and not ctx.model_method
+            and not no_grad
             and value.kind in (TENSOR, UNKNOWN)
             and (value.graph is not False)
             and (value.taints or value.graph is None)
@@ -690,7 +692,7 @@ class StatementsMixin:
             )
         return V(
             TENSOR if TENSOR in (old.kind, value.kind) else UNKNOWN,
-            graph=graph_of(old, value),
+            graph=False if no_grad else graph_of(old, value),
             taints=old.taints | value.taints | {acc_id},
         )
 

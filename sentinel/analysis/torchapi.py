@@ -270,6 +270,9 @@ def is_functional_loss(qual: str) -> bool:
     )
 
 
+_TORCHVISION_NOT_MODELS = frozenset({"get_weight", "get_model_weights", "list_models", "get_model_builder"})
+
+
 def is_module_class(qual: str) -> bool:
     """A constructor that returns an ``nn.Module`` (a layer, a container, a zoo model)."""
     name = last(qual)
@@ -280,7 +283,12 @@ def is_module_class(qual: str) -> bool:
         and not qual.startswith("torch.nn.utils")
     ):
         return name[:1].isupper() and name not in ("Parameter", "ParameterList", "ParameterDict", "Module")
-    if qual.startswith("torchvision.models.") or qual.startswith("timm.create_model"):
+    if qual.startswith("torchvision.models."):
+        # a zoo model (`resnet18(weights=...)`, `get_model(...)`), not its weights enum and what they give
+        # (`ResNet18_Weights.DEFAULT.transforms()` is the preprocessing, `.get_state_dict()` a dict)
+        parts = qual.split(".")
+        return not any("Weights" in p for p in parts) and name not in _TORCHVISION_NOT_MODELS
+    if qual.startswith("timm.create_model"):
         return True
     if qual.startswith("transformers.") and name == "from_pretrained":
         cls = qual.rsplit(".", 2)[-2] if qual.count(".") >= 2 else ""

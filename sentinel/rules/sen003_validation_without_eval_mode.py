@@ -179,6 +179,7 @@ for epoch in range(3):
             and "train" in ev.modes
             and ev.sensitive is not False
             and not (ev.sensitive is None and ev.from_checkpoint)  # a loaded module's layers are unknown
+            and not facts.switched_to_train_for(ev)  # `net.train()` on purpose: Monte Carlo dropout
         ]
         for ev in first_per_region(candidates, facts):
             name = ev.model_expr
