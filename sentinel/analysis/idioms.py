@@ -521,7 +521,9 @@ class IdiomsMixin:
                 cur = owner.ref.attrs.get(expr.attr.value)
         if cur is None or cur.kind not in (DICT, LIST, UNKNOWN, TENSOR):
             return
-        new = cur.with_(taints=cur.taints | value.taints | {acc_id}, graph=True if value.graph else cur.graph)
+        # a value stored without a graph (computed under no_grad) is no evidence of one later
+        mark = frozenset() if value.graph is False else frozenset({acc_id})
+        new = cur.with_(taints=cur.taints | value.taints | mark, graph=True if value.graph else cur.graph)
         if path in state.env:
             state.env[path] = new
         elif owner is not None and isinstance(owner.ref, Instance):

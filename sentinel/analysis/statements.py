@@ -693,7 +693,7 @@ class StatementsMixin:
         return V(
             TENSOR if TENSOR in (old.kind, value.kind) else UNKNOWN,
             graph=False if no_grad else graph_of(old, value),
-            taints=old.taints | value.taints | {acc_id},
+            taints=old.taints | value.taints | (frozenset() if no_grad else {acc_id}),
         )
 
 

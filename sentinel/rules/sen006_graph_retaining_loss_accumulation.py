@@ -218,7 +218,15 @@ def train_epoch(model, loader, opt):
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         forward_ids = {ev.id for ev in facts.forwards}
-        proven = facts.proven_graph_taints
+        # what a loss was derived from; a forward run under no_grad contributed no graph to it (a GAIL
+        # discriminator's rewards, stored in a rollout buffer and later part of the returns)
+        # Neither is an accumulation the loss was computed from (a return buffer read into the loss): being
+        # an input of a loss says nothing of carrying a graph
+        proven = (
+            facts.proven_graph_taints
+            - {ev.id for ev in facts.forwards if ev.grad == "off"}
+            - {acc.id for acc in facts.accums}
+        )
         # evaluation forwards known to run with grad on (SEN004): what they accumulate keeps its graph
         evaluating_with_grad = {ev.id for ev in facts.evaluation_forwards() if ev.grad == "on"}
         for acc in facts.accums:
