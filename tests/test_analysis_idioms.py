@@ -951,3 +951,39 @@ for epoch in range(3):
 
 def test_sum_under_no_grad_keeps_no_graph_but_the_tensor_kept_does() -> None:
     assert findings(NO_GRAD_RUNNING_SUM) == {("SEN006", line_of(NO_GRAD_RUNNING_SUM, "# the tensor itself"))}
+
+
+HAND_WRITTEN_CELL = """
+import torch
+from torch import nn
+
+W = torch.randn(4, 4, requires_grad=True)
+
+def cell(xs, h):
+    outputs = []
+    for x in xs:
+        act = nn.Tanh()
+        h = act(x @ W + h @ W)  # an activation layer applied
+        outputs.append(h)
+    return outputs, h
+
+def predict(xs):
+    outs, _ = cell(xs, torch.zeros(1, 4))
+    return [o.argmax(1) for o in outs]
+
+opt = torch.optim.SGD([W], lr=0.1)
+for epoch in range(2):
+    outs, _ = cell([torch.randn(1, 4) for _ in range(3)], torch.zeros(1, 4))
+    opt.zero_grad()
+    torch.stack(outs).sum().backward()
+    opt.step()
+    print(predict([torch.randn(1, 4)]))
+"""
+
+
+def test_a_parameter_free_layer_called_in_evaluation_code_is_not_a_model_forward() -> None:
+    """`act = nn.Tanh(); act(x)` inside a hand-written RNN cell is a function application: the evaluation
+    that runs the cell is not an evaluation forward of `act` (the weights are plain tensors)."""
+    assert findings(HAND_WRITTEN_CELL) == set()
+    with_layer = HAND_WRITTEN_CELL.replace("nn.Tanh()", "nn.Linear(4, 4)")
+    assert ("SEN004", line_of(with_layer, "# an activation layer applied")) in findings(with_layer)

@@ -343,6 +343,7 @@ class CallsMixin:
                 origin=node,
                 sensitive=_layer_sensitive(qual, kwargs, args),
                 shape=self.layer_shape(qual, kwargs),
+                ref="stateless" if api.is_stateless_layer(qual) else None,
             )
         if api.is_scaler_class(qual):
             enabled = kwargs.get("enabled")

@@ -64,9 +64,8 @@ class Registry:
 
     @classmethod
     def of(cls, values: list[V]) -> Registry | None:
-        callables = (
-            1 < len(values) <= cls.LIMIT
-            and all(isinstance(v.ref, ClassInfo) or isinstance(v.ref, FuncInfo) and v.ident is None for v in values)
+        callables = 1 < len(values) <= cls.LIMIT and all(
+            isinstance(v.ref, ClassInfo) or isinstance(v.ref, FuncInfo) and v.ident is None for v in values
         )
         return cls(tuple(values)) if callables else None
 

@@ -26,6 +26,7 @@ from sentinel.analysis.values import (
     TUPLE,
     UNKNOWN,
     V,
+    graph_of,
     join,
     merge_taints,
 )
@@ -36,6 +37,12 @@ class InliningMixin:
 
     # -- forward passes -----------------------------------------------------------------------------
     def forward(self, model: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        if model.ref == "stateless":
+            # an activation / pooling layer called on its own: a function of its input, not a model run
+            x = args[0] if args else TOP
+            graph = False if state.grad == "off" else graph_of(x)
+            shape = apply_shape(model.shape, x.shape)
+            return V(TENSOR, graph=graph, taints=merge_taints(*args), origin=node, shape=shape)
         self.module_calls += 1
         if state.grad != "off" and not ctx.summary:
             self.tracked_module_calls += 1

@@ -514,6 +514,23 @@ RANK_KEEPING_LAYERS = frozenset(
         "AdaptiveMaxPool3d",
     }
 )
+# torch.nn layers with no parameters and no train/eval behaviour: calling one is applying a function
+# (`h = nn.Tanh(); h(x)` in a hand-written RNN cell), not running a model
+STATELESS_LAYERS = frozenset(
+    {
+        *("ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Tanh", "Sigmoid"),
+        *("Hardtanh", "Hardswish", "Hardsigmoid", "Softplus", "Softsign", "Tanhshrink", "Identity"),
+        *("Flatten", "Unflatten", "Upsample", "PixelShuffle", "PixelUnshuffle"),
+        *(f"{kind}Pool{d}d" for kind in ("Max", "Avg", "AdaptiveAvg", "AdaptiveMax") for d in (1, 2, 3)),
+        *(f"{kind}Pad{d}d" for kind in ("Zero", "Constant", "Reflection", "Replication") for d in (1, 2, 3)),
+    }
+)
+
+
+def is_stateless_layer(qual: str) -> bool:
+    return qual.startswith("torch.nn.") and "functional" not in qual and last(qual) in STATELESS_LAYERS
+
+
 # functions and tensor methods whose result has the shape of their (first) input
 ELEMENTWISE = frozenset(
     {
