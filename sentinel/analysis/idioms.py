@@ -387,6 +387,11 @@ class IdiomsMixin:
         this one)."""
         if not self.frame_stack or type(node.value) is not cst.Call:
             return []
+        func = node.value.func
+        if isinstance(func, cst.Subscript) or (
+            isinstance(func, cst.Name) and func.value in self._loop_targets(self.frame_stack[-1])
+        ):
+            return []  # `x = net[i](x)`, `for layer in layers: x = layer(x)`: a chain of layers, not a state
         targets: list[str] = []
         for t in node.targets:
             tt = t.target
@@ -406,6 +411,13 @@ class IdiomsMixin:
         fresh = self.fresh_stack[-1] if self.fresh_stack else set()
         out = [n for n in targets if n in passed and n not in fresh]
         return [n for n in out if not self._helper_detaches(node.value, n, state, ctx)] if out else out
+
+    def _loop_targets(self, frame: int) -> set[str]:
+        loop = self.facts.frames[frame].node
+        target = getattr(loop, "target", None)
+        if target is None:
+            return set()
+        return {n.value for n in _names_in(target)}
 
     def _helper_detaches(self, call: cst.Call, name: str, state: State, ctx: Ctx) -> bool:
         """Does the project function ``call`` runs rebind the parameter ``name`` is passed to with a
@@ -574,3 +586,11 @@ def _path_key(path: V) -> Any:
 def forward_method(name: str) -> bool:
     """Methods of a model (whose class sentinel cannot see) that run it on data."""
     return name in api.FORWARD_METHODS
+
+
+def _names_in(target: cst.BaseExpression) -> list[cst.Name]:
+    if isinstance(target, cst.Name):
+        return [target]
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [n for e in target.elements for n in _names_in(e.value)]
+    return []
