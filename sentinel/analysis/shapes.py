@@ -17,11 +17,12 @@ import libcst as cst
 
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.facts import ActivationEvent, DropoutCallEvent
-from sentinel.analysis.objects import Ctx
+from sentinel.analysis.objects import Ctx, Instance
 from sentinel.analysis.syntax import _dotted
 from sentinel.analysis.values import (
     ACT_LOG_SOFTMAX,
     ACT_SOFTMAX,
+    LIST,
     MODEL,
     SOFTMAX,
     TENSOR,
@@ -183,7 +184,23 @@ class ShapesMixin:
         return None
 
     def sequential_shape(self, layers: list[V]) -> tuple | None:
-        return compose([m.shape if m.kind in (MODEL, SOFTMAX) else None for m in layers])
+        return compose([self._layer_transform(m) for m in layers])
+
+    def _layer_transform(self, m: V) -> tuple | None:
+        """How one layer of a Sequential maps its input's layout: a torch layer's own, a project block's
+        from its ``forward``; ``*[Block() for _ in range(n)]`` repeats one that keeps the layout."""
+        if m.kind == SOFTMAX:
+            return m.shape
+        if m.kind == MODEL:
+            if m.shape is None and isinstance(m.ref, Instance) and m.ref.cls.is_module:
+                summary = self.class_forward(m.ref)
+                return summary.shape if summary is not None else None
+            return m.shape
+        element = getattr(m.ref, "value", None) if m.kind == LIST else None
+        if isinstance(element, V) and element.kind == MODEL:
+            each = self._layer_transform(element)
+            return each if each == (0, True) else None
+        return None
 
     def tensor_method_shape(self, recv: V, meth: str, args: list[V], kwargs: dict[str, V], node) -> tuple | None:
         """The layout after ``recv.meth(...)``: kept only where dimension 0 provably stays the batch."""
