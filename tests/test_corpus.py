@@ -117,3 +117,17 @@ def test_the_text_prefilter_never_hides_a_finding():
         if on != off:
             hidden.append((path.name, sorted(off - on)))
     assert not hidden
+
+
+def test_the_text_prefilter_never_hides_a_finding_in_a_project():
+    """The same across files: the trigger text a file's imports bring in (a registry in a package
+    ``__init__`` naming classes from its submodules) reaches the pre-filter."""
+    hidden = []
+    for root in PROJECT_DIRS:
+        for path in sorted(root.rglob("*.py")):
+            source = path.read_text(encoding="utf-8")
+            on = {(d.code, d.line) for d in check_source(source, str(path), project=Project(root))}
+            off = {(d.code, d.line) for d in check_source(source, str(path), project=Project(root), prefilter=False)}
+            if on != off:
+                hidden.append((str(path.relative_to(root.parent)), sorted(off - on)))
+    assert not hidden
