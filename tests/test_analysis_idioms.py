@@ -987,3 +987,31 @@ def test_a_parameter_free_layer_called_in_evaluation_code_is_not_a_model_forward
     assert findings(HAND_WRITTEN_CELL) == set()
     with_layer = HAND_WRITTEN_CELL.replace("nn.Tanh()", "nn.Linear(4, 4)")
     assert ("SEN004", line_of(with_layer, "# an activation layer applied")) in findings(with_layer)
+
+
+FRAMEWORK_RUN = """
+import torch
+from torch import nn
+from ignite.engine import create_supervised_evaluator, create_supervised_trainer
+
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
+optimizer = torch.optim.Adam(model.parameters())
+trainer = create_supervised_trainer(model, optimizer, nn.CrossEntropyLoss())
+evaluator = create_supervised_evaluator(model)
+loader = torch.utils.data.DataLoader(torch.load("train.pt"), batch_size=32)
+val_loader = torch.utils.data.DataLoader(torch.load("val.pt"), batch_size=32)
+trainer.run(loader, max_epochs=2)
+evaluator.run(val_loader)
+with torch.no_grad():
+    for x, y in val_loader:
+        preds = model(x).argmax(1)  # after the framework ran
+"""
+
+
+def test_a_training_framework_given_the_model_decides_its_mode() -> None:
+    """ignite's evaluator switches the model to eval() when it runs (Lightning, Hugging Face alike):
+    after it, the mode is unknown, never evidence of a forgotten eval()."""
+    assert findings(FRAMEWORK_RUN) == set()
+    # the same calls into an unknown library say nothing of modes: the model is still in training mode
+    unknown = FRAMEWORK_RUN.replace("from ignite.engine import", "from mylib import")
+    assert findings(unknown) == {("SEN003", line_of(unknown, "# after the framework ran"))}

@@ -18,7 +18,7 @@ from sentinel.analysis.facts import (
     SamplerEvent,
     SetEpochEvent,
 )
-from sentinel.analysis.idioms import BoundModelMethod, Candidates, Registry
+from sentinel.analysis.idioms import BoundModelMethod, Candidates, Framework, Registry
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _JOIN_FUNCS,
@@ -472,12 +472,15 @@ class CallsMixin:
             self.facts.set_epochs.append(self._ev(SetEpochEvent, node, ctx))
         self._opaque_training_step(node, [*args, *kwargs.values()], ctx)
         self._stored_by_call(node, state, ctx, [*args, *kwargs.values()])
+        held = Framework.models_in([*args, *kwargs.values()]) if api.is_framework(qual) else ()
+        if held:  # `trainer.fit(model)`, `create_supervised_evaluator(model)`: modes are the framework's now
+            Framework.run(state, held)
         # a CamelCase name from another module is most likely a class being instantiated
         return V(
             UNKNOWN,
             taints=merge_taints(*args, *kwargs.values()),
             origin=node,
-            ref="ctor" if name[:1].isupper() else None,
+            ref=Framework(held) if held else "ctor" if name[:1].isupper() else None,
         )
 
     def _record_optimizer(

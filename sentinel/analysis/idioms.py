@@ -50,6 +50,31 @@ class Elements:
         self.value = value
 
 
+class Framework:
+    """An object of a training framework holding models (``create_supervised_evaluator(model)``): running
+    it (``evaluator.run(loader)``) switches their modes as the framework sees fit."""
+
+    __slots__ = ("models",)
+
+    def __init__(self, models: tuple) -> None:
+        self.models = models
+
+    @staticmethod
+    def models_in(values: list[V]) -> tuple:
+        out: list = []
+        for v in values:
+            if v.kind == MODEL and v.ident is not None:
+                out.extend(v.ident if isinstance(v.ident, Alt) else (v.ident,))
+            elif isinstance(v.ref, Framework):
+                out.extend(v.ref.models)
+        return tuple(out)
+
+    @staticmethod
+    def run(state: State, models: tuple) -> None:
+        for ident in models:
+            state.set_mode(ident, None)  # unknown: never evidence of a missing eval() / train()
+
+
 class Registry:
     """A class or factory picked from a dict literal by a key the code cannot know
     (``MODELS[args.arch](num_classes=10)``): calling it is calling one of them."""

@@ -20,7 +20,7 @@ from sentinel.analysis.facts import (
     StepEvent,
     UnscaleEvent,
 )
-from sentinel.analysis.idioms import Candidates
+from sentinel.analysis.idioms import Candidates, Framework
 from sentinel.analysis.objects import EVAL, TRAIN, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _CONTAINER_API,
@@ -239,6 +239,9 @@ class MethodsMixin:
         if recv.kind == UNKNOWN:
             self.note_maybe_reset(node, recv, meth, [*args, *kwargs.values()], ctx)
             if isinstance(recv.ref, Candidates):
+                return TOP
+            if isinstance(recv.ref, Framework):  # `evaluator.run(val_loader)`: it switches their modes
+                Framework.run(state, recv.ref.models)
                 return TOP
         if recv.kind in (TENSOR, UNKNOWN):
             out = self._tensor_method(recv, meth, node, args, kwargs, ctx)

@@ -514,6 +514,17 @@ RANK_KEEPING_LAYERS = frozenset(
         "AdaptiveMaxPool3d",
     }
 )
+# training frameworks whose objects, given a model, run it in modes of their own choosing (ignite's
+# evaluator calls `model.eval()`, its trainer `model.train()`; Lightning, Hugging Face, fastai alike)
+FRAMEWORKS = frozenset(
+    {"ignite", "pytorch_lightning", "lightning", "transformers", "fastai", "catalyst", "skorch", "composer", "poutyne"}
+)
+
+
+def is_framework(qual: str) -> bool:
+    return qual.split(".", 1)[0] in FRAMEWORKS
+
+
 # torch.nn layers with no parameters and no train/eval behaviour: calling one is applying a function
 # (`h = nn.Tanh(); h(x)` in a hand-written RNN cell), not running a model
 STATELESS_LAYERS = frozenset(
