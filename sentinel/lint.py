@@ -166,7 +166,8 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
     except SourceError as exc:
         if exc.line:
             cell, line = notebook.locate(exc.line)
-            return FileResult(path, failure=InputError(path, exc.reason, line, exc.column, cell))
+            column = notebook.column(cell, line, exc.column) if exc.column else exc.column
+            return FileResult(path, failure=InputError(path, exc.reason, line, column, cell))
         return FileResult(path, failure=InputError(path, exc.reason))
     except RecursionError:
         return FileResult(path, failure=InputError(path, "too deeply nested to analyse"))
@@ -179,12 +180,13 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
             continue
         cell, line = notebook.locate(d.line)
         end_cell, end_line = notebook.locate(d.end_line)
-        end_column = d.end_column
+        column = notebook.column(cell, line, d.column)  # columns of the original (undedented) text
+        end_column = notebook.column(cell, end_line, d.end_column)
         if end_cell != cell:  # never across cells: stop at the end of the first one's line
             end_line = line
             end_column = len(notebook.cell_line(cell, line) or "") + 1
         message = notebook.relocate_message(d.message, cell)
-        mapped.append(Diagnostic(d.path, line, d.column, end_line, end_column, d.code, d.name, message, cell=cell))
+        mapped.append(Diagnostic(d.path, line, column, end_line, end_column, d.code, d.name, message, cell=cell))
     return FileResult(path, diagnostics=mapped)
 
 
