@@ -422,6 +422,12 @@ def _show_settings(settings: Settings, options: LintOptions, path: Path) -> str:
     return "\n".join(lines)
 
 
+_UNFIXABLE = (
+    "{} fix(es) not applied: the fixed code did not verify (in a notebook, every edit must stay "
+    "inside one code cell that still runs on its own)."
+)
+
+
 def run_lint_command(options: LintOptions) -> int:
     """Implementation of ``sentinel lint``; returns the exit status.
 
@@ -487,11 +493,15 @@ def run_lint_command(options: LintOptions) -> int:
                         sys.stdout.write("".join(run.diffs))
                     if run.unsafe_hidden and not options.unsafe_fixes and not options.quiet:
                         warn(f"{run.unsafe_hidden} hidden fix(es) can be shown with --unsafe-fixes.")
+                    if run.unfixable and not options.quiet:
+                        warn(_UNFIXABLE.format(run.unfixable))
                     return 1 if run.diffs else 0
                 if not options.quiet and run.fixed:
                     warn(f"Fixed {run.fixed} problem(s) in {run.files_changed} file(s).", style="bold green")
                 if not options.quiet and run.unsafe_hidden and not options.unsafe_fixes:
                     warn(f"{run.unsafe_hidden} hidden fix(es) can be enabled with --unsafe-fixes.")
+                if not options.quiet and run.unfixable:
+                    warn(_UNFIXABLE.format(run.unfixable))
             results = lint_paths(
                 options.paths,
                 settings,
