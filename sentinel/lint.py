@@ -590,6 +590,8 @@ def _fix_stdin(data: bytes, name: str, rules: list[type[Rule]], unsafe: bool) ->
     """``--fix`` on standard input: the fixed source goes to stdout (for editors), nothing is written."""
     from sentinel.fixes import fix_source
 
+    if is_notebook(name):
+        return _fix_stdin_notebook(data, name, rules, unsafe)
     try:
         source = decode(data)
         outcome = fix_source(source, name, rules, unsafe=unsafe)
@@ -598,3 +600,20 @@ def _fix_stdin(data: bytes, name: str, rules: list[type[Rule]], unsafe: bool) ->
         return 2
     sys.stdout.write(outcome.source)
     return 1 if outcome.remaining else 0
+
+
+def _fix_stdin_notebook(data: bytes, name: str, rules: list[type[Rule]], unsafe: bool) -> int:
+    """A notebook on standard input: its fixed JSON on stdout (the input as it was when it cannot be
+    read), and the exit status of linting that."""
+    from sentinel.notebook import NotebookError
+    from sentinel.notebook_fix import fix_notebook
+
+    try:
+        text = data.decode("utf-8-sig")
+        new_text, _ = fix_notebook(text, name, rules, unsafe=unsafe)
+    except (UnicodeDecodeError, NotebookError, ValueError, RecursionError):
+        sys.stdout.write(data.decode("utf-8", "replace"))
+        return 2
+    sys.stdout.write(new_text)
+    result = lint_text(new_text.encode("utf-8"), name, tuple(r.CODE for r in rules))
+    return 2 if result.failure is not None else 1 if result.diagnostics else 0

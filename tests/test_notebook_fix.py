@@ -159,3 +159,15 @@ def test_splice_formats_new_sources_like_the_originals():
         '{\r\n  "cells": [\r\n    {"cell_type": "code", "source": [\r\n      "x = 1\\n",\r\n      "y = 2"\r\n    ]},'
         '\r\n    {"cell_type": "code", "source": "b"}\r\n  ]\r\n}'
     )
+
+
+def test_fix_on_stdin_treats_a_notebook_as_a_notebook(project):
+    # it was linted as Python (notebook JSON parses as a dict display): nothing fixed, exit 0
+    original = json.dumps(notebook(code(SETUP), code(TRAIN)), indent=1)
+    out = sentinel("--fix", "--stdin-filename", "nb.ipynb", cwd=project, stdin=original)
+    assert out.returncode == 0, out.stderr
+    fixed = json.loads(out.stdout)
+    assert "".join(fixed["cells"][1]["source"]) == TRAIN.replace("append(loss)", "append(loss.detach())")
+    assert not (project / "nb.ipynb").exists()
+    broken = sentinel("--fix", "--stdin-filename", "nb.ipynb", cwd=project, stdin="{")
+    assert broken.returncode == 2 and broken.stdout == "{"
