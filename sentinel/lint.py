@@ -173,6 +173,10 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
         return FileResult(path, failure=InputError(path, "too deeply nested to analyse"))
     except Exception as exc:
         return _internal_error(path, exc)
+    broken = notebook.cell_syntax_error()
+    if broken is not None:
+        cell, line, column, reason = broken
+        return FileResult(path, failure=InputError(path, reason, line, column, cell))
     mapped = []
     for d in diags:
         if os.path.normpath(d.path) != os.path.normpath(path):

@@ -62,6 +62,35 @@ class Notebook:
             return column + len(margin)
         return column
 
+    def cell_syntax_error(self) -> tuple[int, int, int | None, str] | None:
+        """``(cell, line, column, reason)`` of the first cell that is not valid Python on its own, as
+        IPython runs each cell separately (``@decorator`` closing one cell, ``def f():`` opening the
+        next is one valid program but two broken cells); None when every cell parses alone, or when
+        this Python's parser does not understand the program at all (a newer grammar: LibCST decides)."""
+        import ast
+
+        lines = self.source.splitlines()
+        start = 0
+        while start < len(self.line_map):
+            cell = self.line_map[start][0]
+            end = start
+            while end < len(self.line_map) and self.line_map[end][0] == cell:
+                end += 1
+            try:
+                ast.parse("".join(line + "\n" for line in lines[start:end]))
+            except SyntaxError as exc:
+                try:
+                    ast.parse(self.source)
+                except (SyntaxError, ValueError, RecursionError, MemoryError):
+                    return None
+                line = min(max(exc.lineno or 1, 1), end - start)
+                column = self.column(cell, line, exc.offset) if exc.offset else None
+                return cell, line, column, f"syntax error: {exc.msg} (the cell does not run on its own)"
+            except (ValueError, RecursionError, MemoryError):
+                pass
+            start = end
+        return None
+
     def relocate_message(self, message: str, cell: int) -> str:
         """Rewrite a trailing ``(... on line N)`` of a finding in ``cell`` into cell coordinates."""
         match = _RELATED.search(message)

@@ -282,3 +282,16 @@ def test_public_notebook_cells_that_ipython_runs_are_not_syntax_errors(tmp_path)
 def test_a_cell_magic_after_blank_lines_or_indentation_is_still_a_cell_magic(tmp_path):
     nb = load_notebook(notebook(cell("code", "\n  %%bash\n  echo hi\n"), cell("code", "x = 1\n")))
     assert nb.source == "x = 1\n" and nb.locate(1) == (2, 1)
+
+
+def test_a_cell_that_only_parses_joined_to_the_next_is_a_syntax_error(tmp_path):
+    # Jupyter runs cells one by one: a decorator closing a cell breaks it, whatever the next cell holds
+    cells = [cell("code", "import torch\nx = 1\n@torch.no_grad()"), cell("code", "def f():\n    return 1\n")]
+    (tmp_path / "d.ipynb").write_text(notebook(*cells))
+    result = run("lint", "--format", "json", "d.ipynb", cwd=tmp_path)
+    assert result.exit_code == 2
+    (err,) = json.loads(result.stdout)
+    assert (err["kind"], err["cell"], err["line"]) == ("error", 1, 3)
+    assert err["message"].endswith("(the cell does not run on its own)")
+    (tmp_path / "p.ipynb").write_text(notebook(cell("code", "x = (1,\n"), cell("code", "  2)\n")))
+    assert run("lint", "p.ipynb", cwd=tmp_path).exit_code == 2
