@@ -127,8 +127,8 @@ def fix_notebook(text: str, path: str, rules, *, unsafe: bool) -> tuple[str, Fix
     """Fix notebook JSON ``text``: the new text (``text`` itself when nothing could be fixed) and the
     outcome. Raises :class:`sentinel.notebook.NotebookError` when it is not a notebook."""
     notebook = load_notebook(text)
-    if not notebook.line_map:
-        return text, FixOutcome(notebook.source, [], [])
+    if not notebook.line_map or notebook.cell_syntax_error() is not None:
+        return text, FixOutcome(notebook.source, [], [])  # nothing to fix, or a cell Jupyter cannot run
     outcome = fix_source(
         notebook.source, path, rules, unsafe=unsafe, accept=lambda new: place_edits(notebook, new) is not None
     )

@@ -83,16 +83,18 @@ def test_a_decorator_goes_into_the_cell_of_the_function_it_decorates(project):
     run_like_jupyter(path)
 
 
-def test_an_edit_that_leaves_a_cell_that_cannot_run_alone_is_not_applied(project):
-    # joined, the two cells are one statement; a fix in the second would leave it broken on its own
-    path = project / "split.ipynb"
-    original = json.dumps(notebook(code(SETUP), code(TRAIN.replace("(loss)\n", "(\n")), code("loss)\n")), indent=1)
+def test_a_fix_that_cannot_be_placed_is_not_applied_and_is_reported(project):
+    # wrapping the loop in `with torch.no_grad():` would re-indent the masked `%time` line
+    path = project / "magic.ipynb"
+    evaluation = "val_data = [torch.randn(4, 3) for _ in range(2)]\nfor x in val_data:\n    %time\n"
+    evaluation += "    print(model(x).sum().item())\n"
+    original = json.dumps(notebook(code(SETUP), code(TRAIN.replace("(loss)", "(loss.item())")), code(evaluation)))
     path.write_text(original)
-    out = sentinel("--fix", "split.ipynb", cwd=project)
+    out = sentinel("--fix", "--unsafe-fixes", "magic.ipynb", cwd=project)
     assert path.read_text() == original
     assert "1 fix(es) not applied" in out.stderr and "Fixed" not in out.stderr
-    assert out.returncode == 1  # the finding is still reported
-    assert "1 fix(es) not applied" in sentinel("--diff", "split.ipynb", cwd=project).stderr
+    assert out.returncode == 1 and "SEN004" in out.stdout  # the finding is still reported
+    assert "1 fix(es) not applied" in sentinel("--diff", "--unsafe-fixes", "magic.ipynb", cwd=project).stderr
 
 
 def _nb(*cells: str) -> object:
@@ -171,3 +173,13 @@ def test_fix_on_stdin_treats_a_notebook_as_a_notebook(project):
     assert not (project / "nb.ipynb").exists()
     broken = sentinel("--fix", "--stdin-filename", "nb.ipynb", cwd=project, stdin="{")
     assert broken.returncode == 2 and broken.stdout == "{"
+
+
+def test_a_notebook_with_a_cell_jupyter_cannot_run_is_left_alone(project):
+    # like a .py file that does not parse: reported, never rewritten
+    path = project / "broken.ipynb"
+    original = json.dumps(notebook(code(SETUP + "\n@torch.no_grad()"), code("def f():\n    pass\n"), code(TRAIN)))
+    path.write_text(original)
+    out = sentinel("--fix", "broken.ipynb", cwd=project)
+    assert out.returncode == 2 and "cell 1:5" in out.stderr
+    assert path.read_text() == original
