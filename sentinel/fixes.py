@@ -15,7 +15,7 @@ A finding that lies in another file (a helper in an imported module) is fixed wh
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -47,6 +47,7 @@ class FixOutcome:
     fixed: list[Diagnostic]  # the findings the fixes removed
     remaining: list[Diagnostic]  # findings of the fixed source
     unsafe_hidden: int = 0  # findings an unsafe fix could remove (not applied without --unsafe-fixes)
+    unfixable: int = 0  # fixes that were available but did not verify, so were not applied
 
 
 def wrap_attribute_call(expr: cst.BaseExpression, method: str) -> cst.BaseExpression:
@@ -101,12 +102,14 @@ def fix_source(
     *,
     unsafe: bool = False,
     lint=None,
+    accept: Callable[[str], bool] | None = None,
 ) -> FixOutcome:
     """Fix ``source`` with ``rules`` (safe fixes, and unsafe ones too with ``unsafe``) and verify it.
 
     ``lint(source, path, rules)`` returns ``(diagnostics, fixable)`` where ``fixable`` lists
     ``(rule, violation, module, diagnostic)`` of findings in this very source; the default is the
-    engine's.
+    engine's. ``accept(new_source)``, when given, is one more check a fixed source must pass (a
+    notebook's: every edit fits in one cell).
     """
     from sentinel.engine import lint_with_violations
 
@@ -116,6 +119,7 @@ def fix_source(
     fixed: list[Diagnostic] = []
     linted = lint(current, path, rules)
     hidden = 0
+    unfixable = 0
     for _ in range(MAX_PASSES):
         diags, fixable, module = linted
         chosen: list[tuple[Fix, Diagnostic]] = []
@@ -133,15 +137,17 @@ def fix_source(
                 chosen.append((fix, diag))
         if not chosen or module is None:
             break
-        accepted = _verified(module, current, path, rules, diags, chosen, lint)
+        accepted = _verified(module, current, path, rules, diags, chosen, lint, accept)
         if accepted is None:
+            unfixable = len(chosen)
             break
         current, newly, linted = accepted
         fixed.extend(newly)
-    return FixOutcome(current, fixed, linted[0], hidden)
+        unfixable = len(chosen) - len(newly)
+    return FixOutcome(current, fixed, linted[0], hidden, unfixable)
 
 
-def _verified(module, current, path, rules, before, chosen, lint):
+def _verified(module, current, path, rules, before, chosen, lint, accept=None):
     """Apply the chosen fixes together; if the result does not verify, try them one at a time.
     Returns ``(new source, the findings fixed, the lint of the new source)`` or None."""
     batches = [chosen] + ([[c] for c in chosen] if len(chosen) > 1 else [])
@@ -151,6 +157,8 @@ def _verified(module, current, path, rules, before, chosen, lint):
         except Exception:  # a fix that LibCST cannot render is no fix
             continue
         if new_source == current or not _compiles(new_source, path):
+            continue
+        if accept is not None and not accept(new_source):
             continue
         linted = lint(new_source, path, rules)
         if _improved(before, linted[0], [d for _, d in batch]):
@@ -302,6 +310,7 @@ class FixRun:
     files_changed: int = 0
     diffs: list[str] = field(default_factory=list)
     unsafe_hidden: int = 0
+    unfixable: int = 0  # available fixes not applied because the result did not verify
 
 
 def fix_files(files, *, unsafe: bool, write: bool) -> FixRun:
@@ -326,6 +335,7 @@ def fix_files(files, *, unsafe: bool, write: bool) -> FixRun:
         except (OSError, SourceError, RecursionError):
             continue
         run.unsafe_hidden += outcome.unsafe_hidden
+        run.unfixable += outcome.unfixable
         if outcome.source == source:
             continue
         run.fixed += len(outcome.fixed)
@@ -343,63 +353,23 @@ def fix_files(files, *, unsafe: bool, write: bool) -> FixRun:
     return run
 
 
-def fix_notebook(text: str, path: str, rules, *, unsafe: bool) -> tuple[str, FixOutcome] | None:
-    """Fix a notebook's code cells as one program, then write each change back into its cell.
-
-    The fixed program is mapped back line by line (``difflib``): unchanged lines keep their cell and
-    their original text (IPython magics come back as they were), new or rewritten lines go to the cell
-    of the line before them. Returns the new notebook JSON and the outcome, or None when nothing was
-    fixed or a change would touch a masked IPython line (then the notebook is left as it is)."""
-    import difflib
-    import json
-
-    from sentinel.notebook import load_notebook
-
-    notebook = load_notebook(text)
-    outcome = fix_source(notebook.source, path, rules, unsafe=unsafe)
-    if outcome.source == notebook.source or not notebook.line_map:
-        return None
-    old = notebook.source.splitlines()
-    new = outcome.source.splitlines()
-    cells: dict[int, list[str]] = {}
-    touched: set[int] = set()
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
-        if tag == "equal":
-            for i in range(i1, i2):
-                cell, line = notebook.line_map[i]
-                cells.setdefault(cell, []).append(notebook.cell_line(cell, line) or old[i])
-            continue
-        anchor = notebook.line_map[i1 - 1][0] if i1 > 0 else notebook.line_map[0][0]
-        for i in range(i1, i2):
-            cell, line = notebook.line_map[i]
-            touched.add(cell)
-            if (notebook.cell_line(cell, line) or "") != old[i]:
-                return None  # a masked IPython line would be rewritten
-        touched.add(anchor)
-        cells.setdefault(anchor, []).extend(new[j1:j2])
-    data = json.loads(text)
-    for number, cell in enumerate(data["cells"], start=1):
-        if number in touched:
-            lines = cells.get(number, [])
-            cell["source"] = [line + "\n" for line in lines[:-1]] + lines[-1:]
-    return json.dumps(data, indent=1, ensure_ascii=False) + "\n", outcome
-
-
 def _fix_notebook_file(p, rules, unsafe: bool, write: bool, run: FixRun) -> None:
     from sentinel.notebook import NotebookError
+    from sentinel.notebook_fix import fix_notebook
 
     try:
-        text = p.read_text(encoding="utf-8-sig")
-        fixed = fix_notebook(text, str(p), rules, unsafe=unsafe)
+        raw = p.read_bytes()
+        text = raw.decode("utf-8-sig")
+        new_text, outcome = fix_notebook(text, str(p), rules, unsafe=unsafe)
     except (OSError, UnicodeDecodeError, NotebookError, ValueError, RecursionError):
         return
-    if fixed is None:
-        return
-    new_text, outcome = fixed
     run.unsafe_hidden += outcome.unsafe_hidden
+    run.unfixable += outcome.unfixable
+    if new_text == text:
+        return
     run.fixed += len(outcome.fixed)
     run.files_changed += 1
     if write:
-        write_atomically(p, new_text)
+        write_atomically(p, new_text, "utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8")
     else:
         run.diffs.append(unified_diff(text, new_text, str(p)))

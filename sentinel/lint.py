@@ -166,12 +166,17 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
     except SourceError as exc:
         if exc.line:
             cell, line = notebook.locate(exc.line)
-            return FileResult(path, failure=InputError(path, exc.reason, line, exc.column, cell))
+            column = notebook.column(cell, line, exc.column) if exc.column else exc.column
+            return FileResult(path, failure=InputError(path, exc.reason, line, column, cell))
         return FileResult(path, failure=InputError(path, exc.reason))
     except RecursionError:
         return FileResult(path, failure=InputError(path, "too deeply nested to analyse"))
     except Exception as exc:
         return _internal_error(path, exc)
+    broken = notebook.cell_syntax_error()
+    if broken is not None:
+        cell, line, column, reason = broken
+        return FileResult(path, failure=InputError(path, reason, line, column, cell))
     mapped = []
     for d in diags:
         if os.path.normpath(d.path) != os.path.normpath(path):
@@ -179,12 +184,13 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
             continue
         cell, line = notebook.locate(d.line)
         end_cell, end_line = notebook.locate(d.end_line)
-        end_column = d.end_column
+        column = notebook.column(cell, line, d.column)  # columns of the original (undedented) text
+        end_column = notebook.column(cell, end_line, d.end_column)
         if end_cell != cell:  # never across cells: stop at the end of the first one's line
             end_line = line
             end_column = len(notebook.cell_line(cell, line) or "") + 1
         message = notebook.relocate_message(d.message, cell)
-        mapped.append(Diagnostic(d.path, line, d.column, end_line, end_column, d.code, d.name, message, cell=cell))
+        mapped.append(Diagnostic(d.path, line, column, end_line, end_column, d.code, d.name, message, cell=cell))
     return FileResult(path, diagnostics=mapped)
 
 
@@ -420,6 +426,12 @@ def _show_settings(settings: Settings, options: LintOptions, path: Path) -> str:
     return "\n".join(lines)
 
 
+_UNFIXABLE = (
+    "{} fix(es) not applied: the fixed code did not verify (in a notebook, every edit must stay "
+    "inside one code cell that still runs on its own)."
+)
+
+
 def run_lint_command(options: LintOptions) -> int:
     """Implementation of ``sentinel lint``; returns the exit status.
 
@@ -485,11 +497,15 @@ def run_lint_command(options: LintOptions) -> int:
                         sys.stdout.write("".join(run.diffs))
                     if run.unsafe_hidden and not options.unsafe_fixes and not options.quiet:
                         warn(f"{run.unsafe_hidden} hidden fix(es) can be shown with --unsafe-fixes.")
+                    if run.unfixable and not options.quiet:
+                        warn(_UNFIXABLE.format(run.unfixable))
                     return 1 if run.diffs else 0
                 if not options.quiet and run.fixed:
                     warn(f"Fixed {run.fixed} problem(s) in {run.files_changed} file(s).", style="bold green")
                 if not options.quiet and run.unsafe_hidden and not options.unsafe_fixes:
                     warn(f"{run.unsafe_hidden} hidden fix(es) can be enabled with --unsafe-fixes.")
+                if not options.quiet and run.unfixable:
+                    warn(_UNFIXABLE.format(run.unfixable))
             results = lint_paths(
                 options.paths,
                 settings,
@@ -578,6 +594,8 @@ def _fix_stdin(data: bytes, name: str, rules: list[type[Rule]], unsafe: bool) ->
     """``--fix`` on standard input: the fixed source goes to stdout (for editors), nothing is written."""
     from sentinel.fixes import fix_source
 
+    if is_notebook(name):
+        return _fix_stdin_notebook(data, name, rules, unsafe)
     try:
         source = decode(data)
         outcome = fix_source(source, name, rules, unsafe=unsafe)
@@ -586,3 +604,20 @@ def _fix_stdin(data: bytes, name: str, rules: list[type[Rule]], unsafe: bool) ->
         return 2
     sys.stdout.write(outcome.source)
     return 1 if outcome.remaining else 0
+
+
+def _fix_stdin_notebook(data: bytes, name: str, rules: list[type[Rule]], unsafe: bool) -> int:
+    """A notebook on standard input: its fixed JSON on stdout (the input as it was when it cannot be
+    read), and the exit status of linting that."""
+    from sentinel.notebook import NotebookError
+    from sentinel.notebook_fix import fix_notebook
+
+    try:
+        text = data.decode("utf-8-sig")
+        new_text, _ = fix_notebook(text, name, rules, unsafe=unsafe)
+    except (UnicodeDecodeError, NotebookError, ValueError, RecursionError):
+        sys.stdout.write(data.decode("utf-8", "replace"))
+        return 2
+    sys.stdout.write(new_text)
+    result = lint_text(new_text.encode("utf-8"), name, tuple(r.CODE for r in rules))
+    return 2 if result.failure is not None else 1 if result.diagnostics else 0

@@ -3,13 +3,16 @@
 A notebook is linted as one program: its code cells in order. LibCST does not understand IPython
 syntax, so before parsing:
 
+- a cell whose lines all start with the same indentation is dedented, as IPython runs it (a block
+  pasted from inside a function); :meth:`Notebook.column` adds the indentation back to a column;
 - a cell whose first line is a cell magic (``%%time``, ``%%bash`` ...) is skipped entirely, as are
   code cells whose language is not Python (``metadata.vscode.languageId``) and every cell of a
   notebook whose kernel language is not Python;
 - IPython line magics (``%matplotlib inline``, ``x = %time f()``), shell escapes (``!pip install``,
   ``files = !ls``) and help lines (``?obj``, ``obj?``, ``obj??``) are masked: the line is replaced by
   ``pass`` at the same indentation followed by the original text as a comment, so the line count,
-  the line numbers and any ``# noqa`` comment on the line stay where they were.
+  the line numbers and any ``# noqa`` comment on the line stay where they were. A help line is a
+  statement ending in ``?`` or ``??`` (``torch.*Tensor?``), which Python never allows.
 
 :func:`load_notebook` returns a :class:`Notebook` whose ``source`` is that program and whose
 :meth:`Notebook.locate` maps a line of it to ``(cell, line in cell)``: ``cell`` is the 1-based index
@@ -22,7 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["Notebook", "NotebookError", "load_notebook", "mask_ipython"]
+__all__ = ["Notebook", "NotebookError", "cell_program", "load_notebook", "mask_ipython"]
 
 _PYTHON = {"python", "python3", "ipython", "ipython3", ""}
 _RELATED = re.compile(r"\(([^()]*) on line (\d+)\)$")
@@ -41,6 +44,8 @@ class Notebook:
     line_map: list[tuple[int, int]] = field(default_factory=list)
     #: every cell's original text by 1-based cell index (code cells only)
     cells: dict[int, list[str]] = field(default_factory=dict)
+    #: the indentation IPython removes from every line of a cell, by cell index (indented cells only)
+    margins: dict[int, str] = field(default_factory=dict)
 
     def locate(self, line: int) -> tuple[int, int]:
         """(cell, line in cell) of 1-based ``line`` of :attr:`source` (clamped to the last line)."""
@@ -48,6 +53,43 @@ class Notebook:
             return 1, line
         index = min(max(line, 1), len(self.line_map)) - 1
         return self.line_map[index]
+
+    def column(self, cell: int, line: int, column: int) -> int:
+        """A 1-based column of line ``line`` of ``cell`` as linted (dedented) in the original text."""
+        margin = self.margins.get(cell, "")
+        text = self.cell_line(cell, line)
+        if margin and text is not None and text.startswith(margin):
+            return column + len(margin)
+        return column
+
+    def cell_syntax_error(self) -> tuple[int, int, int | None, str] | None:
+        """``(cell, line, column, reason)`` of the first cell that is not valid Python on its own, as
+        IPython runs each cell separately (``@decorator`` closing one cell, ``def f():`` opening the
+        next is one valid program but two broken cells); None when every cell parses alone, or when
+        this Python's parser does not understand the program at all (a newer grammar: LibCST decides)."""
+        import ast
+
+        lines = self.source.splitlines()
+        start = 0
+        while start < len(self.line_map):
+            cell = self.line_map[start][0]
+            end = start
+            while end < len(self.line_map) and self.line_map[end][0] == cell:
+                end += 1
+            try:
+                ast.parse("".join(line + "\n" for line in lines[start:end]))
+            except SyntaxError as exc:
+                try:
+                    ast.parse(self.source)
+                except (SyntaxError, ValueError, RecursionError, MemoryError):
+                    return None
+                line = min(max(exc.lineno or 1, 1), end - start)
+                column = self.column(cell, line, exc.offset) if exc.offset else None
+                return cell, line, column, f"syntax error: {exc.msg} (the cell does not run on its own)"
+            except (ValueError, RecursionError, MemoryError):
+                pass
+            start = end
+        return None
 
     def relocate_message(self, message: str, cell: int) -> str:
         """Rewrite a trailing ``(... on line N)`` of a finding in ``cell`` into cell coordinates."""
@@ -112,6 +154,7 @@ def load_notebook(text: str) -> Notebook:
     out_lines: list[str] = []
     line_map: list[tuple[int, int]] = []
     originals: dict[int, list[str]] = {}
+    margins: dict[int, str] = {}
     for number, cell in enumerate(cells, start=1):
         if not isinstance(cell, dict):
             raise NotebookError(f"cell {number} is not a JSON object")
@@ -120,23 +163,56 @@ def load_notebook(text: str) -> Notebook:
         text_ = _cell_text(cell)
         lines = text_.splitlines()
         originals[number] = lines
-        if not lines or lines[0].lstrip().startswith("%%"):
+        program = cell_program(lines)
+        if program is None:
             continue
-        for index, masked in enumerate(mask_ipython(lines), start=1):
+        margin, python = program
+        if margin:
+            margins[number] = margin
+        for index, masked in enumerate(python, start=1):
             out_lines.append(masked)
             line_map.append((number, index))
     source = "".join(line + "\n" for line in out_lines)
-    return Notebook(source, line_map, originals)
+    return Notebook(source, line_map, originals, margins)
+
+
+def _blank(line: str) -> bool:
+    return not line.strip(" \t")
+
+
+def cell_program(lines: list[str]) -> tuple[str, list[str]] | None:
+    """One code cell as IPython runs it, as Python lines (as many as ``lines``) and the indentation
+    removed from them: the cell dedented (the common leading whitespace of its non-blank lines, as
+    ``textwrap.dedent``), then its IPython lines masked. None for a cell-magic (``%%``) cell."""
+    indents = [line[: len(line) - len(line.lstrip(" \t"))] for line in lines if not _blank(line)]
+    if not indents:
+        return "", ["" for _ in lines]
+    margin = indents[0]
+    for indent in indents[1:]:
+        while not indent.startswith(margin):
+            margin = margin[:-1]
+    dedented = ["" if _blank(line) else line[len(margin) :] for line in lines]
+    if next(line for line in dedented if line).startswith("%%"):
+        return None
+    return margin, mask_ipython(dedented)
 
 
 # -- IPython syntax ----------------------------------------------------------------------------------
 _MAGIC_START = re.compile(r"^\s*[%!?]")
 _ASSIGN_MAGIC = re.compile(r"^\s*[\w.\[\], ()*]+?\s*=\s*[%!]")
-_HELP_SUFFIX = re.compile(r"^\s*[\w.\[\]()'\"]+\?\??\s*$")
+
+
+def _is_help(line: str) -> bool:
+    """``obj?``, ``obj??``, ``torch.*Tensor?``: a statement ending in ``?`` outside strings and comments."""
+    code = line.strip()
+    target = code.rstrip("?")
+    if not target or len(code) - len(target) not in (1, 2) or "#" in target:
+        return False
+    return _scan(target, 0, None) == (0, None)
 
 
 def _is_ipython(line: str) -> bool:
-    return bool(_MAGIC_START.match(line) or _ASSIGN_MAGIC.match(line) or _HELP_SUFFIX.match(line))
+    return bool(_MAGIC_START.match(line) or _ASSIGN_MAGIC.match(line) or _is_help(line))
 
 
 def _mask(line: str) -> str:

@@ -219,3 +219,79 @@ def test_stdin_notebook(nb):
     )
     assert result.exit_code == 1
     assert result.stdout.startswith("from_editor.ipynb:cell 6:5:12: SEN001 ")
+
+
+def _indented(text: str, margin: str = "    ") -> str:
+    return "".join(margin + line if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def test_an_indented_cell_is_dedented_as_ipython_runs_it_and_columns_point_into_the_original(tmp_path):
+    # IPython removes the indentation all lines of a cell share (a block pasted from a function body)
+    pasted = notebook(cell("code", SETUP), cell("code", MODEL), cell("code", "\n" + _indented(LOOP) + "\n  \n"))
+    (tmp_path / "p.ipynb").write_text(pasted)
+    concise = run("lint", "--format", "concise", "p.ipynb", cwd=tmp_path)
+    assert concise.exit_code == 1, concise.stdout + concise.stderr
+    assert concise.stdout.startswith("p.ipynb:cell 3:6:16: SEN001 ")  # `F.cross_entropy(` at column 16
+    (finding,) = json.loads(run("lint", "--format", "json", "p.ipynb", cwd=tmp_path).stdout)
+    original = load_notebook(pasted).cell_line(3, 6)
+    assert original[finding["column"] - 1 : finding["end_column"] - 1].startswith("F.cross_entropy(")
+    text = run("lint", "--color", "never", "p.ipynb", cwd=tmp_path).stdout.splitlines()
+    assert text[1].endswith(original) and text[2].index("^") == text[1].index("F.cross_entropy")
+
+
+def test_a_syntax_error_in_an_indented_cell_is_located_in_the_original_text(tmp_path):
+    (tmp_path / "s.ipynb").write_text(notebook(cell("code", "  a = 1\n  b = (1,\n")))
+    result = run("lint", "--format", "json", "s.ipynb", cwd=tmp_path)
+    assert result.exit_code == 2
+    (err,) = json.loads(result.stdout)
+    assert (err["cell"], err["line"], err["column"]) == (1, 2, 7)  # the '(' in "  b = (1,"
+
+
+def test_unequal_indentation_is_still_a_syntax_error_as_in_ipython(tmp_path):
+    (tmp_path / "s.ipynb").write_text(notebook(cell("code", "    a = 1\n  b = 2\n")))
+    assert run("lint", "s.ipynb", cwd=tmp_path).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["torch.*Tensor?", "obj??", "?obj", "??obj", "np.sum?", "a[0]?", "  model.forward?  ", "%timeit?"],
+)
+def test_help_lines_are_masked(line):
+    (masked,) = mask_ipython([line])
+    assert masked.strip() == f"pass  # {line.strip()}"
+
+
+@pytest.mark.parametrize("line", ["x = 1  # why?", "print('what?')", "# really?", "s = '''is it?", "f(a,"])
+def test_python_lines_ending_near_a_question_mark_are_kept(line):
+    assert mask_ipython([line]) == [line]
+
+
+def test_public_notebook_cells_that_ipython_runs_are_not_syntax_errors(tmp_path):
+    # the cells a review found reported as syntax errors (pytorch-deep-learning, NYU-DLSP20)
+    cells = [
+        cell("code", "import torch"),
+        cell("code", ' # Make sure we have a GPU\n device = "cuda" if torch.cuda.is_available() else "cpu"\n device'),
+        cell("code", " # Number of parameters in pretrained ViT\n num_params = 85,800,963\n num_params"),
+        cell("code", "# What about all `*Tensor`s?\n# Press <esc> to get out of help\ntorch.*Tensor?"),
+    ]
+    (tmp_path / "t.ipynb").write_text(notebook(*cells))
+    result = run("lint", "t.ipynb", cwd=tmp_path)
+    assert result.exit_code == 0, result.stdout + result.stderr
+
+
+def test_a_cell_magic_after_blank_lines_or_indentation_is_still_a_cell_magic(tmp_path):
+    nb = load_notebook(notebook(cell("code", "\n  %%bash\n  echo hi\n"), cell("code", "x = 1\n")))
+    assert nb.source == "x = 1\n" and nb.locate(1) == (2, 1)
+
+
+def test_a_cell_that_only_parses_joined_to_the_next_is_a_syntax_error(tmp_path):
+    # Jupyter runs cells one by one: a decorator closing a cell breaks it, whatever the next cell holds
+    cells = [cell("code", "import torch\nx = 1\n@torch.no_grad()"), cell("code", "def f():\n    return 1\n")]
+    (tmp_path / "d.ipynb").write_text(notebook(*cells))
+    result = run("lint", "--format", "json", "d.ipynb", cwd=tmp_path)
+    assert result.exit_code == 2
+    (err,) = json.loads(result.stdout)
+    assert (err["kind"], err["cell"], err["line"]) == ("error", 1, 3)
+    assert err["message"].endswith("(the cell does not run on its own)")
+    (tmp_path / "p.ipynb").write_text(notebook(cell("code", "x = (1,\n"), cell("code", "  2)\n")))
+    assert run("lint", "p.ipynb", cwd=tmp_path).exit_code == 2

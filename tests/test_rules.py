@@ -90,3 +90,35 @@ def test_a_rule_that_fixes_documents_its_fix_safety(rule):
     assert rule.FIX in (None, "safe", "unsafe")
     if rule.FIX is not None:
         assert "## Fix safety" in rule.doc()
+
+
+UNNAMED = """
+import torch
+from torch import nn
+
+net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
+for epoch in range(2):
+    for x, y in data:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+    for x, y in data:
+        print(net[2](net[1](net[0](x))).argmax(1))
+"""
+
+
+def test_messages_about_a_model_the_code_does_not_name_read_as_english():
+    messages = {d.code: d.message for d in lint_source(UNNAMED)}
+    assert messages["SEN003"].startswith(
+        "evaluation forward pass while the model may still be in training mode (dropout and batch norm "
+        "behave as in training); call its `.eval()` before evaluating"
+    )
+    assert messages["SEN004"].startswith("evaluation forward pass of the model with gradient tracking on: ")
+    named = {d.code: d.message for d in lint_source(UNNAMED.replace("net[2](net[1](net[0](x)))", "net(x)"))}
+    assert named["SEN003"].startswith("evaluation forward pass while `net` may still be in training mode")
+    assert "call `net.eval()` before evaluating" in named["SEN003"]
+    assert named["SEN004"].startswith("evaluation forward pass of `net` with gradient tracking on: ")
+    assert all("`the model" not in m for m in messages.values())

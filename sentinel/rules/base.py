@@ -41,6 +41,12 @@ class Violation:
     data: Any = None
 
 
+def named_model(expr: str) -> str | None:
+    """How a message names the model an event's code calls: ```model```, or None when the code does not
+    name it (``net[0](x)``: the analysis calls it "the model"), so the message can be worded without."""
+    return None if expr == "the model" else f"`{expr}`"
+
+
 class Rule:
     """Base class of every lint rule."""
 

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sentinel.analysis.facts import Facts, ForwardEvent
-from sentinel.rules.base import Rule, Violation
+from sentinel.rules.base import Rule, Violation, named_model
 from sentinel.rules.sen003_validation_without_eval_mode import (
     ValidationWithoutEvalMode,
     first_per_region,
@@ -140,9 +140,9 @@ print(evaluate(model, data))
             yield Violation(
                 ev.node,
                 ev.stmt,
-                f"evaluation forward pass of `{ev.model_expr}` with gradient tracking on: the graph "
-                "and activations are kept for a backward() that never comes; wrap evaluation in "
-                "`torch.no_grad()` or `torch.inference_mode()`",
+                f"evaluation forward pass of {named_model(ev.model_expr) or 'the model'} with gradient "
+                "tracking on: the graph and activations are kept for a backward() that never comes; "
+                "wrap evaluation in `torch.no_grad()` or `torch.inference_mode()`",
                 data=_region(ev, facts),
             )
 

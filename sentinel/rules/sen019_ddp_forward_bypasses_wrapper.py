@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 
 from sentinel.analysis.facts import Facts
-from sentinel.rules.base import Rule, Violation
+from sentinel.rules.base import Rule, Violation, named_model
 
 
 class DdpForwardBypassesWrapper(Rule):
@@ -128,10 +128,13 @@ for _ in range(3):
             if not facts.connected_to_backward(frozenset({ev.id})):
                 continue
             seen.add(id(ev.node))
+            name = named_model(ev.model_expr)
             how = (
-                f"`{ev.model_expr}` runs the model inside the DistributedDataParallel wrapper directly"
+                f"{name or 'this call'} runs the model inside the DistributedDataParallel wrapper directly"
                 if ev.via == "module"
-                else f"`{ev.model_expr}` is the model a DistributedDataParallel wrapper wraps"
+                else f"{name} is the model a DistributedDataParallel wrapper wraps"
+                if name
+                else "this call runs the model a DistributedDataParallel wrapper wraps"
             )
             yield Violation(
                 ev.node,
