@@ -1015,3 +1015,33 @@ def test_a_training_framework_given_the_model_decides_its_mode() -> None:
     # the same calls into an unknown library say nothing of modes: the model is still in training mode
     unknown = FRAMEWORK_RUN.replace("from ignite.engine import", "from mylib import")
     assert findings(unknown) == {("SEN003", line_of(unknown, "# after the framework ran"))}
+
+
+APEX_AMP = """
+import torch
+from torch import nn
+from apex import amp
+
+generator = nn.Sequential(nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8, track_running_stats=False), nn.ReLU())
+optimizer = torch.optim.Adam(generator.parameters())
+models, optimizers = amp.initialize([generator], [optimizer], opt_level="O2")
+generator, = models
+optimizer, = optimizers
+loader = torch.utils.data.DataLoader(torch.load("train.pt"))
+for x in loader:
+    optimizer.zero_grad()
+    generator(x).mean().backward()
+    optimizer.step()
+test_loader = torch.utils.data.DataLoader(torch.load("test.pt"))
+with torch.no_grad():
+    for x in test_loader:
+        fake = generator(x)  # no eval(), no layer that minds
+"""
+
+
+def test_apex_amp_initialize_returns_the_same_models() -> None:
+    """`amp.initialize(models, optimizers)` hands back the same (patched) objects: what is known of the
+    model (instance norm without running statistics behaves the same in both modes) survives it."""
+    assert findings(APEX_AMP) == set()
+    with_dropout = APEX_AMP.replace("nn.ReLU())", "nn.ReLU(), nn.Dropout(0.5))")
+    assert findings(with_dropout) == {("SEN003", line_of(with_dropout, "# no eval()"))}

@@ -294,6 +294,11 @@ class CallsMixin:
             return self.activation(kind, node, x, dim, ctx, grad=state.grad)
         if qual in api.SIGMOID_FUNCS:
             return self.activation(ACT_SIGMOID, node, x, None, ctx, grad=state.grad)
+        if qual == "apex.amp.initialize":
+            # the same models and optimizers, patched for mixed precision: `(models, optimizers)`, or the
+            # models alone when no optimizer is given
+            opts = args[1] if len(args) > 1 else kwargs.get("optimizers")
+            return x if opts is None else V(TUPLE, elems=(x, opts))
         if qual in api.CROSS_ENTROPY_FUNCS:
             return self.loss_call(True, node, args, kwargs, ctx, loss="ce")
         if api.is_functional_loss(qual):
