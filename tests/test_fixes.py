@@ -89,3 +89,78 @@ def test_a_state_dict_pushed_into_a_kept_heap_is_found_and_copied_in_place() -> 
     outcome = fix_source(TOP_K, "top_k.py", all_rules(), unsafe=True)
     assert "    heapq.heappush(top_k, (-epoch, epoch, copy.deepcopy(model.state_dict())))\n" in outcome.source
     assert "import copy\n" in outcome.source
+
+
+RETURNED_FEATURES = """
+import torch
+from torch import nn
+
+net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+
+
+def features(x):
+    kept = []
+    for layer in net:
+        x = layer(x)
+        kept.append(x)
+    return kept
+
+
+def evaluate(batches):
+    outs = []
+    for x in batches:
+        outs.append(features(x)[-1])
+    return outs
+
+
+target = features(torch.randn(2, 4))
+opt = torch.optim.Adam(net.parameters())
+for step in range(3):
+    opt.zero_grad()
+    loss = sum((a - b.detach()).pow(2).mean() for a, b in zip(features(torch.randn(2, 4)), target))
+    loss.backward()
+    opt.step()
+history = []
+for step in range(3):
+    out = net(torch.randn(2, 4))
+    loss = out.pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    history.append(loss)
+"""
+
+
+def test_detaching_what_a_function_returns_is_not_a_safe_fix() -> None:
+    """SEN006's `.detach()` is safe where the accumulator stays put (a history list), not where the
+    function returns the container: a caller may backpropagate through what it holds."""
+    import libcst as cst
+
+    from sentinel.rules import Violation
+    from sentinel.rules.sen006_graph_retaining_loss_accumulation import GraphRetainingLossAccumulation
+
+    module = cst.parse_module(RETURNED_FEATURES)
+
+    def append_of(target: str) -> Violation:
+        for node in _walk(module):
+            if (
+                isinstance(node, cst.SimpleStatementLine)
+                and isinstance(node.body[0], cst.Expr)
+                and module.code_for_node(node).strip().startswith(f"{target}.append(")
+            ):
+                return Violation(node.body[0].value, node, "", data={"target": target})
+        raise AssertionError(target)
+
+    rule = GraphRetainingLossAccumulation()
+    kept = rule.fix(append_of("kept"), module)
+    history = rule.fix(append_of("history"), module)
+    assert kept is not None and kept.unsafe
+    assert history is not None and not history.unsafe
+    # end to end: the history's detach is a safe fix
+    assert "    history.append(loss.detach())\n" in fix_source(RETURNED_FEATURES, "features.py", all_rules()).source
+
+
+def _walk(node):
+    yield node
+    for child in node.children:
+        yield from _walk(child)

@@ -102,7 +102,9 @@ class GraphRetainingLossAccumulation(Rule):
     idiomatic choice, but it changes the type (and synchronizes with the GPU), so the fix does not
     make it for you. Recurrent state carried into the next step (`out, h = model(x, h)`) is fixed only
     with `--unsafe-fixes`: detaching `h` where it enters the next step is truncated backpropagation
-    through time, which changes the gradients (as intended, but it is a change in training).
+    through time, which changes the gradients (as intended, but it is a change in training). So is a
+    value accumulated into a container the function returns (`features.append(x); return features`): a
+    caller may backpropagate through what it holds.
 
     ## References
     - [PyTorch FAQ: "My model reports cuda runtime error(2): out of memory"](https://pytorch.org/docs/stable/notes/faq.html)
@@ -201,7 +203,11 @@ def train_epoch(model, loader, opt):
         if expr is None and isinstance(violation.node, cst.Subscript) and isinstance(violation.stmt, cst.Assign):
             expr = violation.stmt.value  # `history[step] = loss`
         if expr is not None:
-            return Fix([(expr, wrap_attribute_call(expr, "detach"))], description="accumulate `.detach()`")
+            target = (violation.data or {}).get("target", "")
+            escapes = _returned_by_its_function(module, violation.stmt, target.split(".")[0].split("[")[0])
+            return Fix(
+                [(expr, wrap_attribute_call(expr, "detach"))], description="accumulate `.detach()`", unsafe=escapes
+            )
         carried = _carried_argument(violation.node)
         if carried is None:
             return None
@@ -261,4 +267,36 @@ def train_epoch(model, loader, opt):
                 acc.site or acc.stmt,
                 f"`{acc.target}` accumulates a tensor that carries its autograd graph: every iteration's "
                 "graph stays alive; accumulate `.item()` or `.detach()` instead",
+                data={"target": acc.target},
             )
+
+
+def _returned_by_its_function(module, stmt, name: str) -> bool:
+    """Does the function holding ``stmt`` return ``name`` (``features.append(x) ... return features``)?
+    A caller may then backpropagate through what it holds, so detaching it is not a safe fix."""
+    import libcst as cst
+
+    if not name or module is None:
+        return False
+
+    def holds(node: cst.CSTNode) -> bool:
+        return node is stmt or any(holds(child) for child in node.children)
+
+    def returns_name(node: cst.CSTNode) -> bool:
+        if isinstance(node, cst.Return) and node.value is not None:
+            return any(isinstance(n, cst.Name) and n.value == name for n in _walk(node.value))
+        if isinstance(node, (cst.FunctionDef, cst.Lambda)):
+            return False  # a nested function's returns are its own
+        return any(returns_name(child) for child in node.children)
+
+    holders = [n for n in _walk(module) if isinstance(n, cst.FunctionDef) and holds(n.body)]
+    if not holders:
+        return False
+    innermost = holders[-1]  # pre-order: a nested function comes after the one holding it
+    return any(returns_name(child) for child in innermost.body.children)
+
+
+def _walk(node):
+    yield node
+    for child in node.children:
+        yield from _walk(child)
