@@ -606,7 +606,7 @@ def _backward_finding(
     node = origin.node
     call = tracer.module_at(node._sequence_nr())
     mod_name = call.name if call is not None else None
-    kind = _kind(origin.grad)
+    kind = origin.kind or _kind(origin.grad)
     where = _describe(mod_name, call.module if call is not None else None)
     parameter = _param_fed_by(node, origin.index, {id(p): n for n, p in params})
     return _finding(
