@@ -104,15 +104,23 @@ class BoundaryGrads:
         One pre-hook per autograd node that made recorded values (what ``Tensor.register_hook``
         does for a non-leaf, without its Python bookkeeping per tensor); leaves get a tensor hook."""
         top = _top_outputs(calls)
-        live = [(key, t) for key, t, _ in self.pending if t._version == key[1] and key not in top]
-        eager = all(t.is_cpu for _, t in live)
-        if eager:
-            self._seq = {key: seq for key, _, seq in self.pending}
-            stale = {key: seq for key, t, seq in self.pending if t._version != key[1]}
+        live: list[tuple[Key, torch.Tensor]] = []
+        stale: dict[Key, int] = {}
+        seqs: dict[Key, int] = {}
+        eager = True
+        for key, t, seq in self.pending:
+            seqs[key] = seq
+            if t._version != key[1]:
+                stale[key] = seq
+            elif key not in top:
+                live.append((key, t))
+                if eager and not t.is_cpu:
+                    eager = False
         self.pending.clear()
         if not live:
             return False
         if eager:
+            self._seq = seqs
             self._track(calls, {key for key, _ in live}, stale)
         got = self._got_now if eager else self._got
         by_node: dict[int, tuple[Any, list[tuple[int, Key]]]] = {}
@@ -129,9 +137,10 @@ class BoundaryGrads:
             if entry is None:
                 entry = by_node[id(node)] = (node, [])
             entry[1].append((t.output_nr, key))
+        one = self._one_now if eager else self._one
         for node, outputs in by_node.values():
             if len(outputs) == 1:
-                fn = partial(self._got_one, got, *outputs[0])
+                fn = partial(one, *outputs[0])
             else:
                 fn = partial(self._got_many, got, outputs)
             try:
@@ -166,11 +175,15 @@ class BoundaryGrads:
         self._blocked = {i for _, i in blocked}
         self._thresholds = sorted(blocked, reverse=True)
 
-    @staticmethod
-    def _got_one(got: Any, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> None:
+    def _one(self, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> None:
         g = grad_outputs[nr] if nr < len(grad_outputs) else None
         if g is not None:
-            got(key, g)
+            self._got(key, g)
+
+    def _one_now(self, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> None:
+        g = grad_outputs[nr] if nr < len(grad_outputs) else None
+        if g is not None:
+            self._got_now(key, g)
 
     @staticmethod
     def _got_many(got: Any, outputs: list[tuple[int, Key]], grad_outputs: tuple[Any, ...]) -> None:
@@ -194,7 +207,10 @@ class BoundaryGrads:
         if key in flags:
             return
         self.arrival[key] = len(self.arrival)
-        ok = _sum_finite(grad)
+        if grad.dtype is torch.float32 and not grad.is_sparse:
+            ok = math.isfinite(grad.sum().item())
+        else:
+            ok = _sum_finite(grad)
         flags[key] = ok
         opened = self._open
         if key in opened:
@@ -260,14 +276,25 @@ def _run(c: _Call, outs: list[Key], tensors: dict[Key, torch.Tensor], grads: dic
     """Run call ``c``'s part of the kept graph again from its outputs' gradients: the origin, None,
     or ``False`` when it cannot be run (an output overwritten in place since, a node that cannot
     run twice)."""
-    ts = [tensors[k] for k in outs]
-    if any(t._version != k[1] or t.grad_fn is None for t, k in zip(ts, outs, strict=True)):
-        return None  # overwritten in place since: its node is not the one the gradient reached
-    roots = [(t.grad_fn, t.output_nr, grads[k]) for t, k in zip(ts, outs, strict=True)]
+    roots = []
+    for k in outs:
+        t = tensors[k]
+        node = t.grad_fn
+        if t._version != k[1] or node is None:
+            return None  # overwritten in place since: its node is not the one the gradient reached
+        roots.append((node, t.output_nr, grads[k]))
     try:
         return run_module_backward(roots, c.start, c.end)
     except Exception:  # a node that cannot run twice: let the caller hook the whole backward
         return False
+
+
+def _encloses(c: _Call, inner: Sequence[_Call]) -> bool:
+    """Call ``c`` encloses one of the calls ``inner`` (other than itself)."""
+    for m in inner:
+        if m is not c and c.start <= m.start and m.end <= c.end:
+            return True
+    return False
 
 
 def _stopped_origin(calls: Sequence[_Call], tensors: dict[Key, torch.Tensor], boundary: BoundaryGrads) -> Any:
@@ -279,11 +306,17 @@ def _stopped_origin(calls: Sequence[_Call], tensors: dict[Key, torch.Tensor], bo
     makers = [c for c in calls if bad in c.outputs]
     found = []
     for c in calls:
-        if bad in c.inputs or any(m is not c and c.start <= m.start and m.end <= c.end for m in makers):
-            outs = [k for k in c.outputs if k in grads]
-            if outs and all(flags.get(k, True) for k in outs):
+        if bad not in c.inputs and not _encloses(c, makers):
+            continue
+        outs = [k for k in c.outputs if k in grads]
+        if outs:
+            for k in outs:
+                if not flags.get(k, True):
+                    break
+            else:
                 found.append((c.end - c.start, c, outs))
-    found.sort(key=lambda item: item[0])
+    if len(found) > 1:
+        found.sort(key=lambda item: item[0])
     for _, c, outs in found:
         origin = _run(c, outs, tensors, grads)
         if origin is False:
@@ -336,9 +369,7 @@ def module_origin(
             if bad_params is not None:
                 hit = any(id(p) in bad_params for p in c.module.parameters())
             elif flags is not None:
-                hit = any(not finite(k) for k in c.inputs) or any(
-                    m is not c and c.start <= m.start and m.end <= c.end for m in makers
-                )
+                hit = any(not finite(k) for k in c.inputs) or _encloses(c, makers)
             else:
                 hit = any(not finite(k) for k in c.inputs if k in grads)
             if hit:
