@@ -50,6 +50,17 @@ class _Call(Protocol):
     end: int
     inputs: list[Key]
     outputs: list[Key]
+    begun: float  # perf_counter() when the call started
+    done: float  # perf_counter() when the call returned
+
+
+# On CPU, the backward is abandoned at the first non-finite boundary gradient: an exception through
+# the autograd engine, whose unwinding costs tens of microseconds. When what is left of the backward
+# is cheaper than that (at most DROP_NODES autograd nodes made before the value, by a forward that
+# had run for less than DROP_SECONDS when the value was made), the gradient is dropped instead:
+# replaced by None, so the nodes below it compute nothing.
+DROP_NODES = 4
+DROP_SECONDS = 100e-6
 
 
 def _sum_finite(g: torch.Tensor) -> bool:
@@ -86,7 +97,8 @@ class BoundaryGrads:
         self.flags: dict[Key, bool] | None = None  # CPU: finite as it arrived
         self.bad: Key | None = None  # CPU: the first value whose gradient was non-finite
         self.bad_grad: torch.Tensor | None = None
-        self.stopped = False
+        self.stopped = False  # CPU: a non-finite gradient arrived (the backward stopped, or it was dropped)
+        self.start = 0.0  # perf_counter() when the forward started
         self.handles: list[Any] = []
         self._open: dict[Key, int] = {}  # output value -> calls producing it not cleared yet
         self._waiting: list[int] = []  # per call: inputs whose gradient has not arrived yet
@@ -129,7 +141,7 @@ class BoundaryGrads:
             node = t.grad_fn
             if node is None or not hasattr(node, "register_prehook"):
                 try:
-                    handles.append(t.register_hook(partial(got, key)))
+                    handles.append(t.register_hook(partial(self._tensor_hook, got, key)))
                 except RuntimeError:  # a tensor type that takes no hooks: its module is not a candidate
                     pass
                 continue
@@ -175,37 +187,47 @@ class BoundaryGrads:
         self._blocked = {i for _, i in blocked}
         self._thresholds = sorted(blocked, reverse=True)
 
+    @staticmethod
+    def _tensor_hook(got: Any, key: Key, grad: torch.Tensor) -> None:
+        got(key, grad)  # a leaf: nothing is below it, a gradient to drop goes on to its .grad
+
     def _one(self, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> None:
         g = grad_outputs[nr] if nr < len(grad_outputs) else None
         if g is not None:
             self._got(key, g)
 
-    def _one_now(self, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> None:
+    def _one_now(self, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
         g = grad_outputs[nr] if nr < len(grad_outputs) else None
-        if g is not None:
-            self._got_now(key, g)
+        if g is not None and self._got_now(key, g):
+            return grad_outputs[:nr] + (None,) + grad_outputs[nr + 1 :]
+        return None
 
     @staticmethod
-    def _got_many(got: Any, outputs: list[tuple[int, Key]], grad_outputs: tuple[Any, ...]) -> None:
+    def _got_many(got: Any, outputs: list[tuple[int, Key]], grad_outputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        dropped = None
         for nr, key in outputs:
             g = grad_outputs[nr] if nr < len(grad_outputs) else None
-            if g is not None:
-                got(key, g)
+            if g is not None and got(key, g):
+                if dropped is None:
+                    dropped = list(grad_outputs)
+                dropped[nr] = None
+        return None if dropped is None else tuple(dropped)
 
-    def _got(self, key: Key, grad: torch.Tensor) -> None:
+    def _got(self, key: Key, grad: torch.Tensor) -> bool:
         """Keep everything, screen after the backward."""
         if key not in self.grads:
             self.arrival[key] = len(self.arrival)
         self.grads[key] = grad
+        return False
 
-    def _got_now(self, key: Key, grad: torch.Tensor) -> None:
-        """CPU: check the gradient now, keep it only while it may be needed, stop at a bad one."""
+    def _got_now(self, key: Key, grad: torch.Tensor) -> bool:
+        """CPU: check the gradient now, keep it only while it may be needed, stop at a bad one
+        (raise :class:`StopBackward`, or answer True: drop it, see ``DROP_BELOW``)."""
         flags = self.flags
         if flags is None:  # a second run (see overflowed)
-            self._got(key, grad)
-            return
+            return self._got(key, grad)
         if key in flags:
-            return
+            return False
         self.arrival[key] = len(self.arrival)
         if grad.dtype is torch.float32 and not grad.is_sparse:
             ok = math.isfinite(grad.sum().item())
@@ -216,9 +238,13 @@ class BoundaryGrads:
         if key in opened:
             self.grads[key] = grad
         if not ok:
+            if self.stopped:  # another one, after a dropped one
+                return True
             self.bad = key
             self.bad_grad = grad
             self.stopped = True
+            if self._cheap_below(key):
+                return True
             raise StopBackward
         waiting, blocked = self._waiting, self._blocked
         for i in self._consumers.get(key, ()):
@@ -233,6 +259,30 @@ class BoundaryGrads:
                 blocked.discard(i)
                 if waiting[i] == 0:
                     self._clear(i)
+        return False
+
+    def _cheap_below(self, key: Key) -> bool:
+        """What is left of the backward when value ``key`` gets its gradient is cheap: few autograd
+        nodes were made before it, and the forward had not run for long when it was first seen (a
+        call that made it returned, or one that takes it started)."""
+        seq = self._seq.get(key, -1)
+        calls = self._calls
+        if seq < 0 or not calls:
+            return False
+        first = min(c.start for c in calls)
+        if seq - first >= DROP_NODES:
+            return False
+        seen = None
+        for c in calls:
+            if key in c.outputs:
+                t = c.done
+            elif key in c.inputs:
+                t = c.begun
+            else:
+                continue
+            if seen is None or t < seen:
+                seen = t
+        return seen is not None and seen - self.start < DROP_SECONDS
 
     def _clear(self, i: int) -> None:
         """Call ``i`` is not the origin: drop the gradients of its outputs that no other call needs."""

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,8 +98,10 @@ class _Call:
     module: nn.Module
     start: int
     inputs: list[tuple[int, int]]  # (id, version) keys into _Tracer.sums
+    begun: float  # perf_counter() when the call started
     end: int = -1
     outputs: list[tuple[int, int]] = field(default_factory=list)
+    done: float = 0.0  # perf_counter() when the call returned
 
 
 def _tensors_of(obj: Any) -> list[torch.Tensor]:
@@ -170,6 +173,7 @@ class _Tracer:
         except BaseException:
             self.remove()
             raise
+        self.boundary.start = time.perf_counter()
 
     def _keys(self, obj: Any, eager: bool) -> list[tuple[int, int]]:
         """The keys of the tensors in ``obj`` (a module's positional arguments or its output),
@@ -195,6 +199,7 @@ class _Tracer:
 
     def _wrap(self, module: nn.Module, name: str, forward: Any) -> Any:
         calls, thread, keys, get_ident, seq = self.calls, self.thread, self._keys, threading.get_ident, _sequence_nr
+        clock = time.perf_counter
         eager_out = self.eager
         eager_in = eager_out or module.__dict__.get("inplace") is True
 
@@ -204,9 +209,10 @@ class _Tracer:
             ins = keys(args, eager_in)
             if kwargs:
                 ins += keys(kwargs, eager_in)
-            call = _Call(name, module, seq(), ins)
+            call = _Call(name, module, seq(), ins, clock())
             output = forward(*args, **kwargs)
             call.end = seq() - 1
+            call.done = clock()
             call.outputs = keys(output, eager_out)
             calls.append(call)
             return output
@@ -446,11 +452,13 @@ def checked_step(
                 hooked = tracer.hook_values()
                 try:
                     backward(loss, True)
+                    cut = tracer.boundary.stopped  # a non-finite boundary gradient was dropped (CPU)
                 except StopBackward:  # a boundary gradient was non-finite (CPU): the rest is not needed
-                    if tracer.boundary.overflowed():  # no: large finite values; run it all
-                        for _, p in params:
-                            p.grad = None
-                        backward(loss, True)
+                    cut = True
+                if cut and tracer.boundary.overflowed():  # no: large finite values; run it all
+                    for _, p in params:
+                        p.grad = None
+                    backward(loss, True)
             stopped = tracer.boundary.stopped
             grads_ok = origin is None and not stopped and all_finite([p.grad for _, p in params])
         if not loss_ok or not grads_ok:
