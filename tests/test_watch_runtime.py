@@ -604,6 +604,19 @@ def test_kept_scalars_share_one_buffer_and_a_row_is_reused_only_once_released():
     assert (d.item(), b.item()) == (4.5, 2.5) and d._base is b._base
 
 
+def test_several_kept_scalars_go_to_consecutive_rows_in_one_copy():
+    ring = ScalarRing(size=16)
+    first = ring.keep_all([torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)])
+    assert [v.item() for v in first] == [1.0, 2.0, 3.0] and all(v._base is not None for v in first)
+    more = [ring.keep_all([torch.tensor(float(i))] * 4) for i in range(3)]  # rows 3 to 14
+    assert [v.item() for v in first + more[0]] == [1.0, 2.0, 3.0] + [0.0] * 4
+    values = [torch.tensor(5.0), torch.tensor(6.0)]
+    assert ring.keep_all(values) is values  # no room left: the rows from 0 on are still held
+    del first
+    again = ring.keep_all(values)
+    assert [v.item() for v in again] == [5.0, 6.0] and [v.item() for v in more[2]] == [2.0] * 4
+
+
 def test_a_watched_forward_keeps_its_output_norm_in_the_preallocated_ring():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))

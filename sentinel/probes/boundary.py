@@ -12,7 +12,8 @@ Two ways to hold the gradients:
 
 - **CPU** (checking a value costs no host-device synchronisation): each gradient is checked as it
   arrives (one sum). The first non-finite one stops the backward at once (the rest of the graph is
-  never run: a failing step costs less than a plain one when the origin is near the loss), and a
+  never run: a failing step costs less than a plain one when the origin is near the loss; when
+  little is left below it, it is dropped instead, see ``DROP_NODES``), and a
   gradient is only kept while a module call it leaves could still be the origin: once every input
   of a call received a finite gradient, that call is cleared and the gradients of its outputs are
   dropped. Keeping every boundary gradient alive instead makes each later one a fresh allocation

@@ -22,7 +22,7 @@ Two layers, so that healthy steps cost almost nothing (the cheap checks live in
   3. loss: non-finite although the model output is finite;
   4. backward: the step keeps its graph and sees the gradient that reaches every recorded value
      below the model's own output (:mod:`sentinel.probes.boundary`: on CPU each one is checked as
-     it arrives and the backward stops at the first non-finite one; elsewhere they are kept and
+     it arrives and nothing below the first non-finite one is computed; elsewhere they are kept and
      screened after). The origin is a module call whose outputs received a finite gradient while
      its inputs (or its parameters) received a non-finite one; only that call's part of the graph
      is backpropagated again, node by node, to name the first op emitting a NaN/Inf. When that

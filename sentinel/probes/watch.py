@@ -423,6 +423,8 @@ class Watch(ForwardHooks):
             mine = records
         reads = self._reads_at(st, step)
         checked, norms = step_check(st, params, reads)
+        if norms and not reads:  # kept until a later read: in the preallocated rows
+            norms = self._scalars.keep_all(norms)
         entry = StepEntry(step, checked, norms, mine, arrivals)
         st.pending.append(entry)
         if reads:
