@@ -175,15 +175,29 @@ class BoundaryGrads:
         waiting = []
         blocked: list[tuple[int, int]] = []
         for i, c in enumerate(calls):
-            ins = hooked.intersection(c.inputs)
-            waiting.append(len(ins))
-            for k in ins:
-                consumers.setdefault(k, []).append(i)
-            for k in set(c.outputs):
+            ins, outs = c.inputs, c.outputs
+            made = None
+            if len(ins) == 1:  # the usual call: no set, no list
+                k = ins[0]
+                if k in hooked:
+                    waiting.append(1)
+                    consumers.setdefault(k, []).append(i)
+                else:
+                    waiting.append(0)
+                made = stale.get(k)
+            else:
+                uniq = hooked.intersection(ins)
+                waiting.append(len(uniq))
+                for k in uniq:
+                    consumers.setdefault(k, []).append(i)
+                for k in ins:
+                    s = stale.get(k)
+                    if s is not None and (made is None or s < made):
+                        made = s
+            if made is not None:
+                blocked.append((made if made >= 0 else -1, i))
+            for k in outs if len(outs) == 1 else set(outs):
                 opened[k] = opened.get(k, 0) + 1
-            made = [stale[k] for k in c.inputs if k in stale]
-            if made:
-                blocked.append((min(made) if min(made) >= 0 else -1, i))
         self._waiting = waiting
         self._blocked = {i for _, i in blocked}
         self._thresholds = sorted(blocked, reverse=True)
@@ -288,7 +302,8 @@ class BoundaryGrads:
     def _clear(self, i: int) -> None:
         """Call ``i`` is not the origin: drop the gradients of its outputs that no other call needs."""
         opened, grads = self._open, self.grads
-        for k in set(self._calls[i].outputs):
+        outs = self._calls[i].outputs
+        for k in outs if len(outs) == 1 else set(outs):
             n = opened.get(k, 0)
             if n > 1:
                 opened[k] = n - 1
