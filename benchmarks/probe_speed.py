@@ -24,9 +24,14 @@ Prints, in one run:
 Timings: one intra-op thread by default (``--threads``): on a shared machine torch's threads wait
 on each other and a step's time mostly measures the scheduler (a small CNN's step went from 30 ms
 to over a second under load with 2 threads). The contenders run interleaved, one call each per
-round, R rounds; the figures are the median over the rounds (wall clock, and CPU time of the
-process), and each ratio is the median of the per-round ratios (so every ratio compares calls made
-side by side, under the same load). The load average is printed. Not a test: no assertion, just figures.
+round, R rounds, in an order shuffled every round (seeded): a call runs slower right after one that
+evicted the caches, and the anomaly step does (it records a Python traceback per autograd node);
+in a fixed order the checked step always came right after it while the step with the cheap checks
+it is compared with came right after the plain step, warm, which put up to half of a small model's
+"localization" down to cold caches. The figures are the median over the rounds (wall clock, and
+CPU time of the process), and each ratio is the median of the per-round ratios (so every ratio
+compares calls made side by side, under the same load). The load average is printed. Not a test:
+no assertion, just figures.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import gc
 import importlib.util
 import os
+import random
 import re
 import statistics
 import sys
@@ -333,8 +339,11 @@ def bench_localize(name: str, made: dict, rounds: int, expected: tuple[str, str]
     gc.freeze()
     gc.disable()
     try:
+        order = list(fns.items())
+        shuffle = random.Random(0).shuffle
         for _ in range(rounds):
-            for key, f in fns.items():
+            shuffle(order)  # see the module docstring: no contender always follows the same one
+            for key, f in order:
                 out.pop(key, None)
                 gc.collect()
                 synchronize()
@@ -447,8 +456,8 @@ def main() -> None:
         "   then the origin search (module boundaries, the origin module's nodes re-run) and the finding;\n"
         "   'localization' = that minus the same step with the cheap checks only (= tracing, search,\n"
         "   finding); 'replay' = localize() from scratch (snapshot, traced forward, hooked backward,\n"
-        "   restore), what the loop monitor uses. Medians of N interleaved rounds (no GC inside a timed\n"
-        "   call); each ratio is the median of the per-round ratios."
+        "   restore), what the loop monitor uses. Medians of N interleaved rounds, each in a shuffled\n"
+        "   order (no GC inside a timed call); each ratio is the median of the per-round ratios."
     )
     cases = [
         ("buggy.py:make_nan_for_some_inputs", buggy.make_nan_for_some_inputs(), 40, ("forward", "logf")),

@@ -4,6 +4,7 @@ backward stops at the first non-finite one, and only the module call it points a
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -46,6 +47,62 @@ def test_the_backward_stops_at_the_first_non_finite_boundary_and_names_the_op():
     )  # fmt: skip
     # nothing under the origin was backpropagated: the layers below never got a gradient
     assert model.stem.weight.grad is None and model.body[0][0].weight.grad is None
+
+
+class _Split(nn.Module):
+    def forward(self, h):
+        return h.chunk(2, dim=1)  # two values made by one autograd node
+
+
+class _Distance(nn.Module):
+    def forward(self, a, b):
+        return torch.sqrt(((a - b) ** 2).sum(dim=1, keepdim=True))
+
+
+class _SmallSiamese(nn.Module):
+    def __init__(self, split: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 8)
+        self.split = _Split() if split else None
+        self.dist = _Distance() if split else _PairDistance()
+        self.head = nn.Linear(1, 1)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.head(self.dist(*self.split(h)) if self.split is not None else self.dist(h))
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_non_finite_gradient_near_the_bottom_is_dropped_or_stops_the_backward(monkeypatch, split, drop):
+    # Little of the backward left below the bad boundary gradient: it is replaced by None (an
+    # exception through the autograd engine would cost more than the rest); else the backward stops.
+    # Either way nothing below it is computed and the origin is the same.
+    from sentinel.probes import boundary
+
+    monkeypatch.setattr(boundary, "DROP_SECONDS", 1.0 if drop else 0.0)
+    stops = []
+    got_now = boundary.BoundaryGrads._got_now
+
+    def spy(self, key, grad):
+        try:
+            return got_now(self, key, grad)
+        except boundary.StopBackward:
+            stops.append(key)
+            raise
+
+    monkeypatch.setattr(boundary.BoundaryGrads, "_got_now", spy)
+    torch.manual_seed(0)
+    model = _SmallSiamese(split)
+    with torch.no_grad():
+        model.embed.weight.copy_(torch.eye(8))
+        model.embed.bias.zero_()
+    x = torch.randn(6, 8)
+    x[2, 4:] = x[2, :4]  # identical halves: distance 0
+    d = _step(model, x, torch.randn(6, 1)).details
+    assert (d["stage"], d["module"], d["op"], d["value"]) == ("backward", "dist", "SqrtBackward0", "inf")
+    assert len(stops) == (0 if drop else 1)
+    assert model.embed.weight.grad is None and model.head.weight.grad is not None
 
 
 class _Gate(nn.Module):
@@ -94,7 +151,11 @@ def test_an_origin_under_the_whole_network_with_in_place_relus_is_exact():
     assert (d["stage"], d["module"], d["op"], d["value"]) == ("backward", "0.1", "SqrtBackward0", "nan")
 
 
-def test_a_boundary_gradient_whose_sum_overflows_is_not_mistaken_for_an_inf():
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_boundary_gradient_whose_sum_overflows_is_not_mistaken_for_an_inf(monkeypatch, drop):
+    from sentinel.probes import boundary
+
+    monkeypatch.setattr(boundary, "DROP_SECONDS", 1.0 if drop else 0.0)  # the first one is near the bottom
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1))
     with torch.no_grad():

@@ -24,6 +24,7 @@ from sentinel.probes import check_devices, check_finite, check_overfit, check_up
 from sentinel.probes import curve as curves
 from sentinel.probes.batch import plan
 from sentinel.probes.nonfinite import all_finite, checked_step, first_nonfinite, localize
+from sentinel.probes.screen import _exactly_finite, _kind, _nonfinite_kind
 from sentinel.probes.state import Snapshot, preserved, same_bits
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "probes"
@@ -733,6 +734,22 @@ def test_cheap_finiteness_checks():
     assert first_nonfinite(t) == 3
     assert not all_finite(t)
     assert all_finite([torch.ones(2), torch.zeros(0), torch.ones(1, device="meta")])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64])
+def test_exact_finiteness_and_kind_of_a_non_finite_tensor(dtype):
+    t = torch.linspace(-2, 2, 40).to(dtype)
+    assert _nonfinite_kind(t) is None and _exactly_finite(t)
+    t[7] = float("-inf")
+    assert _nonfinite_kind(t) == "Inf" and not _exactly_finite(t) and _kind(t) == "Inf"
+    t[30] = float("nan")
+    assert _nonfinite_kind(t) == "NaN" and not _exactly_finite(t) and _kind(t) == "NaN"
+    # huge finite values whose sum overflows are finite; no entries at all is finite
+    big = torch.full((8,), torch.finfo(torch.float32).max / 2)
+    assert not torch.isfinite(big.sum()) and _nonfinite_kind(big) is None
+    assert _nonfinite_kind(torch.zeros(0, dtype=dtype)) is None
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 3]]), torch.tensor([1.0, float("nan")]), (5,))
+    assert _kind(sparse) == "NaN" and not _exactly_finite(sparse)
 
 
 # -------------------------------------------------------------------------------- SEN103/104

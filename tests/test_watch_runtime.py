@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import pickle
 import socket
 import weakref
@@ -20,7 +21,7 @@ from torch.nn.modules import module as module_mod
 from torch.optim import optimizer as optimizer_mod
 
 import sentinel
-from sentinel.probes._watch_util import tensor_hash
+from sentinel.probes._watch_util import ScalarRing, tensor_hash
 from sentinel.probes.watch import Watch
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -589,3 +590,44 @@ def test_print_of_the_report_is_readable_and_each_problem_is_listed_once():
     assert lines[2].startswith("  SEN106 [gradients-accumulate] gradients were not reset") and "step 1" in lines[2]
     assert lines[-1] == "Found 1 problem."
     assert text.count("SEN106") == 1
+
+
+def test_kept_scalars_share_one_buffer_and_a_row_is_reused_only_once_released():
+    ring = ScalarRing(size=2)
+    a = ring.keep(torch.tensor(1.5))
+    b = ring.keep(torch.tensor(2.5, dtype=torch.float64))
+    assert a._base is b._base is not None and a.dtype == torch.float64
+    fresh = torch.tensor(3.5)
+    assert ring.keep(fresh) is fresh  # the next row is still held (by ``a``): the value stays as it is
+    del a
+    d = ring.keep(torch.tensor(4.5))
+    assert (d.item(), b.item()) == (4.5, 2.5) and d._base is b._base
+
+
+def test_several_kept_scalars_go_to_consecutive_rows_in_one_copy():
+    ring = ScalarRing(size=16)
+    first = ring.keep_all([torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)])
+    assert [v.item() for v in first] == [1.0, 2.0, 3.0] and all(v._base is not None for v in first)
+    more = [ring.keep_all([torch.tensor(float(i))] * 4) for i in range(3)]  # rows 3 to 14
+    assert [v.item() for v in first + more[0]] == [1.0, 2.0, 3.0] + [0.0] * 4
+    values = [torch.tensor(5.0), torch.tensor(6.0)]
+    assert ring.keep_all(values) is values  # no room left: the rows from 0 on are still held
+    del first
+    again = ring.keep_all(values)
+    assert [v.item() for v in again] == [5.0, 6.0] and [v.item() for v in more[2]] == [2.0] * 4
+
+
+def test_a_watched_forward_keeps_its_output_norm_in_the_preallocated_ring():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with sentinel.watch(model, opt) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(5, 4)), torch.tensor([0, 1, 0, 1, 1])).backward()
+            opt.step()
+        model(torch.randn(5, 4))  # a forward whose step is not taken yet: its record is pending
+        norm = w._records[-1].out_norm
+        assert norm is not None and norm._base is not None and norm.dtype == torch.float64
+        assert math.isfinite(norm.item())
+    assert not w.findings

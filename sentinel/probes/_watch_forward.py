@@ -62,6 +62,7 @@ class ForwardHooks:
     _train_roots: dict[int, nn.Module]
     _rng_before: dict[int, Any]
     _rng_ring: RngRing
+    _scalars: U.ScalarRing
     _has_cuda: bool
     _records: list[ForwardRecord]
     _kept_bytes: int
@@ -197,9 +198,9 @@ class ForwardHooks:
             record = ForwardRecord(module, kept[0], kept[1], rng, n_outs, nbytes=nbytes if keep else 0)
             self._kept_bytes += record.nbytes
             if outs is None or n_outs == 1:
-                record.out_norm = U.norm32(first)
+                record.out_norm = self._scalars.keep(U.norm32(first))
             else:
-                record.out_norm = torch.stack([U.norm32(t) for t in outs]).sum()
+                record.out_norm = self._scalars.keep(torch.stack([U.norm32(t) for t in outs]).sum())
             self._records.append(record)
 
     def _check_devices_dtypes(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -79,6 +79,7 @@ class Accumulation:
         self.handle: Any = None
         self.arrivals: list[torch.Tensor] = []
         self.reset = True
+        self.ring: U.ScalarRing | None = None  # where the arrivals' norms are kept (see ScalarRing)
 
     def choose(self, params: list[torch.Tensor]) -> torch.Tensor | None:
         """Pick the smallest parameter with a gradient as the sentinel (its norm is the cost)."""
@@ -104,7 +105,8 @@ class Accumulation:
         if g is None:
             self.reset = True  # set to None since the last step
             return
-        self.arrivals.append(U.norm32(g))
+        norm = U.norm32(g)
+        self.arrivals.append(norm if self.ring is None else self.ring.keep(norm))
 
     def close(self) -> list[torch.Tensor] | None:
         """Before a step: the arrivals to read (``None``: a reset was seen, or nothing arrived)."""

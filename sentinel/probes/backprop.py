@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sentinel.probes.screen import _checkable, _exactly_finite, _screen
+from sentinel.probes.screen import _checkable, _nonfinite_kind, _screen
 
 __all__ = ["ACCUMULATE_GRAD", "BackwardOrigin", "BackwardWatch", "run_module_backward"]
 
@@ -21,9 +21,10 @@ __all__ = ["ACCUMULATE_GRAD", "BackwardOrigin", "BackwardWatch", "run_module_bac
 class BackwardOrigin(Exception):
     """Raised from an autograd node hook to stop the replayed backward at the first bad node."""
 
-    def __init__(self, node: Any, index: int, grad: torch.Tensor) -> None:
+    def __init__(self, node: Any, index: int, grad: torch.Tensor, kind: str | None = None) -> None:
         super().__init__(node.name())
         self.node, self.index, self.grad = node, index, grad
+        self.kind = kind  # "NaN" or "Inf" when known
 
 
 # Backward nodes that only move, select or sum gradients: they cannot turn finite values into
@@ -96,11 +97,9 @@ class BackwardWatch:
         add = self.add
 
         def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
-            present = [(i, g) for i, g in enumerate(grad_inputs) if g is not None and _checkable(g)]
-            if present:
-                for (i, g), ok in zip(present, _screen([g for _, g in present]), strict=True):
-                    if not ok and not _exactly_finite(g):
-                        raise BackwardOrigin(node, i, g)
+            bad = _first_bad(grad_inputs)
+            if bad is not None:
+                raise BackwardOrigin(node, *bad)
             add(*(nxt for nxt, _ in node.next_functions))
 
         return hook
@@ -113,8 +112,8 @@ class BackwardWatch:
         self.seen.clear()
 
 
-def _first_bad(outs: Any) -> tuple[int, torch.Tensor] | None:
-    """The first gradient in a node's outputs holding a NaN/Inf, exactly (index, gradient)."""
+def _first_bad(outs: Any) -> tuple[int, torch.Tensor, str] | None:
+    """The first gradient in a node's outputs holding a NaN/Inf, exactly: (index, gradient, kind)."""
     if type(outs) is not tuple:
         outs = (outs,)
     if len(outs) == 1:  # the common case: one output, checked without building lists
@@ -123,14 +122,17 @@ def _first_bad(outs: Any) -> tuple[int, torch.Tensor] | None:
             return None
         if g.is_cpu and not g.is_sparse:
             s = g.sum() if g.dtype is torch.float32 else g.float().sum()
-            if math.isfinite(s.item()) or _exactly_finite(g):
+            if math.isfinite(s.item()):
                 return None
-            return 0, g
+            kind = _nonfinite_kind(g)
+            return None if kind is None else (0, g, kind)
     present = [(i, g) for i, g in enumerate(outs) if g is not None and _checkable(g)]
     if present:
         for (i, g), ok in zip(present, _screen([g for _, g in present]), strict=True):
-            if not ok and not _exactly_finite(g):
-                return i, g
+            if not ok:
+                kind = _nonfinite_kind(g)
+                if kind is not None:
+                    return i, g, kind
     return None
 
 

@@ -12,7 +12,8 @@ Two ways to hold the gradients:
 
 - **CPU** (checking a value costs no host-device synchronisation): each gradient is checked as it
   arrives (one sum). The first non-finite one stops the backward at once (the rest of the graph is
-  never run: a failing step costs less than a plain one when the origin is near the loss), and a
+  never run: a failing step costs less than a plain one when the origin is near the loss; when
+  little is left below it, it is dropped instead, see ``DROP_NODES``), and a
   gradient is only kept while a module call it leaves could still be the origin: once every input
   of a call received a finite gradient, that call is cleared and the gradients of its outputs are
   dropped. Keeping every boundary gradient alive instead makes each later one a fresh allocation
@@ -50,6 +51,17 @@ class _Call(Protocol):
     end: int
     inputs: list[Key]
     outputs: list[Key]
+    begun: float  # perf_counter() when the call started
+    done: float  # perf_counter() when the call returned
+
+
+# On CPU, the backward is abandoned at the first non-finite boundary gradient: an exception through
+# the autograd engine, whose unwinding costs tens of microseconds. When what is left of the backward
+# is cheaper than that (at most DROP_NODES autograd nodes made before the value, by a forward that
+# had run for less than DROP_SECONDS when the value was made), the gradient is dropped instead:
+# replaced by None, so the nodes below it compute nothing.
+DROP_NODES = 4
+DROP_SECONDS = 100e-6
 
 
 def _sum_finite(g: torch.Tensor) -> bool:
@@ -86,7 +98,8 @@ class BoundaryGrads:
         self.flags: dict[Key, bool] | None = None  # CPU: finite as it arrived
         self.bad: Key | None = None  # CPU: the first value whose gradient was non-finite
         self.bad_grad: torch.Tensor | None = None
-        self.stopped = False
+        self.stopped = False  # CPU: a non-finite gradient arrived (the backward stopped, or it was dropped)
+        self.start = 0.0  # perf_counter() when the forward started
         self.handles: list[Any] = []
         self._open: dict[Key, int] = {}  # output value -> calls producing it not cleared yet
         self._waiting: list[int] = []  # per call: inputs whose gradient has not arrived yet
@@ -104,15 +117,23 @@ class BoundaryGrads:
         One pre-hook per autograd node that made recorded values (what ``Tensor.register_hook``
         does for a non-leaf, without its Python bookkeeping per tensor); leaves get a tensor hook."""
         top = _top_outputs(calls)
-        live = [(key, t) for key, t, _ in self.pending if t._version == key[1] and key not in top]
-        eager = all(t.is_cpu for _, t in live)
-        if eager:
-            self._seq = {key: seq for key, _, seq in self.pending}
-            stale = {key: seq for key, t, seq in self.pending if t._version != key[1]}
+        live: list[tuple[Key, torch.Tensor]] = []
+        stale: dict[Key, int] = {}
+        seqs: dict[Key, int] = {}
+        eager = True
+        for key, t, seq in self.pending:
+            seqs[key] = seq
+            if t._version != key[1]:
+                stale[key] = seq
+            elif key not in top:
+                live.append((key, t))
+                if eager and not t.is_cpu:
+                    eager = False
         self.pending.clear()
         if not live:
             return False
         if eager:
+            self._seq = seqs
             self._track(calls, {key for key, _ in live}, stale)
         got = self._got_now if eager else self._got
         by_node: dict[int, tuple[Any, list[tuple[int, Key]]]] = {}
@@ -121,7 +142,7 @@ class BoundaryGrads:
             node = t.grad_fn
             if node is None or not hasattr(node, "register_prehook"):
                 try:
-                    handles.append(t.register_hook(partial(got, key)))
+                    handles.append(t.register_hook(partial(self._tensor_hook, got, key)))
                 except RuntimeError:  # a tensor type that takes no hooks: its module is not a candidate
                     pass
                 continue
@@ -129,9 +150,10 @@ class BoundaryGrads:
             if entry is None:
                 entry = by_node[id(node)] = (node, [])
             entry[1].append((t.output_nr, key))
+        one = self._one_now if eager else self._one
         for node, outputs in by_node.values():
             if len(outputs) == 1:
-                fn = partial(self._got_one, got, *outputs[0])
+                fn = partial(one, *outputs[0])
             else:
                 fn = partial(self._got_many, got, outputs)
             try:
@@ -153,56 +175,91 @@ class BoundaryGrads:
         waiting = []
         blocked: list[tuple[int, int]] = []
         for i, c in enumerate(calls):
-            ins = hooked.intersection(c.inputs)
-            waiting.append(len(ins))
-            for k in ins:
-                consumers.setdefault(k, []).append(i)
-            for k in set(c.outputs):
+            ins, outs = c.inputs, c.outputs
+            made = None
+            if len(ins) == 1:  # the usual call: no set, no list
+                k = ins[0]
+                if k in hooked:
+                    waiting.append(1)
+                    consumers.setdefault(k, []).append(i)
+                else:
+                    waiting.append(0)
+                made = stale.get(k)
+            else:
+                uniq = hooked.intersection(ins)
+                waiting.append(len(uniq))
+                for k in uniq:
+                    consumers.setdefault(k, []).append(i)
+                for k in ins:
+                    s = stale.get(k)
+                    if s is not None and (made is None or s < made):
+                        made = s
+            if made is not None:
+                blocked.append((made if made >= 0 else -1, i))
+            for k in outs if len(outs) == 1 else set(outs):
                 opened[k] = opened.get(k, 0) + 1
-            made = [stale[k] for k in c.inputs if k in stale]
-            if made:
-                blocked.append((min(made) if min(made) >= 0 else -1, i))
         self._waiting = waiting
         self._blocked = {i for _, i in blocked}
         self._thresholds = sorted(blocked, reverse=True)
 
     @staticmethod
-    def _got_one(got: Any, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> None:
+    def _tensor_hook(got: Any, key: Key, grad: torch.Tensor) -> None:
+        got(key, grad)  # a leaf: nothing is below it, a gradient to drop goes on to its .grad
+
+    def _one(self, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> None:
         g = grad_outputs[nr] if nr < len(grad_outputs) else None
         if g is not None:
-            got(key, g)
+            self._got(key, g)
+
+    def _one_now(self, nr: int, key: Key, grad_outputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        g = grad_outputs[nr] if nr < len(grad_outputs) else None
+        if g is not None and self._got_now(key, g):
+            return grad_outputs[:nr] + (None,) + grad_outputs[nr + 1 :]
+        return None
 
     @staticmethod
-    def _got_many(got: Any, outputs: list[tuple[int, Key]], grad_outputs: tuple[Any, ...]) -> None:
+    def _got_many(got: Any, outputs: list[tuple[int, Key]], grad_outputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        dropped = None
         for nr, key in outputs:
             g = grad_outputs[nr] if nr < len(grad_outputs) else None
-            if g is not None:
-                got(key, g)
+            if g is not None and got(key, g):
+                if dropped is None:
+                    dropped = list(grad_outputs)
+                dropped[nr] = None
+        return None if dropped is None else tuple(dropped)
 
-    def _got(self, key: Key, grad: torch.Tensor) -> None:
+    def _got(self, key: Key, grad: torch.Tensor) -> bool:
         """Keep everything, screen after the backward."""
         if key not in self.grads:
             self.arrival[key] = len(self.arrival)
         self.grads[key] = grad
+        return False
 
-    def _got_now(self, key: Key, grad: torch.Tensor) -> None:
-        """CPU: check the gradient now, keep it only while it may be needed, stop at a bad one."""
+    def _got_now(self, key: Key, grad: torch.Tensor) -> bool:
+        """CPU: check the gradient now, keep it only while it may be needed, stop at a bad one
+        (raise :class:`StopBackward`, or answer True: drop it, see ``DROP_BELOW``)."""
         flags = self.flags
         if flags is None:  # a second run (see overflowed)
-            self._got(key, grad)
-            return
+            return self._got(key, grad)
         if key in flags:
-            return
+            return False
         self.arrival[key] = len(self.arrival)
-        ok = _sum_finite(grad)
+        if grad.dtype is torch.float32 and not grad.is_sparse:
+            ok = math.isfinite(grad.sum().item())
+        else:
+            ok = _sum_finite(grad)
         flags[key] = ok
         opened = self._open
         if key in opened:
             self.grads[key] = grad
         if not ok:
+            if self.stopped:  # another one, after a dropped one
+                return True
             self.bad = key
             self.bad_grad = grad
             self.stopped = True
+            if self._cheap_below(key):
+                return True
             raise StopBackward
         waiting, blocked = self._waiting, self._blocked
         for i in self._consumers.get(key, ()):
@@ -217,11 +274,36 @@ class BoundaryGrads:
                 blocked.discard(i)
                 if waiting[i] == 0:
                     self._clear(i)
+        return False
+
+    def _cheap_below(self, key: Key) -> bool:
+        """What is left of the backward when value ``key`` gets its gradient is cheap: few autograd
+        nodes were made before it, and the forward had not run for long when it was first seen (a
+        call that made it returned, or one that takes it started)."""
+        seq = self._seq.get(key, -1)
+        calls = self._calls
+        if seq < 0 or not calls:
+            return False
+        first = min(c.start for c in calls)
+        if seq - first >= DROP_NODES:
+            return False
+        seen = None
+        for c in calls:
+            if key in c.outputs:
+                t = c.done
+            elif key in c.inputs:
+                t = c.begun
+            else:
+                continue
+            if seen is None or t < seen:
+                seen = t
+        return seen is not None and seen - self.start < DROP_SECONDS
 
     def _clear(self, i: int) -> None:
         """Call ``i`` is not the origin: drop the gradients of its outputs that no other call needs."""
         opened, grads = self._open, self.grads
-        for k in set(self._calls[i].outputs):
+        outs = self._calls[i].outputs
+        for k in outs if len(outs) == 1 else set(outs):
             n = opened.get(k, 0)
             if n > 1:
                 opened[k] = n - 1
@@ -260,14 +342,25 @@ def _run(c: _Call, outs: list[Key], tensors: dict[Key, torch.Tensor], grads: dic
     """Run call ``c``'s part of the kept graph again from its outputs' gradients: the origin, None,
     or ``False`` when it cannot be run (an output overwritten in place since, a node that cannot
     run twice)."""
-    ts = [tensors[k] for k in outs]
-    if any(t._version != k[1] or t.grad_fn is None for t, k in zip(ts, outs, strict=True)):
-        return None  # overwritten in place since: its node is not the one the gradient reached
-    roots = [(t.grad_fn, t.output_nr, grads[k]) for t, k in zip(ts, outs, strict=True)]
+    roots = []
+    for k in outs:
+        t = tensors[k]
+        node = t.grad_fn
+        if t._version != k[1] or node is None:
+            return None  # overwritten in place since: its node is not the one the gradient reached
+        roots.append((node, t.output_nr, grads[k]))
     try:
         return run_module_backward(roots, c.start, c.end)
     except Exception:  # a node that cannot run twice: let the caller hook the whole backward
         return False
+
+
+def _encloses(c: _Call, inner: Sequence[_Call]) -> bool:
+    """Call ``c`` encloses one of the calls ``inner`` (other than itself)."""
+    for m in inner:
+        if m is not c and c.start <= m.start and m.end <= c.end:
+            return True
+    return False
 
 
 def _stopped_origin(calls: Sequence[_Call], tensors: dict[Key, torch.Tensor], boundary: BoundaryGrads) -> Any:
@@ -279,11 +372,17 @@ def _stopped_origin(calls: Sequence[_Call], tensors: dict[Key, torch.Tensor], bo
     makers = [c for c in calls if bad in c.outputs]
     found = []
     for c in calls:
-        if bad in c.inputs or any(m is not c and c.start <= m.start and m.end <= c.end for m in makers):
-            outs = [k for k in c.outputs if k in grads]
-            if outs and all(flags.get(k, True) for k in outs):
+        if bad not in c.inputs and not _encloses(c, makers):
+            continue
+        outs = [k for k in c.outputs if k in grads]
+        if outs:
+            for k in outs:
+                if not flags.get(k, True):
+                    break
+            else:
                 found.append((c.end - c.start, c, outs))
-    found.sort(key=lambda item: item[0])
+    if len(found) > 1:
+        found.sort(key=lambda item: item[0])
     for _, c, outs in found:
         origin = _run(c, outs, tensors, grads)
         if origin is False:
@@ -336,9 +435,7 @@ def module_origin(
             if bad_params is not None:
                 hit = any(id(p) in bad_params for p in c.module.parameters())
             elif flags is not None:
-                hit = any(not finite(k) for k in c.inputs) or any(
-                    m is not c and c.start <= m.start and m.end <= c.end for m in makers
-                )
+                hit = any(not finite(k) for k in c.inputs) or _encloses(c, makers)
             else:
                 hit = any(not finite(k) for k in c.inputs if k in grads)
             if hit:

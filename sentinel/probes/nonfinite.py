@@ -22,7 +22,7 @@ Two layers, so that healthy steps cost almost nothing (the cheap checks live in
   3. loss: non-finite although the model output is finite;
   4. backward: the step keeps its graph and sees the gradient that reaches every recorded value
      below the model's own output (:mod:`sentinel.probes.boundary`: on CPU each one is checked as
-     it arrives and the backward stops at the first non-finite one; elsewhere they are kept and
+     it arrives and nothing below the first non-finite one is computed; elsewhere they are kept and
      screened after). The origin is a module call whose outputs received a finite gradient while
      its inputs (or its parameters) received a non-finite one; only that call's part of the graph
      is backpropagated again, node by node, to name the first op emitting a NaN/Inf. When that
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +63,7 @@ from sentinel.probes.backprop import BackwardOrigin, BackwardWatch
 from sentinel.probes.batch import ComputeLoss, compute, tensor_items
 from sentinel.probes.boundary import BoundaryGrads, StopBackward, module_origin
 from sentinel.probes.masks import ATTENTION, mask_names, neg_inf_only
-from sentinel.probes.screen import _checkable, _exactly_finite, _kind, _screen, _sum_of, all_finite, first_nonfinite
+from sentinel.probes.screen import _exactly_finite, _kind, _screen, _sum_of, all_finite, first_nonfinite
 from sentinel.probes.state import Snapshot
 
 __all__ = ["STAGES", "all_finite", "checked_step", "first_nonfinite", "localize", "optimizer_step"]
@@ -97,8 +98,10 @@ class _Call:
     module: nn.Module
     start: int
     inputs: list[tuple[int, int]]  # (id, version) keys into _Tracer.sums
+    begun: float  # perf_counter() when the call started
     end: int = -1
     outputs: list[tuple[int, int]] = field(default_factory=list)
+    done: float = 0.0  # perf_counter() when the call returned
 
 
 def _tensors_of(obj: Any) -> list[torch.Tensor]:
@@ -170,14 +173,20 @@ class _Tracer:
         except BaseException:
             self.remove()
             raise
+        self.boundary.start = time.perf_counter()
 
-    def _keys(self, tensors: list[torch.Tensor], eager: bool) -> list[tuple[int, int]]:
+    def _keys(self, obj: Any, eager: bool) -> list[tuple[int, int]]:
+        """The keys of the tensors in ``obj`` (a module's positional arguments or its output),
+        recording the values not seen yet."""
+        if type(obj) is tuple and len(obj) == 1:  # the usual call: one positional argument
+            obj = obj[0]
+        tensors = (obj,) if isinstance(obj, torch.Tensor) else _tensors_of(obj)
         keys = []
         kept, sums = self.tensors, self.sums
         for t in tensors:
             key = (id(t), t._version)
             if key not in kept:
-                if not _checkable(t):
+                if not (t.is_floating_point() or t.is_complex()) or t.is_meta or t.numel() == 0:
                     continue
                 kept[key] = t
                 if self.hook_grads and t.requires_grad:
@@ -190,19 +199,21 @@ class _Tracer:
 
     def _wrap(self, module: nn.Module, name: str, forward: Any) -> Any:
         calls, thread, keys, get_ident, seq = self.calls, self.thread, self._keys, threading.get_ident, _sequence_nr
+        clock = time.perf_counter
         eager_out = self.eager
         eager_in = eager_out or module.__dict__.get("inplace") is True
 
         def traced_forward(*args: Any, **kwargs: Any) -> Any:
             if get_ident() != thread:
                 return forward(*args, **kwargs)
-            ins = _tensors_of(args)
+            ins = keys(args, eager_in)
             if kwargs:
-                ins += _tensors_of(kwargs)
-            call = _Call(name, module, seq(), keys(ins, eager_in))
+                ins += keys(kwargs, eager_in)
+            call = _Call(name, module, seq(), ins, clock())
             output = forward(*args, **kwargs)
             call.end = seq() - 1
-            call.outputs = keys(_tensors_of(output), eager_out)
+            call.done = clock()
+            call.outputs = keys(output, eager_out)
             calls.append(call)
             return output
 
@@ -228,17 +239,23 @@ class _Tracer:
     def _screened(self) -> dict[tuple[int, int], bool]:
         """Per value seen: True when proven finite (from its sum if one was taken, else from the
         tensor, which still holds that value), False when it may not be."""
-        keys = list(self.tensors)
-        proven = self.proven
-        live = [k for k in keys if k not in self.sums and k not in proven]
-        screened = dict(zip(live, _screen([self.tensors[k] for k in live]), strict=True)) if live else {}
-        screened.update((k, True) for k in proven if k in self.tensors and k not in self.sums)
-        summed = [k for k in keys if k in self.sums]
+        proven, sums = self.proven, self.sums
+        live: list[tuple[int, int]] = []
+        values: list[torch.Tensor] = []
+        screened: dict[tuple[int, int], bool] = {}
         by_device: dict[torch.device, list[tuple[int, int]]] = {}
-        for k in summed:
-            by_device.setdefault(self.sums[k].device, []).append(k)
+        for k, t in self.tensors.items():
+            if k in sums:
+                by_device.setdefault(sums[k].device, []).append(k)
+            elif k in proven:
+                screened[k] = True
+            else:
+                live.append(k)
+                values.append(t)
+        if live:
+            screened.update(zip(live, _screen(values), strict=True))
         for ks in by_device.values():
-            screened.update(zip(ks, torch.isfinite(torch.stack([self.sums[k] for k in ks])).tolist(), strict=True))
+            screened.update(zip(ks, torch.isfinite(torch.stack([sums[k] for k in ks])).tolist(), strict=True))
         return screened
 
     def origin(self, masked: bool = False) -> Any:
@@ -251,10 +268,12 @@ class _Tracer:
         flag cannot be known any more."""
         if not self.tensors:
             return None
-        if any(t._version != k[1] and k not in self.sums for k, t in self.tensors.items()):
-            return _UNKNOWN
+        sums = self.sums
+        for k, t in self.tensors.items():
+            if t._version != k[1] and k not in sums:
+                return _UNKNOWN
         screened = self._screened()
-        if all(screened.values()):
+        if False not in screened.values():
             return None
         exact: dict[tuple[int, int], bool] = {}
 
@@ -323,7 +342,7 @@ def _bad_param(module: nn.Module | None, prefix: str) -> str | None:
     return f"{prefix}.{named[i][0]}" if prefix else named[i][0]
 
 
-def _param_fed_by(node: Any, index: int, names: dict[int, str]) -> str | None:
+def _param_fed_by(node: Any, index: int, params: Sequence[tuple[str, torch.Tensor]]) -> str | None:
     """The parameter that output ``index`` of autograd ``node`` flows into, through at most a few
     single-input nodes (``t()``, views); None when it flows elsewhere."""
     nxt = node.next_functions[index][0] if index < len(node.next_functions) else None
@@ -332,7 +351,7 @@ def _param_fed_by(node: Any, index: int, names: dict[int, str]) -> str | None:
             return None
         variable = getattr(nxt, "variable", None)
         if variable is not None:
-            return names.get(id(variable))
+            return next((n for n, p in params if p is variable), None)
         following = [n for n, _ in nxt.next_functions if n is not None]
         if len(following) != 1:
             return None
@@ -401,7 +420,7 @@ def checked_step(
         return found_input
     tracer = _Tracer(model, eager=eager, grads=not expect_failure)
     tracer.proven.update((id(t), t._version) for t in finite_batch)
-    watch = BackwardWatch()
+    watch: BackwardWatch | None = None  # made when needed
     origin: BackwardOrigin | None = None
     hooked = False
     try:
@@ -423,6 +442,7 @@ def checked_step(
         grads_ok = True
         if loss_ok and loss.grad_fn is not None:
             if expect_failure:
+                watch = BackwardWatch()
                 watch.add(loss.grad_fn)
                 try:
                     loss.backward()
@@ -432,11 +452,13 @@ def checked_step(
                 hooked = tracer.hook_values()
                 try:
                     backward(loss, True)
+                    cut = tracer.boundary.stopped  # a non-finite boundary gradient was dropped (CPU)
                 except StopBackward:  # a boundary gradient was non-finite (CPU): the rest is not needed
-                    if tracer.boundary.overflowed():  # no: large finite values; run it all
-                        for _, p in params:
-                            p.grad = None
-                        backward(loss, True)
+                    cut = True
+                if cut and tracer.boundary.overflowed():  # no: large finite values; run it all
+                    for _, p in params:
+                        p.grad = None
+                    backward(loss, True)
             stopped = tracer.boundary.stopped
             grads_ok = origin is None and not stopped and all_finite([p.grad for _, p in params])
         if not loss_ok or not grads_ok:
@@ -456,6 +478,7 @@ def checked_step(
                 tracer.release()  # its hooks would stop this backward at the same place
                 for _, p in params:
                     p.grad = None
+                watch = BackwardWatch()
                 watch.add(loss.grad_fn)
                 try:
                     loss.backward()
@@ -474,7 +497,8 @@ def checked_step(
                 " step (they were already non-finite before backward: gradient accumulation?).",
             )
     finally:
-        watch.remove()
+        if watch is not None:
+            watch.remove()
         tracer.remove()
         tracer.release()
     del loss, tracer
@@ -606,9 +630,9 @@ def _backward_finding(
     node = origin.node
     call = tracer.module_at(node._sequence_nr())
     mod_name = call.name if call is not None else None
-    kind = _kind(origin.grad)
+    kind = origin.kind or _kind(origin.grad)
     where = _describe(mod_name, call.module if call is not None else None)
-    parameter = _param_fed_by(node, origin.index, {id(p): n for n, p in params})
+    parameter = _param_fed_by(node, origin.index, params)
     return _finding(
         "backward",
         step,

@@ -144,6 +144,7 @@ class Watch(ForwardHooks):
         self._train_roots: dict[int, nn.Module] = {}
         self._rng_before: dict[int, Any] = {}
         self._rng_ring = RngRing()
+        self._scalars = U.ScalarRing()
         self._records: list[ForwardRecord] = []
         self._kept_bytes = 0
         self._pids: dict[int, frozenset[int]] = {}
@@ -261,6 +262,7 @@ class Watch(ForwardHooks):
         self._nonfinite_raw = None
         self._sync = None
         self._rng_ring = RngRing()
+        self._scalars = U.ScalarRing()
         for st in self._states.values():
             st.pending.clear()
             st.first_hashes.clear()
@@ -386,6 +388,7 @@ class Watch(ForwardHooks):
         st = self._states.get(id(opt))
         if st is None:
             st = OptState(opt, len(self._states))
+            st.accumulation.ring = self._scalars
             self._states[id(opt)] = st
             if self._primary is None:
                 self._primary = st
@@ -420,6 +423,8 @@ class Watch(ForwardHooks):
             mine = records
         reads = self._reads_at(st, step)
         checked, norms = step_check(st, params, reads)
+        if norms and not reads:  # kept until a later read: in the preallocated rows
+            norms = self._scalars.keep_all(norms)
         entry = StepEntry(step, checked, norms, mine, arrivals)
         st.pending.append(entry)
         if reads:
