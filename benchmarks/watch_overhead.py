@@ -43,8 +43,12 @@ Make = Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]
 def make_tiny_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Worst case for a per-step fixed cost: a ~1 ms step."""
     model = nn.Sequential(
-        nn.Linear(128, 256), nn.ReLU(), nn.Dropout(0.1),
-        nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.1),
+        nn.Linear(128, 256),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Dropout(0.1),
         nn.Linear(256, 10),
     )
     return model, torch.randn(64, 128), torch.randint(0, 10, (64,))
@@ -53,17 +57,31 @@ def make_tiny_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def make_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An MNIST-sized MLP."""
     model = nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2),
-        nn.Linear(512, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10),
+        nn.Flatten(),
+        nn.Linear(784, 512),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(512, 256),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(256, 10),
     )
     return model, torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
 
 
 def make_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.2), nn.Linear(32 * 8 * 8, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(32 * 8 * 8, 10),
     )
     return model, torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
 
@@ -110,9 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (0: leave torch's default)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: leave torch's default)")
     parser.add_argument("--wall", action="store_true", help="wall-clock time instead of CPU time")
     args = parser.parse_args()
     if args.threads:
@@ -139,8 +155,7 @@ def main() -> None:
         for name in VARIANTS:
             extra = (med[name] - med["plain"]) * 1e6
             print(
-                f"  {name:<8} {med[name] * 1e3:9.3f} {med[name] / med['plain']:6.3f}x {extra:9.0f}"
-                f" {paired[name]:6.3f}x"
+                f"  {name:<8} {med[name] * 1e3:9.3f} {med[name] / med['plain']:6.3f}x {extra:9.0f} {paired[name]:6.3f}x"
             )
 
 

@@ -76,6 +76,12 @@ class ValidationWithoutEvalMode(Rule):
                 correct += (model(x).argmax(1) == y).sum().item()
     ```
 
+    ## Known problems
+    Training mode chosen on purpose is not reported: an explicit `model.train()` after training, with
+    nothing trained since and outside any loop that trains (Monte Carlo dropout, sampling predictions
+    under `no_grad`), and a model handed to a training framework (ignite, Lightning, Hugging Face,
+    fastai), which sets its modes itself.
+
     ## References
     - [`torch.nn.Module.eval`](https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.eval)
     """
