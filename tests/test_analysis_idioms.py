@@ -1045,3 +1045,31 @@ def test_apex_amp_initialize_returns_the_same_models() -> None:
     assert findings(APEX_AMP) == set()
     with_dropout = APEX_AMP.replace("nn.ReLU())", "nn.ReLU(), nn.Dropout(0.5))")
     assert findings(with_dropout) == {("SEN003", line_of(with_dropout, "# no eval()"))}
+
+
+HF_PRETRAINED = """
+import torch
+from transformers import AutoModelForSequenceClassification
+
+model = AutoModelForSequenceClassification.from_pretrained("distilbert-base-uncased", num_labels=2)
+test_loader = torch.utils.data.DataLoader(torch.load("test.pt"), batch_size=8)
+with torch.inference_mode():
+    for batch in test_loader:
+        logits = model(**batch).logits  # straight after from_pretrained
+"""
+
+
+def test_a_hugging_face_model_comes_back_from_from_pretrained_in_eval_mode() -> None:
+    """`from_pretrained` calls `model.eval()` (Hugging Face's documented behaviour): evaluating right
+    away is not SEN003; after fine-tuning in `model.train()` it is."""
+    assert findings(HF_PRETRAINED) == set()
+    fine_tuning = (
+        "model.train()\n"
+        "opt = torch.optim.AdamW(model.parameters())\n"
+        "for batch in torch.utils.data.DataLoader(torch.load('train.pt')):\n"
+        "    opt.zero_grad()\n"
+        "    model(**batch).loss.backward()\n"
+        "    opt.step()\n"
+    )
+    trained = HF_PRETRAINED.replace("test_loader = ", fine_tuning + "test_loader = ")
+    assert findings(trained) == {("SEN003", line_of(trained, "# straight after from_pretrained"))}

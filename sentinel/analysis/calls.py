@@ -19,7 +19,7 @@ from sentinel.analysis.facts import (
     SetEpochEvent,
 )
 from sentinel.analysis.idioms import BoundModelMethod, Candidates, Framework, Registry
-from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
+from sentinel.analysis.objects import EVAL, MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _JOIN_FUNCS,
     _MODE_FUNCS,
@@ -342,7 +342,7 @@ class CallsMixin:
                 sensitive = list_sensitive(x) if x.kind == LIST else None
             return V(MODEL, ident=object(), origin=node, sensitive=sensitive)
         if api.is_module_class(qual):
-            return V(
+            model = V(
                 MODEL,
                 ident=Ident(next(self.seq)),
                 origin=node,
@@ -350,6 +350,9 @@ class CallsMixin:
                 shape=self.layer_shape(qual, kwargs),
                 ref="stateless" if api.is_stateless_layer(qual) else None,
             )
+            if qual.startswith("transformers.") and name == "from_pretrained":
+                state.set_mode(model.ident, EVAL)  # Hugging Face returns its models in eval mode
+            return model
         if api.is_scaler_class(qual):
             enabled = kwargs.get("enabled")
             scaler = V(
