@@ -63,7 +63,7 @@ import functools
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -520,12 +520,16 @@ class Watch(ForwardHooks):
             if st.pending:
                 self._read(st, None)
 
-    def _check_ranks(self, st: OptState) -> None:
+    def _own_work(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run the monitor's own replay or collective with its hooks off (``self._busy``)."""
         self._busy = True
         try:
-            found = self._sync.check(st.steps - 1, st.params)
+            return work(*args, **kwargs)
         finally:
             self._busy = False
+
+    def _check_ranks(self, st: OptState) -> None:
+        found = self._own_work(self._sync.check, st.steps - 1, st.params)
         if found is not None and self._out_of_sync is None:
             self._out_of_sync = found
         if self._sync.broken:
@@ -575,11 +579,11 @@ class Watch(ForwardHooks):
             self._nonfinite_raw = (root, module, param)
 
     def _localize(self, entry: StepEntry, gvals: list[float], at_hand: bool) -> None:
-        self._busy = True
-        try:
-            result = localize_records(entry.records, entry.params, gvals, entry.step, current=at_hand)
-        finally:
-            self._busy = False
+        result = self._own_work(localize_records, entry.records, entry.params, gvals, entry.step, current=at_hand)
+        self._set_localized(result)
+
+    def _set_localized(self, result: Any) -> None:
+        """Keep what a replay localized (the first non-finite value's stage, step, module ...)."""
         self._set_nonfinite(
             result.stage,
             result.step,
@@ -597,23 +601,9 @@ class Watch(ForwardHooks):
     def _final_checks(self) -> None:
         self._read_all()
         if self._nonfinite is None and self._records:
-            self._busy = True
-            try:
-                found = localize_unread(self._records, self._window)
-            finally:
-                self._busy = False
+            found = self._own_work(localize_unread, self._records, self._window)
             if found is not None:
-                self._set_nonfinite(
-                    found.stage,
-                    found.step,
-                    root=found.root,
-                    module=found.module,
-                    param=found.param,
-                    tensor=found.tensor,
-                    module_name=found.module_name,
-                    param_name=found.param_name,
-                    extra=found.extra,
-                )
+                self._set_localized(found)
         if self._primary is not None:
             self._check_retained(self._window - 1)
         stepped = [st for st in self._states.values() if st.steps]
