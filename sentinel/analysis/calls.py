@@ -61,6 +61,7 @@ from sentinel.analysis.values import (
     join,
     join_act,
     merge_taints,
+    param_models,
 )
 
 
@@ -679,8 +680,8 @@ def _params_collected(group: V) -> frozenset | None:
     items = [group.tail] if group.elems is None else list(group.elems)
     out: frozenset = frozenset()
     for item in items:
-        ref = item.ref if item is not None else None
-        if not (isinstance(ref, tuple) and len(ref) == 2 and ref[0] == "params" and ref[1] and None not in ref[1]):
+        models = param_models(item) if item is not None else None
+        if not models or None in models:
             return None
-        out = out | ref[1]
+        out = out | models
     return out or None

@@ -54,6 +54,7 @@ from sentinel.analysis.values import (
     UNKNOWN,
     V,
     graph_of,
+    is_param,
     join,
     merge_taints,
 )
@@ -500,7 +501,7 @@ class ExpressionsMixin:
         if passes and len(self.facts.backwards) + len(self.facts.steps) > trained:
             self.facts.loader_iters.extend(passes)
         state.modes = s.modes  # `[m.eval() for m in nets]` switches every element
-        if first is not None and first.kind == PARAMS and isinstance(elt.ref, tuple) and elt.ref[0] == "params":
+        if first is not None and first.kind == PARAMS and is_param(elt):
             # `[p for p in model.parameters() if p.requires_grad]`: a chosen subset of those parameters
             return V(PARAMS, ident=first.ident, label="selected", ref="selected")
         # samples of data (`[stream[s : s + n] for s in starts]`): the layout of each, for torch.stack
@@ -520,7 +521,7 @@ class ExpressionsMixin:
     def iter_element(self, it: V, node, state: State, ctx: Ctx) -> V:
         """The value one iteration over ``it`` binds."""
         if it.kind == PARAMS:
-            param = V(TENSOR, graph=False, label="param", ref=("params", it.ident))
+            param = V(TENSOR, graph=False, label="param", ref=(PARAMS, it.ident))
             return V(TUPLE, elems=(V(CONST), param)) if it.label == "named_parameters" else param
         if it.kind == STATE_DICT:
             return V(UNKNOWN)

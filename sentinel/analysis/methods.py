@@ -65,6 +65,7 @@ from sentinel.analysis.values import (
     graph_of,
     join,
     merge_taints,
+    param_models,
 )
 
 _REINIT_METHODS = frozenset(
@@ -91,8 +92,8 @@ class MethodsMixin:
     ) -> V:
         if meth in _REINIT_METHODS and recv.kind == MODEL and recv.ident is not None:
             self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=recv.ident, kind="model"))
-        elif meth in _REINIT_METHODS and isinstance(recv.ref, tuple) and recv.ref[0] == "params" and recv.ref[1]:
-            for owner in recv.ref[1]:  # `for layer in model.children(): layer.reset_parameters()`
+        elif meth in _REINIT_METHODS and param_models(recv):
+            for owner in param_models(recv):  # `for layer in model.children(): layer.reset_parameters()`
                 self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=owner, kind="model"))
         if _writes_grad(meth, node):
             self.facts.grad_writes.append(self._ev(Event, node, ctx))

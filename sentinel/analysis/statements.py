@@ -50,6 +50,7 @@ from sentinel.analysis.values import (
     V,
     graph_of,
     merge_taints,
+    param_models,
 )
 
 
@@ -518,7 +519,7 @@ class StatementsMixin:
             path = _dotted(target)
             if target.attr.value == "grad":
                 owner = self.eval(target.value, state, ctx, record=False)
-                models = owner.ref[1] if isinstance(owner.ref, tuple) and owner.ref[0] == "params" else None
+                models = param_models(owner)
                 if models and value.kind == CONST and value.const is None:
                     # `p.grad = None` for every parameter of known models
                     self.facts.resets.append(self._ev(ResetEvent, target, ctx, target=models, kind="params"))
@@ -531,8 +532,8 @@ class StatementsMixin:
             if target.attr.value == "requires_grad":
                 self.facts.grad_flags.append(self._ev(Event, target, ctx))
             if target.attr.value == "requires_grad" and value.is_const and value.const is False:
-                if isinstance(owner.ref, tuple) and owner.ref[0] == "params" and owner.ref[1]:
-                    self.facts.frozen.update(m for m in owner.ref[1] if m is not None)  # a frozen backbone
+                if param_models(owner):
+                    self.facts.frozen.update(m for m in param_models(owner) if m is not None)  # a frozen backbone
             if path is not None:
                 if not loop_target:
                     self._maybe_snapshot(target, path, value, value_node, ctx, persistent=self._outlives(path))

@@ -298,6 +298,16 @@ def merge_taints(*values: V) -> frozenset:
     return out
 
 
+def is_param(v: V) -> bool:
+    """Is ``v`` one parameter of ``model.parameters()`` (what iterating them binds)?"""
+    return isinstance(v.ref, tuple) and len(v.ref) == 2 and v.ref[0] == PARAMS
+
+
+def param_models(v: V) -> frozenset | None:
+    """The models the parameter ``v`` belongs to (None: not a parameter, or owners unknown)."""
+    return v.ref[1] if is_param(v) else None
+
+
 def graph_of(*values: V) -> bool | None:
     """Graph flag of an arithmetic result: True if any operand definitely has one."""
     result: bool | None = False
