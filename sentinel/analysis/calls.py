@@ -351,8 +351,8 @@ class CallsMixin:
                 shape=self.layer_shape(qual, kwargs),
                 ref="stateless" if api.is_stateless_layer(qual) else None,
             )
-            if qual.startswith("transformers.") and name == "from_pretrained":
-                state.set_mode(model.ident, EVAL)  # Hugging Face returns its models in eval mode
+            if api.starts_in_eval(qual):
+                state.set_mode(model.ident, EVAL)
             return model
         if api.is_scaler_class(qual):
             enabled = kwargs.get("enabled")

@@ -296,6 +296,12 @@ def is_module_class(qual: str) -> bool:
     return False
 
 
+def starts_in_eval(qual: str) -> bool:
+    """Does this constructor return its model in eval mode? Hugging Face's ``from_pretrained`` does
+    (documented: "The model is set in evaluation mode by default")."""
+    return qual.startswith("transformers.") and last(qual) == "from_pretrained"
+
+
 CLIP_FUNCS = frozenset({"clip_grad_norm_", "clip_grad_value_", "clip_grad_norm"})
 
 WRAPPERS = frozenset(
