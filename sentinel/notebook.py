@@ -77,8 +77,10 @@ class Notebook:
             while end < len(self.line_map) and self.line_map[end][0] == cell:
                 end += 1
             try:
-                ast.parse("".join(line + "\n" for line in lines[start:end]))
-            except SyntaxError as exc:
+                exc = compile_error(lines[start:end])
+            except (ValueError, RecursionError, MemoryError):
+                exc = None
+            if exc is not None:
                 try:
                     ast.parse(self.source)
                 except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -86,8 +88,6 @@ class Notebook:
                 line = min(max(exc.lineno or 1, 1), end - start)
                 column = self.column(cell, line, exc.offset) if exc.offset else None
                 return cell, line, column, f"syntax error: {exc.msg} (the cell does not run on its own)"
-            except (ValueError, RecursionError, MemoryError):
-                pass
             start = end
         return None
 
@@ -174,6 +174,18 @@ def load_notebook(text: str) -> Notebook:
             line_map.append((number, index))
     source = "".join(line + "\n" for line in out_lines)
     return Notebook(source, line_map, originals, margins)
+
+
+def compile_error(program: list[str]) -> SyntaxError | None:
+    """Why IPython could not run these lines (one cell's program, magics masked) on their own, or None.
+    Top-level ``await`` is allowed, as IPython allows it."""
+    import ast
+
+    try:
+        compile("".join(line + "\n" for line in program), "<cell>", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, True)
+    except SyntaxError as exc:
+        return exc
+    return None
 
 
 def _blank(line: str) -> bool:

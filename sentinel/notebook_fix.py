@@ -23,13 +23,12 @@ or not), so the file's diff is the fix.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import json
 import re
 
 from sentinel.fixes import FixOutcome, fix_source
-from sentinel.notebook import Notebook, cell_program, load_notebook
+from sentinel.notebook import Notebook, cell_program, compile_error, load_notebook
 
 __all__ = ["fix_notebook", "place_edits", "splice_sources"]
 
@@ -117,10 +116,9 @@ def _runs_alone(lines: list[str]) -> bool:
     if program is None:
         return False  # a fix turned the cell into a cell magic
     try:
-        compile("".join(line + "\n" for line in program), "<cell>", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, True)
-    except (SyntaxError, ValueError):
+        return compile_error(program) is None
+    except ValueError:  # a null byte
         return False
-    return True
 
 
 def fix_notebook(text: str, path: str, rules, *, unsafe: bool) -> tuple[str, FixOutcome]:
