@@ -295,3 +295,16 @@ def test_a_cell_that_only_parses_joined_to_the_next_is_a_syntax_error(tmp_path):
     assert err["message"].endswith("(the cell does not run on its own)")
     (tmp_path / "p.ipynb").write_text(notebook(cell("code", "x = (1,\n"), cell("code", "  2)\n")))
     assert run("lint", "p.ipynb", cwd=tmp_path).exit_code == 2
+
+
+def test_cells_are_judged_as_ipython_compiles_them(tmp_path):
+    """Top-level `await` runs in IPython, so it is no syntax error; `return` outside a function does
+    not, wherever the joined program would accept it."""
+    awaiting = notebook(cell("code", "import asyncio\nawait asyncio.sleep(0)\n"), cell("code", "x = 1\n"))
+    (tmp_path / "a.ipynb").write_text(awaiting)
+    assert run("lint", "a.ipynb", cwd=tmp_path).exit_code == 0
+    (tmp_path / "r.ipynb").write_text(notebook(cell("code", "x = 1\nreturn x\n")))
+    result = run("lint", "--format", "json", "r.ipynb", cwd=tmp_path)
+    assert result.exit_code == 2
+    (err,) = json.loads(result.stdout)
+    assert (err["cell"], err["line"]) == (1, 2) and "outside function" in err["message"]
