@@ -230,31 +230,23 @@ def make_deep_cnn(head: str = "dist") -> dict:
     x = torch.randn(8, 3, 16, 16)
     if head == "bottom":
         x[2] = 0.0  # an all-black image: its stem features are exactly 0
-    y = torch.randn(8, 1)
-    return {
-        "model": model,
-        "loss_fn": nn.MSELoss(),
-        "batch": (x, y),
-        "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
-    }
+    return _regression_case(model, x, torch.randn(8, 1))
 
 
 def make_transformer() -> dict:
     torch.manual_seed(0)
     model = _TinyTransformer()
-    return {
-        "model": model,
-        "loss_fn": nn.MSELoss(),
-        "batch": (torch.randn(8, 16, 16), torch.randn(8, 1)),
-        "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
-    }
+    return _regression_case(model, torch.randn(8, 16, 16), torch.randn(8, 1))
 
 
 def make_deep() -> dict:
     torch.manual_seed(0)
     model = _DeepSiamese()
-    x = torch.randn(32, 64)
-    y = torch.randn(32, 1)
+    return _regression_case(model, torch.randn(32, 64), torch.randn(32, 1))
+
+
+def _regression_case(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """A probe case: the model regressing ``y`` from ``x`` with MSE, stepped by plain SGD."""
     return {
         "model": model,
         "loss_fn": nn.MSELoss(),
