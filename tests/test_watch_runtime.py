@@ -592,29 +592,42 @@ def test_print_of_the_report_is_readable_and_each_problem_is_listed_once():
     assert text.count("SEN106") == 1
 
 
-def test_kept_scalars_share_one_buffer_and_a_row_is_reused_only_once_released():
+def test_kept_scalars_share_one_buffer_per_dtype_and_a_row_is_reused_only_once_released():
     ring = ScalarRing(size=2)
-    a = ring.keep(torch.tensor(1.5))
-    b = ring.keep(torch.tensor(2.5, dtype=torch.float64))
-    assert a._base is b._base is not None and a.dtype == torch.float64
-    fresh = torch.tensor(3.5)
-    assert ring.keep(fresh) is fresh  # the next row is still held (by ``a``): the value stays as it is
+    a = ring.norm(torch.tensor([3.0, 4.0]))
+    b = ring.norm(torch.tensor([1.0, 0.0]))
+    assert (a.item(), b.item()) == (5.0, 1.0) and a._base is b._base is not None and a.dtype == torch.float32
+    half = ring.norm(torch.tensor([6.0, 8.0], dtype=torch.float16))  # accumulated in float32, same buffer
+    assert half.dtype == torch.float32 and half._base is None and half.item() == 10.0  # both rows held
+    wide = ring.norm(torch.tensor([2.0], dtype=torch.float64))
+    assert wide.dtype == torch.float64 and wide._base is not None and wide._base is not a._base
+    fresh = ring.keep(torch.tensor(3.5))
+    assert fresh._base is None  # the next row is still held (by ``a``): the value keeps its own tensor
     del a
     d = ring.keep(torch.tensor(4.5))
-    assert (d.item(), b.item()) == (4.5, 2.5) and d._base is b._base
+    assert (d.item(), b.item()) == (4.5, 1.0) and d._base is b._base
 
 
-def test_several_kept_scalars_go_to_consecutive_rows_in_one_copy():
+def test_several_norms_go_to_consecutive_rows_in_one_write():
     ring = ScalarRing(size=16)
-    first = ring.keep_all([torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0)])
+    first = ring.norms([torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([3.0])])
     assert [v.item() for v in first] == [1.0, 2.0, 3.0] and all(v._base is not None for v in first)
-    more = [ring.keep_all([torch.tensor(float(i))] * 4) for i in range(3)]  # rows 3 to 14
+    more = [ring.norms([torch.tensor([float(i)])] * 4) for i in range(3)]  # rows 3 to 14
     assert [v.item() for v in first + more[0]] == [1.0, 2.0, 3.0] + [0.0] * 4
-    values = [torch.tensor(5.0), torch.tensor(6.0)]
-    assert ring.keep_all(values) is values  # no room left: the rows from 0 on are still held
+    values = ring.norms([torch.tensor([5.0]), torch.tensor([-6.0])])
+    assert [v._base for v in values] == [None, None]  # no room left: the rows from 0 on are still held
+    assert [v.item() for v in values] == [5.0, 6.0]
     del first
-    again = ring.keep_all(values)
+    again = ring.norms([torch.tensor([5.0]), torch.tensor([-6.0])])
     assert [v.item() for v in again] == [5.0, 6.0] and [v.item() for v in more[2]] == [2.0] * 4
+    assert all(v._base is not None for v in again)
+
+
+def test_norms_of_16_bit_gradients_are_accumulated_in_float32_rows():
+    ring = ScalarRing(size=8)
+    big = torch.full((4,), 60000.0, dtype=torch.float16)  # squares overflow float16
+    (n,) = ring.norms([big])
+    assert n.dtype == torch.float32 and n.item() == 120000.0 and n._base is not None
 
 
 def test_a_watched_forward_keeps_its_output_norm_in_the_preallocated_ring():
@@ -628,6 +641,6 @@ def test_a_watched_forward_keeps_its_output_norm_in_the_preallocated_ring():
             opt.step()
         model(torch.randn(5, 4))  # a forward whose step is not taken yet: its record is pending
         norm = w._records[-1].out_norm
-        assert norm is not None and norm._base is not None and norm.dtype == torch.float64
+        assert norm is not None and norm._base is not None and norm.dtype == torch.float32
         assert math.isfinite(norm.item())
     assert not w.findings

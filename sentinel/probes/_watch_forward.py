@@ -198,7 +198,7 @@ class ForwardHooks:
             record = ForwardRecord(module, kept[0], kept[1], rng, n_outs, nbytes=nbytes if keep else 0)
             self._kept_bytes += record.nbytes
             if outs is None or n_outs == 1:
-                record.out_norm = self._scalars.keep(U.norm32(first))
+                record.out_norm = self._scalars.norm(first)
             else:
                 record.out_norm = self._scalars.keep(torch.stack([U.norm32(t) for t in outs]).sum())
             self._records.append(record)

@@ -105,8 +105,7 @@ class Accumulation:
         if g is None:
             self.reset = True  # set to None since the last step
             return
-        norm = U.norm32(g)
-        self.arrivals.append(norm if self.ring is None else self.ring.keep(norm))
+        self.arrivals.append(U.norm32(g) if self.ring is None else self.ring.norm(g))
 
     def close(self) -> list[torch.Tensor] | None:
         """Before a step: the arrivals to read (``None``: a reset was seen, or nothing arrived)."""
@@ -197,20 +196,21 @@ def read_entries(st: OptState, entries: list[StepEntry]) -> ReadResult:
 
 
 def step_check(
-    st: OptState, params: list[torch.Tensor], full: bool
+    st: OptState, params: list[torch.Tensor], full: bool, ring: U.ScalarRing | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """The parameters a step checks (see :func:`checked_params`) and their gradient norms, on the
-    device, in one fused reduction. The fast path of a step that is not read: the small parameters
-    kept since their registration, known to share one device and dtype."""
+    device, in one fused reduction (written into ``ring``'s rows when given: norms kept until a later
+    read). The fast path of a step that is not read: the small parameters kept since their
+    registration, known to share one device and dtype."""
     if not full and not st.zero_grad and st.small_uniform:
         grads = [p.grad for p in st.small]
         if not any(g is None or g.is_sparse for g in grads):
-            return st.small, _norms(grads, True)  # type: ignore[arg-type]
+            return st.small, _norms(grads, True, ring)  # type: ignore[arg-type]
     checked = checked_params(st, [p for p in params if p.grad is not None and not p.grad.is_sparse], full)
     if not checked:
         return checked, None
     grads = [p.grad for p in checked]
-    return checked, _norms(grads, _uniform(grads))  # type: ignore[arg-type]
+    return checked, _norms(grads, _uniform(grads), ring)  # type: ignore[arg-type]
 
 
 def _uniform(tensors: list[torch.Tensor]) -> bool:
@@ -218,10 +218,13 @@ def _uniform(tensors: list[torch.Tensor]) -> bool:
     return all(t.device == first.device and t.dtype == first.dtype for t in tensors)
 
 
-def _norms(tensors: list[torch.Tensor], uniform: bool) -> list[torch.Tensor]:
-    """2-norms as 0-dim tensors (16-bit floats accumulated, and returned, in float32)."""
+def _norms(tensors: list[torch.Tensor], uniform: bool, ring: U.ScalarRing | None = None) -> list[torch.Tensor]:
+    """2-norms as 0-dim tensors (16-bit floats accumulated, and returned, in float32), in ``ring``'s
+    rows when given."""
     if not uniform:
         return U.norm_list(tensors)
+    if ring is not None:
+        return ring.norms(tensors)
     if tensors[0].dtype in (torch.float16, torch.bfloat16):
         return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
     return list(torch._foreach_norm(tensors))

@@ -118,71 +118,94 @@ def norm32(t: torch.Tensor) -> torch.Tensor:
 
 class ScalarRing:
     """0-dim values kept on their device until the monitor reads them (the norm of each forward's
-    output, of each gradient arrival, the gradient norms of a step not read at once), copied into
-    rows of one buffer per device allocated once.
+    output, of each gradient arrival, the gradient norms of a step not read at once), written into
+    rows of one buffer per device and dtype allocated once.
 
     Kept as they come (a fresh 0-dim tensor each), thousands of tiny long-lived allocations land
     among the large short-lived activations on the C heap and keep it from shrinking: under glibc's
     default allocator settings a gradient-accumulation run watched peaked at seven times the memory
-    training added unwatched. Copied into a row, the fresh value lives for an instant. Rows hold
-    float64 (a float32 or float64 norm fits exactly; float32 where a device has no float64). A row
-    is reused only once nothing refers to it any more; until then a value keeps its fresh tensor.
+    training added unwatched. Norms are computed straight into a row (``out=``): no fresh tensor,
+    and one op instead of a norm and a copy. A row is reused only once nothing refers to it any
+    more; until then a value keeps a fresh tensor of its own.
     """
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
-        self.bufs: dict[torch.device, torch.Tensor] = {}
-        self.rows: dict[torch.device, list[torch.Tensor]] = {}  # views of the rows, made once
-        self.next: dict[torch.device, int] = {}
+        self.bufs: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self.rows: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}  # views, made once
+        self.next: dict[tuple[torch.device, torch.dtype], int] = {}
 
-    def _rows(self, device: torch.device) -> list[torch.Tensor] | None:
-        rows = self.rows.get(device)
+    def _free(self, device: torch.device, dtype: torch.dtype, n: int) -> tuple[list[torch.Tensor], int] | None:
+        """``n`` consecutive rows nobody refers to any more (the buffer's rows and their first index),
+        taken; None if they are still read by someone."""
+        key = (device, dtype)
+        rows = self.rows.get(key)
         if rows is None:
             try:
-                dtype = torch.float32 if device.type == "mps" else torch.float64
                 buf = torch.empty(self.size, dtype=dtype, device=device)
             except (RuntimeError, TypeError):  # pragma: no cover - a device without such tensors
                 return None
-            self.bufs[device] = buf
-            rows = self.rows[device] = list(buf.unbind(0))
-            self.next[device] = 0
-        return rows
-
-    def keep(self, value: torch.Tensor) -> torch.Tensor:
-        """A 0-dim tensor holding ``value`` (a 0-dim real tensor) until nothing refers to it."""
-        device = value.device
-        rows = self._rows(device)
-        if rows is None:  # pragma: no cover
-            return value
-        i = self.next[device]
-        row = rows[i]
-        if sys.getrefcount(row) > 3:  # the list, ``row`` and the call's argument: still read by someone
-            return value
-        row.copy_(value)
-        self.next[device] = (i + 1) % self.size
-        return row
-
-    def keep_all(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
-        """:meth:`keep` for several 0-dim values on one device, in consecutive rows (one copy)."""
-        n = len(values)
-        if not n or 4 * n > self.size:
-            return values
-        device = values[0].device
-        rows = self._rows(device)
-        if rows is None:  # pragma: no cover
-            return values
-        i = self.next[device]
+            self.bufs[key] = buf
+            rows = self.rows[key] = list(buf.unbind(0))
+            self.next[key] = 0
+        i = self.next[key]
         if i + n > self.size:
             i = 0
         for j in range(i, i + n):
             if sys.getrefcount(rows[j]) > 2:  # the list and the call's argument: still read by someone
-                return values
-        try:
-            self.bufs[device][i : i + n].copy_(torch.stack(values))
-        except RuntimeError:  # values on several devices
+                return None
+        self.next[key] = (i + n) % self.size
+        return rows, i
+
+    def norm(self, t: torch.Tensor) -> torch.Tensor:
+        """:func:`norm32` of ``t``, written into a row."""
+        t = t.detach()
+        dtype = _NORM_DTYPE.get(t.dtype)
+        free = None if dtype is None else self._free(t.device, dtype, 1)
+        if free is None:
+            return norm32(t)
+        rows, i = free
+        row = rows[i]
+        if dtype is t.dtype:
+            torch.linalg.vector_norm(t, out=row)
+        else:
+            torch.linalg.vector_norm(t, dtype=dtype, out=row)
+        return row
+
+    def norms(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The 2-norms of ``tensors`` (one device and dtype) in one fused reduction, written into
+        consecutive rows."""
+        dtype = _NORM_DTYPE.get(tensors[0].dtype)
+        if dtype is None or dtype is tensors[0].dtype:
+            values = list(torch._foreach_norm(tensors))
+        else:  # 16-bit floats
+            values = list(torch._foreach_norm(tensors, 2, dtype=dtype))
+        n = len(values)
+        free = None if dtype is None or 4 * n > self.size else self._free(tensors[0].device, dtype, n)
+        if free is None:
             return values
-        self.next[device] = (i + n) % self.size
+        rows, i = free
+        torch.stack(values, out=self.bufs[(tensors[0].device, dtype)][i : i + n])
         return rows[i : i + n]
+
+    def keep(self, value: torch.Tensor) -> torch.Tensor:
+        """A 0-dim tensor holding ``value`` (a 0-dim float tensor) until nothing refers to it."""
+        free = self._free(value.device, value.dtype, 1)
+        if free is None:
+            return value
+        rows, i = free
+        rows[i].copy_(value)
+        return rows[i]
+
+
+# The dtype a norm is computed and kept in, by the dtype of the tensor (16-bit floats accumulate in
+# float32); other dtypes are not kept in rows.
+_NORM_DTYPE = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+}
 
 
 def quick_finite(tensors: list[torch.Tensor]) -> bool:

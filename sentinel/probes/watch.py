@@ -422,9 +422,8 @@ class Watch(ForwardHooks):
         else:
             mine = records
         reads = self._reads_at(st, step)
-        checked, norms = step_check(st, params, reads)
-        if norms and not reads:  # kept until a later read: in the preallocated rows
-            norms = self._scalars.keep_all(norms)
+        # norms kept until a later read go to the preallocated rows
+        checked, norms = step_check(st, params, reads, None if reads else self._scalars)
         entry = StepEntry(step, checked, norms, mine, arrivals)
         st.pending.append(entry)
         if reads:
