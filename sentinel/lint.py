@@ -161,9 +161,22 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
         return FileResult(path, failure=InputError(path, "not a valid notebook: not UTF-8 text"))
     except NotebookError as exc:
         return FileResult(path, failure=InputError(path, f"not a valid notebook: {exc}"))
+    # A cell that does not compile is reported, and the cells before it are linted as they run (later
+    # cells may need its definitions: they are not checked).
+    broken = notebook.broken_cells()
+    failure = None
+    source = notebook.source
+    if broken:
+        cell, line, column, reason = broken[0]
+        more = len(broken) - 1
+        reason += "; later cells not analysed" + (f" ({more} more do not compile)" if more else "")
+        failure = InputError(path, reason, line, column, cell)
+        source = notebook.before_cell(cell)
     try:
-        diags = check_source(notebook.source, path, rules, cache=cache)
+        diags = check_source(source, path, rules, cache=cache)
     except SourceError as exc:
+        if failure is not None:
+            return FileResult(path, failure=failure)
         if exc.line:
             cell, line = notebook.locate(exc.line)
             column = notebook.column(cell, line, exc.column) if exc.column else exc.column
@@ -173,10 +186,6 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
         return FileResult(path, failure=InputError(path, "too deeply nested to analyse"))
     except Exception as exc:
         return _internal_error(path, exc)
-    broken = notebook.cell_syntax_error()
-    if broken is not None:
-        cell, line, column, reason = broken
-        return FileResult(path, failure=InputError(path, reason, line, column, cell))
     mapped = []
     for d in diags:
         if os.path.normpath(d.path) != os.path.normpath(path):
@@ -191,7 +200,7 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
             end_column = len(notebook.cell_line(cell, line) or "") + 1
         message = notebook.relocate_message(d.message, cell)
         mapped.append(Diagnostic(d.path, line, column, end_line, end_column, d.code, d.name, message, cell=cell))
-    return FileResult(path, diagnostics=mapped)
+    return FileResult(path, diagnostics=mapped, failure=failure)
 
 
 def _lint_path(path: str, codes: tuple[str, ...], cache: bool = False) -> FileResult:

@@ -63,13 +63,17 @@ class Notebook:
         return column
 
     def cell_syntax_error(self) -> tuple[int, int, int | None, str] | None:
-        """``(cell, line, column, reason)`` of the first cell that is not valid Python on its own, as
-        IPython runs each cell separately (``@decorator`` closing one cell, ``def f():`` opening the
-        next is one valid program but two broken cells); None when every cell parses alone, or when
-        this Python's parser does not understand the program at all (a newer grammar: LibCST decides)."""
-        import ast
+        """The first of :meth:`broken_cells`, or None."""
+        broken = self.broken_cells()
+        return broken[0] if broken else None
 
+    def broken_cells(self) -> list[tuple[int, int, int | None, str]]:
+        """``(cell, line, column, reason)`` of every cell that is not valid Python on its own, as
+        IPython runs each cell separately (``@decorator`` closing one cell, ``def f():`` opening the
+        next is one valid program but two broken cells). A cell only this Python's parser rejects (a
+        newer grammar that LibCST reads) is not broken: LibCST decides."""
         lines = self.source.splitlines()
+        out: list[tuple[int, int, int | None, str]] = []
         start = 0
         while start < len(self.line_map):
             cell = self.line_map[start][0]
@@ -80,16 +84,19 @@ class Notebook:
                 exc = compile_error(lines[start:end])
             except (ValueError, RecursionError, MemoryError):
                 exc = None
-            if exc is not None:
-                try:
-                    ast.parse(self.source)
-                except (SyntaxError, ValueError, RecursionError, MemoryError):
-                    return None
+            if exc is not None and not _newer_grammar(lines[start:end]):
                 line = min(max(exc.lineno or 1, 1), end - start)
                 column = self.column(cell, line, exc.offset) if exc.offset else None
-                return cell, line, column, f"syntax error: {exc.msg} (the cell does not run on its own)"
+                out.append((cell, line, column, f"syntax error: {exc.msg} (the cell does not run on its own)"))
             start = end
-        return None
+        return out
+
+    def before_cell(self, cell: int) -> str:
+        """:attr:`source` up to ``cell`` (excluded), the later lines left empty (line numbers kept):
+        what runs before a cell that does not compile, whose definitions later cells may need."""
+        lines = self.source.splitlines()
+        kept = [line if self.line_map[i][0] < cell else "" for i, line in enumerate(lines)]
+        return "\n".join(kept) + "\n"
 
     def relocate_message(self, message: str, cell: int) -> str:
         """Rewrite a trailing ``(... on line N)`` of a finding in ``cell`` into cell coordinates."""
@@ -186,6 +193,30 @@ def compile_error(program: list[str]) -> SyntaxError | None:
     except SyntaxError as exc:
         return exc
     return None
+
+
+def _newer_grammar(program: list[str]) -> bool:
+    """Do these lines, which this Python does not compile, parse as a grammar it does not know (a
+    newer Python's, which LibCST reads)? Not when Python's own parser reads them (``return`` outside
+    a function fails only to compile)."""
+    import ast
+
+    text = "".join(line + "\n" for line in program)
+    try:
+        ast.parse(text)
+    except SyntaxError:
+        pass
+    except (ValueError, RecursionError, MemoryError):
+        return False
+    else:
+        return False
+    import libcst as cst
+
+    try:
+        cst.parse_module(text)
+    except Exception:  # noqa: BLE001 - any LibCST failure: not a grammar it knows either
+        return False
+    return True
 
 
 def _blank(line: str) -> bool:

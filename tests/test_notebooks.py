@@ -292,9 +292,40 @@ def test_a_cell_that_only_parses_joined_to_the_next_is_a_syntax_error(tmp_path):
     assert result.exit_code == 2
     (err,) = json.loads(result.stdout)
     assert (err["kind"], err["cell"], err["line"]) == ("error", 1, 3)
-    assert err["message"].endswith("(the cell does not run on its own)")
+    assert err["message"] == "syntax error: invalid syntax (the cell does not run on its own); later cells not analysed"
     (tmp_path / "p.ipynb").write_text(notebook(cell("code", "x = (1,\n"), cell("code", "  2)\n")))
     assert run("lint", "p.ipynb", cwd=tmp_path).exit_code == 2
+
+
+def test_the_cells_before_a_broken_cell_are_still_linted(tmp_path):
+    # a course template: a placeholder cell after the training loop, another after it
+    cells = [
+        cell("code", SETUP),
+        cell("code", MODEL),
+        cell("code", LOOP),
+        cell("code", "def accuracy(model, x, y):\n    # your code here\n"),
+        cell("code", "preds = <YOUR CODE>\n"),
+    ]
+    (tmp_path / "t.ipynb").write_text(notebook(*cells))
+    result = run("lint", "--format", "json", "t.ipynb", cwd=tmp_path)
+    assert result.exit_code == 2
+    finding, err = json.loads(result.stdout)
+    assert (finding["kind"], finding["code"], finding["cell"], finding["line"]) == ("finding", "SEN001", 3, 5)
+    # the error is in the cell whose `def` has no body, not in the next cell where the parser stops
+    assert (err["kind"], err["cell"], err["line"]) == ("error", 4, 2)
+    tail = "(the cell does not run on its own); later cells not analysed (1 more do not compile)"
+    assert err["message"].endswith(tail)
+
+
+def test_cells_after_a_broken_cell_are_not_analysed(tmp_path):
+    # the broken cell defines what later cells use: analysing them without it would guess
+    broken = cell("code", "class Net(<YOUR CODE>):\n    pass\n")
+    cells = [cell("code", SETUP), broken, cell("code", MODEL), cell("code", LOOP)]
+    (tmp_path / "t.ipynb").write_text(notebook(*cells))
+    result = run("lint", "--format", "json", "t.ipynb", cwd=tmp_path)
+    assert result.exit_code == 2
+    (err,) = json.loads(result.stdout)
+    assert (err["kind"], err["cell"], err["line"]) == ("error", 2, 1)
 
 
 def test_cells_are_judged_as_ipython_compiles_them(tmp_path):

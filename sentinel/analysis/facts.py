@@ -77,6 +77,9 @@ class ForwardEvent(Event):
 class BackwardEvent(Event):
     taints: frozenset = frozenset()
     grad: str | None = None  # grad mode where it ran ("off": under no_grad), when known
+    # run in a model's own method, where forwards are sub-module calls and not recorded: ``taints``
+    # names only the forwards its loss got from outside (a target computed by the caller)
+    in_model: bool = False
 
 
 @dataclass
@@ -579,8 +582,8 @@ class Facts(RegionsMixin):
     def backward_may_reach(self, b: BackwardEvent, step: StepEvent) -> bool:
         """Can ``b`` write gradients ``step`` applies? No only when every forward its loss came from is
         known and runs models ``step`` does not optimize (a GAN's discriminator loss on detached fakes,
-        for the generator's optimizer)."""
-        if not step.model or None in step.model:
+        for the generator's optimizer). A loss computed in a model's own method is never known whole."""
+        if not step.model or None in step.model or b.in_model:
             return True
         if "fwd" not in self._cache:
             self._cache["fwd"] = {ev.id: ev for ev in self.forwards}

@@ -343,7 +343,9 @@ class MethodsMixin:
                 self.inline(v.ref, node, [], {}, state, ctx)
 
     def _backward(self, node, value: V, ctx: Ctx, grad: str | None = None) -> None:
-        self.facts.backwards.append(self._ev(BackwardEvent, node, ctx, taints=value.taints, grad=grad))
+        self.facts.backwards.append(
+            self._ev(BackwardEvent, node, ctx, taints=value.taints, grad=grad, in_model=ctx.model_method)
+        )
         self.facts.proven_graph_taints.update(value.taints)
         self.facts.backward_values[id(value)] = value
 
