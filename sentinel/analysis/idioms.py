@@ -25,6 +25,7 @@ from sentinel.analysis.values import (
     QUAL,
     SOFTMAX,
     TENSOR,
+    TOP,
     TUPLE,
     UNKNOWN,
     Alt,
@@ -433,6 +434,16 @@ class IdiomsMixin:
                 passed.add(v.value)
             elif isinstance(v, (cst.Tuple, cst.List)):
                 passed.update(e.value.value for e in v.elements if isinstance(e.value, cst.Name))
+        # `h_in = h_out; out, h_out = model(x, h_in)`: an alias of a target passed is the target passed
+        env = state.env
+        passed.update(
+            t
+            for t in targets
+            if env.get(t) is not None
+            and env[t] is not TOP
+            and env[t].kind not in (CONST, QUAL)  # a value of its own, never a shared constant
+            and any(env.get(p) is env[t] for p in passed)
+        )
         fresh = self.fresh_stack[-1] if self.fresh_stack else set()
         out = [n for n in targets if n in passed and n not in fresh]
         return [n for n in out if not self._helper_detaches(node.value, n, state, ctx)] if out else out
