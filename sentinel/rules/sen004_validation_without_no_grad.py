@@ -67,6 +67,14 @@ class ValidationWithoutNoGrad(Rule):
     that code (sentinel saw nothing do so), and a decorated function no longer builds graphs for any
     caller.
 
+    ## Known problems
+    Inside a loop that also trains, a forward counts as evaluation only when names say so
+    (`X_val`, `test_loader`, `evaluate()`); a policy choosing its next action there
+    (`agent.act(state)`, `select_action`) collects data and is not reported. A lone forward outside
+    any loop with nothing saying "evaluation" (a plot of `model(sample)` after training, a demo print)
+    is not reported either. Pre-0.4 `Variable(x, volatile=True)` is reported: current PyTorch ignores
+    `volatile`.
+
     ## References
     - [`torch.no_grad`](https://pytorch.org/docs/stable/generated/torch.no_grad.html),
       [`torch.inference_mode`](https://pytorch.org/docs/stable/generated/torch.inference_mode.html)
