@@ -266,6 +266,17 @@ def test_a_bce_floor_from_soft_targets_is_the_vae_target():
     assert d["threshold"] == pytest.approx(d["floor"] + 0.1 * (d["initial_loss"] - d["floor"]))
 
 
+def test_a_bce_floor_of_a_loss_averaged_over_the_batch_by_hand_is_per_sample():
+    # the common `(bce_sum + kld) / len(x)`: the sum's entropy floor is 16 times the loss it bounds
+    made = real.make_vae()
+    summed = check_overfit(*_args(made), steps=5).data["floor"]
+    made = real.make_vae()
+    made["loss_fn"] = lambda out, x: real.vae_loss(out, x) / x.shape[0]
+    d = check_overfit(*_args(made), steps=5).data
+    assert d["floor"] == pytest.approx(summed / 16) and 0 < d["floor"] < d["initial_loss"]
+    assert d["threshold"] == pytest.approx(d["floor"] + 0.1 * (d["initial_loss"] - d["floor"]))
+
+
 def test_a_noisy_curve_that_still_falls_is_slow_not_plateau_or_noisy():
     g = torch.Generator().manual_seed(0)
     noise = (torch.rand(100, generator=g) - 0.5).tolist()

@@ -135,9 +135,19 @@ def _call_floor(call: LossCall) -> float:
 
 def loss_floor(calls: list[LossCall], loss: float) -> float:
     """A lower bound of the loss: the sum of the recorded losses' own minima, when that is below
-    the current ``loss`` (a loss that scales or rearranges them is then still bounded by it); else 0."""
+    the current ``loss`` (a loss that scales or rearranges them is then still bounded by it); else 0.
+
+    A per-sample sum averaged over the batch by hand (a VAE's ``(bce_sum + kld) / len(x)``) is
+    bounded by that sum's minimum over the batch size: used when only that is below the loss."""
     floor = sum(_call_floor(c) for c in calls)
-    return floor if 0.0 < floor < loss else 0.0
+    if 0.0 < floor < loss:
+        return floor
+    sizes = {c.target.shape[0] for c in calls if c.reduction == "sum" and c.target.dim() >= 2}
+    if floor > 0.0 and len(sizes) == 1 and len(calls) == sum(c.reduction == "sum" for c in calls):
+        per_sample = floor / sizes.pop()
+        if 0.0 < per_sample < loss:
+            return per_sample
+    return 0.0
 
 
 def classification_call(calls: list[LossCall], loss: torch.Tensor) -> LossCall | None:
