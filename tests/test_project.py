@@ -660,3 +660,76 @@ for _ in range(2):
     train_fn(model, loader)
 print(translate(model, torch.randn(3, 1, 4)))
 """
+
+
+REGISTRY = """
+    MODELS = {}
+    _CACHE = {}
+
+
+    def register(name):
+        def wrap(cls):
+            MODELS[name] = cls
+            return cls
+
+        return wrap
+
+
+    def cached(key, build):
+        value = build()
+        _CACHE[key] = value
+        return value
+
+
+    def create(name, **kwargs):
+        return MODELS[name](**kwargs)
+    """
+
+SOFTMAX_HEAD = """
+    from torch import nn
+    from .registry import register
+
+
+    @register("{key}")
+    class {cls}(nn.Module):
+        def __init__(self, classes=3):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, classes){head})
+
+        def forward(self, x):
+            return self.net(x)
+    """
+
+
+def registry_project(tmp_path: Path, heads: dict[str, str], ctor: str) -> Path:
+    files = {"models/registry.py": REGISTRY, "models/__init__.py": "from . import " + ", ".join(heads) + "\n"}
+    files["models/__init__.py"] += "from .registry import create\n"
+    for key, head in heads.items():
+        files[f"models/{key}.py"] = SOFTMAX_HEAD.format(key=key, cls=key.upper(), head=head)
+    files["train.py"] = train("from models import create\nimport sys", ctor)
+    return make_project(tmp_path, files)
+
+
+def test_a_registry_filled_by_a_decorator_knows_its_classes_in_other_files():
+    index = build_index(textwrap.dedent(REGISTRY))
+    assert index.fillers == {"MODELS": ["register"]}  # the memo cache stores a result, not what it was given
+    heads = build_index(textwrap.dedent(SOFTMAX_HEAD.format(key="cnn", cls="CNN", head="")))
+    assert heads.decorated == [("register", "CNN", "cnn")]
+
+
+@pytest.mark.parametrize(
+    "heads, ctor, found",
+    [
+        ({"cnn": ", nn.Softmax(dim=1)", "mlp": ", nn.Softmax(dim=1)"}, "create(sys.argv[1])", True),
+        ({"cnn": ", nn.Softmax(dim=1)", "mlp": ""}, "create(sys.argv[1])", False),  # one of them has logits
+        ({"cnn": ", nn.Softmax(dim=1)", "mlp": ""}, 'create("cnn")', True),  # the key picks the softmax one
+        ({"cnn": ", nn.Softmax(dim=1)", "mlp": ""}, 'create("mlp")', False),
+    ],
+)
+def test_a_model_built_from_a_decorator_registry_is_known_where_it_is_trained(tmp_path, heads, ctor, found):
+    root = registry_project(tmp_path, heads, ctor)
+    expected = {("SEN001", "train.py", line_of(root, "train.py", "loss = criterion"))} if found else set()
+    assert {f for f in lint(root, "train.py") if f[0] == "SEN001"} == expected
+    deps = Project(root).closure(root / "train.py", (root / "train.py").read_text())
+    # the registered files are dependencies (cache keys, trigger text) though nothing imports them by name
+    assert {p.name for p in deps} >= {"registry.py", *(f"{k}.py" for k in heads)}

@@ -444,12 +444,19 @@ class ExpressionsMixin:
                 if isinstance(s.slice, cst.Index):
                     self.eval(s.slice.value, state, ctx)
         if base.items is not None:
+            items = base.items
+            if not items and type(node.value) is cst.Name:
+                # `MODELS = {}` filled by a decorator (`@register_model("cnn") class SmallCNN`)
+                items = tuple(self.registered_values(node.value.value))
             if index.is_const:
-                for key, value in base.items:
+                for key, value in items:
                     if key == index.const:
                         return value
-            else:
-                registry = Registry.of([value for _, value in base.items])
+            if items and not (index.is_const and all(key is not None for key, _ in items)):
+                values = [value for _, value in items]
+                if len(values) == 1 and not base.items:
+                    return values[0]
+                registry = Registry.of(values)
                 if registry is not None:  # `MODELS[args.arch]`: one of the registered classes
                     return V(UNKNOWN, ref=registry, taints=base.taints)
         if base.elems is not None and index.is_const and isinstance(index.const, int):

@@ -235,6 +235,25 @@ class ImportsMixin:
             self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state = saved
             unit.state.returned = unit.state.jumped = False
 
+    def registered_values(self, dict_name: str) -> list[tuple[str | None, V]]:
+        """The classes and functions a decorator of the current module stored into its module-level
+        dict ``dict_name`` (``@register_model("cnn") class SmallCNN``), wherever they are defined, with
+        the key each was filed under when the decorator names it."""
+        current = self._current_file()
+        if self.project is None or current is None:
+            return []
+        out: list[tuple[str | None, V]] = []
+        for file, name, key in self.project.registered(current, dict_name):
+            if file == self.path:
+                value = self.entry_state.env.get(name) if self.entry_state is not None else None
+            else:
+                unit = self._unit(file)
+                value = self.unit_attr(unit, name) if unit is not None else None
+            if value is None:
+                return []  # one of them unknown: so is the registry
+            out.append((key, value))
+        return out
+
     # -- where nodes come from ---------------------------------------------------------------------
     def imported_sources(self) -> list[tuple[Path, str, list[tuple[cst.Module, str]]]]:
         """Every project file this analysis read, with the snippets parsed from it."""

@@ -12,6 +12,9 @@ owns the file-system side of that:
   LibCST only the definitions an importer actually uses (:mod:`sentinel.analysis.imports`).
 - :meth:`Project.closure`: the project files a source imports, transitively, found by a text scan;
   the engine reads their text to decide which rules can trigger before parsing anything.
+- :meth:`Project.registered`: the classes a registering decorator (``@register_model("cnn")``) files
+  into a module-level dict, found in the files that use that decorator, imported or not: the
+  registry holds them once the package is imported, so they belong to every closure reaching it.
 
 Nothing here imports LibCST.
 """
@@ -31,6 +34,9 @@ ROOT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
 MAX_CLOSURE = 64
 MAX_CLOSURE_DEPTH = 4
 MAX_MODULE_BYTES = 2_000_000
+#: files searched for the definitions a registry's decorator registered (a monorepo stops here)
+MAX_REGISTRY_FILES = 2000
+_NOT_PROJECT_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "venv", "env", "build", "dist"})
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -65,9 +71,15 @@ class ModuleIndex:
     bindings: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     star: list[tuple[str, int]] = field(default_factory=list)
     ok: bool = True  # False: the module does not parse; it contributes nothing
+    #: module-level dicts filled by the module's own functions (``REGISTRY = {}`` and a decorator that
+    #: does ``REGISTRY[name] = cls``): dict name -> those functions' names
+    fillers: dict[str, list[str]] = field(default_factory=dict)
+    #: top-level classes and functions with decorators: ``(decorator's name, definition's name, the
+    #: decorator's string argument or None)``
+    decorated: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"b": self.bindings, "s": self.star, "ok": self.ok}
+        return {"b": self.bindings, "s": self.star, "ok": self.ok, "f": self.fillers, "d": self.decorated}
 
     @classmethod
     def from_json(cls, data: dict) -> ModuleIndex:
@@ -75,6 +87,8 @@ class ModuleIndex:
             {k: [tuple(r) for r in v] for k, v in data["b"].items()},
             [tuple(s) for s in data["s"]],
             data["ok"],
+            data["f"],
+            [tuple(d) for d in data["d"]],
         )
 
 
@@ -132,7 +146,63 @@ def build_index(source: str) -> ModuleIndex:
         span = (first, node.end_lineno or node.lineno, ordinal)
         for name in _bound_names(node):
             index.bindings.setdefault(name, []).append(span)
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            for dec in node.decorator_list:
+                callee = dec.func if isinstance(dec, ast.Call) else dec
+                name = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", None)
+                if name:
+                    index.decorated.append((name, node.name, _registry_key(dec)))
+    index.fillers = _fillers(tree)
     return index
+
+
+def _registry_key(dec: ast.expr) -> str | None:
+    """The name a registering decorator files a definition under, when written as a string:
+    ``@register_model("cnn")``, ``@register(name="cnn")``."""
+    if not isinstance(dec, ast.Call):
+        return None
+    args = [*dec.args[:1], *(k.value for k in dec.keywords if k.arg == "name")]
+    for a in args:
+        if isinstance(a, ast.Constant) and isinstance(a.value, str):
+            return a.value
+    return None
+
+
+def _fillers(tree: ast.Module) -> dict[str, list[str]]:
+    """Module-level dicts (``REGISTRY = {}``) and the top-level functions that store into them
+    (``REGISTRY[name] = cls`` anywhere in their body, as a registering decorator does)."""
+    dicts: set[str] = set()
+    for node in tree.body:
+        value = getattr(node, "value", None)
+        is_dict = isinstance(value, ast.Dict) or (
+            isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict"
+        )
+        if is_dict and isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            dicts.update(t.id for t in targets if isinstance(t, ast.Name))
+    out: dict[str, list[str]] = {}
+    if not dicts:
+        return out
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = {
+            a.arg
+            for f in ast.walk(node)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for a in (*f.args.posonlyargs, *f.args.args, *f.args.kwonlyargs)
+        }
+        for sub in ast.walk(node):
+            # the value stored is what the function was given (the decorated class), not a result it
+            # computed (a memo cache)
+            if not (isinstance(sub, ast.Assign) and isinstance(sub.value, ast.Name) and sub.value.id in params):
+                continue
+            for t in sub.targets:
+                if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id in dicts:
+                    names = out.setdefault(t.value.id, [])
+                    if node.name not in names:
+                        names.append(node.name)
+    return out
 
 
 _IMPORT_LINE = re.compile(r"^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(.+)|import[ \t]+(.+))", re.M)
@@ -199,6 +269,8 @@ class Project:
         self.trigger_hits: dict[int, tuple[str, dict]] = {}
         self._modules: dict[Path, tuple[str, Any]] = {}
         self._definitions: dict[tuple[Path, int, int, str], tuple[Any, str, list, int]] = {}
+        self._registered: dict[tuple[Path, str], list[tuple[Path, str, str | None]]] = {}
+        self._files: list[Path] | None = None
         self.cache = index_cache  # a sentinel.cache.Cache (indexes and results), or None
 
     # -- files -------------------------------------------------------------------------------------
@@ -405,6 +477,11 @@ class Project:
                         scan = self.text(target)
                     if scan:
                         todo.append((target, scan, depth + 1))
+        for dep in [path, *seen]:
+            for file, _, _ in self.registrations_from(dep):
+                if file not in visited:
+                    visited.add(file)
+                    seen.append(file)
         return [p for p in seen if self.text(p) is not None]
 
     def trigger_texts(self, path: Path, source: str, entry: Path | None = None) -> list[str]:
@@ -438,7 +515,61 @@ class Project:
                     if piece:
                         out.append(piece)
                         todo.append((target, piece, depth + 1))
+        # a registry the code reaches holds the definitions its decorator registered elsewhere
+        for dep in {path, *(t for t, _ in seen)}:
+            for file, name, _ in self.registrations_from(dep):
+                piece = self._used_text(file, (name,))
+                if piece:
+                    out.append(piece)
         return out
+
+    # -- registries ----------------------------------------------------------------------------------
+    def registered(self, path: Path, dict_name: str) -> list[tuple[Path, str, str | None]]:
+        """The definitions a decorator of ``path`` stores into its module-level dict ``dict_name``
+        (``@register_model("cnn") class SmallCNN``), wherever in the project they are: ``(file, name,
+        key)`` (``key``: the decorator's string argument, when it has one)."""
+        path = real(path)
+        key = (path, dict_name)
+        found = self._registered.get(key)
+        if found is not None:
+            return found
+        fillers = set(self.index(path).fillers.get(dict_name, ()))
+        found = []
+        if fillers:
+            pattern = re.compile(r"@[ \t]*(?:[\w.]+\.)?(?:" + "|".join(map(re.escape, sorted(fillers))) + r")\b")
+            for file in self._python_files():
+                text = self.text(file)
+                if text is not None and pattern.search(text):
+                    found += [(file, name, key) for dec, name, key in self.index(file).decorated if dec in fillers]
+        self._registered[key] = found
+        return found
+
+    def registrations_from(self, path: Path) -> list[tuple[Path, str, str | None]]:
+        """:meth:`registered` for every registry dict of ``path``."""
+        out: list[tuple[Path, str, str | None]] = []
+        for dict_name in self.index(path).fillers:
+            out += self.registered(path, dict_name)
+        return out
+
+    def _python_files(self) -> list[Path]:
+        """The project's Python files (not in hidden directories or environments), listed once per run."""
+        if self._files is None:
+            files: list[Path] = []
+            stack = [self.root]
+            while stack and len(files) < MAX_REGISTRY_FILES:
+                d = stack.pop()
+                try:
+                    entries = sorted(d.iterdir())
+                except OSError:
+                    continue
+                for e in entries:
+                    if e.is_dir():
+                        if not e.name.startswith(".") and e.name not in _NOT_PROJECT_DIRS:
+                            stack.append(e)
+                    elif e.suffix == ".py":
+                        files.append(real(e))
+            self._files = files
+        return self._files
 
     def _code(self, target: Path) -> str | None:
         text = self.text(target)
