@@ -231,6 +231,36 @@ def test_batch_norm_in_eval_mode_and_token_embeddings_do_not_mix():
     assert (gpt.status, gpt.data["inputs"]) == ("pass", ["Embedding output for batch[0]"])
 
 
+def _bag_classifier(mix: bool) -> dict:
+    """Bag-of-words classifier: an ``nn.EmbeddingBag`` pools each row of token ids (one bag per
+    sample); ``mix`` transposes the pooled features before the head, mixing the batch."""
+    torch.manual_seed(0)
+
+    class BagClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bag = nn.EmbeddingBag(50, 8, mode="mean")
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            h = self.bag(tokens)
+            if mix:
+                h = h.t().reshape(tokens.shape[0], -1)
+            return self.head(h)
+
+    model = BagClassifier()
+    batch = (torch.randint(0, 50, (8, 6)), torch.randint(0, 3, (8,)))
+    return {"model": model, "loss_fn": nn.CrossEntropyLoss(), "batch": batch}
+
+
+def test_an_embedding_bag_reads_one_sample_per_row_of_ids():
+    healthy = check_batch_independence(*_args(_bag_classifier(mix=False)))
+    assert (healthy.status, healthy.data["inputs"]) == ("pass", ["EmbeddingBag output for batch[0]"])
+    [finding] = check_batch_independence(*_args(_bag_classifier(mix=True))).findings
+    expected = {"sample": 0, "depends_on": [1, 2, 3, 4, 5, 6, 7], "input": "EmbeddingBag output for batch[0]"}
+    assert finding.details == expected
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [

@@ -3,9 +3,10 @@
 The model (a copy) runs once in eval mode (dropout off, batch norm on its running statistics, so
 nothing legitimately mixes samples) with every floating batch input that has the batch dimension
 made a leaf that requires grad; integer inputs (token ids) are replaced by the output of the
-``nn.Embedding`` that reads them. The gradient of sample ``i``'s outputs (the first and the last
-sample) with respect to those inputs must be exactly zero on every other sample; when it is not,
-``details["sample"]`` is ``i`` and ``details["depends_on"]`` the other samples it reads.
+``nn.Embedding`` (or ``nn.EmbeddingBag``, one bag per row of ids) that reads them. The gradient of
+sample ``i``'s outputs (the first and the last sample) with respect to those inputs must be exactly
+zero on every other sample; when it is not, ``details["sample"]`` is ``i`` and
+``details["depends_on"]`` the other samples it reads.
 
 The batch dimension is dimension 0 of the tensors whose leading size is the batch size: the
 leading size of the targets (of the first input when there are none). It is skipped, with the
@@ -102,7 +103,7 @@ class _Leaves:
             model.register_forward_hook(self._post),
         ]
         for m in model.modules():
-            if isinstance(m, nn.Embedding):
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):  # a bag per row of ids: one per sample
                 self.handles.append(m.register_forward_hook(self._embedded))
 
     def _leaf(self, t: torch.Tensor, name: str) -> torch.Tensor:

@@ -286,7 +286,7 @@ _SHAPES = {
     "flat": "flat: it never moved",
     "diverging": "diverging",
     "noisy": "noisy: it stopped falling and jumps up and down",
-    "plateau": "plateau: it stopped improving far above the target",
+    "plateau": "plateau: it levelled off far above the target (its last half gained under 2% of its total drop)",
     "slow": "slow: still falling when the steps ran out, too slowly to get there",
 }
 
