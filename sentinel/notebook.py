@@ -204,11 +204,10 @@ def _newer_grammar(program: list[str]) -> bool:
     text = "".join(line + "\n" for line in program)
     try:
         ast.parse(text)
+        return False  # Python reads it: the error is a compile-time one
     except SyntaxError:
         pass
     except (ValueError, RecursionError, MemoryError):
-        return False
-    else:
         return False
     import libcst as cst
 

@@ -317,6 +317,16 @@ def test_the_cells_before_a_broken_cell_are_still_linted(tmp_path):
     assert err["message"].endswith(tail)
 
 
+def test_a_cell_in_a_newer_python_grammar_is_not_a_syntax_error(tmp_path):
+    # PEP 695 generics (Python 3.12): CPython 3.11 cannot compile the cell, LibCST reads it
+    generic = cell("code", "def first[T](items: list[T]) -> T:\n    return items[0]\n")
+    (tmp_path / "g.ipynb").write_text(notebook(cell("code", SETUP), generic, cell("code", MODEL), cell("code", LOOP)))
+    result = run("lint", "--format", "json", "g.ipynb", cwd=tmp_path)
+    assert result.exit_code == 1, result.stdout + result.stderr
+    (finding,) = json.loads(result.stdout)
+    assert (finding["kind"], finding["code"], finding["cell"], finding["line"]) == ("finding", "SEN001", 4, 5)
+
+
 def test_cells_after_a_broken_cell_are_not_analysed(tmp_path):
     # the broken cell defines what later cells use: analysing them without it would guess
     broken = cell("code", "class Net(<YOUR CODE>):\n    pass\n")
