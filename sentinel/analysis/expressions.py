@@ -580,6 +580,11 @@ class ExpressionsMixin:
             parts = [_dotted(a.value) or "" for a in node.args]
             return ",".join(p for p in parts if p)
         if isinstance(node, cst.Subscript):
+            # `loaders["valid"]`: the key says what the data is, as an evaluated subscript's label does
+            key = _string_value(node.slice[0].slice.value) if isinstance(node.slice[0].slice, cst.Index) else None
+            base = _dotted(node.value)
+            if base and isinstance(key, str):
+                return f"{base}[{key}]"
             return _target_text(node)
         return ""
 
