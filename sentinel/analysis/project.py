@@ -37,6 +37,8 @@ MAX_MODULE_BYTES = 2_000_000
 #: files searched for the definitions a registry's decorator registered (a monorepo stops here)
 MAX_REGISTRY_FILES = 2000
 _NOT_PROJECT_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "venv", "env", "build", "dist"})
+#: ``MODELS = {}`` / ``MODELS: dict[str, type] = dict()`` at the top level: where a registry starts
+_EMPTY_DICT = re.compile(r"^[A-Za-z_]\w*[ \t]*(?::[^\n=]*)?=[ \t]*(?:\{[ \t]*\}|dict\([ \t]*\))", re.M)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -545,8 +547,12 @@ class Project:
         return found
 
     def registrations_from(self, path: Path) -> list[tuple[Path, str, str | None]]:
-        """:meth:`registered` for every registry dict of ``path``."""
+        """:meth:`registered` for every registry dict of ``path`` (a module without an empty dict at
+        top level has none: its text says so without parsing it)."""
         out: list[tuple[Path, str, str | None]] = []
+        text = self.text(path)
+        if text is None or not _EMPTY_DICT.search(text):
+            return out
         for dict_name in self.index(path).fillers:
             out += self.registered(path, dict_name)
         return out
