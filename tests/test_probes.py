@@ -465,7 +465,7 @@ def test_zero_gradient_and_frozen_parameters():
     result = check_updates(model, nn.CrossEntropyLoss(), batch)
     assert result.findings[0].details == {"parameters": [{"name": "gate", "reason": "zero-grad"}]}
     assert "frozen" not in result.findings[0].message
-    assert result.data["optimizer"] == "Adam(lr=0.01) (no optimizer given)"
+    assert result.data["optimizer"] == "Adam(lr=0.01), the default: no optimizer given"
 
 
 def test_frozen_layer_is_never_reported_even_with_lr_zero():

@@ -157,7 +157,27 @@ def test_a_rank_that_raises_is_reported_not_a_hang(jobs):
     out = job.json()
     (probe,) = out["probes"]
     assert probe["status"] == "error" and out["world_size"] == 2
-    assert "rank 1: the script raised RuntimeError: corrupt shard on rank 1" in probe["message"]
+    # the rank that failed first leads, with its own traceback: rank 0's error only follows from it
+    assert probe["message"].startswith("rank 1: the script raised RuntimeError: corrupt shard on rank 1")
+    assert "(rank 1)\nTraceback" in job.stderr and "(rank 0)\nTraceback" not in job.stderr
+
+
+def test_merged_errors_lead_with_the_rank_that_failed_first():
+    from sentinel.findings import ProbeResult
+    from sentinel.probes.report import WatchReport, merge_rank_reports
+
+    def report(message: str, failed_at: float, tb: str) -> WatchReport:
+        data = {"steps": 3, "error": message, "failed_at": failed_at}
+        return WatchReport("t.py", "cpu", [ProbeResult("loop-monitor", "error", 0.1, [], message, data, tb)])
+
+    peer = report("the script raised RuntimeError: Connection closed by peer", 12.5, "tb of rank 0")
+    cause = report("the script raised ValueError: bad record", 12.0, "tb of rank 1")
+    (probe,) = merge_rank_reports({0: peer, 1: cause, 2: None}, 3, "t.py").probes
+    assert probe.message == (
+        "rank 1: the script raised ValueError: bad record; "
+        "rank 0: the script raised RuntimeError: Connection closed by peer; rank 2 did not report"
+    )
+    assert probe.traceback == "(rank 1)\ntb of rank 1" and "failed_at" not in probe.data["ranks"]["1"]
 
 
 def test_merged_nan_keeps_the_rank_it_started_on_apart_from_the_ranks_it_reached():

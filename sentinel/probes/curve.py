@@ -200,7 +200,10 @@ def likely_causes(
         )
     elif cross_entropy is not False:
         causes.append(
-            Cause("probabilities-into-cross-entropy", "a softmax before CrossEntropyLoss (it expects raw logits)")
+            Cause(
+                "probabilities-into-cross-entropy",
+                "a softmax or sigmoid before CrossEntropyLoss (it expects raw logits)",
+            )
         )
     if no_grad:
         shown = ", ".join(no_grad[:4]) + (f" and {len(no_grad) - 4} more" if len(no_grad) > 4 else "")

@@ -13,6 +13,7 @@ Torch-free, like :mod:`sentinel.findings`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,7 @@ class WatchReport(Report):
         if n:
             return f"Found {n} problem{'s' if n != 1 else ''}."
         if any(p.status == "error" for p in self.probes):
-            return "The monitored run did not complete."
+            return "The monitored run ended with an error."
         if self.nothing_watched:
             return "Nothing to watch: no optimizer step ran under the monitor."
         return "All probes passed."
@@ -197,29 +198,31 @@ def merge_rank_reports(reports: dict[int, Report | None], world_size: int, targe
     reported). Every finding gets ``details["ranks"]``; a code seen on several ranks is reported once."""
     by_code: dict[str, list[tuple[int, Finding]]] = {}
     statuses: list[str] = []
-    messages: list[str] = []
+    # (when the rank's script failed, rank, message, traceback): the rank that failed first leads,
+    # the others' errors (a peer's closed connection) usually follow from it
+    messages: list[tuple[float, int, str, str]] = []
     seconds = 0.0
     data: dict[str, Any] = {"ranks": {}}
-    traceback = ""
     device = "cpu"
     for rank in range(world_size):
         rep = reports.get(rank)
         if rep is None:
             statuses.append("error")
-            messages.append(f"rank {rank} did not report")
+            messages.append((math.inf, rank, f"rank {rank} did not report", ""))
             continue
         if rank == 0 or device == "cpu":
             device = rep.device
         for p in rep.probes:
             statuses.append(p.status)
             seconds = max(seconds, p.seconds)
-            if p.message:
-                messages.append(f"rank {rank}: {p.message}")
-            if p.traceback and not traceback:
-                traceback = f"(rank {rank})\n{p.traceback}"
+            if p.message or p.traceback:
+                failed_at = p.data.get("failed_at") or math.inf
+                messages.append((failed_at, rank, f"rank {rank}: {p.message}" if p.message else "", p.traceback))
             data["ranks"][str(rank)] = {k: v for k, v in p.data.items() if k in ("steps", "stopped", "error")}
             for f in p.findings:
                 by_code.setdefault(f.code, []).append((rank, f))
+    messages.sort(key=lambda m: (m[0], m[1]))
+    traceback = next((f"(rank {rank})\n{tb}" for _, rank, _, tb in messages if tb), "")
     findings = [_merge_findings(v) for _, v in sorted(by_code.items())]
     if "error" in statuses:
         status = "error"
@@ -229,5 +232,6 @@ def merge_rank_reports(reports: dict[int, Report | None], world_size: int, targe
         status = "skipped"
     else:
         status = "pass"
-    probe = ProbeResult(PROBE_NAME, status, seconds, findings, "; ".join(messages), data, traceback)  # type: ignore[arg-type]
+    message = "; ".join(m for _, _, m, _ in messages if m)
+    probe = ProbeResult(PROBE_NAME, status, seconds, findings, message, data, traceback)  # type: ignore[arg-type]
     return WatchReport(target, device, [probe], world_size)

@@ -115,6 +115,7 @@ def run_script(
     watcher = Watch(max_steps=steps, mode=mode, target=path)  # type: ignore[arg-type]
     error: str | None = None
     user_tb = ""
+    failed_at = 0.0
     started = time.perf_counter()
     saved.enter(main, [path, *script_args])
     redirect = contextlib.redirect_stdout(stdout) if stdout is not None else contextlib.nullcontext()
@@ -129,9 +130,11 @@ def run_script(
                 status = exc.code
                 if status not in (None, 0):
                     error = f"the script exited with status {status!r}"
+                    failed_at = time.time()
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # noqa: BLE001 - the user's error, reported as such
+                failed_at = time.time()  # under torchrun: the rank that failed first is the cause
                 user_tb = user_traceback(exc)
                 error = f"the script raised {_reason(exc)}"
             finally:
@@ -150,6 +153,7 @@ def run_script(
         probe.status = "error"
         probe.message = f"{error}; {probe.message}" if probe.message else error
         probe.data["error"] = error
+        probe.data["failed_at"] = failed_at
         probe.traceback = user_tb
         for f in probe.findings:
             if f.code == "SEN105":  # the script stopped on the NaN/Inf the monitor localized

@@ -205,7 +205,7 @@ class Workspace:
             params = [p for _, p in named if p.requires_grad]
             if not params:
                 return None, "no trainable parameters"
-            return torch.optim.Adam(params, lr=DEFAULT_LR), f"Adam(lr={DEFAULT_LR:g}) (no optimizer given)"
+            return torch.optim.Adam(params, lr=DEFAULT_LR), f"Adam(lr={DEFAULT_LR:g}), the default: no optimizer given"
         by_name = dict(named)
         user = self.user_optimizer
         groups = []
