@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ PROGRAMS = FIXTURES + PROJECTS + NOTEBOOKS
 # (%%bash, %%writefile, %%html, ...) is not Python and its cell is skipped.
 PYTHON_CELL_MAGICS = {"time", "timeit", "capture", "prun", "debug"}
 WORKERS = 2
+# A worker that spends this long on one file is stuck (see run_results).
+HANG_S = 120.0
 # A fixture is meant to take well under ~1.5 s; this only catches a runaway loop or a hang,
 # with a wide margin for slow or busy CI machines.
 PER_FILE_LIMIT_S = 20.0
@@ -133,8 +136,10 @@ def _worker(result_path: str, paths: list[str]) -> None:
     # The first optimizer built in a process pays a one-off import cost of a few seconds; pay it
     # here so that it is not charged to whichever fixture happens to run first.
     torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
-    results = {}
+    log = open(result_path, "a", encoding="utf-8")  # noqa: SIM115 - one line per event, flushed
     for path in paths:
+        log.write(json.dumps({"start": path}) + "\n")
+        log.flush()
         workdir = tempfile.mkdtemp(prefix="sentinel-fixture-")
         start = time.perf_counter()
         cpu_start = time.process_time()
@@ -172,43 +177,101 @@ def _worker(result_path: str, paths: list[str]) -> None:
             torch.set_default_dtype(torch.float32)
         outcome["seconds"] = time.perf_counter() - start
         outcome["cpu_seconds"] = time.process_time() - cpu_start
-        results[path] = outcome
-    with open(result_path, "w", encoding="utf-8") as fh:
-        json.dump(results, fh)
+        log.write(json.dumps({"path": path, **outcome}) + "\n")
+        log.flush()
+    log.close()
+
+
+def _start_worker(log: Path, paths: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    return subprocess.Popen(
+        [sys.executable, __file__, str(log), *paths],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _read_log(log: Path) -> tuple[dict, str | None]:
+    """The outcomes a worker logged, and the file it started last without an outcome (None: none)."""
+    outcomes: dict = {}
+    running = None
+    if log.exists():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            event = json.loads(line)
+            if "start" in event:
+                running = event["start"]
+            else:
+                outcomes[event.pop("path")] = event
+                running = None
+    return outcomes, running
+
+
+class _Worker:
+    """One worker interpreter, its log and its share of the programs."""
+
+    def __init__(self, log: Path, paths: list[str]) -> None:
+        self.log, self.paths = log, paths
+        self.proc = _start_worker(log, paths)
+        self.running: str | None = None
+        self.since = time.monotonic()
+
+    def poll(self) -> tuple[dict, str | None, bool]:
+        """(outcomes so far, the file running now, stuck on it for HANG_S?)"""
+        outcomes, running = _read_log(self.log)
+        if running != self.running:
+            self.running, self.since = running, time.monotonic()
+        return outcomes, running, running is not None and time.monotonic() - self.since > HANG_S
 
 
 @pytest.fixture(scope="module")
 def run_results(tmp_path_factory) -> dict:
+    """Run every program in a couple of worker interpreters. A worker stuck on one file for
+    ``HANG_S`` is killed and the rest of its share goes on in a fresh worker, the stuck file first
+    once more (a gloo process group torn down on a loaded machine can deadlock inside PyTorch,
+    rarely, and not twice in a row); a file stuck twice is reported as hanging."""
     out_dir = tmp_path_factory.mktemp("fixture-runs")
     paths = [str(p) for p in PROGRAMS]
-    chunks = [paths[i::WORKERS] for i in range(WORKERS)]
-    procs = []
-    for i, chunk in enumerate(chunks):
-        if not chunk:
-            continue
-        result_file = out_dir / f"worker{i}.json"
-        env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-        proc = subprocess.Popen(
-            [sys.executable, __file__, str(result_file), *chunk],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        procs.append((proc, result_file))
+    deadline = time.monotonic() + TOTAL_TIMEOUT_S
+    workers = [_Worker(out_dir / f"w{i}-0.jsonl", paths[i::WORKERS]) for i in range(WORKERS) if paths[i::WORKERS]]
     results: dict = {}
-    for proc, result_file in procs:
-        try:
-            output, _ = proc.communicate(timeout=TOTAL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            for other, _ in procs:
-                other.kill()
-                other.communicate()
-            pytest.fail(f"fixture workers did not finish within {TOTAL_TIMEOUT_S} s (a fixture hangs?)")
-        if proc.returncode != 0 or not result_file.exists():
-            pytest.fail(f"fixture worker crashed (exit {proc.returncode}):\n{output[-4000:]}")
-        results.update(json.loads(result_file.read_text(encoding="utf-8")))
+    hung: set[str] = set()
+    restarts = 0
+    while workers:
+        time.sleep(0.5)
+        still = []
+        for w in workers:
+            outcomes, running, stuck = w.poll()
+            if w.proc.poll() is None and not stuck:
+                if time.monotonic() > deadline:
+                    for other in workers:
+                        other.proc.kill()
+                    pytest.fail(f"fixture workers did not finish within {TOTAL_TIMEOUT_S} s")
+                still.append(w)
+                continue
+            if stuck:
+                w.proc.kill()
+            output, _ = w.proc.communicate()
+            outcomes, running = _read_log(w.log)
+            results.update(outcomes)
+            rest = [p for p in w.paths if p not in outcomes]
+            if not rest:
+                continue
+            culprit = running or rest[0]
+            if not stuck:  # the interpreter died (a fixture that kills it): report that file, go on
+                results[culprit] = {"ok": False, "error": f"the worker died:\n{output[-4000:]}", "output": ""}
+                rest.remove(culprit)
+            elif culprit in hung:
+                results[culprit] = {"ok": False, "error": f"stuck for {HANG_S:.0f} s, twice", "output": ""}
+                rest.remove(culprit)
+            else:
+                hung.add(culprit)
+            if rest:
+                restarts += 1
+                still.append(_Worker(out_dir / f"w-restart{restarts}.jsonl", rest))
+        workers = still
     return results
 
 
