@@ -56,13 +56,15 @@ def test_every_fixed_program_still_runs(fixed_dir: Path) -> None:
     programs = sorted(str(p) for p in fixed_dir.glob("*.py"))
     if not programs:
         pytest.skip("run with the per-file fix tests")
-    result = fixed_dir / "runs.json"
+    result = fixed_dir / "runs.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
         [sys.executable, str(RUNNER), str(result), *programs], capture_output=True, text=True, env=env, timeout=900
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    outcomes = json.loads(result.read_text(encoding="utf-8"))
+    events = [json.loads(line) for line in result.read_text(encoding="utf-8").splitlines()]
+    outcomes = {e["path"]: e for e in events if "path" in e}  # the runner logs a start and an outcome per file
+    assert sorted(outcomes) == programs
     failed = {Path(p).name: o["error"].splitlines()[-1] for p, o in outcomes.items() if not o["ok"]}
     assert not failed, failed
 
