@@ -1073,3 +1073,22 @@ def test_a_hugging_face_model_comes_back_from_from_pretrained_in_eval_mode() -> 
     )
     trained = HF_PRETRAINED.replace("test_loader = ", fine_tuning + "test_loader = ")
     assert findings(trained) == {("SEN003", line_of(trained, "# straight after from_pretrained"))}
+
+
+HF_DEMO_FORWARD = """
+import torch
+from transformers import AutoModel
+
+encoder = AutoModel.from_pretrained("bert-base-uncased")
+sample = {"input_ids": torch.tensor([[101, 2023, 102]]), "attention_mask": torch.tensor([[1, 1, 1]])}
+hidden = encoder(**sample).last_hidden_state  # a look at the output's shape
+print(hidden.shape)
+"""
+
+
+def test_a_lone_forward_of_a_model_that_came_in_eval_mode_is_no_evaluation() -> None:
+    """A lone forward outside any loop counts as evaluation when the code says so (an `eval()` it
+    calls, `no_grad`, evaluation names); the eval mode `from_pretrained` hands back does not."""
+    assert findings(HF_DEMO_FORWARD) == set()
+    explicit = HF_DEMO_FORWARD.replace("sample = ", "encoder.eval()\nsample = ")
+    assert findings(explicit) == {("SEN004", line_of(explicit, "# a look at the output's shape"))}

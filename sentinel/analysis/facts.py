@@ -247,6 +247,8 @@ class Facts(RegionsMixin):
     snapshot_reads: list = field(default_factory=list)
     # submodule identity -> identity of the model it is an attribute of
     parent_of: dict = field(default_factory=dict)
+    #: further owners of a submodule another model adopted (``self.features = backbone.features``)
+    other_parents: dict = field(default_factory=dict)
     # submodule identity -> identity of the outermost model it belongs to
     root_of: dict = field(default_factory=dict)
     proven_graph_taints: set = field(default_factory=set)
@@ -562,8 +564,23 @@ class Facts(RegionsMixin):
         while node is not None and seen < 32:
             if node in models:
                 return True
+            if node in self.other_parents:  # shared by several models: any owner's chain
+                return self._within_any(model, models)
             node = self.parent_of.get(node)
             seen += 1
+        return self.root_of.get(model) in models
+
+    def _within_any(self, model: Any, models: frozenset) -> bool:
+        todo, seen = [model], set()
+        while todo and len(seen) < 64:
+            node = todo.pop()
+            if node in models:
+                return True
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            todo.append(self.parent_of.get(node))
+            todo.extend(self.other_parents.get(node, ()))
         return self.root_of.get(model) in models
 
     def reset_covers(self, r: ResetEvent, step: StepEvent) -> bool:

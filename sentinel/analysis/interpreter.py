@@ -281,8 +281,13 @@ class Interpreter(
         if child is not None and parent is not None and child is not parent:
             roots = self.facts.root_of
             roots.setdefault(child, roots.get(parent, parent))
-            if not isinstance(child, (tuple, Alt)) and child not in self.facts.parent_of:
-                self.facts.parent_of[child] = parent
+            if isinstance(child, (tuple, Alt)):
+                return
+            first = self.facts.parent_of.setdefault(child, parent)
+            if first is not parent:  # adopted by another model too (`self.features = backbone.features`)
+                others = self.facts.other_parents.setdefault(child, [])
+                if parent not in others:
+                    others.append(parent)
 
     def _where(self, node: cst.CSTNode) -> cst.CSTNode:
         """Remember which statement ``node`` is in, so a message can point at it later."""

@@ -9,7 +9,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from sentinel.analysis import torchapi as api
-from sentinel.analysis.values import Alt
+from sentinel.analysis.values import MODEL, Alt
 
 if TYPE_CHECKING:
     from sentinel.analysis.facts import Event, ForwardEvent, ModeEvent
@@ -32,8 +32,12 @@ class RegionsMixin:
         for ev in self.forwards:
             if ev.lightning_eval or ev.dummy_input and ev.seq < first_training:
                 continue  # a smoke test / shape probe on random inputs before anything trained
-            if ev.frame is None and ev.seq < first_training and self._never_trained(ev):
-                continue  # a shape check of a model built here that nothing trains or loads weights into
+            if _parameter_free(ev):
+                continue  # a network written from scratch with plain tensors: it records no graph
+            if ev.seq < first_training and self._never_trained(ev):
+                continue  # a shape check (one batch, then `break`) of a model nothing trains or loads into
+            if any(_GRADISH.search(self.ctx_names.get(c, "")) for c in ev.stack):
+                continue  # saliency, attacks, `..._with_grad`: the graph is what the code is after
             if ev.deliberate_train and ev.ctx not in self.training_activations:
                 continue  # recomputing batch-norm statistics (update_bn): train mode on purpose
             if self.connected_to_backward(frozenset({ev.id})):
@@ -44,11 +48,22 @@ class RegionsMixin:
                 continue
             if not ev.evalish and self._acting(ev):
                 continue  # a policy choosing actions inside the loop that trains it: data collection
-            if ev.frame is None and not (ev.evalish or ev.grad == "off" or ev.modes == frozenset({"eval"})):
+            if ev.frame is None and not (ev.evalish or ev.grad == "off" or self._switched_to_eval(ev)):
                 continue  # a lone forward with nothing saying "evaluation" (a demo print, a sanity check)
             out.append(ev)
         self._cache["ef"] = out
         return out
+
+    def _switched_to_eval(self, ev: ForwardEvent) -> bool:
+        """Is the model in eval mode because the code said so (``model.eval()`` before the forward), not
+        because it came that way (``from_pretrained`` returns eval mode)?"""
+        if ev.modes != frozenset({"eval"}):
+            return False
+        model = ev.model.ident if ev.model is not None else None
+        return any(
+            m.seq < ev.seq and m.mode == frozenset({"eval"}) and self._related(m.target, model, below=True)
+            for m in self.mode_switches
+        )
 
     def _never_trained(self, ev: ForwardEvent) -> bool:
         """Is the model ``ev`` runs one built in this program (a project class), never stepped by an
@@ -227,8 +242,9 @@ class RegionsMixin:
         if any(last.seq < e.seq < fw.seq for e in training):
             return False
         # a train() inside a loop that trains restores the mode for its next pass (the epoch loop's
-        # `model.train()` after validation), whatever runs after the loop
-        return not any(f in e.frames for f in last.frames for e in training)
+        # `model.train()` after validation), whatever runs after the loop; within that loop's
+        # iteration it is on purpose (a rollout collected in train mode before the update)
+        return not any(f in e.frames and f not in fw.frames for f in last.frames for e in training)
 
     def _eval_blame(self, fw: ForwardEvent) -> ModeEvent | None:
         model = fw.model.ident if fw.model is not None else None
@@ -259,6 +275,7 @@ _ADAPTISH = re.compile(
     r"unlabel|distill|self_?train",
     re.IGNORECASE,
 )
+_GRADISH = re.compile(r"with_grad|saliency|grad_?cam|attribut|integrated_grad|adversar|attack|fgsm|pgd", re.I)
 _ACTING = re.compile(r"^_*(act|(select|choose|get|sample|pick|take)_actions?|explore|epsilon_greedy|policy_action)$")
 _TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)
 _EVAL_FUNCTION = re.compile(
@@ -268,6 +285,27 @@ _EVAL_FUNCTION = re.compile(
     re.IGNORECASE,
 )
 _TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
+
+
+# what gives a module class something autograd tracks: parameters, tensors that require grad, layers
+_LEARNABLE = re.compile(r"Parameter|requires_grad|nn\.|torch\.nn|Linear|Conv|Embedding|LSTM|GRU|RNN")
+
+
+def _parameter_free(ev: ForwardEvent) -> bool:
+    """Is the model an ``nn.Module`` subclass of the project that holds nothing autograd tracks (its
+    weights plain tensors, updated by its own ``backward()``/``optimize()`` methods)? Its forwards
+    record no graph, so they are no evaluation ``no_grad`` would help."""
+    from sentinel.analysis.objects import Instance
+
+    inst = ev.model.ref if ev.model is not None else None
+    if not isinstance(inst, Instance) or not inst.cls.is_module:
+        return False
+    cls = inst.cls
+    if any(not q.startswith("torch.nn.") for q in cls._qual_bases()) or any(
+        v.kind == MODEL for v in inst.attrs.values()
+    ):
+        return False
+    return not any(_LEARNABLE.search(m.code) for c in cls.mro() for m in c.methods.values())
 
 
 def _trainish(text: str) -> bool:

@@ -186,6 +186,11 @@ TENSOR_NO_GRAPH_METHODS = frozenset(
         "data_ptr",
         "get_device",
         "is_contiguous",
+        # a torch.distributions object built from a tensor with a graph: `dist.sample()` draws
+        # without one (`rsample()`, the reparameterized draw, keeps it)
+        "sample",
+        "sample_n",
+        "enumerate_support",
     }
 )
 TENSOR_SCALAR_METHODS = frozenset({"item", "tolist", "numpy"})
