@@ -37,6 +37,11 @@ class InliningMixin:
 
     # -- forward passes -----------------------------------------------------------------------------
     def forward(self, model: V, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
+        if model.ref == "dropout" and args and all(_is_factory(a.origin) for a in args):
+            # a dropout layer on its own applied to a tensor made here (`drop(torch.ones(shape))`): a
+            # random mask, the noise of a denoising autoencoder, not a model run
+            x = args[0]
+            return V(TENSOR, graph=False, taints=merge_taints(*args), origin=node, shape=x.shape)
         if model.ref == "stateless":
             # an activation / pooling layer called on its own: a function of its input, not a model run
             x = args[0] if args else TOP

@@ -553,6 +553,13 @@ def is_stateless_layer(qual: str) -> bool:
     return qual.startswith("torch.nn.") and "functional" not in qual and last(qual) in STATELESS_LAYERS
 
 
+DROPOUT_LAYERS = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout"})
+
+
+def is_dropout_layer(qual: str) -> bool:
+    return qual.startswith("torch.nn.") and "functional" not in qual and last(qual) in DROPOUT_LAYERS
+
+
 # functions and tensor methods whose result has the shape of their (first) input
 ELEMENTWISE = frozenset(
     {
