@@ -134,6 +134,12 @@ def fewer_collections() -> Iterator[None]:
         gc.set_threshold(*old)
 
 
+CUT_SHORT = (
+    "the analysis of this file ran out of its budget: what it could not finish is not checked"
+    " (no finding is made from half-analysed code)"
+)
+
+
 def check_source(
     source: str,
     path: str = "<string>",
@@ -142,8 +148,13 @@ def check_source(
     prefilter: bool = True,
     project: Project | None | bool = None,
     cache: bool = False,
+    notes: list[str] | None = None,
 ) -> list[Diagnostic]:
     """Lint ``source`` with ``rules`` (default: all). Raises :class:`SourceError` on a syntax error.
+
+    ``notes`` (when given) receives what the user should know about this file's analysis: that its
+    budget cut it short (what was cut is not reported; such a result is not cached, so the note
+    comes back on every run).
 
     ``path`` names the file; when it is a real file's path, the project it belongs to is read too
     (``project=False`` turns that off; a :class:`Project` may be passed in). ``prefilter=False``
@@ -185,8 +196,13 @@ def check_source(
         syntax_check(source)
         found: list[Diagnostic] = []
     else:
+        cut: list[str] = []
         with fewer_collections():
-            found = _analyse(source, path, file, proj, active)[0]
+            found = _analyse(source, path, file, proj, active, cut)[0]
+        if cut:
+            store = None
+            if notes is not None:
+                notes.extend(cut)
     if store is not None:
         absolute = [replace(d, path=str(file.resolve() if d.path == path else Path(d.path).resolve())) for d in found]
         store.put(file, source, key, {d: proj.text(d) or "" for d in deps}, absolute)
@@ -262,7 +278,12 @@ def _not_suppressed_in_file(source: str, rules: list[type[Rule]]) -> list[type[R
 
 
 def _analyse(
-    source: str, path: str, file: Path | None, proj: Project | None, active: list[type[Rule]]
+    source: str,
+    path: str,
+    file: Path | None,
+    proj: Project | None,
+    active: list[type[Rule]],
+    notes: list[str] | None = None,
 ) -> tuple[list[Diagnostic], list, object]:
     from sentinel.analysis.interpreter import Interpreter
     from sentinel.locate import Locator
@@ -275,6 +296,8 @@ def _analyse(
         module = parse(source)
     interp = Interpreter(module, source, path=file, project=proj)
     facts = interp.run()
+    if interp.exhausted and notes is not None:
+        notes.append(CUT_SHORT)
     violations: list[tuple[type[Rule], Violation]] = []
     for rule_cls in active:
         for v in rule_cls().check(facts):

@@ -55,6 +55,7 @@ class FileResult:
     path: str
     diagnostics: list[Diagnostic] = field(default_factory=list)
     failure: InputError | None = None
+    notes: list[str] = field(default_factory=list)  # warnings about the analysis (a budget cut)
 
     @property
     def error(self) -> str | None:
@@ -133,16 +134,17 @@ def lint_text(data: bytes, path: str, codes: tuple[str, ...], cache: bool = Fals
     rules = [r for r in all_rules() if r.CODE in codes]
     if is_notebook(path):
         return _lint_notebook(data, path, rules, cache)
+    notes: list[str] = []
     try:
         source = decode(data)
-        diags = check_source(source, path, rules, cache=cache)
+        diags = check_source(source, path, rules, cache=cache, notes=notes)
     except SourceError as exc:
         return FileResult(path, failure=InputError(path, exc.reason, exc.line, exc.column if exc.line else None))
     except RecursionError:
         return FileResult(path, failure=InputError(path, "too deeply nested to analyse"))
     except Exception as exc:  # a bug in sentinel must not cost the user the other files
         return _internal_error(path, exc)
-    return FileResult(path, diagnostics=diags)
+    return FileResult(path, diagnostics=diags, notes=notes)
 
 
 def _internal_error(path: str, exc: Exception) -> FileResult:
@@ -172,8 +174,9 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
         reason += "; later cells not analysed" + (f" ({more} more do not compile)" if more else "")
         failure = InputError(path, reason, line, column, cell)
         source = notebook.before_cell(cell)
+    notes: list[str] = []
     try:
-        diags = check_source(source, path, rules, cache=cache)
+        diags = check_source(source, path, rules, cache=cache, notes=notes)
     except SourceError as exc:
         if failure is not None:
             return FileResult(path, failure=failure)
@@ -200,7 +203,7 @@ def _lint_notebook(data: bytes, path: str, rules: list[type[Rule]], cache: bool 
             end_column = len(notebook.cell_line(cell, line) or "") + 1
         message = notebook.relocate_message(d.message, cell)
         mapped.append(Diagnostic(d.path, line, column, end_line, end_column, d.code, d.name, message, cell=cell))
-    return FileResult(path, diagnostics=mapped, failure=failure)
+    return FileResult(path, diagnostics=mapped, failure=failure, notes=notes)
 
 
 def _lint_path(path: str, codes: tuple[str, ...], cache: bool = False) -> FileResult:
@@ -307,7 +310,7 @@ def _keep_allowed(
             if d.code not in allowed[where]:
                 continue
         kept.append(d)
-    return FileResult(result.path, kept, result.failure)
+    return FileResult(result.path, kept, result.failure, result.notes)
 
 
 def _lint_star(item: tuple[str, tuple[str, ...], bool]) -> FileResult:
@@ -542,6 +545,10 @@ def run_lint_command(options: LintOptions) -> int:
     )
     for e in report.errors:
         err.print(Text("error: ", style="bold red") + Text(str(e)))
+    if not options.quiet:
+        for r in results:
+            for note in r.notes:
+                warn(f"{r.path}: {note}")
     nothing = not results
     if nothing and not use_stdin and not options.quiet:
         warn("No Python files or notebooks found under the given path(s).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import libcst as cst
@@ -105,3 +106,28 @@ def test_collector_runs_rarely_during_analysis_and_host_thresholds_come_back(mon
         assert seen[-1] == (500_000, 20, 20) and gc.get_threshold() == (500_000, 20, 20)
     finally:
         gc.set_threshold(*before)
+
+
+def test_a_file_cut_short_is_named_in_a_warning_every_run(tmp_path):
+    """The cut is not silent: `sentinel lint` warns on stderr (not with -q), keeps the exit status, and
+    does not cache the file, so a warm run warns again."""
+    from click.testing import CliRunner
+
+    from sentinel.cli import main
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
+    (tmp_path / "train.py").write_text(EXPLOSIVE_HELPERS + TRAINING)
+    (tmp_path / "plain.py").write_text("def h0(x):\n    return x\n\n\n" + TRAINING)
+    runner = CliRunner()
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for _ in range(2):  # cold, then with the cache written by the first run
+            result = runner.invoke(main, ["lint", "."], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            assert result.stderr.count("warning: ") == 1
+            assert "warning: train.py: the analysis of this file ran out of its budget" in result.stderr
+        quiet = runner.invoke(main, ["lint", "-q", "."], catch_exceptions=False)
+        assert quiet.exit_code == 0 and quiet.stderr == ""
+    finally:
+        os.chdir(old)
