@@ -129,7 +129,7 @@ class MethodsMixin:
                     if grad is None and self.tracked_module_calls == tracked_before:
                         grad = "off"  # every layer it ran ran under its own `with torch.no_grad():`
                     fid = self._forward_event(recv, node, args, state, ctx, grad=grad)
-                    result = result.with_(taints=result.taints | {fid})
+                    result = _tainted(result, fid)
                 elif module and result.kind == TENSOR and not result.taints and not ctx.model_method:
                     # `loss = module.training_step(batch)`: a tensor the model computed; if it is
                     # backpropagated, every place that kept it kept its graph
@@ -540,3 +540,18 @@ def _live_state_dict(v: V) -> V | None:
         if x.kind == STATE_DICT and x.alias is not None:
             return x
     return None
+
+
+def _tainted(value: V, fid: int) -> V:
+    """``value`` (a custom method's result) and the tensors it holds carry forward ``fid``: unpacked
+    (`pred, aux = model.forward_boosting(x)`), each part still came from that forward."""
+
+    def part(v: V) -> V:
+        return v.with_(taints=v.taints | {fid}) if v.kind in (TENSOR, UNKNOWN) else v
+
+    taints = value.taints | {fid}
+    if value.elems is not None:
+        return value.with_(taints=taints, elems=tuple(part(e) for e in value.elems))
+    if value.items is not None:
+        return value.with_(taints=taints, items=tuple((k, part(v)) for k, v in value.items))
+    return value.with_(taints=taints)
