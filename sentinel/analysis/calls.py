@@ -349,7 +349,7 @@ class CallsMixin:
                 origin=node,
                 sensitive=_layer_sensitive(qual, kwargs, args),
                 shape=self.layer_shape(qual, kwargs),
-                ref="stateless" if api.is_stateless_layer(qual) else "dropout" if api.is_dropout_layer(qual) else None,
+                ref=api.standalone_kind(qual),
             )
             if api.starts_in_eval(qual):
                 state.set_mode(model.ident, EVAL)

@@ -32,7 +32,7 @@ class RegionsMixin:
         for ev in self.forwards:
             if ev.lightning_eval or ev.dummy_input and ev.seq < first_training:
                 continue  # a smoke test / shape probe on random inputs before anything trained
-            if _parameter_free(ev):
+            if self._parameter_free(ev):
                 continue  # a network written from scratch with plain tensors: it records no graph
             if ev.seq < first_training and self._never_trained(ev):
                 continue  # a shape check (one batch, then `break`) of a model nothing trains or loads into
@@ -59,11 +59,40 @@ class RegionsMixin:
         because it came that way (``from_pretrained`` returns eval mode)?"""
         if ev.modes != frozenset({"eval"}):
             return False
-        model = ev.model.ident if ev.model is not None else None
-        return any(
-            m.seq < ev.seq and m.mode == frozenset({"eval"}) and self._related(m.target, model, below=True)
-            for m in self.mode_switches
-        )
+        last = self._last_switch(ev)
+        return last is not None and last.mode == frozenset({"eval"})
+
+    def _last_switch(self, fw: ForwardEvent) -> ModeEvent | None:
+        """The last ``train()``/``eval()`` of ``fw``'s model (or a model holding it) before ``fw``, in the
+        same analysis (entry point)."""
+        model = fw.model.ident if fw.model is not None else None
+        last = None
+        for ev in self.mode_switches:
+            if ev.seq > fw.seq:
+                break
+            if ev.stack[:1] == fw.stack[:1] and self._related(ev.target, model, below=True):
+                last = ev
+        return last
+
+    def _parameter_free(self, ev: ForwardEvent) -> bool:
+        """Is the model an ``nn.Module`` subclass of the project that holds nothing autograd tracks (its
+        weights plain tensors, updated by its own ``backward()``/``optimize()`` methods)? Its forwards
+        record no graph, so they are no evaluation ``no_grad`` would help. Read once per class."""
+        from sentinel.analysis.objects import Instance
+
+        inst = ev.model.ref if ev.model is not None else None
+        if not isinstance(inst, Instance) or not inst.cls.is_module:
+            return False
+        if any(v.kind == MODEL for v in inst.attrs.values()):
+            return False
+        cls = inst.cls
+        memo = self._cache.setdefault("parameter_free", {})
+        found = memo.get(id(cls))
+        if found is None:
+            found = memo[id(cls)] = all(q.startswith("torch.nn.") for q in cls._qual_bases()) and not any(
+                _LEARNABLE.search(m.code) for c in cls.mro() for m in c.methods.values()
+            )
+        return found
 
     def _never_trained(self, ev: ForwardEvent) -> bool:
         """Is the model ``ev`` runs one built in this program (a project class), never stepped by an
@@ -229,13 +258,7 @@ class RegionsMixin:
         """Did the code put the model in training mode on purpose for this forward: the last mode switch
         before it is an explicit ``train()`` and nothing trained in between (Monte Carlo dropout:
         ``net.train()`` then sampled predictions under ``no_grad``; recomputing batch-norm statistics)?"""
-        model = fw.model.ident if fw.model is not None else None
-        last = None
-        for ev in self.mode_switches:
-            if ev.seq > fw.seq:
-                break
-            if ev.stack[:1] == fw.stack[:1] and self._related(ev.target, model, below=True):
-                last = ev
+        last = self._last_switch(fw)
         if last is None or last.mode is None or "train" not in last.mode or "eval" in last.mode:
             return False
         training = (*self.backwards, *self.steps)
@@ -289,23 +312,6 @@ _TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
 
 # what gives a module class something autograd tracks: parameters, tensors that require grad, layers
 _LEARNABLE = re.compile(r"Parameter|requires_grad|nn\.|torch\.nn|Linear|Conv|Embedding|LSTM|GRU|RNN")
-
-
-def _parameter_free(ev: ForwardEvent) -> bool:
-    """Is the model an ``nn.Module`` subclass of the project that holds nothing autograd tracks (its
-    weights plain tensors, updated by its own ``backward()``/``optimize()`` methods)? Its forwards
-    record no graph, so they are no evaluation ``no_grad`` would help."""
-    from sentinel.analysis.objects import Instance
-
-    inst = ev.model.ref if ev.model is not None else None
-    if not isinstance(inst, Instance) or not inst.cls.is_module:
-        return False
-    cls = inst.cls
-    if any(not q.startswith("torch.nn.") for q in cls._qual_bases()) or any(
-        v.kind == MODEL for v in inst.attrs.values()
-    ):
-        return False
-    return not any(_LEARNABLE.search(m.code) for c in cls.mro() for m in c.methods.values())
 
 
 def _trainish(text: str) -> bool:

@@ -560,6 +560,15 @@ def is_dropout_layer(qual: str) -> bool:
     return qual.startswith("torch.nn.") and "functional" not in qual and last(qual) in DROPOUT_LAYERS
 
 
+def standalone_kind(qual: str) -> str | None:
+    """What a torch.nn layer called on its own does without a model around it: ``"stateless"`` (a
+    function of its input), ``"dropout"`` (a random mask, when applied to a tensor made in place), or
+    None (a layer with parameters or state: a model forward)."""
+    if is_stateless_layer(qual):
+        return "stateless"
+    return "dropout" if is_dropout_layer(qual) else None
+
+
 # functions and tensor methods whose result has the shape of their (first) input
 ELEMENTWISE = frozenset(
     {

@@ -47,6 +47,12 @@ def named_model(expr: str) -> str | None:
     return None if expr == "the model" else f"`{expr}`"
 
 
+def model_call(expr: str, method: str) -> str:
+    """The call a message tells the user to make: ```model.eval()```, or "its ``.eval()``" when the code
+    does not name the model (see :func:`named_model`)."""
+    return f"`{expr}.{method}()`" if named_model(expr) else f"its `.{method}()`"
+
+
 class Rule:
     """Base class of every lint rule."""
 

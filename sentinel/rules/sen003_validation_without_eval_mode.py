@@ -4,7 +4,7 @@ import re
 from collections.abc import Iterator
 
 from sentinel.analysis.facts import Facts, ForwardEvent
-from sentinel.rules.base import Rule, Violation, named_model
+from sentinel.rules.base import Rule, Violation, model_call, named_model
 
 
 def first_per_region(events: list[ForwardEvent], facts: Facts) -> list[ForwardEvent]:
@@ -188,11 +188,10 @@ for epoch in range(3):
             and not facts.switched_to_train_for(ev)  # `net.train()` on purpose: Monte Carlo dropout
         ]
         for ev in first_per_region(candidates, facts):
-            name = named_model(ev.model_expr)
-            call = f"call `{ev.model_expr}.eval()`" if name else "call its `.eval()`"
+            name = named_model(ev.model_expr) or "the model"
             yield Violation(
                 ev.node,
                 ev.stmt,
-                f"evaluation forward pass while {name or 'the model'} may still be in training mode (dropout "
-                f"and batch norm behave as in training); {call} before evaluating",
+                f"evaluation forward pass while {name} may still be in training mode (dropout and batch norm "
+                f"behave as in training); call {model_call(ev.model_expr, 'eval')} before evaluating",
             )

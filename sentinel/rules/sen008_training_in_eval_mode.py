@@ -4,7 +4,7 @@ import re
 from collections.abc import Iterator
 
 from sentinel.analysis.facts import Facts
-from sentinel.rules.base import Rule, Violation, named_model
+from sentinel.rules.base import Rule, Violation, model_call, named_model
 
 
 class TrainingInEvalMode(Rule):
@@ -163,13 +163,12 @@ for step in range(5):
             if key not in firsts or fw.seq < firsts[key][0].seq:
                 firsts[key] = (fw, blame)
         for fw, blame in sorted(firsts.values(), key=lambda p: p[0].seq):
-            name = named_model(fw.model_expr)
-            call = f"`{fw.model_expr}.train()`" if name else "its `.train()`"
+            name = named_model(fw.model_expr) or "the model"
             yield Violation(
                 fw.node,
                 fw.stmt,
-                f"training step while {name or 'the model'} is in eval mode (dropout off, batch norm frozen); "
-                f"call {call} before training",
+                f"training step while {name} is in eval mode (dropout off, batch norm frozen); "
+                f"call {model_call(fw.model_expr, 'train')} before training",
                 related=blame.node,
                 related_stmt=blame.stmt,
                 related_label="eval()",
