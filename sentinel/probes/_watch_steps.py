@@ -145,10 +145,7 @@ class OptState:
         """The parameter set changed: recompute what an unread step checks."""
         small = [p for p in self.params if p.numel() <= SMALL]
         self.small = small or list(self.params)
-        first = self.small[0] if self.small else None
-        self.small_uniform = first is not None and all(
-            p.device == first.device and p.dtype == first.dtype for p in self.small
-        )
+        self.small_uniform = bool(self.small) and U.uniform(self.small)
 
 
 @dataclass
@@ -210,12 +207,7 @@ def step_check(
     if not checked:
         return checked, None
     grads = [p.grad for p in checked]
-    return checked, _norms(grads, _uniform(grads), ring)  # type: ignore[arg-type]
-
-
-def _uniform(tensors: list[torch.Tensor]) -> bool:
-    first = tensors[0]
-    return all(t.device == first.device and t.dtype == first.dtype for t in tensors)
+    return checked, _norms(grads, U.uniform(grads), ring)  # type: ignore[arg-type]
 
 
 def _norms(tensors: list[torch.Tensor], uniform: bool, ring: U.ScalarRing | None = None) -> list[torch.Tensor]:
@@ -223,11 +215,7 @@ def _norms(tensors: list[torch.Tensor], uniform: bool, ring: U.ScalarRing | None
     rows when given."""
     if not uniform:
         return U.norm_list(tensors)
-    if ring is not None:
-        return ring.norms(tensors)
-    if tensors[0].dtype in (torch.float16, torch.bfloat16):
-        return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
-    return list(torch._foreach_norm(tensors))
+    return ring.norms(tensors) if ring is not None else U.fused_norms(tensors)
 
 
 def step_norms(params: list[torch.Tensor]) -> list[torch.Tensor]:

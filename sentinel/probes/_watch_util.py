@@ -25,6 +25,7 @@ __all__ = [
     "detach_tree",
     "dtype_name",
     "eval_sensitive",
+    "fused_norms",
     "param_hashes",
     "grad_norms",
     "graph_tensors",
@@ -36,6 +37,7 @@ __all__ = [
     "quick_finite",
     "tensor_hash",
     "tensor_items",
+    "uniform",
 ]
 
 # How deep to look into nested args (tuples of dicts of tensors).
@@ -89,23 +91,31 @@ def grad_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     non-finite result with :func:`all_finite`). ``torch._foreach_norm`` with the default order is
     the fused fast path; ``ord=inf`` is ~10x slower on CPU.
     """
-    first = tensors[0]
-    if all(t.device == first.device and t.dtype == first.dtype for t in tensors):
-        if first.dtype in (torch.float16, torch.bfloat16):  # accumulate (and return) in float32
-            return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
-        return torch.stack(torch._foreach_norm(tensors))
-    device = first.device
+    if uniform(tensors):
+        return torch.stack(fused_norms(tensors))
+    device = tensors[0].device
     return torch.stack([torch.linalg.vector_norm(t.detach()).float().to(device) for t in tensors])
 
 
 def norm_list(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """:func:`grad_norms` as a list of 0-dim tensors (one op less: no ``stack``)."""
-    first = tensors[0]
-    if all(t.device == first.device and t.dtype == first.dtype for t in tensors):
-        if first.dtype in (torch.float16, torch.bfloat16):
-            return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
-        return list(torch._foreach_norm(tensors))
+    if uniform(tensors):
+        return fused_norms(tensors)
     return [norm32(t).float() for t in tensors]
+
+
+def uniform(tensors: list[torch.Tensor]) -> bool:
+    """Do ``tensors`` (at least one) share one device and one dtype (one fused reduction for all)?"""
+    first = tensors[0]
+    return all(t.device == first.device and t.dtype == first.dtype for t in tensors)
+
+
+def fused_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norms of :func:`uniform` ``tensors`` in one fused reduction, as 0-dim tensors (16-bit
+    floats accumulated, and returned, in float32)."""
+    if tensors[0].dtype in (torch.float16, torch.bfloat16):
+        return list(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+    return list(torch._foreach_norm(tensors))
 
 
 def norm32(t: torch.Tensor) -> torch.Tensor:
@@ -176,10 +186,7 @@ class ScalarRing:
         """The 2-norms of ``tensors`` (one device and dtype) in one fused reduction, written into
         consecutive rows."""
         dtype = _NORM_DTYPE.get(tensors[0].dtype)
-        if dtype is None or dtype is tensors[0].dtype:
-            values = list(torch._foreach_norm(tensors))
-        else:  # 16-bit floats
-            values = list(torch._foreach_norm(tensors, 2, dtype=dtype))
+        values = fused_norms(tensors)
         n = len(values)
         free = None if dtype is None or 4 * n > self.size else self._free(tensors[0].device, dtype, n)
         if free is None:
