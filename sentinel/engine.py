@@ -174,9 +174,11 @@ def check_source(
             proj = project  # type: ignore[assignment]
     deps: list[Path] = []
     pieces: list[str] = [code_text(source)] if prefilter else []
+    # a package `__init__` of re-exports: importing names runs none of their code, nothing can be found
+    inert = prefilter and _declarative(source)
     if proj is not None:
         proj.set_text(file, source)
-        deps = proj.closure(file, source, file)
+        deps = [] if inert else proj.closure(file, source, file)
         if deps and prefilter:
             pieces += proj.trigger_texts(file, source, file)
     store = proj.cache if proj is not None and cache else None
@@ -188,7 +190,7 @@ def check_source(
         hit = store.get(file, source, key, proj.text)
         if hit is not None:
             return [_redisplay(d, path, file) for d in hit]
-    active = _triggered(rule_list, pieces, proj) if prefilter else rule_list
+    active = [] if inert else _triggered(rule_list, pieces, proj) if prefilter else rule_list
     if proj is not None and file is not None:
         proj.triggers = partial(_would_trigger, rule_list, proj) if prefilter else None
     if not active:
@@ -207,6 +209,56 @@ def check_source(
         absolute = [replace(d, path=str(file.resolve() if d.path == path else Path(d.path).resolve())) for d in found]
         store.put(file, source, key, {d: proj.text(d) or "" for d in deps}, absolute)
     return found
+
+
+_DEFINES = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]", re.M)
+
+
+def _declarative(source: str) -> bool:
+    """Does the file only import and name things (imports, ``__all__``, constants, under ``if``/``try``)?
+
+    Importing a name from a project module runs none of that module's code here (the analysis reads
+    only the definitions a call reaches), so such a file, a package ``__init__`` that re-exports a
+    model zoo, has nothing any rule could find, however much its imports bring in."""
+    if _DEFINES.search(source):
+        return False
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    return all(_names_only(stmt) for stmt in tree.body)
+
+
+def _names_only(stmt: object) -> bool:
+    import ast
+
+    if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Pass)):
+        return True
+    if isinstance(stmt, ast.Expr):
+        return isinstance(stmt.value, ast.Constant)
+    if isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+        return stmt.value is None or _inert(stmt.value)
+    if isinstance(stmt, ast.If):
+        return _inert(stmt.test) and all(_names_only(s) for s in (*stmt.body, *stmt.orelse))
+    if isinstance(stmt, ast.Try):
+        parts = [*stmt.body, *stmt.orelse, *stmt.finalbody, *(s for h in stmt.handlers for s in h.body)]
+        return all(_names_only(s) for s in parts)
+    return False
+
+
+def _inert(node: object) -> bool:
+    """A value built of constants and names only (``__all__ = ["ResNet", ...]``, ``X = a.b``)."""
+    import ast
+
+    return all(
+        isinstance(n, (ast.Constant, ast.Name, ast.Attribute, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.expr_context))
+        or isinstance(
+            n, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.operator, ast.unaryop, ast.boolop, ast.cmpop)
+        )
+        for n in ast.walk(node)
+    )
 
 
 def _triggered(rules: list[type[Rule]], pieces: list[str], proj: Project | None) -> list[type[Rule]]:
@@ -245,7 +297,7 @@ def _triggered(rules: list[type[Rule]], pieces: list[str], proj: Project | None)
 def _would_trigger(rules: list[type[Rule]], proj: Project, path: Path) -> bool:
     """Would linting ``path`` (another file of this run) analyse it?"""
     text = proj.text(path)
-    if text is None:
+    if text is None or _declarative(text):
         return False
     return bool(_triggered(rules, [code_text(text), *proj.trigger_texts(path, text, path)], proj))
 
@@ -294,7 +346,7 @@ def _analyse(
         module = proj.module(file, source)
     else:
         module = parse(source)
-    interp = Interpreter(module, source, path=file, project=proj)
+    interp = Interpreter(module, source, path=file, project=proj, model_methods=any(r.MODEL_METHODS for r in active))
     facts = interp.run()
     if interp.exhausted and notes is not None:
         notes.append(CUT_SHORT)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.analysis.project import Project, build_index, find_root, scan_imports
+from sentinel.analysis.project import MAX_REGISTERED, Project, build_index, find_root, scan_imports
 from sentinel.engine import check_source
 
 MODEL_SOFTMAX = """
@@ -733,3 +733,62 @@ def test_a_model_built_from_a_decorator_registry_is_known_where_it_is_trained(tm
     deps = Project(root).closure(root / "train.py", (root / "train.py").read_text())
     # the registered files are dependencies (cache keys, trigger text) though nothing imports them by name
     assert {p.name for p in deps} >= {"registry.py", *(f"{k}.py" for k in heads)}
+
+
+def test_a_model_zoo_registry_is_unknown_and_none_of_its_files_is_read(tmp_path):
+    # timm registers over a thousand factories: `create(args.model)` is then one model nobody can name,
+    # and reading every registered definition would cost more than the file being linted
+    heads = {f"net{i}": ", nn.Softmax(dim=1)" for i in range(MAX_REGISTERED + 1)}
+    root = registry_project(tmp_path, heads, "create(sys.argv[1])")
+    assert {f for f in lint(root, "train.py") if f[0] == "SEN001"} == set()
+    deps = Project(root).closure(root / "train.py", (root / "train.py").read_text())
+    assert not {p.name for p in deps} & {f"{k}.py" for k in heads}
+    # within the limit, a constant key still picks its class out of many (only that one is read)
+    (tmp_path / "keyed").mkdir()
+    keyed = registry_project(tmp_path / "keyed", dict(list(heads.items())[:MAX_REGISTERED]), 'create("net3")')
+    assert {f[0] for f in lint(keyed, "train.py")} == {"SEN001"}
+
+
+def test_a_package_init_that_only_re_exports_is_answered_without_analysis(tmp_path, monkeypatch):
+    root = make_project(
+        tmp_path,
+        {
+            "pkg/__init__.py": """
+                \"\"\"The package's public names.\"\"\"
+                from .models import Net
+                from .engine import *
+
+                __all__ = ["Net", "fit"]
+                try:
+                    from .extras import Extra
+                except ImportError:
+                    Extra = None
+                """,
+            "pkg/models.py": MODEL_SOFTMAX,
+            "pkg/engine.py": """
+                import torch
+
+                def fit(model, loader):
+                    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+                    for x, y in loader:
+                        loss = torch.nn.functional.cross_entropy(model(x), y)
+                        loss.backward()
+                        opt.step()
+                """,
+        },
+    )
+    import sentinel.engine as engine
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the re-exporting __init__ was analysed")
+
+    monkeypatch.setattr(engine, "_analyse", no_analysis)
+    init = root / "pkg" / "__init__.py"
+    assert check_source(init.read_text(), str(init)) == []
+    # a file with code of its own is still analysed (and the bug it imports is found in engine.py)
+    monkeypatch.undo()
+    user = root / "run.py"
+    user.write_text(
+        "from pkg import Net, fit\nimport torch\nfit(Net(), [(torch.randn(4, 4), torch.tensor([0, 1, 2, 0]))])\n"
+    )
+    assert {(c, f) for c, f, _ in lint(root, "run.py")} >= {("SEN002", "pkg/engine.py")}

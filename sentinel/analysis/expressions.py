@@ -447,7 +447,7 @@ class ExpressionsMixin:
             items = base.items
             if not items and type(node.value) is cst.Name:
                 # `MODELS = {}` filled by a decorator (`@register_model("cnn") class SmallCNN`)
-                items = tuple(self.registered_values(node.value.value))
+                items = tuple(self.registered_values(node.value.value, index.const if index.is_const else NOCONST))
             if index.is_const:
                 for key, value in items:
                     if key == index.const:

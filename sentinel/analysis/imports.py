@@ -25,10 +25,11 @@ from typing import Any
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
+from sentinel.analysis.idioms import Registry
 from sentinel.analysis.objects import IMPORT_BUDGET_PER_LINE, IMPORT_TICKS_PER_LINE, Ctx, State
 from sentinel.analysis.project import ModuleIndex, Project, real
 from sentinel.analysis.syntax import _dotted
-from sentinel.analysis.values import CONST, MODULE, QUAL, V
+from sentinel.analysis.values import CONST, MODULE, NOCONST, QUAL, V
 
 #: project modules one analysis may load (bounded, like everything else in the interpreter)
 MAX_UNITS = 64
@@ -64,6 +65,19 @@ class ImportsMixin:
         self.project = project
         self.path = real(path) if path is not None else None
         self.units: dict[Path, Unit] = {}
+        #: the linted module's ``from X import name`` of project modules, bound when first looked up:
+        #: a model zoo's file imports dozens of layers from a package and uses a few
+        self._deferred: dict[str, tuple[Unit, str, int, str]] = {}
+
+    def _load_deferred(self, bound: str) -> None:
+        """Bind ``bound`` in the linted module's globals from the import that named it (the global
+        state's loader; looked up again after a branch join forgot it, it is the same value)."""
+        found = self._deferred.get(bound)
+        if found is None or self.entry_state is None:
+            return
+        unit, mod, level, name = found
+        value = self._from_unit(unit, mod, level, name)
+        self.entry_state.env[bound] = value if value is not None else _unseen(mod, level, name)
 
     # -- statements ------------------------------------------------------------------------------
     def exec_import(self, node: cst.Import, state: State) -> None:
@@ -90,16 +104,16 @@ class ImportsMixin:
                     stars.append(unit)
             return
         unit = self._unit_for(mod, level) if (mod or level) else None
+        lazy = unit is not None and state is self.entry_state and state.loader is not None
         for alias in node.names:
             name = alias.name.value if isinstance(alias.name, cst.Name) else _dotted(alias.name) or ""
             bound = alias.asname.name.value if alias.asname is not None else name
+            if lazy:
+                self._deferred[bound] = (unit, mod, level, name)
+                state.env.pop(bound, None)
+                continue
             value = self._from_unit(unit, mod, level, name) if (unit is not None or level) else None
-            if value is None:
-                if level:
-                    value = V(QUAL, const=name)  # a relative import we cannot see: nothing is known
-                else:
-                    value = V(QUAL, const=api.normalize(f"{mod}.{name}"))
-            state.env[bound] = value
+            state.env[bound] = value if value is not None else _unseen(mod, level, name)
 
     # -- units -----------------------------------------------------------------------------------
     def _current_file(self) -> Path | None:
@@ -235,15 +249,22 @@ class ImportsMixin:
             self.stmt, self.frame_stack, self.cond_stack, self.pass_stack, self._global_state = saved
             unit.state.returned = unit.state.jumped = False
 
-    def registered_values(self, dict_name: str) -> list[tuple[str | None, V]]:
+    def registered_values(self, dict_name: str, key: object = NOCONST) -> list[tuple[str | None, V]]:
         """The classes and functions a decorator of the current module stored into its module-level
         dict ``dict_name`` (``@register_model("cnn") class SmallCNN``), wherever they are defined, with
-        the key each was filed under when the decorator names it."""
+        the key each was filed under when the decorator names it. Given the ``key`` looked up, only the
+        definitions filed under it (or under no known key) are read; without one, a registry of more
+        than :attr:`Registry.LIMIT` definitions is not read at all (which one runs stays unknown)."""
         current = self._current_file()
         if self.project is None or current is None:
             return []
+        entries = self.project.registered(current, dict_name)
+        if key is not NOCONST and any(k == key for _, _, k in entries):
+            entries = [e for e in entries if e[2] == key or e[2] is None]
+        elif len(entries) > Registry.LIMIT:
+            return []
         out: list[tuple[str | None, V]] = []
-        for file, name, key in self.project.registered(current, dict_name):
+        for file, name, key in entries:
             if file == self.path:
                 value = self.entry_state.env.get(name) if self.entry_state is not None else None
             else:
@@ -261,6 +282,11 @@ class ImportsMixin:
 
     def read_paths(self) -> list[Path]:
         return [u.path for u in self.units.values()]
+
+
+def _unseen(mod: str, level: int, name: str) -> V:
+    """An imported name the project does not define: a library's (or a relative import we cannot see)."""
+    return V(QUAL, const=name) if level else V(QUAL, const=api.normalize(f"{mod}.{name}"))
 
 
 def lookup_star(interp: Any, state: State, name: str) -> V | None:

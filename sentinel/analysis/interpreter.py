@@ -47,7 +47,7 @@ from sentinel.analysis.objects import (
 from sentinel.analysis.project import Project
 from sentinel.analysis.shapes import ShapesMixin
 from sentinel.analysis.statements import StatementsMixin
-from sentinel.analysis.syntax import _CALLED
+from sentinel.analysis.syntax import _CALLED, _dotted
 from sentinel.analysis.values import (
     CONST,
     INSTANCE,
@@ -58,6 +58,8 @@ from sentinel.analysis.values import (
 
 _SHAPE_STATEMENTS = 4
 _SHAPE_CHARS = 600
+#: registered factories of one decorator analysed on their own per file (the rest are configurations)
+_ZOO_FACTORIES = 3
 #: string and number literals (prefixed strings included)
 _LITERAL = re.compile(r"""[rbfuRBFU]{0,2}(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|\b\d[\d_.eE+-]*\b""")
 
@@ -82,8 +84,11 @@ class Interpreter(
         budget: int = 0,
         path: Path | None = None,
         project: Project | None = None,
+        model_methods: bool = True,
     ) -> None:
         self._init_imports(project, path)
+        #: analyse the methods of ``nn.Module`` classes no call reached as entries of their own
+        self.model_methods = model_methods
         self.module = module
         self.source = source
         self.facts = Facts()
@@ -123,6 +128,8 @@ class Interpreter(
         state = State(TRAIN, self.facts.parent_of)
         state.env["__name__"] = V(CONST, const="__main__")
         self._global_state = self.entry_state = state
+        if self.project is not None and self.path is not None:
+            state.loader = self._load_deferred  # `from models import Net`: read when `Net` is first used
         ctx = Ctx(id=0, name="<module>", func=None, parent=None, depth=0, module_level=True)
         self.module_ctx = ctx
         for stmt in self.module.body:
@@ -136,9 +143,10 @@ class Interpreter(
         self.growth_left = min(self.growth_left, ENTRY_IMPORT_GROWTH)
         self.budget = min(self.budget, self.steps + BUDGET_BASE + BUDGET_PER_LINE * self.n_lines)
         called = self._called_names()
-        pending = [f for f in self.functions if id(f.node) not in self.executed]
+        pending = [f for f in self.functions if id(f.node) not in self.executed and self._entry_wanted(f)]
         pending.sort(key=lambda f: (f.name in called, 0))
         shapes: set[str] = set()
+        registered: dict[str, int] = {}
         for info in pending:
             if self.exhausted:
                 break
@@ -149,6 +157,11 @@ class Interpreter(
                 if shape in shapes:
                     continue  # a near-copy of an entry already analysed (a model registry's factories)
                 shapes.add(shape)
+            zoo = _registering_decorator(info)
+            if zoo is not None:
+                registered[zoo] = registered.get(zoo, 0) + 1
+                if registered[zoo] > _ZOO_FACTORIES:
+                    continue  # `@register_model def resnet50(...)`: one more configuration of the same builders
             entry = info.wrapper if info.wrapper is not None else info  # called through its decorator
             self._bounded(lambda i=entry: self.run_entry(i, state))
         return self.facts
@@ -171,6 +184,11 @@ class Interpreter(
             self.frame_stack, self.cond_stack, self.pass_stack, self.fresh_stack = [], [], [], []
             self.active.clear()
             return False
+
+    def _entry_wanted(self, info: FuncInfo) -> bool:
+        """Is ``info`` worth analysing on its own? Not a model's own method (run as the model's code, with
+        :attr:`Ctx.model_method`) when no enabled rule can fire there."""
+        return self.model_methods or info.cls is None or not info.cls.is_module or info.cls.is_lightning
 
     def _entry_shape(self, info: FuncInfo) -> str | None:
         """The code of a short function with its literals and own name masked, or None.
@@ -298,6 +316,19 @@ class Interpreter(
         self.steps += 1
         if self.steps > self.budget:
             raise _Budget
+
+
+def _registering_decorator(info: FuncInfo) -> str | None:
+    """The registering decorator of a top-level function (``@register_model``, ``@MODELS.register()``),
+    or None: a model zoo files hundreds of factories with it, each one more configuration."""
+    if info.cls is not None:
+        return None
+    for dec in info.node.decorators:
+        target = dec.decorator.func if isinstance(dec.decorator, cst.Call) else dec.decorator
+        name = _dotted(target)
+        if name is not None and "regist" in name.lower():
+            return name
+    return None
 
 
 def analyze(module: cst.Module, source: str = "", *, path: Path | None = None, project: Project | None = None) -> Facts:

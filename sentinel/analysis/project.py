@@ -36,6 +36,9 @@ MAX_CLOSURE_DEPTH = 4
 MAX_MODULE_BYTES = 2_000_000
 #: files searched for the definitions a registry's decorator registered (a monorepo stops here)
 MAX_REGISTRY_FILES = 2000
+#: a registry holding more definitions is a model zoo: which one a run builds is unknown, and reading
+#: them all (timm registers over a thousand) would cost more than the file being linted
+MAX_REGISTERED = 24
 _NOT_PROJECT_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "venv", "env", "build", "dist"})
 #: ``MODELS = {}`` / ``MODELS: dict[str, type] = dict()`` at the top level: where a registry starts
 _EMPTY_DICT = re.compile(r"^[A-Za-z_]\w*[ \t]*(?::[^\n=]*)?=[ \t]*(?:\{[ \t]*\}|dict\([ \t]*\))", re.M)
@@ -529,7 +532,8 @@ class Project:
     def registered(self, path: Path, dict_name: str) -> list[tuple[Path, str, str | None]]:
         """The definitions a decorator of ``path`` stores into its module-level dict ``dict_name``
         (``@register_model("cnn") class SmallCNN``), wherever in the project they are: ``(file, name,
-        key)`` (``key``: the decorator's string argument, when it has one)."""
+        key)`` (``key``: the decorator's string argument, when it has one). Empty for a registry of more
+        than :data:`MAX_REGISTERED` definitions: the registry is then unknown, and none of them is read."""
         path = real(path)
         key = (path, dict_name)
         found = self._registered.get(key)
@@ -543,6 +547,9 @@ class Project:
                 text = self.text(file)
                 if text is not None and pattern.search(text):
                     found += [(file, name, key) for dec, name, key in self.index(file).decorated if dec in fillers]
+                    if len(found) > MAX_REGISTERED:
+                        found = []
+                        break
         self._registered[key] = found
         return found
 

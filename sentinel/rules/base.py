@@ -53,6 +53,27 @@ def model_call(expr: str, method: str) -> str:
     return f"`{expr}.{method}()`" if named_model(expr) else f"its `.{method}()`"
 
 
+class Anchored:
+    """A trigger pattern tried only where a cheap literal ``anchor`` occurs (as ``re.Pattern.search``).
+
+    A precise pattern that must look behind a word (``softmax(`` not preceded by ``class Radix``) cannot
+    be scanned for quickly: the regex engine tries its look-behinds at every character of the text.
+    The anchor is found by a fast scan; the pattern is then tried at most ``before`` characters ahead
+    of it and up to ``after`` characters past it, and must begin no later than the anchor."""
+
+    def __init__(self, anchor: str, pattern: str, before: int = 8, after: int = 600) -> None:
+        self.anchor = re.compile(anchor)
+        self.pattern = re.compile(pattern)
+        self.before, self.after = before, after
+
+    def search(self, text: str) -> re.Match[str] | None:
+        for a in self.anchor.finditer(text):
+            m = self.pattern.search(text, max(0, a.start() - self.before), a.end() + self.after)
+            if m is not None and m.start() <= a.start():
+                return m
+        return None
+
+
 class Rule:
     """Base class of every lint rule."""
 
@@ -61,7 +82,11 @@ class Rule:
     SUMMARY: ClassVar[str]
     #: The rule can only fire on a source in which every one of these patterns occurs: files that
     #: trigger no enabled rule are never parsed.
-    TRIGGER: ClassVar[tuple[re.Pattern[str], ...]]
+    TRIGGER: ClassVar[tuple[re.Pattern[str] | Anchored, ...]]
+    #: False when nothing inside a model's own methods can make the rule fire (a forward there is part
+    #: of the model's forward, never an evaluation): a file that only such rules trigger on is analysed
+    #: without its ``nn.Module`` methods as entry points of their own (a model zoo's thousands of them)
+    MODEL_METHODS: ClassVar[bool] = True
     VALID: ClassVar[list[str]] = []
     INVALID: ClassVar[list[str]] = []
     #: "safe" or "unsafe" when :meth:`fix` can rewrite what the rule finds (see :mod:`sentinel.fixes`)

@@ -91,6 +91,7 @@ class ValidationWithoutEvalMode(Rule):
     SUMMARY = "Evaluation runs while the model may still be in training mode"
     # evaluation code worth reporting sits next to training, a grad-mode switch, a mode switch or a
     # checkpoint load; model-definition files have none of these and are not parsed
+    MODEL_METHODS = False  # forwards in a model's own methods are part of its forward
     TRIGGER = (
         re.compile(
             r"backward|no_grad|inference_mode|\.eval\(|\.train\(|set_grad_enabled|load_state_dict|torch\.load\("

@@ -83,6 +83,7 @@ class ValidationWithoutNoGrad(Rule):
     CODE = "SEN004"
     NAME = "validation-without-no-grad"
     SUMMARY = "Evaluation runs with gradient tracking enabled"
+    MODEL_METHODS = False  # forwards in a model's own methods are part of its forward
     TRIGGER = ValidationWithoutEvalMode.TRIGGER  # the same evaluation code, the same cheap test
     FIX = "unsafe"
 

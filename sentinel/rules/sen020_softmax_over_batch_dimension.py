@@ -4,7 +4,20 @@ import re
 from collections.abc import Iterator
 
 from sentinel.analysis.facts import Facts
-from sentinel.rules.base import Rule, Violation
+from sentinel.rules.base import Anchored, Rule, Violation
+
+#: torch's softmax called (`F.softmax(`, `x.log_softmax(`, `nn.LogSoftmax(`): not a class or function
+#: defined with that name, a project's `RadixSoftmax(...)`, nor a softmax layer called as
+#: `self.softmax(x)` (its constructor says its dim)
+_CALL = r"(?<!class )(?<!def )(?<!self\.)(?<!\w)(?i:(?:log_?)?softmax)\("
+#: a character of call arguments outside brackets, or a bracketed part (nested two levels deep)
+_NESTED = r"\((?:[^()]|\([^()]*\))*\)|\[[^\[\]]*\]"
+_ARG = rf"(?:[^,()\[\]]|{_NESTED})"  # within one argument (no top-level comma)
+_POSITIONAL = rf"(?:[^,()=\[\]]|{_NESTED})"  # ... nor a keyword
+_ARGS = rf"(?:[^()\[\]]|{_NESTED})"  # anywhere in the argument list
+#: a dim that can be the batch: 0, -2, -3, or a name whose value is decided elsewhere
+_BATCH_DIM = r"(?:0|-[23]|[A-Za-z_][\w.]*)"
+_METHOD = r"(?<!\bF)(?<!functional)(?<!torch)(?<!special)(?<!self)\.(?i:(?:log_?)?softmax)\("
 
 
 class SoftmaxOverBatchDimension(Rule):
@@ -72,13 +85,16 @@ class SoftmaxOverBatchDimension(Rule):
     CODE = "SEN020"
     NAME = "softmax-over-batch-dimension"
     SUMMARY = "Softmax / log_softmax of a batched model output taken over the batch dimension"
-    # a softmax, and a dim that can be 0: `dim=0` / `dim=-2`, a positional 0, or no dim at all
+    # a softmax call whose dim can be the batch's: no dim at all (but `x.softmax(-1)`), `dim=0` / `dim=-2` /
+    # `dim=axis`, a positional one; an attention's `.softmax(dim=-1)` beside a `torch.cat(xs, dim=0)` is not
     TRIGGER = (
         re.compile(r"(?i)softmax"),
-        re.compile(
-            r"dim\s*=\s*(?:0|-[23])\b"
-            r"|(?i:softmax)\((?:[^,()=\[\]]|\((?:[^()]|\([^()]*\))*\)|\[[^\[\]]*\])*\)"
-            r"|(?i:softmax)\((?:[^,()\[\]]|\((?:[^()]|\([^()]*\))*\)|\[[^\[\]]*\])*,\s*(?:0|-[23])\s*[,)]"
+        Anchored(
+            r"(?i)softmax\(",
+            rf"{_CALL}(?!\s*-?\d+\s*\)){_POSITIONAL}*\)"
+            + rf"|{_CALL}{_ARGS}*?\bdim\s*=\s*(?:0\b|-[23]\b|[A-Za-z_(])"
+            + rf"|{_CALL}{_ARG}*,\s*{_BATCH_DIM}\s*[,)]"
+            + rf"|{_METHOD}\s*{_BATCH_DIM}\s*[,)]",
         ),
     )
 
