@@ -986,7 +986,8 @@ def test_a_parameter_free_layer_called_in_evaluation_code_is_not_a_model_forward
     that runs the cell is not an evaluation forward of `act` (the weights are plain tensors)."""
     assert findings(HAND_WRITTEN_CELL) == set()
     with_layer = HAND_WRITTEN_CELL.replace("nn.Tanh()", "nn.Linear(4, 4)")
-    assert ("SEN004", line_of(with_layer, "# an activation layer applied")) in findings(with_layer)
+    # the cell is shared with training: the missing no_grad is at predict's call of it
+    assert ("SEN004", line_of(with_layer, "outs, _ = cell(xs,")) in findings(with_layer)
 
 
 FRAMEWORK_RUN = """
@@ -1092,3 +1093,71 @@ def test_a_lone_forward_of_a_model_that_came_in_eval_mode_is_no_evaluation() -> 
     assert findings(HF_DEMO_FORWARD) == set()
     explicit = HF_DEMO_FORWARD.replace("sample = ", "encoder.eval()\nsample = ")
     assert findings(explicit) == {("SEN004", line_of(explicit, "# a look at the output's shape"))}
+
+
+FROZEN_COPY = """
+import copy
+import torch
+from torch import nn
+
+net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+for x, y in [(torch.randn(8, 6), torch.randint(0, 3, (8,)))] * 3:
+    optimizer.zero_grad()
+    nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()
+frozen = copy.deepcopy(net).eval()
+{freeze}
+for x, y in [(torch.randn(8, 6), torch.randint(0, 3, (8,)))] * 2:
+    pred = frozen(x).argmax(1)  # forward
+"""
+
+
+@pytest.mark.parametrize(
+    ("freeze", "reported"),
+    [
+        ("for p in frozen.parameters():\n    p.requires_grad_(False)", False),
+        ("for p in frozen.parameters():\n    p.requires_grad = False", False),
+        ("frozen.requires_grad_(False)", False),
+        # thawed again (a head fine-tuned on top): its forward records a graph
+        ("frozen.requires_grad_(False)\nfor p in frozen[2].parameters():\n    p.requires_grad = True", True),
+        # an attribute on the module, not its parameters: nothing is frozen
+        ("frozen.requires_grad = False", True),
+        ("", True),
+    ],
+)
+def test_a_forward_through_frozen_parameters_is_no_evaluation_that_needs_no_grad(freeze: str, reported: bool) -> None:
+    source = FROZEN_COPY.replace("{freeze}", freeze)
+    expected = {("SEN004", line_of(source, "# forward"))} if reported else set()
+    assert {f for f in findings(source) if f[0] == "SEN004"} == expected
+
+
+UNTRAINED_LAYER = """
+import torch
+from torch import nn
+
+test_batches = torch.load("test_batches.pt")
+cell = nn.GRUCell(5, 3)
+hidden = torch.zeros(2, 3)
+SWITCH
+for x_t in LOADER:
+    hidden = cell(x_t, hidden)  # forward
+print(hidden.shape)
+"""
+
+
+@pytest.mark.parametrize(
+    ("switch", "loader", "reported"),
+    [
+        ("", "torch.randn(4, 2, 5)", False),  # a fresh layer unrolled to show shapes: nothing evaluated
+        ("cell.eval()", "torch.randn(4, 2, 5)", True),  # evaluated on purpose, trained or not
+        ("", "test_batches", True),
+        ("cell.load_state_dict(torch.load('cell.pt'))", "torch.randn(4, 2, 5)", True),  # given weights
+    ],
+)
+def test_a_fresh_layer_never_trained_nor_loaded_is_evaluated_only_when_the_code_says_so(
+    switch: str, loader: str, reported: bool
+) -> None:
+    source = UNTRAINED_LAYER.replace("SWITCH", switch).replace("LOADER", loader)
+    expected = {("SEN004", line_of(source, "# forward"))} if reported else set()
+    assert {f for f in findings(source) if f[0] == "SEN004"} == expected

@@ -353,6 +353,8 @@ class CallsMixin:
             )
             if api.starts_in_eval(qual):
                 state.set_mode(model.ident, EVAL)
+            if qual.startswith("torch.nn."):
+                self.facts.fresh_layers.add(model.ident)  # randomly initialized, unlike a zoo's model
             return model
         if api.is_scaler_class(qual):
             enabled = kwargs.get("enabled")

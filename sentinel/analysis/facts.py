@@ -34,6 +34,7 @@ class Frame:
     label: str = ""  # text naming what it iterates (e.g. "val_loader", "phase=val")
     unrolled: bool = False
     cond_depth: int = 0  # conditions already open when the loop started
+    over_layers: bool = False  # iterates a model's layers (`for layer in self.blocks`): one forward pass
 
 
 _GRAD_PRESENT = re.compile(r"[\w.\[\]]+\.grad is not None|not [\w.\[\]]+\.grad is None")
@@ -236,6 +237,8 @@ class Facts(RegionsMixin):
     mode_switches: list[ModeEvent] = field(default_factory=list)
     ctx_names: dict[int, str] = field(default_factory=dict)  # function activation id -> function name
     frozen: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=False
+    thawed: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=True
+    fresh_layers: set = field(default_factory=set)  # torch.nn layers built here (random weights)
     call_sites: dict[int, tuple] = field(default_factory=dict)  # activation id -> (call node, its statement)
     # (ctx id, name) -> last seq at which the name was read
     last_read: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -367,7 +370,11 @@ class Facts(RegionsMixin):
                 return True
             if r.kind == "optimizer" and r.target == step.ident:
                 return True
-            if r.kind == "model":
+            if r.kind == "optimizer":
+                # another optimizer's reset clears the models it optimizes (a GAN's two optimizers
+                # between them reset a third one over both models)
+                models.update(m for target in self._optimized().get(id(r.target), ()) for m in _either(target))
+            elif r.kind == "model":
                 models.update(_either(r.target))
             elif r.kind == "params":
                 models.update(m for target in r.target for m in _either(target))
@@ -375,6 +382,20 @@ class Facts(RegionsMixin):
             return False
         # `model.zero_grad()` on a model or on any model it is part of clears its gradients
         return step.model is None or self._covered(step.model, frozenset(models))
+
+    def _optimized(self) -> dict[int, frozenset]:
+        """Optimizer (by ``id`` of its object) -> the models it optimizes, for optimizers built once with
+        parameters of known models only."""
+        if "optimized" not in self._cache:
+            found: dict[int, frozenset | None] = {}
+            for c in self.ctors:
+                if c.what != "optimizer" or c.ident is None:
+                    continue
+                known = c.models is not None and None not in c.models and not c.subset
+                key = id(c.ident)
+                found[key] = c.models if known and key not in found else None
+            self._cache["optimized"] = {k: v for k, v in found.items() if v}
+        return self._cache["optimized"]
 
     def _covered(self, stepped, models: frozenset) -> bool:
         """Is every model in ``stepped`` within ``models``? A model chosen by a branch (``Alt``) may be

@@ -281,6 +281,7 @@ class Interpreter(
         while c is not None and c.id not in names:  # what each activation on an event's stack is called
             # a unittest case's `test_step` / `test_train_epoch` tests code; it evaluates nothing
             names[c.id] = f"{c.func.cls.name}.{c.name}" if _test_case(c.func) else c.name
+            self.facts.functions.setdefault(c.id, c.func.node if c.func is not None else None)
             c = c.parent
         return cls(
             seq=next(self.seq),

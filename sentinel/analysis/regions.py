@@ -32,8 +32,8 @@ class RegionsMixin:
         for ev in self.forwards:
             if ev.lightning_eval or ev.dummy_input and ev.seq < first_training:
                 continue  # a smoke test / shape probe on random inputs before anything trained
-            if self._parameter_free(ev):
-                continue  # a network written from scratch with plain tensors: it records no graph
+            if self._parameter_free(ev) or self._frozen_whole(ev):
+                continue  # plain tensors, or every parameter frozen (an EMA copy): it records no graph
             if ev.seq < first_training and self._never_trained(ev):
                 continue  # a shape check (one batch, then `break`) of a model nothing trains or loads into
             if any(_GRADISH.search(self.ctx_names.get(c, "")) for c in ev.stack):
@@ -94,14 +94,27 @@ class RegionsMixin:
             )
         return found
 
+    def _frozen_whole(self, ev: ForwardEvent) -> bool:
+        """Were all of the model's parameters set ``requires_grad=False`` (its own, or a model it is
+        part of), and none of a model related to it thawed again (fine-tuning a head)?"""
+        model = ev.model.ident if ev.model is not None else None
+        if model is None or isinstance(model, Alt) or not self.frozen:
+            return False
+        if not any(self._within(model, frozenset({f})) for f in self.frozen):
+            return False
+        return not any(self._within(t, frozenset({model})) or self._within(model, frozenset({t})) for t in self.thawed)
+
     def _never_trained(self, ev: ForwardEvent) -> bool:
-        """Is the model ``ev`` runs one built in this program (a project class), never stepped by an
-        optimizer and never given weights (``load_state_dict``, ``torch.load``)?"""
+        """Is the model ``ev`` runs one built in this program (a project class, a ``torch.nn`` layer), never
+        stepped by an optimizer and never given weights (``load_state_dict``, ``torch.load``)?"""
         model = ev.model.ident if ev.model is not None else None
         if model is None or isinstance(model, Alt) or ev.from_checkpoint:
             return False
-        if getattr(model, "cls", None) is None:
-            return False  # an instance of a project class: zoo models come with pretrained weights
+        if model in self.fresh_layers:
+            if ev.evalish or self._switched_to_eval(ev):
+                return False  # a bare layer evaluated on purpose (`model.eval()`, a test loader)
+        elif getattr(model, "cls", None) is None:
+            return False  # a project class or a torch.nn layer built here: zoo models come pretrained
         for s in self.steps:
             if s.model is None or any(m is None or self._within(model, frozenset({m})) for m in s.model):
                 return False

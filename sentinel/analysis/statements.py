@@ -28,6 +28,7 @@ from sentinel.analysis.syntax import (
     _target_text,
     extended_tail,
     list_sensitive,
+    negated,
     union_sensitive,
 )
 from sentinel.analysis.values import (
@@ -190,7 +191,7 @@ class StatementsMixin:
         finally:
             self.cond_stack.pop()
         b = state.copy()
-        self.cond_stack.append("not " + key)
+        self.cond_stack.append(negated(key))
         try:
             if isinstance(node.orelse, cst.If):
                 self.exec_if(node.orelse, b, ctx)
@@ -243,6 +244,15 @@ class StatementsMixin:
             if isinstance(loop, cst.For) and _counter(loop) == name:
                 return None if self.facts.frames[fid].unrolled else fid
         return None
+
+    def _counts_layers(self, it: cst.BaseExpression, state: State, ctx: Ctx) -> bool:
+        """``range(len(model))``: the indices of a model's layers."""
+        if not (isinstance(it, cst.Call) and _dotted(it.func) == "range" and len(it.args) == 1):
+            return False
+        inner = it.args[0].value
+        if not (isinstance(inner, cst.Call) and _dotted(inner.func) == "len" and len(inner.args) == 1):
+            return False
+        return self.eval(inner.args[0].value, state, ctx, record=False).kind == MODEL
 
     def _push_frame(self, node: cst.CSTNode, ctx: Ctx, label: str, unrolled: bool = False) -> Frame:
         fid = next(self.ids)
@@ -326,6 +336,7 @@ class StatementsMixin:
         else:
             element = self.iter_element(it, node.iter, state, ctx)
             frame = self._push_frame(node, ctx, label)
+            frame.over_layers = it.kind == MODEL or self._counts_layers(node.iter, state, ctx)
             if sampled is not None:
                 sampled.frame_id = frame.id
             try:
@@ -531,9 +542,8 @@ class StatementsMixin:
             owner = self.eval(target.value, state, ctx, record=False)
             if target.attr.value == "requires_grad":
                 self.facts.grad_flags.append(self._ev(Event, target, ctx))
-            if target.attr.value == "requires_grad" and value.is_const and value.const is False:
-                if param_models(owner):
-                    self.facts.frozen.update(m for m in param_models(owner) if m is not None)  # a frozen backbone
+            if target.attr.value == "requires_grad":
+                self._flag_requires_grad(owner, value)
             if path is not None:
                 if not loop_target:
                     self._maybe_snapshot(target, path, value, value_node, ctx, persistent=self._outlives(path))
@@ -602,6 +612,20 @@ class StatementsMixin:
         if not self.fresh_stack:
             return True
         return base == "self" or base not in self.fresh_stack[-1]
+
+    def _flag_requires_grad(self, owner: V, flag: V | None, method: bool = False) -> None:
+        """``p.requires_grad = flag`` / ``p.requires_grad_(flag)`` on parameters of known models, or
+        ``model.requires_grad_(flag)``: which models are frozen (a backbone, an EMA copy) or thawed again.
+        (``model.requires_grad = False`` only sets an attribute on the module: it freezes nothing.)"""
+        whole = method and owner.kind == MODEL and owner.ident is not None
+        models = {owner.ident} if whole else set(param_models(owner) or ())
+        models.discard(None)
+        if not models:
+            return
+        if flag is None or flag.is_const and flag.const is True:
+            self.facts.thawed.update(models)
+        elif flag.is_const and flag.const is False:
+            self.facts.frozen.update(models)
 
     def _maybe_snapshot(self, target, name: str, value: V, value_node, ctx: Ctx, persistent: bool = False) -> None:
         if not self.frame_stack or ctx.model_method:

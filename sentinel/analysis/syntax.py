@@ -265,7 +265,22 @@ def _cond_key(test: cst.BaseExpression) -> str:
             return "% " + _code(test.left.right).strip()
     if isinstance(test, cst.BinaryOperation) and isinstance(test.operator, cst.Modulo):
         return "% " + _code(test.right).strip()
+    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        return negated(_cond_key(test.expression))
+    if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+        # `opt is not None` is the else-branch of `opt is None`: one condition, negated
+        positive = _POSITIVE.get(type(test.comparisons[0].operator))
+        if positive is not None:
+            return negated(f"{_code(test.left).strip()} {positive} {_code(test.comparisons[0].comparator).strip()}")
     return _code(test).strip()
+
+
+_POSITIVE = {cst.IsNot: "is", cst.NotEqual: "==", cst.NotIn: "in"}
+
+
+def negated(key: str) -> str:
+    """The key of a condition's negation (``not not c`` is ``c``): what an ``else`` branch runs under."""
+    return key[4:] if key.startswith("not ") else "not " + key
 
 
 def _self_add(target: cst.BaseExpression, value: cst.BaseExpression) -> cst.BaseExpression | None:

@@ -323,7 +323,9 @@ WRAPPERS = frozenset(
 
 _EVALISH = re.compile(
     r"(?:^|[_.\[\"'\W])(val|vals|valid|validation|validate|eval|evaluate|evaluation|test|testing|dev|holdout|"
-    r"infer|inference|predict|prediction)(?:$|[_\W\d])",
+    r"infer|inference|predict|prediction)"
+    # `testloader`, `valset`, `testdata`: the tutorials' spelling, without an underscore
+    r"(?:loaders?|sets?|data|dataset|batch|batches|iter|dl|ds|images|inputs|samples)?(?:$|[_\W\d])",
     re.IGNORECASE,
 )
 _EVALISH_FUNC = re.compile(
@@ -394,8 +396,9 @@ _NON_FORWARD = re.compile(
 
 
 def non_forward_method(name: str) -> bool:
-    """Methods of a model class that do not run it on data (setup, bookkeeping, training steps)."""
-    return bool(_NON_FORWARD.match(name))
+    """Methods of a model class that do not run it on data (setup, bookkeeping, training steps); the
+    forward-like ``get_action`` / ``get_value`` are not among them."""
+    return name not in FORWARD_METHODS and bool(_NON_FORWARD.match(name))
 
 
 # methods of a model whose class sentinel cannot see that run it on data, like a forward
@@ -412,6 +415,12 @@ FORWARD_METHODS = frozenset(
         "infer",
         "act",
         "get_action",
+        "get_action_and_value",
+        "get_value",
+        "get_logits",
+        "get_features",
+        "get_embedding",
+        "get_embeddings",
         "forward_features",
         "extract_features",
     }
@@ -618,5 +627,33 @@ ELEMENTWISE = frozenset(
         "type_as",
         "requires_grad_",
         "bfloat16",
+        "log1p",
+        "expm1",
+        "log2",
+        "log10",
+        "rsqrt",
+        "reciprocal",
+        "sign",
+        "sin",
+        "cos",
+        "erf",
+        "floor",
+        "ceil",
+        "round",
+        "trunc",
+        "nan_to_num",
+        "hardsigmoid",
+        "logsigmoid",
+        "tanhshrink",
+        "softsign",
+        "prelu",
+        "rrelu",
+        "group_norm",
+        "instance_norm",
+        "local_response_norm",
+        "sub",
+        "add",
+        "mul",
+        "div",
     }
 )

@@ -245,6 +245,8 @@ def train_epoch(model, loader, opt):
             backpropagated = (value.kind == TENSOR and bool(value.taints & proven)) or facts.was_backpropagated(value)
             if not (value.graph is True or backpropagated):
                 continue
+            if acc.frames and facts.frames[acc.frames[-1]].over_layers:
+                continue  # one forward pass's activations, collected layer by layer (feature taps)
             if acc.carried:
                 if facts.backpropagated_after_loop(acc):
                     continue  # backpropagation through time over the whole loop, once after it
