@@ -150,3 +150,47 @@ def test_a_script_reads_only_the_imported_definitions_it_uses(tmp_path: Path):
     assert [i for i in range(6) if any(f"class Layer{i}(" in text for text in read)] == [3]
     # and the finding that needs the definition is made
     assert {d.code for d in check_source(script, str(tmp_path / "train.py"))} == {"SEN002"}
+
+
+def test_an_imported_module_binds_only_the_names_of_its_imports_that_are_used(tmp_path: Path):
+    # a zoo's model file imports thirty layers in one statement; the model a script uses needs one
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'zoo'\n")
+    layers = "from torch import nn\n" + "".join(
+        f"\n\nclass Layer{i}(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        f"        self.fc = nn.Linear(4, 4)\n\n    def forward(self, x):\n        return self.fc(x)\n"
+        for i in range(6)
+    )
+    (tmp_path / "layers.py").write_text(layers)
+    (tmp_path / "models.py").write_text(
+        "from torch import nn\nfrom layers import (\n"
+        + "".join(f"    Layer{i},\n" for i in range(6))
+        + ")\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.body = Layer4()\n        self.drop = nn.Dropout(0.5)\n\n"
+        "    def forward(self, x):\n        return self.drop(self.body(x))\n"
+    )
+    script = textwrap.dedent(
+        """
+        import torch
+        from models import Net
+
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for x in [torch.randn(2, 4)] * 3:
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+        for x in [torch.randn(2, 4)]:
+            with torch.no_grad():
+                print(model(x))  # evaluation
+        """
+    )
+    (tmp_path / "train.py").write_text(script)
+    import libcst as cst
+
+    interp = Interpreter(cst.parse_module(script), script, path=tmp_path / "train.py", project=Project(tmp_path))
+    interp.run()
+    read = [text for _, _, parts in interp.imported_sources() for _, text, *_ in parts]
+    assert [i for i in range(6) if any(f"class Layer{i}(" in text for text in read)] == [4]
+    # Net's dropout (through the one layer read) still makes the evaluation in train mode a finding
+    line = next(i for i, t in enumerate(script.splitlines(), 1) if "# evaluation" in t)
+    assert {(d.code, d.line) for d in check_source(script, str(tmp_path / "train.py"))} == {("SEN003", line)}

@@ -45,14 +45,21 @@ class Unit:
     source: str
     state: State
     ctx: Ctx
-    done: set[tuple[int, int, int]] = field(default_factory=set)  # statement spans already executed
+    done: set[tuple] = field(default_factory=set)  # spans executed, (*span, name) for one name of an import
     loading: set[str] = field(default_factory=set)  # names being bound now (import cycles)
     # (module, its source, lines of the file before it) of every definition parsed from the file
     snippets: list[tuple[cst.Module, str, int]] = field(default_factory=list)
+    _lines: list[str] | None = None
 
     @property
     def lines(self) -> list[str]:
         return self.source.splitlines(keepends=True)
+
+    def source_line(self, number: int) -> str:
+        """Line ``number`` (1-based) of the module's text."""
+        if self._lines is None:
+            self._lines = self.source.splitlines()
+        return self._lines[number - 1] if 0 < number <= len(self._lines) else ""
 
 
 class ImportsMixin:
@@ -68,6 +75,8 @@ class ImportsMixin:
         #: the linted module's ``from X import name`` of project modules, bound when first looked up:
         #: a model zoo's file imports dozens of layers from a package and uses a few
         self._deferred: dict[str, tuple[Unit, str, int, str]] = {}
+        #: while a name of an imported module is being bound: the only name its import statement binds
+        self._only_binding: str | None = None
 
     def _load_deferred(self, bound: str) -> None:
         """Bind ``bound`` in the linted module's globals from the import that named it (the global
@@ -112,6 +121,8 @@ class ImportsMixin:
                 self._deferred[bound] = (unit, mod, level, name)
                 state.env.pop(bound, None)
                 continue
+            if self._only_binding is not None and bound != self._only_binding and state is not self.entry_state:
+                continue  # another name of the statement an imported module's lookup is reading
             value = self._from_unit(unit, mod, level, name) if (unit is not None or level) else None
             state.env[bound] = value if value is not None else _unseen(mod, level, name)
 
@@ -213,9 +224,19 @@ class ImportsMixin:
         unit.loading.add(name)
         try:
             for span in spans:
-                if span not in unit.done:
-                    unit.done.add(span)
-                    self._exec_span(unit, span)
+                # `from .layers import (A, B, ... Z)`: bind the one name looked up, not all of them
+                importing = unit.source_line(span[0]).lstrip().startswith("from ")
+                key = (*span, name) if importing else span
+                if key in unit.done:
+                    continue
+                charge = span not in unit.done
+                unit.done.add(key)
+                saved, self._only_binding = self._only_binding, name if importing else None
+                try:
+                    self._exec_span(unit, span, charge=charge)
+                finally:
+                    self._only_binding = saved
+                unit.done.add(span)
         finally:
             unit.loading.discard(name)
 
@@ -226,14 +247,14 @@ class ImportsMixin:
         finally:
             self._global_state = saved
 
-    def _exec_span(self, unit: Unit, span: tuple[int, int, int]) -> None:
+    def _exec_span(self, unit: Unit, span: tuple[int, int, int], charge: bool = True) -> None:
         found = self.project.definition(unit.path, span) if self.project is not None else None
         if found is None:
             return
         module, text, statements, offset = found
         if not any(m is module for m, _, _ in unit.snippets):
             unit.snippets.append((module, text, offset))
-        n = span[1] - span[0] + 1
+        n = span[1] - span[0] + 1 if charge else 1  # an import statement is read once, whatever it binds
         if self.growth_left > 0:
             grow = min(self.growth_left, IMPORT_BUDGET_PER_LINE * n)
             self.budget += grow
