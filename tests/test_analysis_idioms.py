@@ -1161,3 +1161,33 @@ def test_a_fresh_layer_never_trained_nor_loaded_is_evaluated_only_when_the_code_
     source = UNTRAINED_LAYER.replace("SWITCH", switch).replace("LOADER", loader)
     expected = {("SEN004", line_of(source, "# forward"))} if reported else set()
     assert {f for f in findings(source) if f[0] == "SEN004"} == expected
+
+
+OPTIMIZER_TEST = """
+import torch
+from torch import nn
+
+
+def _test_model(opt_class, steps=5):
+    model = nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1))
+    optimizer = opt_class(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(torch.randn(4, 2)).sum()
+        loss.backward()
+        optimizer.step()  # step
+
+
+def test_sgd():
+    _test_model(torch.optim.SGD)
+"""
+
+
+@pytest.mark.parametrize(("name", "reported"), [("test_optim.py", False), ("optim_test.py", False), ("bench.py", True)])
+def test_test_in_a_pytest_function_name_is_a_unit_test_not_test_data(tmp_path, name: str, reported: bool) -> None:
+    # an optimizer's unit test trains; outside a pytest module `_test_model` reads as evaluation code
+    path = tmp_path / name
+    code = textwrap.dedent(OPTIMIZER_TEST).lstrip("\n")
+    path.write_text(code)
+    found = {(d.code, d.line) for d in check_source(code, str(path), project=False)}
+    assert found == ({("SEN013", line_of(OPTIMIZER_TEST, "# step"))} if reported else set())

@@ -270,6 +270,7 @@ class InliningMixin:
         *,
         self_value: V | None = None,
         model_method: bool | None = None,
+        name: str | None = None,
     ) -> V:
         self.executed.add(id(info.node))
         if info in self.active or ctx.depth >= MAX_DEPTH:
@@ -290,7 +291,7 @@ class InliningMixin:
         )
         callee = Ctx(
             id=next(self.ctx_ids),
-            name=info.name,
+            name=name or info.name,
             func=info,
             parent=ctx,
             depth=ctx.depth + 1,

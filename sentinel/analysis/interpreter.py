@@ -58,6 +58,9 @@ from sentinel.analysis.values import (
 
 _SHAPE_STATEMENTS = 4
 _SHAPE_CHARS = 600
+_PYTEST_FILE = re.compile(r"(test_\w*|\w*_test|conftest)\.py$")
+_PYTEST_FUNC = re.compile(r"_?test", re.IGNORECASE)
+_TEST_WORD = re.compile(r"test", re.IGNORECASE)
 #: registered factories of one decorator analysed on their own per file (the rest are configurations)
 _ZOO_FACTORIES = 3
 #: string and number literals (prefixed strings included)
@@ -89,6 +92,7 @@ class Interpreter(
         self._init_imports(project, path)
         #: analyse the methods of ``nn.Module`` classes no call reached as entries of their own
         self.model_methods = model_methods
+        self._pytest_module = path is not None and bool(_PYTEST_FILE.match(Path(path).name))
         self.module = module
         self.source = source
         self.facts = Facts()
@@ -280,7 +284,7 @@ class Interpreter(
         names, c = self.facts.ctx_names, ctx
         while c is not None and c.id not in names:  # what each activation on an event's stack is called
             # a unittest case's `test_step` / `test_train_epoch` tests code; it evaluates nothing
-            names[c.id] = f"{c.func.cls.name}.{c.name}" if _test_case(c.func) else c.name
+            names[c.id] = self._activation_name(c)
             self.facts.functions.setdefault(c.id, c.func.node if c.func is not None else None)
             c = c.parent
         return cls(
@@ -294,6 +298,16 @@ class Interpreter(
             passes=tuple(self.pass_stack),
             **kw,
         )
+
+    def _activation_name(self, c: Ctx) -> str:
+        """What an activation is called for the rules' reading of names. A unit test (a ``TestCase``
+        method, or ``test_*`` / ``_test_*`` functions of a pytest module) tests code: "test" in its name
+        says nothing of test data."""
+        if _test_case(c.func):
+            return f"{c.func.cls.name}.{c.name}"
+        if c.func is not None and c.func.cls is None and self._pytest_module and _PYTEST_FUNC.match(c.name):
+            return _TEST_WORD.sub("unittest", c.name)
+        return c.name
 
     def _part_of(self, child: Any, parent: Any) -> None:
         """Record that ``child`` is a submodule of ``parent`` (its tensors are the parent's too)."""

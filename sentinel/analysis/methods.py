@@ -342,7 +342,8 @@ class MethodsMixin:
     def _closure(self, args: list[V], kwargs: dict[str, V], node, state: State, ctx: Ctx) -> None:
         for v in [*args, *kwargs.values()]:
             if v.kind == FUNC and isinstance(v.ref, FuncInfo):
-                self.inline(v.ref, node, [], {}, state, ctx)
+                # what the optimizer calls to compute its loss trains, whatever it is named (`eval`)
+                self.inline(v.ref, node, [], {}, state, ctx, name="closure")
 
     def _backward(self, node, value: V, ctx: Ctx, grad: str | None = None) -> None:
         self.facts.backwards.append(
