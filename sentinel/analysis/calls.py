@@ -58,6 +58,7 @@ from sentinel.analysis.values import (
     UNKNOWN,
     V,
     graph_of,
+    is_param,
     join,
     join_act,
     merge_taints,
@@ -512,7 +513,7 @@ class CallsMixin:
         base = _dotted(arg) if isinstance(arg, (cst.Name, cst.Attribute)) else None
         if base and self.fresh_stack and self.frame_stack and self.facts.frames[self.frame_stack[-1]].ctx == ctx.id:
             fresh = base.split(".")[0] in self.fresh_stack[-1] or base in self.fresh_stack[-1]
-        models = opt.alias if opt.alias and None not in opt.alias else None
+        models = opt.alias if opt.alias is not None and None not in opt.alias else None
         self.facts.ctors.append(
             self._ev(
                 CtorEvent,
@@ -659,7 +660,7 @@ def _is_super(node: cst.BaseExpression) -> bool:
 
 def _param_groups(params: V) -> frozenset | None:
     """The models whose parameters a list of parameter groups (``[{"params": m.parameters()}, ...]``)
-    holds, when every group's are known."""
+    holds, when every group's are known (none: the list holds plain tensors only)."""
     if params.kind not in (LIST, TUPLE) or not params.elems:
         return None
     out: frozenset = frozenset()
@@ -667,6 +668,8 @@ def _param_groups(params: V) -> frozenset | None:
         group = e
         if e.items is not None:
             group = next((v for k, v in e.items if k == "params"), TOP)
+        if group.kind == TENSOR and not is_param(group):
+            continue  # a plain tensor (an input image optimized by gradient ascent): no model's
         models = group.ident if group.kind == PARAMS else _params_collected(group)
         if models is None:
             return None

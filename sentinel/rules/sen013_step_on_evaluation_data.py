@@ -163,12 +163,18 @@ print(evaluate(model, data, nn.CrossEntropyLoss(), optimizer))
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         regions: dict[tuple, list[Event]] = {}
+        # a backward() with no step trains only through an optimizer that may apply it later
+        optimizes = any(c.what == "optimizer" and c.models != frozenset() for c in facts.ctors)
         for ev in (*facts.steps, *facts.backwards):
+            if not isinstance(ev, StepEvent) and not optimizes:
+                continue  # gradients for attribution (relevance propagation), never applied
             key = facts.evaluation_region_of(ev)
             if key is not None:
                 regions.setdefault(key, []).append(ev)
         for key, events in regions.items():
             steps = [e for e in events if isinstance(e, StepEvent)]
+            if steps and all(s.model == frozenset() for s in steps):
+                continue  # it updates plain tensors (an input image optimized to excite a class)
             where = "the validation/test loop" if key[0] == "loop" else "an evaluation function"
             owner = key[1] if key[0] == "function" else facts.frames[key[1]].ctx
             for ev in sorted(steps or events, key=lambda e: e.seq):
