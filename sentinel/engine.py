@@ -12,6 +12,7 @@ helper in ``engine.py`` called from ``train.py``): they are reported at that fil
 
 from __future__ import annotations
 
+import ast
 import gc
 import os
 import re
@@ -222,8 +223,6 @@ def _declarative(source: str) -> bool:
     model zoo, has nothing any rule could find, however much its imports bring in."""
     if _DEFINES.search(source):
         return False
-    import ast
-
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
@@ -231,9 +230,7 @@ def _declarative(source: str) -> bool:
     return all(_names_only(stmt) for stmt in tree.body)
 
 
-def _names_only(stmt: object) -> bool:
-    import ast
-
+def _names_only(stmt: ast.stmt) -> bool:
     if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Pass)):
         return True
     if isinstance(stmt, ast.Expr):
@@ -248,10 +245,8 @@ def _names_only(stmt: object) -> bool:
     return False
 
 
-def _inert(node: object) -> bool:
+def _inert(node: ast.expr) -> bool:
     """A value built of constants and names only (``__all__ = ["ResNet", ...]``, ``X = a.b``)."""
-    import ast
-
     return all(
         isinstance(n, (ast.Constant, ast.Name, ast.Attribute, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.expr_context))
         or isinstance(

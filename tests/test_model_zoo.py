@@ -74,6 +74,23 @@ def net_{i}(pretrained=False, **kwargs):
 """
 
 
+#: a module of six small layers, `Layer0` ... `Layer5`
+LAYERS = "from torch import nn\n" + "".join(
+    f"\n\nclass Layer{i}(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    f"        self.fc = nn.Linear(4, 4)\n\n    def forward(self, x):\n        return self.fc(x)\n"
+    for i in range(6)
+)
+
+
+def read_definitions(tmp_path: Path, script: str) -> list[str]:
+    """The texts of the imported definitions a lint of ``train.py`` read (parsed) from other files."""
+    import libcst as cst
+
+    interp = Interpreter(cst.parse_module(script), script, path=tmp_path / "train.py", project=Project(tmp_path))
+    interp.run()
+    return [text for _, _, parts in interp.imported_sources() for _, text, *_ in parts]
+
+
 def entries_of(source: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     names: list[str] = []
     run_entry = Interpreter.run_entry
@@ -123,12 +140,7 @@ def test_an_evaluation_method_of_a_model_class_called_by_the_script_is_still_che
 
 def test_a_script_reads_only_the_imported_definitions_it_uses(tmp_path: Path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'zoo'\n")
-    layers = "import torch\nfrom torch import nn\n\n" + "".join(
-        f"\nclass Layer{i}(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-        f"        self.fc = nn.Linear(4, 4)\n\n    def forward(self, x):\n        return self.fc(x)\n"
-        for i in range(6)
-    )
-    (tmp_path / "layers.py").write_text(layers)
+    (tmp_path / "layers.py").write_text(LAYERS)
     script = textwrap.dedent(
         """
         import torch
@@ -142,11 +154,7 @@ def test_a_script_reads_only_the_imported_definitions_it_uses(tmp_path: Path):
         """
     )
     (tmp_path / "train.py").write_text(script)
-    import libcst as cst
-
-    interp = Interpreter(cst.parse_module(script), script, path=tmp_path / "train.py", project=Project(tmp_path))
-    interp.run()
-    read = [text for _, _, parts in interp.imported_sources() for _, text, *_ in parts]
+    read = read_definitions(tmp_path, script)
     assert [i for i in range(6) if any(f"class Layer{i}(" in text for text in read)] == [3]
     # and the finding that needs the definition is made
     assert {d.code for d in check_source(script, str(tmp_path / "train.py"))} == {"SEN002"}
@@ -155,12 +163,7 @@ def test_a_script_reads_only_the_imported_definitions_it_uses(tmp_path: Path):
 def test_an_imported_module_binds_only_the_names_of_its_imports_that_are_used(tmp_path: Path):
     # a zoo's model file imports thirty layers in one statement; the model a script uses needs one
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'zoo'\n")
-    layers = "from torch import nn\n" + "".join(
-        f"\n\nclass Layer{i}(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-        f"        self.fc = nn.Linear(4, 4)\n\n    def forward(self, x):\n        return self.fc(x)\n"
-        for i in range(6)
-    )
-    (tmp_path / "layers.py").write_text(layers)
+    (tmp_path / "layers.py").write_text(LAYERS)
     (tmp_path / "models.py").write_text(
         "from torch import nn\nfrom layers import (\n"
         + "".join(f"    Layer{i},\n" for i in range(6))
@@ -185,11 +188,7 @@ def test_an_imported_module_binds_only_the_names_of_its_imports_that_are_used(tm
         """
     )
     (tmp_path / "train.py").write_text(script)
-    import libcst as cst
-
-    interp = Interpreter(cst.parse_module(script), script, path=tmp_path / "train.py", project=Project(tmp_path))
-    interp.run()
-    read = [text for _, _, parts in interp.imported_sources() for _, text, *_ in parts]
+    read = read_definitions(tmp_path, script)
     assert [i for i in range(6) if any(f"class Layer{i}(" in text for text in read)] == [4]
     # Net's dropout (through the one layer read) still makes the evaluation in train mode a finding
     line = next(i for i, t in enumerate(script.splitlines(), 1) if "# evaluation" in t)

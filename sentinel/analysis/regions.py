@@ -152,6 +152,33 @@ class RegionsMixin:
                 return self.call_sites[stack[i + 1]]
         return ev.node, ev.stmt
 
+    def site_lacking_no_grad(self, ev: ForwardEvent) -> tuple:
+        """Where an evaluation forward's missing ``no_grad`` belongs. Usually the forward itself; but when
+        that very forward also runs correctly for other callers (a loss helper training shares, an
+        average another caller computes under ``no_grad``), the innermost call on its way that no
+        correct path makes. Not when the helpers from there on choose the grad mode themselves
+        (``_run_epoch(loader, train=False)`` picking a context): the fix is inside them, at the forward."""
+        import libcst as cst
+
+        fine = self._cache.get("grad_fine")
+        if fine is None:  # forwards (and the calls that led to them) that run correctly somewhere
+            fine = self._cache["grad_fine"] = set()
+            for fw in self.forwards:
+                if fw.grad == "off" or self.connected_to_backward(frozenset({fw.id})):
+                    fine.add(id(fw.node))
+                    fine.update(id(self.call_sites[c][0]) for c in fw.stack if c in self.call_sites)
+        if id(ev.node) not in fine:
+            return ev.node, ev.stmt
+        for i in range(len(ev.stack) - 1, -1, -1):
+            site = self.call_sites.get(ev.stack[i])
+            if site is None or id(site[0]) in fine:
+                continue
+            called = [self.functions.get(c) for c in ev.stack[i:]]
+            if any(f is None or _GRAD_MODE.search(cst.Module([]).code_for_node(f)) for f in called):
+                break
+            return site
+        return ev.node, ev.stmt
+
     def evaluation_region_of(self, ev: Event) -> tuple | None:
         """The evaluation region a ``backward()`` / optimizer step runs in, or None.
 
@@ -311,6 +338,8 @@ _ADAPTISH = re.compile(
     r"unlabel|distill|self_?train",
     re.IGNORECASE,
 )
+#: code that chooses the grad mode itself
+_GRAD_MODE = re.compile(r"no_grad|enable_grad|set_grad_enabled|inference_mode")
 _GRADISH = re.compile(r"with_grad|saliency|grad_?cam|attribut|integrated_grad|adversar|attack|fgsm|pgd", re.I)
 _ACTING = re.compile(r"^_*(act|(select|choose|get|sample|pick|take)_actions?|explore|epsilon_greedy|policy_action)$")
 _TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)

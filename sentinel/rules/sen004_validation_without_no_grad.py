@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -149,7 +148,7 @@ print(evaluate(model, data))
     def check(self, facts: Facts) -> Iterator[Violation]:
         candidates = [ev for ev in facts.evaluation_forwards() if ev.grad == "on"]
         for ev in first_per_region(candidates, facts):
-            node, stmt = _call_that_lacks_it(ev, facts)
+            node, stmt = facts.site_lacking_no_grad(ev)
             yield Violation(
                 node,
                 stmt,
@@ -158,38 +157,6 @@ print(evaluate(model, data))
                 "wrap evaluation in `torch.no_grad()` or `torch.inference_mode()`",
                 data=_region(ev, facts),
             )
-
-
-_GRAD_MODE = re.compile(r"no_grad|enable_grad|set_grad_enabled|inference_mode")
-
-
-def _call_that_lacks_it(ev: ForwardEvent, facts: Facts) -> tuple[object, object]:
-    """Where the missing ``no_grad`` belongs. Usually the forward itself; but when that very forward also
-    runs correctly for other callers (a loss helper training shares, an average another caller computes
-    under ``no_grad``), the innermost call on its way that no correct path makes. Not when the helpers
-    from there on choose the grad mode themselves (``_run_epoch(loader, train=False)`` picking a context):
-    the fix is inside them, at the forward."""
-    import libcst as cst
-
-    fine = facts._cache.get("sen004_fine")
-    if fine is None:
-        fine = set()
-        for fw in facts.forwards:
-            if fw.grad == "off" or facts.connected_to_backward(frozenset({fw.id})):
-                fine.add(id(fw.node))
-                fine.update(id(facts.call_sites[c][0]) for c in fw.stack if c in facts.call_sites)
-        facts._cache["sen004_fine"] = fine
-    if id(ev.node) not in fine:
-        return ev.node, ev.stmt
-    for i in range(len(ev.stack) - 1, -1, -1):
-        site = facts.call_sites.get(ev.stack[i])
-        if site is None or id(site[0]) in fine:
-            continue
-        called = [facts.functions.get(d) for d in ev.stack[i:]]
-        if any(f is None or _GRAD_MODE.search(cst.Module([]).code_for_node(f)) for f in called):
-            break
-        return site
-    return ev.node, ev.stmt
 
 
 def _region(ev: ForwardEvent, facts: Facts) -> tuple[str, object]:
