@@ -126,6 +126,7 @@ def _worker(result_path: str, paths: list[str]) -> None:
     import contextlib
     import io
     import runpy
+    import shutil
     import time
     import traceback
     import warnings
@@ -146,6 +147,10 @@ def _worker(result_path: str, paths: list[str]) -> None:
         sink = io.StringIO()
         saved_argv = sys.argv
         saved_env = dict(os.environ)
+        # Whatever the fixture writes, in its working directory or through `tempfile` (checkpoints,
+        # rendezvous stores), goes under workdir and is removed with it: a test run leaves no litter.
+        tempfile.tempdir = workdir
+        os.environ["TMPDIR"] = workdir  # and processes it spawns
         try:
             os.chdir(workdir)
             sys.argv = [path]  # as `python fixture.py`: scripts with argparse see no arguments
@@ -166,6 +171,8 @@ def _worker(result_path: str, paths: list[str]) -> None:
         finally:
             sys.argv = saved_argv
             os.chdir(REPO)
+            tempfile.tempdir = None
+            shutil.rmtree(workdir, ignore_errors=True)
             # A fixture's environment (MASTER_PORT, ...) and a process group it left initialized must
             # not leak into the next one: a stale port makes the next rendezvous wait for a peer.
             os.environ.clear()
