@@ -191,7 +191,7 @@ def check_source(
         hit = store.get(file, source, key, proj.text)
         if hit is not None:
             return [_redisplay(d, path, file) for d in hit]
-    active = [] if inert else _triggered(rule_list, pieces, proj) if prefilter else rule_list
+    active = [] if inert else _triggered(rule_list, pieces, proj, source) if prefilter else rule_list
     if proj is not None and file is not None:
         proj.triggers = partial(_would_trigger, rule_list, proj) if prefilter else None
     if not active:
@@ -256,11 +256,23 @@ def _inert(node: ast.expr) -> bool:
     )
 
 
-def _triggered(rules: list[type[Rule]], pieces: list[str], proj: Project | None) -> list[type[Rule]]:
+#: a top-level function filed by a registering decorator (``@register_model``, ``@MODELS.register()``)
+_ZOO_FACTORY = re.compile(r"^@[ \t]*[\w.]*regist\w*\b[^\n]*\n(?:@[^\n]*\n)*(?:async[ \t]+)?def[ \t]", re.M | re.I)
+
+
+def _triggered(rules: list[type[Rule]], pieces: list[str], proj: Project | None, source: str = "") -> list[type[Rule]]:
     """The rules each of whose trigger patterns occurs in the file's code or in the project code it
     imports. Each imported piece is searched once per run (a model zoo's files share their layers), and
     a rule's patterns are tried in order until one is missing: its later, costlier patterns (SEN020's
-    reduction-dimension pattern) are searched only in code that has the earlier ones."""
+    reduction-dimension pattern) are searched only in code that has the earlier ones.
+
+    A model zoo's file (factories filed by a registering decorator) is model code: the rules that do
+    not read model code (:attr:`Rule.MODEL_METHODS`) trigger there on its own code only, not on the
+    checkpoint loading and mode switches of the package helpers its factories build with."""
+    if len(pieces) > 1 and _ZOO_FACTORY.search(source):
+        found = set(_triggered([r for r in rules if not r.MODEL_METHODS], pieces[:1], proj))
+        found.update(_triggered([r for r in rules if r.MODEL_METHODS], pieces, proj))
+        return [r for r in rules if r in found]
     memo = proj.trigger_hits if proj is not None else {}
     tables: list[dict] = []
     for i, text in enumerate(pieces):
@@ -294,7 +306,7 @@ def _would_trigger(rules: list[type[Rule]], proj: Project, path: Path) -> bool:
     text = proj.text(path)
     if text is None or _declarative(text):
         return False
-    return bool(_triggered(rules, [code_text(text), *proj.trigger_texts(path, text, path)], proj))
+    return bool(_triggered(rules, [code_text(text), *proj.trigger_texts(path, text, path)], proj, text))
 
 
 def _redisplay(d: Diagnostic, path: str, file: Path) -> Diagnostic:

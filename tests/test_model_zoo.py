@@ -104,10 +104,22 @@ def entries_of(source: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
-def test_a_zoo_file_is_analysed_without_its_model_methods_and_with_a_few_factories(monkeypatch):
+def test_a_zoo_file_is_analysed_without_its_model_methods_factories_and_builders(monkeypatch):
+    # only SEN003/SEN004 trigger (`load_state_dict`), and they never fire in model code: the model's
+    # methods, the registered factories and `_create`, which only the factories call, all build models
     source = ZOO + "".join(FACTORY.format(i=i) for i in range(8))
-    names = entries_of(source, monkeypatch)
-    assert not [n for n in names if "." in n]  # Block.forward, Net.load_pretrained...: part of the model
+    assert entries_of(source, monkeypatch) == []
+
+
+def test_a_builder_the_file_also_calls_elsewhere_stays_an_entry(monkeypatch):
+    source = ZOO + "".join(FACTORY.format(i=i) for i in range(2)) + "\n\ndef demo():\n    return _create(1, 8)\n"
+    assert entries_of(source, monkeypatch) == ["demo"]
+
+
+def test_with_a_rule_that_reads_model_code_a_few_factories_are_analysed(monkeypatch):
+    # SEN015 can fire in a model's methods: they are entries, and so are three of the factories
+    source = ZOO.replace("return self.head(x)", "return self.head(torch.nn.functional.dropout(x, 0.1, self.training))")
+    names = entries_of(source + "".join(FACTORY.format(i=i) for i in range(8)), monkeypatch)
     assert [n for n in names if n.startswith("net_")] == ["net_0", "net_1", "net_2"]
     assert "_create" not in names  # it ran inside the factories
 
@@ -193,3 +205,60 @@ def test_an_imported_module_binds_only_the_names_of_its_imports_that_are_used(tm
     # Net's dropout (through the one layer read) still makes the evaluation in train mode a finding
     line = next(i for i, t in enumerate(script.splitlines(), 1) if "# evaluation" in t)
     assert {(d.code, d.line) for d in check_source(script, str(tmp_path / "train.py"))} == {("SEN003", line)}
+
+
+HELPERS = textwrap.dedent(
+    """
+    import torch
+
+
+    def load_weights(model, path):
+        model.load_state_dict(torch.load(path))
+        model.eval()
+        return model
+    """
+)
+
+
+def analysed_rules(tmp_path: Path, name: str, source: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The rules a lint of ``name`` (in a project with ``helpers.py``) analyses it for."""
+    from sentinel import engine
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'zoo'\nversion = '0'\n")
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    (tmp_path / name).write_text(source)
+    seen: list[str] = []
+    analyse = engine._analyse
+
+    def spy(source, path, file, proj, active, *args):
+        seen.extend(r.CODE for r in active)
+        return analyse(source, path, file, proj, active, *args)
+
+    monkeypatch.setattr(engine, "_analyse", spy)
+    assert check_source(source, str(tmp_path / name)) == []
+    return seen
+
+
+ZOO_WITH_HELPER = (
+    "from helpers import load_weights\n"
+    + ZOO.replace('model.load_pretrained("weights.pt")', 'load_weights(model, "weights.pt")').replace(
+        "self.load_state_dict(torch.load(path))", "load_weights(self, path)"
+    )
+    + "".join(FACTORY.format(i=i) for i in range(3))
+)
+
+
+def test_a_zoo_file_is_not_read_for_evaluation_its_package_helpers_do(tmp_path, monkeypatch):
+    # the helper's `load_state_dict` / `eval()` would trigger SEN003/SEN004 in any importer; a file of
+    # registered factories is model code: those rules trigger on its own code only, and nothing is parsed
+    assert "load_state_dict" not in ZOO_WITH_HELPER
+    assert analysed_rules(tmp_path, "zoo.py", ZOO_WITH_HELPER, monkeypatch) == []
+
+
+def test_a_script_importing_the_same_helper_is_read_for_evaluation(tmp_path, monkeypatch):
+    script = ZOO_WITH_HELPER.split("@register_model")[0] + textwrap.dedent(
+        """
+        model = load_weights(_create(2, 8), "weights.pt")
+        """
+    )
+    assert analysed_rules(tmp_path, "predict.py", script, monkeypatch) == ["SEN003", "SEN004"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,9 @@ class Interpreter(
         self.budget = min(self.budget, self.steps + BUDGET_BASE + BUDGET_PER_LINE * self.n_lines)
         called = self._called_names()
         pending = [f for f in self.functions if id(f.node) not in self.executed and self._entry_wanted(f)]
+        if not self.model_methods:
+            builders = self._zoo_builders(pending)
+            pending = [f for f in pending if f.name not in builders or f.cls is not None]
         pending.sort(key=lambda f: (f.name in called, 0))
         shapes: set[str] = set()
         registered: dict[str, int] = {}
@@ -164,8 +168,10 @@ class Interpreter(
             zoo = _registering_decorator(info)
             if zoo is not None:
                 registered[zoo] = registered.get(zoo, 0) + 1
-                if registered[zoo] > _ZOO_FACTORIES:
-                    continue  # `@register_model def resnet50(...)`: one more configuration of the same builders
+                if registered[zoo] > _ZOO_FACTORIES or not self.model_methods:
+                    # `@register_model def resnet50(...)`: one more configuration of the same builders;
+                    # and building a model is model code, which no enabled rule then reads
+                    continue
             entry = info.wrapper if info.wrapper is not None else info  # called through its decorator
             self._bounded(lambda i=entry: self.run_entry(i, state))
         return self.facts
@@ -188,6 +194,18 @@ class Interpreter(
             self.frame_stack, self.cond_stack, self.pass_stack, self.fresh_stack = [], [], [], []
             self.active.clear()
             return False
+
+    def _zoo_builders(self, pending: list[FuncInfo]) -> set[str]:
+        """The top-level functions only a model zoo's registered factories call (``_create_resnet``):
+        like the factories, they build a model, which is model code."""
+        factories = [f for f in pending if _registering_decorator(f) is not None]
+        if not factories:
+            return set()
+        inside: Counter[str] = Counter()
+        for f in factories:
+            inside.update(_CALLED.findall(self.module.code_for_node(f.node.body)))
+        everywhere = Counter(_CALLED.findall(self.source))
+        return {name for name, n in inside.items() if everywhere[name] == n}
 
     def _entry_wanted(self, info: FuncInfo) -> bool:
         """Is ``info`` worth analysing on its own? Not a model's own method (run as the model's code, with
