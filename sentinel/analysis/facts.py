@@ -237,6 +237,7 @@ class Facts(RegionsMixin):
     mode_switches: list[ModeEvent] = field(default_factory=list)
     ctx_names: dict[int, str] = field(default_factory=dict)  # function activation id -> function name
     frozen: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=False
+    frozen_all: set = field(default_factory=set)  # ... every one of them (no condition picked which)
     thawed: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=True
     fresh_layers: set = field(default_factory=set)  # torch.nn layers built here (random weights)
     call_sites: dict[int, tuple] = field(default_factory=dict)  # activation id -> (call node, its statement)

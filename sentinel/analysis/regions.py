@@ -98,9 +98,9 @@ class RegionsMixin:
         """Were all of the model's parameters set ``requires_grad=False`` (its own, or a model it is
         part of), and none of a model related to it thawed again (fine-tuning a head)?"""
         model = ev.model.ident if ev.model is not None else None
-        if model is None or isinstance(model, Alt) or not self.frozen:
+        if model is None or isinstance(model, Alt) or not self.frozen_all:
             return False
-        if not any(self._within(model, frozenset({f})) for f in self.frozen):
+        if not any(self._within(model, frozenset({f})) for f in self.frozen_all):
             return False
         return not any(self._within(t, frozenset({model})) or self._within(model, frozenset({t})) for t in self.thawed)
 

@@ -626,6 +626,15 @@ class StatementsMixin:
             self.facts.thawed.update(models)
         elif flag.is_const and flag.const is False:
             self.facts.frozen.update(models)
+            if not self._picked_in_loop():
+                self.facts.frozen_all.update(models)
+
+    def _picked_in_loop(self) -> bool:
+        """Is the current point under a condition opened inside the innermost loop (``for name, p in
+        model.named_parameters(): if name.startswith("emb"): ...``): does it pick some iterations?"""
+        if not self.frame_stack:
+            return False
+        return len(self.cond_stack) > self.facts.frames[self.frame_stack[-1]].cond_depth
 
     def _maybe_snapshot(self, target, name: str, value: V, value_node, ctx: Ctx, persistent: bool = False) -> None:
         if not self.frame_stack or ctx.model_method:
