@@ -982,9 +982,12 @@ for epoch in range(2):
 
 
 def test_a_parameter_free_layer_called_in_evaluation_code_is_not_a_model_forward() -> None:
-    """`act = nn.Tanh(); act(x)` inside a hand-written RNN cell is a function application: the evaluation
-    that runs the cell is not an evaluation forward of `act` (the weights are plain tensors)."""
-    assert findings(HAND_WRITTEN_CELL) == set()
+    """`act = nn.Tanh(); act(x)` inside a hand-written RNN cell is a function application, not a forward of
+    `act`. The cell itself is a model written by hand (its weight `W` requires grad): `predict` runs it with
+    autograd on, at its call of the cell."""
+    found = check_source(textwrap.dedent(HAND_WRITTEN_CELL).lstrip("\n"), "<string>", project=False)
+    assert [(d.code, d.line) for d in found] == [("SEN004", line_of(HAND_WRITTEN_CELL, "outs, _ = cell(xs,"))]
+    assert "forward pass of `cell`" in found[0].message
     with_layer = HAND_WRITTEN_CELL.replace("nn.Tanh()", "nn.Linear(4, 4)")
     # the cell is shared with training: the missing no_grad is at predict's call of it
     assert ("SEN004", line_of(with_layer, "outs, _ = cell(xs,")) in findings(with_layer)
@@ -1191,3 +1194,55 @@ def test_test_in_a_pytest_function_name_is_a_unit_test_not_test_data(tmp_path, n
     path.write_text(code)
     found = {(d.code, d.line) for d in check_source(code, str(path), project=False)}
     assert found == ({("SEN013", line_of(OPTIMIZER_TEST, "# step"))} if reported else set())
+
+
+HAND_WRITTEN_NET = """
+import torch
+
+W = torch.randn(8, 3, requires_grad=True)
+b = torch.zeros(3, requires_grad=True)
+
+def net(x):
+    return x @ W + b
+
+opt = torch.optim.SGD([W, b], lr=0.1)
+train = [(torch.randn(4, 8), torch.randint(0, 3, (4,))) for _ in range(3)]
+test = [(torch.randn(4, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+for epoch in range(2):
+    for x, y in train:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    hits = 0
+    for x, y in test:
+        hits += (net(x).argmax(1) == y).sum().item()
+"""
+
+
+TEST_FORWARD = "hits += (net(x)"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # the test loop runs the hand-written model with autograd on
+        ("", "", {"SEN004"}),
+        # `W.requires_grad_()` after the fact makes the weights trainable just the same
+        ("W = torch.randn(8, 3, requires_grad=True)", "W = torch.randn(8, 3)\nW.requires_grad_()", {"SEN004"}),
+        # `nn.Parameter` weights
+        ("W = torch.randn(8, 3, requires_grad=True)", "W = torch.nn.Parameter(torch.randn(8, 3))", {"SEN004"}),
+        # under no_grad the weights record nothing
+        ("    for x, y in test:", "    with torch.no_grad():\n     for x, y in test:", set()),
+        # weights that do not require grad: no graph, nothing to report
+        ("requires_grad=True", "requires_grad=False", set()),
+        # a function handing out the weights is no forward
+        ("    return x @ W + b", "    return W", set()),
+    ],
+)
+def test_a_model_written_as_a_function_over_trainable_tensors_is_a_model(old, new, expected) -> None:
+    source = HAND_WRITTEN_NET.replace(old, new) if old else HAND_WRITTEN_NET
+    assert source != HAND_WRITTEN_NET or not old
+    found = findings(source)
+    assert {code for code, _ in found} == expected
+    if expected:
+        assert found == {("SEN004", line_of(source, TEST_FORWARD))}

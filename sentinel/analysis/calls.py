@@ -54,6 +54,7 @@ from sentinel.analysis.values import (
     STATE_DICT,
     TENSOR,
     TOP,
+    TRAINABLE,
     TUPLE,
     UNKNOWN,
     V,
@@ -64,6 +65,9 @@ from sentinel.analysis.values import (
     merge_taints,
     param_models,
 )
+
+#: ``nn.Parameter(t)``: a leaf tensor the optimizer trains
+_PARAMETER = frozenset({"torch.nn.Parameter", "torch.nn.parameter.Parameter"})
 
 
 class CallsMixin:
@@ -287,6 +291,10 @@ class CallsMixin:
     def call_api(self, qual: str, node: cst.Call, args: list[V], kwargs: dict[str, V], state: State, ctx: Ctx) -> V:
         name = api.last(qual)
         x = args[0] if args else TOP
+        flag = kwargs.get("requires_grad")
+        if (qual in _PARAMETER or flag is not None and flag.const is True) and not ctx.model_method:
+            # the weights of a model written by hand: `W = torch.randn(784, 10, requires_grad=True)`
+            return V(TENSOR, graph=False, ref=TRAINABLE, origin=node, shape=x.shape if qual in _PARAMETER else None)
         if name in _MODE_FUNCS and ctx.func is not None and ctx.func.cls is not None:
             ctx.func.cls.uses_mode = True
             self.note_dropout(qual, node, ctx)

@@ -50,6 +50,7 @@ from sentinel.analysis.values import (
     STATE_DICT,
     TENSOR,
     TOP,
+    TRAINABLE,
     TUPLE,
     UNKNOWN,
     V,
@@ -290,6 +291,8 @@ class ExpressionsMixin:
             self.facts.last_read[(ctx.id, name)] = next(self.seq)
         v = self._lookup(name, state, ctx)
         if v is not None:
+            if v.ref is TRAINABLE and self.leaf_reads:
+                self.leaf_reads[-1] += 1  # the function running reads a hand-made model's weights
             if v.alias is not None and record and self.frame_stack and v.kind in (STATE_DICT, DICT, MODEL):
                 # a snapshot read back (e.g. a rollback `model.load_state_dict(best)` in a later epoch)
                 self.facts.snapshot_reads.append((v, tuple(self.frame_stack), tuple(self.pass_stack)))

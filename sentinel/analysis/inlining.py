@@ -11,18 +11,20 @@ from sentinel.analysis.facts import (
     ForwardEvent,
 )
 from sentinel.analysis.idioms import generated
-from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Instance, State
+from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.shapes import apply_shape
 from sentinel.analysis.syntax import _dotted, _is_factory
 from sentinel.analysis.values import (
     CLASS,
     CONST,
     DICT,
+    FUNC,
     INSTANCE,
     LIST,
     MODEL,
     TENSOR,
     TOP,
+    TRAINABLE,
     TUPLE,
     UNKNOWN,
     V,
@@ -313,11 +315,19 @@ class InliningMixin:
         if info.globals is not None:
             self._global_state = info.globals  # a function from another module sees that module's names
         self.active.append(info)
+        # a plain function over hand-made weights (`def net(X): return X @ W + b`) is a model's forward
+        functional = cls is None and node is not None and not callee.model_method and not ctx.summary
+        if functional:
+            self.leaf_reads.append(0)
+            marks = (len(self.facts.backwards), len(self.facts.steps), self.module_calls)
+        reads = 0
         try:
             self.exec_body(info.node.body, callee_state, callee)
         finally:
             self.active.pop()
             self.stmt, self._global_state = saved_stmt, saved_globals
+            if functional:
+                reads = self.leaf_reads.pop()
         if callee_state.grad != state.grad and info.grad is None:
             # set_grad_enabled(...) as a statement inside the callee leaks out, like the real thing
             state.grad = callee_state.grad
@@ -331,7 +341,38 @@ class InliningMixin:
         result = None
         for r in callee.returns:
             result = r if result is None else join(result, r)
+        if reads and result is not None and self._functional_model_ran(result, args, kwargs, marks):
+            result = self._functional_forward(info, node, result, args, callee_state.grad, state, ctx)
         return result if result is not None else V(CONST, const=None)
+
+    def _functional_model_ran(self, result: V, args: list[V], kwargs: dict[str, V], marks: tuple) -> bool:
+        """Did the call just run a model written as a plain function: its own code read leaf tensors
+        that require grad, it was given data (a tensor that is not one of those weights), it returns a
+        tensor computed from them, and it neither trained (no backward, no step) nor ran a module?"""
+        if result.kind not in (TENSOR, TUPLE) or result.ref is TRAINABLE:
+            return False  # `return W`: handing out the weights is no forward
+        if (len(self.facts.backwards), len(self.facts.steps), self.module_calls) != marks:
+            return False
+        return any(
+            a.kind in (TENSOR, UNKNOWN, LIST, TUPLE) and a.ref is not TRAINABLE and not a.is_const
+            for a in (*args, *kwargs.values())
+        )
+
+    def _functional_forward(
+        self, info: FuncInfo, node: cst.Call, result: V, args: list[V], grad: str | None, state: State, ctx: Ctx
+    ) -> V:
+        """Record the call as a forward pass of the hand-made model ``info`` (no train/eval modes, no
+        layers that depend on them) and give its output that forward's graph."""
+        ident = self._functional_models.setdefault(id(info), Ident(next(self.seq)))
+        model = V(FUNC, ident=ident, ref=info, sensitive=False, label=info.name)
+        fid = frozenset({self._forward_event(model, node, args, state, ctx, grad=grad)})
+        graph = True if grad == "on" else (False if grad == "off" else None)
+        if result.kind == TUPLE and result.elems is not None:
+            elems = tuple(
+                e.with_(taints=e.taints | fid, graph=graph) if e.kind in (TENSOR, UNKNOWN) else e for e in result.elems
+            )
+            return result.with_(elems=elems, taints=result.taints | fid)
+        return result.with_(taints=result.taints | fid, graph=graph)
 
     def _bind_params(
         self,

@@ -123,6 +123,9 @@ class Interpreter(
         self.entry_state: State | None = None
         self.steps = 0
         self.module_calls = 0  # calls of a module (a forward), anywhere: did a method run any layer?
+        #: per running plain function: how often its own code read a hand-made model's weights
+        self.leaf_reads: list[int] = []
+        self._functional_models: dict[int, Ident] = {}
         self.tracked_module_calls = 0  # ... with gradient tracking possibly on
         self.ctx_ids = itertools.count(1)
 

@@ -100,7 +100,10 @@ class MethodsMixin:
         if meth == "requires_grad_" or "freeze" in meth.lower():
             self.facts.grad_flags.append(self._ev(Event, node, ctx))  # which parameters train changes
         if meth == "requires_grad_":
-            self._flag_requires_grad(recv, args[0] if args else kwargs.get("requires_grad"), method=True)
+            flag = args[0] if args else kwargs.get("requires_grad")
+            self._flag_requires_grad(recv, flag, method=True)
+            if isinstance(node.func, cst.Attribute):
+                self._mark_trainable(node.func.value, recv, flag, state, ctx)
         # a method defined in this file wins over everything else
         if recv.kind in (INSTANCE, MODEL) and isinstance(recv.ref, Instance):
             m = recv.ref.cls.method(meth)

@@ -46,10 +46,12 @@ from sentinel.analysis.values import (
     STATE_DICT,
     TENSOR,
     TOP,
+    TRAINABLE,
     TUPLE,
     UNKNOWN,
     V,
     graph_of,
+    is_param,
     merge_taints,
     param_models,
 )
@@ -544,6 +546,7 @@ class StatementsMixin:
                 self.facts.grad_flags.append(self._ev(Event, target, ctx))
             if target.attr.value == "requires_grad":
                 self._flag_requires_grad(owner, value)
+                self._mark_trainable(target.value, owner, value, state, ctx)
             if path is not None:
                 if not loop_target:
                     self._maybe_snapshot(target, path, value, value_node, ctx, persistent=self._outlives(path))
@@ -628,6 +631,19 @@ class StatementsMixin:
             self.facts.frozen.update(models)
             if not self._picked_in_loop():
                 self.facts.frozen_all.update(models)
+
+    def _mark_trainable(self, name_node, owner: V, flag: V | None, state: State, ctx: Ctx) -> None:
+        """``W.requires_grad = True`` / ``W.requires_grad_()`` on a plain tensor: ``W`` is now a weight of a
+        model written by hand."""
+        if (
+            type(name_node) is cst.Name
+            and owner.kind in (TENSOR, UNKNOWN)
+            and not is_param(owner)
+            and not ctx.model_method
+            and (flag is None or flag.const is True)
+            and name_node.value in state.env
+        ):
+            state.env[name_node.value] = owner.with_(kind=TENSOR, ref=TRAINABLE, graph=False)
 
     def _picked_in_loop(self) -> bool:
         """Is the current point under a condition opened inside the innermost loop (``for name, p in

@@ -30,6 +30,9 @@ LOSS = "loss"  # a loss-function object (const "ce" for cross entropy)
 SCALER = "scaler"
 SCHEDULER = "scheduler"
 TENSOR = "tensor"
+#: ``ref`` of a leaf tensor that requires grad (``torch.randn(..., requires_grad=True)``, ``nn.Parameter``): the
+#: weights of a model written as a plain function
+TRAINABLE = "trainable"
 STATE_DICT = "state_dict"
 PARAMS = "params"
 CLASS = "class"

@@ -23,6 +23,9 @@ class ValidationWithoutNoGrad(Rule):
     reported: a helper that no call in the file reaches may be called under `no_grad`. When the forward
     runs in a helper that its other callers use correctly (a loss helper training shares, an average
     another caller computes under `no_grad`), the finding points at the call that lacks `no_grad`.
+    A model written by hand, a function computing on tensors that require grad
+    (`W = torch.randn(784, 10, requires_grad=True)`, `nn.Parameter`, `W.requires_grad_()`; `def net(X):
+    return X @ W + b`), is a model like any `nn.Module`: calling it on data is a forward pass.
 
     ## Why is this bad?
     With autograd on, every forward pass records its graph and keeps the activations alive for a
