@@ -457,8 +457,13 @@ class CallsMixin:
         if qual == "torch.save":
             self._note_saved(args, kwargs, state)
         if qual.startswith("torch.") or qual.startswith("numpy.") or qual.startswith("np."):
+            # an elementwise function of a batch (`torch.clamp(noisy, 0, 1)`, `np.clip`) is still that batch:
+            # it keeps the name that says where it came from (a test loader)
+            label = x.label if name in api.ELEMENTWISE and x.kind in (TENSOR, UNKNOWN) else ""
             if name in api.NO_GRAPH_FUNCS or qual.startswith(("numpy.", "np.")):
-                return V(TENSOR, graph=False, origin=node, shape=self.factory_shape(name, args, kwargs, ctx))
+                return V(
+                    TENSOR, graph=False, origin=node, shape=self.factory_shape(name, args, kwargs, ctx), label=label
+                )
             if name in ("log_softmax",):
                 return V(TENSOR, graph=x.graph, taints=x.taints)
             if name in ("max", "min", "sort", "topk", "kthvalue", "median", "mode") and (
@@ -483,6 +488,7 @@ class CallsMixin:
                 origin=node,
                 act=act,
                 shape=self._function_shape(name, x, args, kwargs),
+                label=label,
             )
         if api.resetish(name):
             self.facts.resets.append(self._ev(ResetEvent, node, ctx))
