@@ -602,6 +602,12 @@ class CallsMixin:
                 return (None, True) if x.shape[1] else None
         return None
 
+    def layers_sensitive(self, v: V) -> bool | None:
+        """:func:`list_sensitive` of a list of layers, its project-class elements' layers read too."""
+        if v.elems is not None:
+            return _any_sensitive([self._layers_known(e) for e in v.elems])
+        return list_sensitive(v)
+
     def _layers_known(self, v: V) -> V:
         """``v`` saying whether it holds dropout/batch norm, when it is an instance of a project model class."""
         if v.kind == MODEL and v.sensitive is None and isinstance(v.ref, Instance):

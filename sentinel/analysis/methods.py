@@ -430,7 +430,9 @@ class MethodsMixin:
             tail=x if meth == "append" else extended_tail(recv, x) if meth == "extend" else None,
             sensitive=union_sensitive(
                 list_sensitive(recv) if recv.kind in (LIST, TUPLE) else recv.sensitive,
-                list_sensitive(x) if meth == "extend" and x.kind in (LIST, TUPLE) else _any_sensitive((x,)),
+                self.layers_sensitive(x)
+                if meth == "extend" and x.kind in (LIST, TUPLE)
+                else _any_sensitive((self._layers_known(x),)),
             ),
         )
         if isinstance(node.func, cst.Attribute) and isinstance(node.func.value, cst.Attribute):

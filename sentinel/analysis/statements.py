@@ -687,7 +687,7 @@ class StatementsMixin:
         old = self.eval(node.target, state, ctx)
         if old.kind == LIST and value.kind in (LIST, TUPLE) and isinstance(node.operator, cst.AddAssign):
             elems = old.elems + value.elems if old.elems is not None and value.elems is not None else None
-            sensitive = union_sensitive(list_sensitive(old), list_sensitive(value))
+            sensitive = union_sensitive(list_sensitive(old), self.layers_sensitive(value))
             new = old.with_(
                 elems=elems, taints=old.taints | value.taints, sensitive=sensitive, tail=extended_tail(old, value)
             )

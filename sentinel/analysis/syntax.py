@@ -102,8 +102,9 @@ def _layer_sensitive(qual: str, kwargs: dict[str, V], args: list[V] | None = Non
                 return False
         return bool(d.const) if d.is_const else None
     if name.startswith("InstanceNorm"):
-        t = kwargs.get("track_running_stats")
-        return bool(t.const) if t is not None and t.is_const else (None if t is not None else False)
+        # each sample normalized by its own statistics, as in training: evaluating in train mode is what
+        # image-to-image models do on purpose (with track_running_stats, eval() would switch to averages)
+        return False
     if name in ("Sequential", "ModuleList", "ModuleDict"):
         return None
     return False

@@ -80,7 +80,10 @@ class ValidationWithoutEvalMode(Rule):
     Training mode chosen on purpose is not reported: an explicit `model.train()` after training, with
     nothing trained since and outside any loop that trains (Monte Carlo dropout, sampling predictions
     under `no_grad`), and a model handed to a training framework (ignite, Lightning, Hugging Face,
-    fastai), which sets its modes itself.
+    fastai), which sets its modes itself. Instance norm does not count as a mode-dependent layer: in
+    training mode it normalizes each sample by its own statistics, exactly as it was trained (with
+    `track_running_stats=True`, `eval()` would switch it to running averages, which image-to-image
+    models such as StarGAN avoid on purpose).
 
     ## References
     - [`torch.nn.Module.eval`](https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.eval)
