@@ -564,7 +564,8 @@ class ExpressionsMixin:
             parts = tuple(V(UNKNOWN, graph=False, label=it.label, shape=(r, True)) for r in it.ref[1])
             return V(TUPLE, elems=parts, graph=False, label=it.label) if len(parts) > 1 else parts[0]
         if it.kind == TUPLE and it.ref == "items":
-            return V(TUPLE, elems=(V(CONST), V(TENSOR, graph=False, alias=it.alias)), alias=it.alias)
+            value = it.tail if it.tail is not None else V(TENSOR, graph=False, alias=it.alias)
+            return V(TUPLE, elems=(V(CONST), value), alias=it.alias)
         # batches from a loader: tensors without a graph, labelled by the loader
         return V(
             UNKNOWN,

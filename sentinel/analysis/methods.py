@@ -229,10 +229,15 @@ class MethodsMixin:
         if recv.kind in (STATE_DICT, DICT):
             if meth in ("copy",):
                 return recv
+            # a dict built here (`parts = {"ce": ce(out, y), ...}`): its values are known, whichever comes
+            stored = None
+            if recv.kind == DICT and recv.items:
+                for _, v in recv.items:
+                    stored = v if stored is None else join(stored, v)
             if meth == "items":
-                return V(TUPLE, ref="items", alias=recv.alias)
+                return V(TUPLE, ref="items", alias=recv.alias, tail=stored)
             if meth == "values":
-                return V(LIST, elems=None, alias=recv.alias, taints=recv.taints)  # what was stored in it
+                return V(LIST, elems=None, alias=recv.alias, taints=recv.taints, tail=stored)  # what was stored in it
             return V(UNKNOWN)
         if recv.kind in (LIST, UNKNOWN, TUPLE) and meth in ("append", "extend", "insert", "add"):
             return self._append(recv, meth, node, args, state, ctx)
