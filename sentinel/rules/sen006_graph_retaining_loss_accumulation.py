@@ -267,10 +267,23 @@ def train_epoch(model, loader, opt):
             yield Violation(
                 acc.node,
                 acc.site or acc.stmt,
-                f"`{acc.target}` accumulates a tensor that carries its autograd graph: every iteration's "
+                f"`{_shown(acc)}` accumulates a tensor that carries its autograd graph: every iteration's "
                 "graph stays alive; accumulate `.item()` or `.detach()` instead",
                 data={"target": acc.target},
             )
+
+
+def _shown(acc) -> str:
+    """The accumulator as written (`meters[name]`), where the analysis keys it without its subscript."""
+    import libcst as cst
+
+    node = acc.node
+    target = node.target if isinstance(node, cst.AugAssign) else node
+    if acc.target.endswith("[]") and isinstance(target, cst.Subscript):
+        text = cst.Module([]).code_for_node(target)
+        if len(text) <= 40 and "\n" not in text:
+            return text
+    return acc.target
 
 
 def _returned_by_its_function(module, stmt, name: str) -> bool:
