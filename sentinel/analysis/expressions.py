@@ -162,7 +162,7 @@ class ExpressionsMixin:
             label = next((v.label for v in (left, right) if v.label and v.graph is not True and v.kind != CONST), "")
             return V(
                 kind,
-                graph=graph_of(left, right),
+                graph=_binop_graph(left, right),
                 taints=merge_taints(left, right),
                 shape=_binop_shape(left, right),
                 label=label,
@@ -591,6 +591,17 @@ class ExpressionsMixin:
                 return f"{base}[{key}]"
             return _target_text(node)
         return ""
+
+
+def _binop_graph(left: V, right: V) -> bool | None:
+    """:func:`graph_of` for ``a op b``. A detached tensor scaled by a value of unknown origin that no
+    forward fed (``loss.detach() / args.accum_steps``) is still detached: that value is a number."""
+    graph = graph_of(left, right)
+    if graph is None:
+        for a, b in ((left, right), (right, left)):
+            if a.kind == TENSOR and a.graph is False and b.kind == UNKNOWN and b.graph is None and not b.taints:
+                return False
+    return graph
 
 
 def _binop_shape(left: V, right: V) -> tuple | None:
