@@ -1246,3 +1246,39 @@ def test_a_model_written_as_a_function_over_trainable_tensors_is_a_model(old, ne
     assert {code for code, _ in found} == expected
     if expected:
         assert found == {("SEN004", line_of(source, TEST_FORWARD))}
+
+
+EINOPS_PATCHES = """
+import torch
+from einops.layers.torch import Rearrange
+from torch import nn
+
+class PatchClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patchify = nn.Sequential(Rearrange("b c (h p) (w q) -> b (h w) (p q c)", p=4, q=4), nn.Linear(48, 16))
+        self.head = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 2))
+
+    def forward(self, img):
+        return self.head(self.patchify(img).mean(dim=1))
+
+net = PatchClassifier()
+opt = torch.optim.Adam(net.parameters())
+train = [(torch.randn(4, 3, 8, 8), torch.randint(0, 2, (4,))) for _ in range(2)]
+valid = [(torch.randn(4, 3, 8, 8), torch.randint(0, 2, (4,))) for _ in range(2)]
+for epoch in range(2):
+    for x, y in train:
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        for x, y in valid:
+            out = net(x)
+"""
+
+
+def test_einops_layers_are_not_mode_dependent() -> None:
+    # `Rearrange` reshapes its input: a model of it, LayerNorm and Linear evaluates the same in both modes
+    assert findings(EINOPS_PATCHES) == set()
+    with_dropout = EINOPS_PATCHES.replace("nn.Linear(48, 16))", "nn.Linear(48, 16), nn.Dropout(0.1))")
+    assert findings(with_dropout) == {("SEN003", line_of(with_dropout, "out = net(x)"))}

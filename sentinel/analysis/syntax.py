@@ -84,6 +84,8 @@ _MODE_FUNCS = frozenset(
 def _layer_sensitive(qual: str, kwargs: dict[str, V], args: list[V] | None = None) -> bool | None:
     """Whether a layer constructor builds a module whose output depends on train/eval mode."""
     name = api.last(qual)
+    if qual.startswith("einops."):
+        return False  # einops' layers rearrange, reduce or (EinMix) multiply: the same in both modes
     if not qual.startswith("torch.nn."):
         return True  # zoo models (torchvision, timm, transformers) have dropout and batch norm
     if "Dropout" in name or "BatchNorm" in name:

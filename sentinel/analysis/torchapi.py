@@ -295,6 +295,8 @@ def is_module_class(qual: str) -> bool:
         return not any("Weights" in p for p in parts) and name not in _TORCHVISION_NOT_MODELS
     if qual.startswith("timm.create_model"):
         return True
+    if qual.startswith("einops.layers."):  # `Rearrange("b c h w -> b (h w) c")`, `Reduce`, `EinMix`
+        return name[:1].isupper()
     if qual.startswith("transformers.") and name == "from_pretrained":
         cls = qual.rsplit(".", 2)[-2] if qual.count(".") >= 2 else ""
         return "Model" in cls or "For" in cls
@@ -559,6 +561,8 @@ STATELESS_LAYERS = frozenset(
 
 
 def is_stateless_layer(qual: str) -> bool:
+    if qual.startswith("einops.layers."):
+        return last(qual) in ("Rearrange", "Reduce", "Repeat")  # a reshaping of its input
     return qual.startswith("torch.nn.") and "functional" not in qual and last(qual) in STATELESS_LAYERS
 
 
