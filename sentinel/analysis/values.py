@@ -229,6 +229,11 @@ def join(a: V | None, b: V | None) -> V:
         return b.with_(taints=taints)
     if b.kind == LIST and b.elems == ():
         return a.with_(taints=taints)
+    for one, other in ((a, b), (b, a)):
+        if one.label == "sampler" and one.ident is not None and (other.label != "sampler" or other.ident is None):
+            # `DistributedSampler(ds) if distributed else RandomSampler(ds)`: on the distributed path the
+            # loader shuffles with that sampler, whose epoch must be set
+            return one.with_(taints=taints)
     if a.kind != b.kind:
         # a constant None/0 initialiser joined with a real value: keep the real one's identity facts
         if a.kind == CONST and a.const in (None, 0, 0.0):
