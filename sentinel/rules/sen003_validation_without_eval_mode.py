@@ -8,12 +8,30 @@ from sentinel.rules.base import Rule, Violation, model_call, named_model
 
 
 def first_per_region(events: list[ForwardEvent], facts: Facts) -> list[ForwardEvent]:
-    """The first forward of each evaluation region (loop iteration or function body, per model)."""
+    """The first forward of each evaluation region (loop iteration or function body, per model). In an
+    evaluation function, that is its first forward of the model in the same grad and train/eval mode,
+    even one that does not count as evaluation on its own (`memory = model.encoder(src)` before the
+    decoding loop of a `greedy_decode()`)."""
     firsts: dict[tuple, ForwardEvent] = {}
     for ev in events:
         key = facts.region_key(ev)
         if key not in firsts or ev.seq < firsts[key].seq:
             firsts[key] = ev
+    for key, ev in firsts.items():
+        if key[0] != "function":
+            continue
+        for other in facts.forwards:
+            if other.seq >= ev.seq:
+                break
+            if (
+                other.ctx == ev.ctx
+                and other.grad == ev.grad
+                and other.modes == ev.modes
+                and facts.region_key(other) == key
+                and not facts.connected_to_backward(frozenset({other.id}))
+            ):
+                firsts[key] = other
+                break
     return sorted(firsts.values(), key=lambda e: e.seq)
 
 
