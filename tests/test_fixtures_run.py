@@ -171,14 +171,15 @@ def _worker(result_path: str, paths: list[str]) -> None:
         finally:
             sys.argv = saved_argv
             os.chdir(REPO)
-            tempfile.tempdir = None
-            shutil.rmtree(workdir, ignore_errors=True)
             # A fixture's environment (MASTER_PORT, ...) and a process group it left initialized must
             # not leak into the next one: a stale port makes the next rendezvous wait for a peer.
             os.environ.clear()
             os.environ.update(saved_env)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
+            # only then its files: a process group's store lives in them until it is destroyed
+            tempfile.tempdir = None
+            shutil.rmtree(workdir, ignore_errors=True)
             # Global autograd state must not leak from one fixture into the next.
             torch.set_grad_enabled(True)
             torch.set_default_dtype(torch.float32)
