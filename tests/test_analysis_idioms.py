@@ -1282,3 +1282,45 @@ def test_einops_layers_are_not_mode_dependent() -> None:
     assert findings(EINOPS_PATCHES) == set()
     with_dropout = EINOPS_PATCHES.replace("nn.Linear(48, 16))", "nn.Linear(48, 16), nn.Dropout(0.1))")
     assert findings(with_dropout) == {("SEN003", line_of(with_dropout, "out = net(x)"))}
+
+
+SNAPSHOT_OF_FRESH_COPIES = """
+import copy
+import torch
+
+def fit(stage, nets):
+    while True:
+        stage.opt.step()
+        snapshot = {}
+        for name, module in nets:
+            if module is not None:
+                module = copy.deepcopy(module).eval()
+            snapshot[name] = module
+"""
+
+
+def test_a_model_copied_just_before_it_is_stored_is_no_alias() -> None:
+    # the optimizer's parameters are unknown, so any model could be stepped; not a copy made here
+    assert findings(SNAPSHOT_OF_FRESH_COPIES) == set()
+    alias = SNAPSHOT_OF_FRESH_COPIES.replace("module = copy.deepcopy(module).eval()", "module.eval()")
+    assert findings(alias) == {("SEN005", line_of(alias, "snapshot[name] = module"))}
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("model", True),
+        ("net_G", True),
+        ("teacher_model", True),
+        ("network_pkl", False),  # stylegan2-ada's `open_url(network_pkl)`: a file, not a network
+        ("model_path", False),
+        ("model_name", False),
+        ("net_cfg", False),
+        ("model_kwargs", False),
+        ("model_ckpt", False),
+    ],
+)
+def test_a_name_about_a_model_is_not_guessed_to_be_one(name: str, model: bool) -> None:
+    from sentinel.analysis import torchapi
+
+    assert torchapi.modelish(name) is model

@@ -348,6 +348,10 @@ class CallsMixin:
                 sensitive = _any_sensitive([self._layers_known(v) for _, v in x.items])
             elif x.elems is not None:
                 sensitive = _any_sensitive([self._layers_known(v) for v in x.elems])
+            elif not args and not kwargs:  # `nn.ModuleList()`, filled by `.append(...)` later
+                ident = Ident(next(self.seq))
+                self.containers[ident] = False
+                return V(MODEL, ident=ident, origin=node)
             else:  # a comprehension / loop-built list of layers
                 sensitive = list_sensitive(x) if x.kind == LIST else None
             return V(MODEL, ident=object(), origin=node, sensitive=sensitive)
@@ -431,7 +435,13 @@ class CallsMixin:
             return sampler
         if qual in ("copy.deepcopy",):
             if x.kind == MODEL:
-                return x.with_(ident=Ident(next(self.seq)))
+                copied = Ident(next(self.seq))
+                self.copies.add(copied)
+                if x.ident is not None and x.ident in self.facts.frozen_all and x.ident not in self.facts.thawed:
+                    self.facts.frozen_all.add(copied)  # a copy of a frozen model is frozen too (an EMA copy)
+                return x.with_(ident=copied)
+            if x.kind == UNKNOWN and x.ref is None:
+                return x.with_(alias=None, ref="copy")  # a copy of an object we cannot see (a model, maybe)
             return x.with_(alias=None, graph=False if x.graph else x.graph)
         if x.kind == PARAMS and qual in ("builtins.list", "builtins.tuple", "builtins.iter"):
             return x

@@ -211,7 +211,8 @@ class ExpressionsMixin:
                 graph=graph_of(*elems) if elems else False,
                 ident=object() if kind == LIST else None,
                 alias=next((e.alias for e in elems if e.alias is not None), None),
-                sensitive=_any_sensitive(elems),  # a list of layers: does it hold dropout/batch norm?
+                # a list of layers: does it hold dropout/batch norm? (project classes' layers read too)
+                sensitive=_any_sensitive([self._layers_known(e) if e.kind == MODEL else e for e in elems]),
             )
         if t is cst.Dict:
             vals = []

@@ -430,11 +430,14 @@ class Facts(RegionsMixin):
         the loop creates afresh each iteration (a model built by a helper per run) is not trained
         again once its iteration is over.
         """
-        existed = getattr(alias, "created", -1) < self.frames[fid].start
+        created = getattr(alias, "created", -1)
+        existed = created < self.frames[fid].start
         root = self.root_of.get(alias, alias)
         for step in self.step_by_frame.get(fid, ()):
             if not (step.seq > seq or existed):
                 continue
+            if step.model is None and created > getattr(step.ident, "created", created):
+                continue  # an optimizer over unknown parameters: not those of a model made after it (a copy)
             if alias is None or step.model is None or step.ident == alias:
                 return True
             if any(self.root_of.get(m, m) == root for m in step.model):

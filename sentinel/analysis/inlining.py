@@ -174,6 +174,8 @@ class InliningMixin:
         """Does the model hold layers that behave differently in train and eval mode? None: unknown."""
         if model.sensitive is not None:
             return model.sensitive
+        if model.ident in self.containers:
+            return self.containers[model.ident]  # an `nn.ModuleList()` filled by `.append(...)`
         inst = model.ref
         if not (isinstance(inst, Instance) and inst.cls.is_module):
             return None

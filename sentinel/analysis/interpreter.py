@@ -125,6 +125,10 @@ class Interpreter(
         self.module_calls = 0  # calls of a module (a forward), anywhere: did a method run any layer?
         #: per running plain function: how often its own code read a hand-made model's weights
         self.leaf_reads: list[int] = []
+        #: `nn.ModuleList()` / `nn.ModuleDict()` built empty: whether what was appended holds dropout/batch norm
+        self.containers: dict[Ident, bool | None] = {}
+        #: models made by `copy.deepcopy`: a snapshot of one made in the same iteration is a copy, not an alias
+        self.copies: set[Ident] = set()
         self._functional_models: dict[int, Ident] = {}
         self.tracked_module_calls = 0  # ... with gradient tracking possibly on
         self.ctx_ids = itertools.count(1)

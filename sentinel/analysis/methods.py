@@ -83,6 +83,9 @@ def _writes_grad(meth: str, node) -> bool:
     return "grad" in meth.lower() and not meth.startswith(("clip_grad", "no_grad", "enable_grad", "set_grad_enabled"))
 
 
+_CONTAINER_ADDS = frozenset({"append", "extend", "insert", "add_module"})
+
+
 class MethodsMixin:
     """Models method calls on known objects; part of :class:`~sentinel.analysis.interpreter.Interpreter`."""
 
@@ -95,6 +98,15 @@ class MethodsMixin:
         elif meth in _REINIT_METHODS and param_models(recv):
             for owner in param_models(recv):  # `for layer in model.children(): layer.reset_parameters()`
                 self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=owner, kind="model"))
+        if recv.kind == MODEL and recv.ident in self.containers and meth in _CONTAINER_ADDS:
+            # `self.convs.append(StyledConv(...))`: what the container holds decides its layers
+            added = args[-1] if args else TOP
+            if added.kind in (LIST, TUPLE):
+                found = self.layers_sensitive(added)
+            else:
+                found = _any_sensitive((self._layers_known(added),))
+            self.containers[recv.ident] = union_sensitive(self.containers[recv.ident], found)
+            return TOP
         if _writes_grad(meth, node):
             self.facts.grad_writes.append(self._ev(Event, node, ctx))
         if meth == "requires_grad_" or "freeze" in meth.lower():
@@ -134,6 +146,8 @@ class MethodsMixin:
                     if grad is None and self.tracked_module_calls == tracked_before:
                         grad = "off"  # every layer it ran ran under its own `with torch.no_grad():`
                     fid = self._forward_event(recv, node, args, state, ctx, grad=grad)
+                    if m.evaluates and self.facts.forwards[-1].id == fid:
+                        self.facts.forwards[-1].modes = EVAL  # its decorator switched it for the call
                     result = _tainted(result, fid)
                 elif module and result.kind == TENSOR and not result.taints and not ctx.model_method:
                     # `loss = module.training_step(batch)`: a tensor the model computed; if it is
@@ -292,7 +306,9 @@ class MethodsMixin:
     def _as_model(self, value: V, expr: cst.BaseExpression, state: State) -> V:
         path = _dotted(expr)
         name = (path or "").rsplit(".", 1)[-1]
-        ident = Ident(next(self.seq)) if value.ref == "ctor" else ("guess", path or name)
+        ident = Ident(next(self.seq)) if value.ref in ("ctor", "copy") else ("guess", path or name)
+        if value.ref == "copy":
+            self.copies.add(ident)  # `copy.deepcopy(module).eval()`: a model, and a copy
         model = V(MODEL, ident=ident, label=value.label or name, origin=value.origin)
         if path is not None and (path in state.env or "." not in path):
             state.env[path] = model
@@ -434,7 +450,7 @@ class MethodsMixin:
             elems=recv.elems + (x,) if recv.elems is not None and meth == "append" else None,
             tail=x if meth == "append" else extended_tail(recv, x) if meth == "extend" else None,
             sensitive=union_sensitive(
-                list_sensitive(recv) if recv.kind in (LIST, TUPLE) else recv.sensitive,
+                self.layers_sensitive(recv) if recv.kind in (LIST, TUPLE) else recv.sensitive,
                 self.layers_sensitive(x)
                 if meth == "extend" and x.kind in (LIST, TUPLE)
                 else _any_sensitive((self._layers_known(x),)),
@@ -486,6 +502,9 @@ class MethodsMixin:
         if meth in ("load_state_dict", "register_forward_hook", "register_buffer", "add_module"):
             return TOP
         if meth in api.FORWARD_METHODS and not ctx.model_method:
+            given = [*args, *kwargs.values()]
+            if given and all(v.is_const for v in given):
+                return TOP  # `url.encode("utf-8")` on a name that looked like a model: no model runs on literals
             return self._method_forward(recv, meth, node, args, kwargs, state, ctx)
         if meth in ("generate", "predict", "sample", "encode", "decode", "embed"):
             return V(TENSOR, graph=None, taints=merge_taints(*args))

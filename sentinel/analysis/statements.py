@@ -4,6 +4,7 @@ definitions, assignments, snapshots of state dicts and accumulations."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import libcst as cst
@@ -27,7 +28,6 @@ from sentinel.analysis.syntax import (
     _self_add,
     _target_text,
     extended_tail,
-    list_sensitive,
     negated,
     union_sensitive,
 )
@@ -55,6 +55,9 @@ from sentinel.analysis.values import (
     merge_taints,
     param_models,
 )
+
+#: a decorator whose code switches the model it wraps to eval mode
+_EVAL_CALL = re.compile(r"\.eval\(\s*\)")
 
 
 class StatementsMixin:
@@ -187,12 +190,17 @@ class StatementsMixin:
         if first is not None:
             key = f"{FIRST_ITERATION} {first}"  # `if i == 0:` in `for i, mb in enumerate(...)`
         a = state.copy()
+        none_name, none_in_body = _none_test(node.test)
+        if none_name is not None and none_in_body and none_name in a.env:
+            a.env[none_name] = V(CONST, const=None)  # `if x is None:` runs with x None
         self.cond_stack.append(key)
         try:
             self.exec_body(node.body, a, ctx)
         finally:
             self.cond_stack.pop()
         b = state.copy()
+        if none_name is not None and not none_in_body and none_name in b.env:
+            b.env[none_name] = V(CONST, const=None)  # `if x is not None: ...` skipped: x is None
         self.cond_stack.append(negated(key))
         try:
             if isinstance(node.orelse, cst.If):
@@ -459,6 +467,8 @@ class StatementsMixin:
                 info.grad = "off"
             elif v.kind == FUNC and isinstance(v.ref, FuncInfo) and cls is None:
                 wrappers.append((v, dec))  # the project's own decorator: applied below
+            elif v.kind == FUNC and isinstance(v.ref, FuncInfo) and _EVAL_CALL.search(v.ref.code):
+                info.evaluates = True  # `@eval_decorator def generate(self, ...)`: runs with the model in eval()
         if ctx.func is not None or cls is None and not ctx.module_level:
             info.closure = state.env
         info.globals = self._global_state
@@ -660,6 +670,8 @@ class StatementsMixin:
             what = "state_dict"
         elif value.kind == MODEL and isinstance(value_node, (cst.Name, cst.Attribute, cst.Subscript)):
             # `best_model = model`, `nets["G_best"] = nets["G"]`: a second name for the same model
+            if value.ident in self.copies and value.ident.created > self.facts.frames[self.frame_stack[-1]].start:
+                return  # `module = copy.deepcopy(module)` just now, then stored: the copy is the snapshot
             src = _code(value_node)
             if src != _code(target) and api.last(src) != api.last(_code(target)):
                 what = "model"
@@ -687,7 +699,7 @@ class StatementsMixin:
         old = self.eval(node.target, state, ctx)
         if old.kind == LIST and value.kind in (LIST, TUPLE) and isinstance(node.operator, cst.AddAssign):
             elems = old.elems + value.elems if old.elems is not None and value.elems is not None else None
-            sensitive = union_sensitive(list_sensitive(old), self.layers_sensitive(value))
+            sensitive = union_sensitive(self.layers_sensitive(old), self.layers_sensitive(value))
             new = old.with_(
                 elems=elems, taints=old.taints | value.taints, sensitive=sensitive, tail=extended_tail(old, value)
             )
@@ -762,3 +774,16 @@ def _counter(loop: cst.For) -> str | None:
             if all(a.keyword is None for a in it.args):
                 return target.value
     return None
+
+
+def _none_test(test: cst.BaseExpression) -> tuple[str | None, bool]:
+    """``(name, True)`` for ``if name is None:``, ``(name, False)`` for ``if name is not None:``: the
+    branch where ``name`` is None (the body, or what runs when the test fails); ``(None, False)`` else."""
+    if type(test) is cst.Comparison and type(test.left) is cst.Name and len(test.comparisons) == 1:
+        comp = test.comparisons[0]
+        if type(comp.comparator) is cst.Name and comp.comparator.value == "None":
+            if type(comp.operator) is cst.Is:
+                return test.left.value, True
+            if type(comp.operator) is cst.IsNot:
+                return test.left.value, False
+    return None, False

@@ -363,8 +363,16 @@ _CRITERIONISH = re.compile(
 )
 
 
+#: `model_path`, `network_pkl`, `net_cfg`: data about a model (a file, a name, a configuration), not one
+_ABOUT_A_MODEL = re.compile(
+    r"_(paths?|files?|filename|fname|dirs?|root|url|uri|names?|type|kind|cfg|config|conf|args|kwargs|opts?|params"
+    r"|ckpt|checkpoint|pkl|pth?|weights?|ids?|idx|str|keys?|list|dict|size|dim|arch|version|tag|prefix|suffix|fn"
+    r"|func|factory|cls|class|spec|hash|md5)$"
+)
+
+
 def modelish(name: str) -> bool:
-    return bool(_MODELISH.match(name))
+    return bool(_MODELISH.match(name)) and not _ABOUT_A_MODEL.search(name)
 
 
 def optimizerish(name: str) -> bool:
