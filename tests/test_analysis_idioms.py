@@ -1324,3 +1324,25 @@ def test_a_name_about_a_model_is_not_guessed_to_be_one(name: str, model: bool) -
     from sentinel.analysis import torchapi
 
     assert torchapi.modelish(name) is model
+
+
+KEYED_SNAPSHOTS = """
+import torch
+model = torch.nn.Linear(3, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+best, history = {}, {}
+for epoch in range(3):
+    opt.zero_grad()
+    loss = model(torch.randn(4, 3)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    best[epoch] = model.state_dict()
+    history[epoch] = loss
+print(best, history)
+"""
+
+
+def test_a_keyed_target_is_named_as_written() -> None:
+    messages = {d.code: d.message for d in check_source(KEYED_SNAPSHOTS, "<string>", project=False)}
+    assert messages["SEN005"].startswith("`best[epoch]` holds references to the live model tensors")
+    assert messages["SEN006"].startswith("`history[epoch]` accumulates a tensor that carries its autograd graph")

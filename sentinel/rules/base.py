@@ -47,6 +47,19 @@ def named_model(expr: str) -> str | None:
     return None if expr == "the model" else f"`{expr}`"
 
 
+def written_target(name: str, node: Any) -> str:
+    """How a message names a target the analysis keys without its subscript (``meters[]``): as the code
+    writes it at ``node`` (``meters[name]``, an assignment's or augmented assignment's target), when short."""
+    import libcst as cst
+
+    target = node.target if isinstance(node, cst.AugAssign) else node
+    if name.endswith("[]") and isinstance(target, cst.Subscript):
+        text = cst.Module([]).code_for_node(target)
+        if len(text) <= 40 and "\n" not in text:
+            return text
+    return name
+
+
 def model_call(expr: str, method: str) -> str:
     """The call a message tells the user to make: ```model.eval()```, or "its ``.eval()``" when the code
     does not name the model (see :func:`named_model`)."""

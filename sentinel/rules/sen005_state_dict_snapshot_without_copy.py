@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sentinel.analysis.facts import Facts
-from sentinel.rules.base import Rule, Violation
+from sentinel.rules.base import Rule, Violation, written_target
 
 if TYPE_CHECKING:
     from sentinel.fixes import Fix
@@ -195,14 +195,15 @@ Trainer(nn.Linear(2, 1)).fit([(torch.randn(4, 2), torch.randn(4, 1))], 2)
                 or facts.read_in_later_iteration(snap, frame.id)
             ):
                 continue
+            shown = written_target(snap.target, snap.node)
             if snap.what == "model":
                 message = (
-                    f"`{snap.target}` is an alias of the model, not a copy: training after this line changes "
+                    f"`{shown}` is an alias of the model, not a copy: training after this line changes "
                     f"it too; use `copy.deepcopy(...)`"
                 )
             else:
                 message = (
-                    f"`{snap.target}` holds references to the live {snap.source} tensors, not a copy: later "
+                    f"`{shown}` holds references to the live {snap.source} tensors, not a copy: later "
                     "optimizer steps overwrite this snapshot; use `copy.deepcopy(....state_dict())` or clone "
                     "each tensor"
                 )

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from sentinel.analysis.facts import Facts
 from sentinel.analysis.values import TENSOR
-from sentinel.rules.base import Rule, Violation
+from sentinel.rules.base import Rule, Violation, written_target
 
 if TYPE_CHECKING:
     from sentinel.fixes import Fix
@@ -264,26 +264,14 @@ def train_epoch(model, loader, opt):
                 continue  # returned to a caller we cannot see, which may backpropagate it
             if _within_one_step(facts, acc, sources):
                 continue  # a list made anew for each optimizer step, of graphs that step backpropagates
+            shown = written_target(acc.target, acc.node)
             yield Violation(
                 acc.node,
                 acc.site or acc.stmt,
-                f"`{_shown(acc)}` accumulates a tensor that carries its autograd graph: every iteration's "
+                f"`{shown}` accumulates a tensor that carries its autograd graph: every iteration's "
                 "graph stays alive; accumulate `.item()` or `.detach()` instead",
                 data={"target": acc.target},
             )
-
-
-def _shown(acc) -> str:
-    """The accumulator as written (`meters[name]`), where the analysis keys it without its subscript."""
-    import libcst as cst
-
-    node = acc.node
-    target = node.target if isinstance(node, cst.AugAssign) else node
-    if acc.target.endswith("[]") and isinstance(target, cst.Subscript):
-        text = cst.Module([]).code_for_node(target)
-        if len(text) <= 40 and "\n" not in text:
-            return text
-    return acc.target
 
 
 def _returned_by_its_function(module, stmt, name: str) -> bool:
