@@ -75,6 +75,10 @@ NO_GRAPH_FUNCS = frozenset(
         "argmax",
         "argmin",
         "argsort",
+        "multinomial",  # sampled indices: no graph (a generation loop's next token)
+        "bernoulli",
+        "searchsorted",
+        "bucketize",
         "eq",
         "ne",
         "gt",
