@@ -58,6 +58,9 @@ from sentinel.analysis.values import (
 
 #: a decorator whose code switches the model it wraps to eval mode
 _EVAL_CALL = re.compile(r"\.eval\(\s*\)")
+#: a decorator whose code runs what it wraps without gradients (and never turns them on)
+_NO_GRAD_CODE = re.compile(r"\bno_grad\b|\binference_mode\b")
+_GRAD_ON_CODE = re.compile(r"enable_grad|set_grad_enabled")
 
 
 class StatementsMixin:
@@ -463,11 +466,14 @@ class StatementsMixin:
                 continue
             v = self.eval(d, state, ctx)
             g = self._grad_of_ctx(v)
-            if g == "off":
+            project = v.kind == FUNC and isinstance(v.ref, FuncInfo)
+            if g == "off" or project and _NO_GRAD_CODE.search(v.ref.code) and not _GRAD_ON_CODE.search(v.ref.code):
+                # `@torch.no_grad()`, or the project's own (`@smart_inference_mode()` wrapping the function in
+                # `torch.inference_mode()` or `torch.no_grad()`, whichever the version has)
                 info.grad = "off"
-            elif v.kind == FUNC and isinstance(v.ref, FuncInfo) and cls is None:
+            if project and cls is None:
                 wrappers.append((v, dec))  # the project's own decorator: applied below
-            elif v.kind == FUNC and isinstance(v.ref, FuncInfo) and _EVAL_CALL.search(v.ref.code):
+            if project and cls is not None and _EVAL_CALL.search(v.ref.code):
                 info.evaluates = True  # `@eval_decorator def generate(self, ...)`: runs with the model in eval()
         if ctx.func is not None or cls is None and not ctx.module_level:
             info.closure = state.env
