@@ -110,9 +110,11 @@ class RegionsMixin:
         model = ev.model.ident if ev.model is not None else None
         if model is None or isinstance(model, Alt) or ev.from_checkpoint:
             return False
+        if self._switched_to_eval(ev):
+            return False  # `model.eval()` first: evaluated on purpose, its weights came some way we cannot see
         if model in self.fresh_layers:
-            if ev.evalish or self._switched_to_eval(ev):
-                return False  # a bare layer evaluated on purpose (`model.eval()`, a test loader)
+            if ev.evalish:
+                return False  # a bare layer run on a test loader's batch
         elif getattr(model, "cls", None) is None:
             return False  # a project class or a torch.nn layer built here: zoo models come pretrained
         for s in self.steps:
