@@ -618,6 +618,12 @@ class CallsMixin:
             return _any_sensitive([self._layers_known(e) for e in v.elems])
         return list_sensitive(v)
 
+    def added_sensitive(self, x: V, many: bool) -> bool | None:
+        """Whether what ``append(x)`` (``many``: ``extend(x)``) adds to a list of layers holds dropout/batch norm."""
+        if many and x.kind in (LIST, TUPLE):
+            return self.layers_sensitive(x)
+        return _any_sensitive((self._layers_known(x),))
+
     def _layers_known(self, v: V) -> V:
         """``v`` saying whether it holds dropout/batch norm, when it is an instance of a project model class."""
         if v.kind == MODEL and v.sensitive is None and isinstance(v.ref, Instance):

@@ -212,7 +212,7 @@ class ExpressionsMixin:
                 ident=object() if kind == LIST else None,
                 alias=next((e.alias for e in elems if e.alias is not None), None),
                 # a list of layers: does it hold dropout/batch norm? (project classes' layers read too)
-                sensitive=_any_sensitive([self._layers_known(e) if e.kind == MODEL else e for e in elems]),
+                sensitive=_any_sensitive([self._layers_known(e) for e in elems]),
             )
         if t is cst.Dict:
             vals = []

@@ -27,7 +27,6 @@ from sentinel.analysis.syntax import (
     _JOIN_FUNCS,
     _MODULE_ONLY_METHODS,
     _STORE_METHODS,
-    _any_sensitive,
     _code,
     _dotted,
     _target_text,
@@ -100,11 +99,7 @@ class MethodsMixin:
                 self.facts.reinits.append(self._ev(ResetEvent, node, ctx, target=owner, kind="model"))
         if recv.kind == MODEL and recv.ident in self.containers and meth in _CONTAINER_ADDS:
             # `self.convs.append(StyledConv(...))`: what the container holds decides its layers
-            added = args[-1] if args else TOP
-            if added.kind in (LIST, TUPLE):
-                found = self.layers_sensitive(added)
-            else:
-                found = _any_sensitive((self._layers_known(added),))
+            found = self.added_sensitive(args[-1] if args else TOP, many=meth == "extend")
             self.containers[recv.ident] = union_sensitive(self.containers[recv.ident], found)
             return TOP
         if _writes_grad(meth, node):
@@ -451,9 +446,7 @@ class MethodsMixin:
             tail=x if meth == "append" else extended_tail(recv, x) if meth == "extend" else None,
             sensitive=union_sensitive(
                 self.layers_sensitive(recv) if recv.kind in (LIST, TUPLE) else recv.sensitive,
-                self.layers_sensitive(x)
-                if meth == "extend" and x.kind in (LIST, TUPLE)
-                else _any_sensitive((self._layers_known(x),)),
+                self.added_sensitive(x, many=meth == "extend"),
             ),
         )
         if isinstance(node.func, cst.Attribute) and isinstance(node.func.value, cst.Attribute):

@@ -116,8 +116,6 @@ NO_GRAPH_FUNCS = frozenset(
         "manual_seed",
         "no_grad",
         "device",
-        "bucketize",
-        "searchsorted",
         "count_nonzero",
         "sign",
         "nonzero",
