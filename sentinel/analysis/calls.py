@@ -679,6 +679,8 @@ class CallsMixin:
             # getattr(nn, cfg["criterion"]) with a constant name is just an attribute
             if len(args) >= 2 and x.kind == QUAL and isinstance(x.const, str) and isinstance(args[1].const, str):
                 return V(QUAL, const=api.normalize(f"{x.const}.{args[1].const}"))
+            if len(args) == 2 and x.kind == QUAL and api.normalize(str(x.const)) == "torch.optim":
+                return V(QUAL, const=api.ANY_OPTIMIZER)  # getattr(optim, args.optim): some optimizer class
             if len(args) == 2 and x.kind in (INSTANCE, MODEL) and x.ref is not None and isinstance(args[1].const, str):
                 return self.object_attr(x, args[1].const)  # getattr(callback, "on_step_end")
             if len(args) >= 2 and isinstance(x.ref, Candidates):  # getattr(cb, hook) over known callbacks

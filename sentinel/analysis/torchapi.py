@@ -239,11 +239,15 @@ def last(qual: str) -> str:
     return qual.rsplit(".", 1)[-1]
 
 
+#: the class ``getattr(torch.optim, name)`` gives when the name is not a constant (chosen by a flag)
+ANY_OPTIMIZER = "torch.optim.<chosen by name>"
+
+
 def is_optimizer_class(qual: str) -> bool:
     name = last(qual)
     if "lr_scheduler" in qual or "scheduler" in name.lower():
         return False
-    if qual.startswith("torch.optim.") and name[:1].isupper() and name not in ("Optimizer",):
+    if qual == ANY_OPTIMIZER or qual.startswith("torch.optim.") and name[:1].isupper() and name != "Optimizer":
         return True
     return name in OPTIMIZER_NAMES
 
