@@ -83,14 +83,14 @@ class RegionsMixin:
         inst = ev.model.ref if ev.model is not None else None
         if not isinstance(inst, Instance) or not inst.cls.is_module:
             return False
-        if any(v.kind == MODEL for v in inst.attrs.values()):
-            return False
+        if any(v.kind == MODEL and v.ref != "stateless" for v in inst.attrs.values()):
+            return False  # it holds a layer with parameters (an `nn.Identity()` activation holds none)
         cls = inst.cls
         memo = self._cache.setdefault("parameter_free", {})
         found = memo.get(id(cls))
         if found is None:
             found = memo[id(cls)] = all(q.startswith("torch.nn.") for q in cls._qual_bases()) and not any(
-                _LEARNABLE.search(m.code) for c in cls.mro() for m in c.methods.values()
+                _LEARNABLE.search(_STATELESS_LAYER.sub("", m.code)) for c in cls.mro() for m in c.methods.values()
             )
         return found
 
@@ -354,6 +354,8 @@ _EVAL_FUNCTION = re.compile(
 _TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
 
 
+#: building a torch.nn layer that holds no parameters (``nn.Identity()``, ``nn.Sigmoid()``)
+_STATELESS_LAYER = re.compile(r"\b(?:torch\.)?nn\.(?:" + "|".join(sorted(api.STATELESS_LAYERS)) + r")\(")
 # what gives a module class something autograd tracks: parameters, tensors that require grad, layers
 _LEARNABLE = re.compile(r"Parameter|requires_grad|nn\.|torch\.nn|Linear|Conv|Embedding|LSTM|GRU|RNN")
 
