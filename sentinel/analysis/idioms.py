@@ -42,6 +42,10 @@ HEAD_ATTRS = frozenset(
 )
 
 
+#: inference methods a model class usually wraps in ``no_grad`` itself (and ``predict`` in ``eval()``)
+_SELF_CONTAINED = frozenset({"generate", "sample", "predict", "predict_proba", "inference", "infer"})
+
+
 class Elements:
     """What every element of a list built by a comprehension is (``[make_student() for _ in range(3)]``)."""
 
@@ -346,8 +350,11 @@ class IdiomsMixin:
     # -- forwards through custom methods ----------------------------------------------------------
     def _method_forward(self, recv: V, meth: str, node: cst.Call, args, kwargs, state: State, ctx: Ctx) -> V:
         """``model.generate(x)``/``model.encode(x)`` on a model whose class sentinel cannot see."""
-        if meth in ("generate", "sample"):
+        if meth in _SELF_CONTAINED:
             # usually decorated with @torch.no_grad() in the library: the grad mode is unknown
+            if meth not in ("generate", "sample") and recv.ident is not None and not isinstance(recv.ident, Alt):
+                # a model's own `predict()` often switches it to eval itself: its mode is unknown from here
+                state.set_mode(recv.ident, None)
             saved, state.grad = state.grad, None
             try:
                 out = self.forward(recv, node, args, kwargs, state, ctx)

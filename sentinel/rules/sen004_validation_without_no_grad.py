@@ -23,6 +23,12 @@ class ValidationWithoutNoGrad(Rule):
     reported: a helper that no call in the file reaches may be called under `no_grad`. When the forward
     runs in a helper that its other callers use correctly (a loss helper training shares, an average
     another caller computes under `no_grad`), the finding points at the call that lacks `no_grad`.
+    One evaluation region (an evaluation function, or a loop) is reported once, at its first forward,
+    whichever models it runs (a model and a loss module with parameters, a GAN's two generators): one
+    `no_grad` fixes all of them. A model of a class sentinel cannot see (reloaded whole with
+    `torch.load`, built by a library) run through its own inference method (`predict`, `inference`,
+    `generate`, `sample`) is not reported: such methods usually manage the grad mode (and `predict` the
+    train/eval mode) themselves.
     A model written by hand, a function computing on tensors that require grad
     (`W = torch.randn(784, 10, requires_grad=True)`, `nn.Parameter`, `W.requires_grad_()`; `def net(X):
     return X @ W + b`), is a model like any `nn.Module`: calling it on data is a forward pass.
@@ -150,7 +156,12 @@ print(evaluate(model, data))
 
     def check(self, facts: Facts) -> Iterator[Violation]:
         candidates = [ev for ev in facts.evaluation_forwards() if ev.grad == "on"]
+        regions: set[tuple] = set()
         for ev in first_per_region(candidates, facts):
+            region = facts.region_key(ev)[:2]
+            if region in regions:
+                continue  # one `no_grad` covers the region, whichever models run in it (model and loss module)
+            regions.add(region)
             node, stmt = facts.site_lacking_no_grad(ev)
             yield Violation(
                 node,
