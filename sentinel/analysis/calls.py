@@ -346,6 +346,12 @@ class CallsMixin:
         if qual in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
             if x.kind == DICT and x.items is not None:  # nn.ModuleDict({...}) / nn.ModuleDict(dict(...))
                 sensitive = _any_sensitive([self._layers_known(v) for _, v in x.items])
+                if all(key is not None for key, _ in x.items):  # `self.heads["cls"](h)` runs that very head
+                    heads = V(MODEL, ident=object(), origin=node, sensitive=sensitive, items=x.items)
+                    for _, v in x.items:
+                        if v.kind == MODEL:
+                            self._part_of(v.ident, heads.ident)  # `model.eval()` switches each head
+                    return heads
             elif x.elems is not None:
                 sensitive = _any_sensitive([self._layers_known(v) for v in x.elems])
             elif not args and not kwargs:  # `nn.ModuleList()`, filled by `.append(...)` later
