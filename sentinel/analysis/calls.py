@@ -445,6 +445,7 @@ class CallsMixin:
                 self.copies.add(copied)
                 if x.ident is not None and x.ident in self.facts.frozen_all and x.ident not in self.facts.thawed:
                     self.facts.frozen_all.add(copied)  # a copy of a frozen model is frozen too (an EMA copy)
+                    self.facts.freezes.append((next(self.seq), copied, True))
                 return x.with_(ident=copied)
             if x.kind == UNKNOWN and x.ref is None:
                 return x.with_(alias=None, ref="copy")  # a copy of an object we cannot see (a model, maybe)

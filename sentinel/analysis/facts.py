@@ -72,6 +72,7 @@ class ForwardEvent(Event):
     from_checkpoint: bool = False  # a whole module loaded with torch.load: its layers are unknown
     deliberate_train: bool = False  # the function itself put the model in train mode (update_bn style)
     via: str | None = None  # "module": through `ddp.module`; "inner": the model a DDP wrapper wraps
+    wants_grad: bool = False  # called asking for gradients inside (`make_adv=True`: an attack on the input)
 
 
 @dataclass
@@ -239,6 +240,9 @@ class Facts(RegionsMixin):
     frozen: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=False
     frozen_all: set = field(default_factory=set)  # ... every one of them (no condition picked which)
     thawed: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=True
+    #: in program order, ``(seq, model, True)`` when every parameter of a model was frozen, ``(seq, model,
+    #: False)`` when some were thawed again: whether a forward ran frozen depends on which came last
+    freezes: list = field(default_factory=list)
     fresh_layers: set = field(default_factory=set)  # torch.nn layers built here (random weights)
     call_sites: dict[int, tuple] = field(default_factory=dict)  # activation id -> (call node, its statement)
     # (ctx id, name) -> last seq at which the name was read
@@ -283,6 +287,7 @@ class Facts(RegionsMixin):
 
     # -- budget ------------------------------------------------------------------------------------
     _EVENT_LISTS = (
+        "freezes",
         "forwards",
         "backwards",
         "steps",

@@ -4,6 +4,8 @@ methods and classes are inlined with their arguments bound, so every call site g
 
 from __future__ import annotations
 
+import re
+
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
@@ -32,6 +34,10 @@ from sentinel.analysis.values import (
     join,
     merge_taints,
 )
+
+#: a keyword that asks the model's own forward for gradients (``model(x, y, make_adv=True)`` runs an
+#: adversarial attack on its input)
+_WANTS_GRAD = re.compile(r"^(make_)?adv(ersarial)?(_\w+)?$|attack|with_grad|saliency|input_grad", re.I)
 
 
 class InliningMixin:
@@ -116,10 +122,18 @@ class InliningMixin:
 
         if ctx.model_method or ctx.name == "forward":
             return output(frozenset())
-        return output(frozenset({self._forward_event(model, node, args, state, ctx)}))
+        wants_grad = any(_WANTS_GRAD.match(k) and not (v.is_const and not v.const) for k, v in kwargs.items())
+        return output(frozenset({self._forward_event(model, node, args, state, ctx, wants_grad=wants_grad)}))
 
     def _forward_event(
-        self, model: V, node: cst.Call, args: list[V], state: State, ctx: Ctx, grad: str | None = None
+        self,
+        model: V,
+        node: cst.Call,
+        args: list[V],
+        state: State,
+        ctx: Ctx,
+        grad: str | None = None,
+        wants_grad: bool = False,
     ) -> int:
         """Record a forward pass of ``model`` at ``node`` (outside the model's own code); return its id."""
         func = node.func
@@ -166,6 +180,7 @@ class InliningMixin:
             from_checkpoint=model.ref == "loaded",
             deliberate_train=self._deliberate_train(model, modes, grad, ctx),
             via=model.wrapper if model.wrapper in ("module", "inner") else None,
+            wants_grad=wants_grad,
         )
         self.facts.forwards.append(ev)
         return fid

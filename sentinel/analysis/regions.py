@@ -36,7 +36,7 @@ class RegionsMixin:
                 continue  # plain tensors, or every parameter frozen (an EMA copy): it records no graph
             if ev.seq < first_training and self._never_trained(ev):
                 continue  # a shape check (one batch, then `break`) of a model nothing trains or loads into
-            if any(_GRADISH.search(self.ctx_names.get(c, "")) for c in ev.stack):
+            if ev.wants_grad or any(_GRADISH.search(self.ctx_names.get(c, "")) for c in ev.stack):
                 continue  # saliency, attacks, `..._with_grad`: the graph is what the code is after
             if ev.deliberate_train and ev.ctx not in self.training_activations:
                 continue  # recomputing batch-norm statistics (update_bn): train mode on purpose
@@ -95,14 +95,21 @@ class RegionsMixin:
         return found
 
     def _frozen_whole(self, ev: ForwardEvent) -> bool:
-        """Were all of the model's parameters set ``requires_grad=False`` (its own, or a model it is
-        part of), and none of a model related to it thawed again (fine-tuning a head)?"""
+        """When ``ev`` ran, were all of the model's parameters set ``requires_grad=False`` (its own, or
+        a model it is part of), with no part of it thawed again since (fine-tuning a head, or the
+        training loop turning gradients back on after a validation that froze them)?"""
         model = ev.model.ident if ev.model is not None else None
         if model is None or isinstance(model, Alt) or not self.frozen_all:
             return False
-        if not any(self._within(model, frozenset({f})) for f in self.frozen_all):
-            return False
-        return not any(self._within(t, frozenset({model})) or self._within(model, frozenset({t})) for t in self.thawed)
+        frozen = False
+        for seq, target, freeze in self.freezes:
+            if seq > ev.seq:
+                break
+            if freeze and self._within(model, frozenset({target})):
+                frozen = True
+            elif not freeze and (self._within(target, frozenset({model})) or self._within(model, frozenset({target}))):
+                frozen = False
+        return frozen
 
     def _never_trained(self, ev: ForwardEvent) -> bool:
         """Is the model ``ev`` runs one built in this program (a project class, a ``torch.nn`` layer), never

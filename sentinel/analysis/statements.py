@@ -381,6 +381,8 @@ class StatementsMixin:
     def exec_with(self, node: cst.With, state: State, ctx: Ctx) -> None:
         saved = state.grad
         exits: list[dict] = []
+        if any(self._mock_patch(item.item, state, ctx) for item in node.items):
+            return  # the body runs with parts of the program replaced by fakes: a unit test's, not training
         for item in node.items:
             cm = self._local_contextmanager(item.item, state, ctx)
             if cm is not None:
@@ -399,6 +401,13 @@ class StatementsMixin:
             state.grad = saved
         for after in exits:  # what the context manager does after its `yield` (restoring a mode)
             state.modes.update(after)
+
+    def _mock_patch(self, expr, state: State, ctx: Ctx) -> bool:
+        """Is ``expr`` ``unittest.mock.patch(...)`` / ``patch.object(...)`` (or the ``mock`` package's)?"""
+        if type(expr) is not cst.Call:
+            return False
+        fv = self.eval(expr.func, state, ctx, record=False)
+        return fv.kind == QUAL and isinstance(fv.const, str) and fv.const.startswith(_MOCK_PATCH)
 
     def _local_contextmanager(self, expr, state: State, ctx: Ctx) -> FuncInfo | None:
         if type(expr) is not cst.Call:
@@ -643,10 +652,12 @@ class StatementsMixin:
             return
         if flag is None or flag.is_const and flag.const is True:
             self.facts.thawed.update(models)
+            self.facts.freezes.extend((next(self.seq), m, False) for m in models)
         elif flag.is_const and flag.const is False:
             self.facts.frozen.update(models)
             if not self._picked_in_loop():
                 self.facts.frozen_all.update(models)
+                self.facts.freezes.extend((next(self.seq), m, True) for m in models)
 
     def _mark_trainable(self, name_node, owner: V, flag: V | None, state: State, ctx: Ctx) -> None:
         """``W.requires_grad = True`` / ``W.requires_grad_()`` on a plain tensor: ``W`` is now a weight of a
@@ -763,6 +774,9 @@ class StatementsMixin:
             graph=False if no_grad else graph_of(old, value),
             taints=old.taints | value.taints | (frozenset() if no_grad else {acc_id}),
         )
+
+
+_MOCK_PATCH = ("unittest.mock.patch", "mock.patch")
 
 
 def _counter(loop: cst.For) -> str | None:
