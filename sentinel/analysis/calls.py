@@ -642,6 +642,8 @@ class CallsMixin:
         if name in ("float", "int", "bool", "str", "len", "round", "abs", "repr", "print", "isinstance", "format"):
             if name == "abs":
                 return x
+            if name == "isinstance" and x.kind == TENSOR and len(args) == 2 and args[1].const in _TENSOR_CLASSES:
+                return V(CONST, const=True, graph=False)  # every tensor is a `Variable` (the pre-0.4 name)
             return V(CONST, graph=False)
         if name in ("enumerate",):
             return (
@@ -696,6 +698,7 @@ class CallsMixin:
         return V(UNKNOWN, taints=merge_taints(*args))
 
 
+_TENSOR_CLASSES = ("torch.Tensor", "torch.autograd.Variable", "torch.autograd.variable.Variable")
 _OPTIMIZER_NAME = re.compile(r"(^|[._])(optimizer|optimiser|optim|opt)(_?\d*)$")
 
 

@@ -544,7 +544,8 @@ class MethodsMixin:
             self._opaque_training_step(node, vals[1:], ctx)
         kind = TENSOR if recv.kind == TENSOR else UNKNOWN
         shape = self.tensor_method_shape(recv, meth, args, kwargs, node) if recv.shape is not None else None
-        return V(kind, graph=graph_of(*vals), taints=merge_taints(*vals), alias=None, shape=shape)
+        graph = False if recv.kind == UNKNOWN and api.metricish(meth) else graph_of(*vals)
+        return V(kind, graph=graph, taints=merge_taints(*vals), alias=None, shape=shape)
 
     def _sampler_of(self, value: V):
         """The DistributedSampler ``value`` is (or a loader's sampler), None when unknown."""

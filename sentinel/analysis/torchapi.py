@@ -397,6 +397,15 @@ def criterionish(name: str) -> bool:
     return bool(_CRITERIONISH.search(name))
 
 
+#: a helper named for a counting metric (`accuracy`, `topk_correct`, `f1_score`): argmax and comparisons
+#: leave no graph in what it returns
+_METRICISH = re.compile(r"(^|_)(acc|accuracy|top_?k|top\d|correct|precision|recall|f1|auc|error_rate)(_|$)", re.I)
+
+
+def metricish(name: str) -> bool:
+    return bool(_METRICISH.search(name))
+
+
 _RESETISH = re.compile(r"zero_?grad|clear_?grad|reset_?grad|grad_?reset|zero_?gradients", re.IGNORECASE)
 
 
@@ -452,9 +461,17 @@ _NON_MODULE_ATTR = re.compile(
 )
 
 
+#: a method named for what it does (``create_dummy_batch``, ``get_classifier``), not a submodule
+_METHOD_ATTR = re.compile(
+    r"^(create|make|build|get|set|compute|init|initialize|load|save|reset|update|prepare|register|apply|"
+    r"freeze|unfreeze|enable|disable|convert|export|print|log|to)_\w+$"
+)
+
+
 def non_module_attribute(name: str) -> bool:
-    """Attributes of a model that hold data (its configuration, device, sizes), not a submodule."""
-    return bool(_NON_MODULE_ATTR.match(name))
+    """Attributes of a model that hold data (its configuration, device, sizes) or name one of its
+    methods (read without a call: ``creator = model.create_dummy_batch``), not a submodule."""
+    return bool(_NON_MODULE_ATTR.match(name) or _METHOD_ATTR.match(name))
 
 
 # -- activations, losses that expect logits or log-probabilities, functional dropout --------------

@@ -240,7 +240,9 @@ def join(a: V | None, b: V | None) -> V:
             return b.with_(taints=taints)
         if b.kind == CONST and b.const in (None, 0, 0.0):
             return a.with_(taints=taints)
-        return V(taints=taints, label=a.label or b.label)
+        return V(
+            taints=taints, label=a.label or b.label, graph=a.graph if a.graph is False and b.graph is False else None
+        )
     if a.kind in (QUAL, GRAD_CTX) and a.const != b.const and a.kind == QUAL:
         return V(taints=taints, label=a.label or b.label)
     ident = a.ident if a.ident is b.ident else None

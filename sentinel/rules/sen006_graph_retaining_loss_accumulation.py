@@ -52,6 +52,9 @@ class GraphRetainingLossAccumulation(Rule):
     are each backpropagated) is reported on the line that carries it. Accumulating on purpose to call
     `backward()` on the sum later (micro-batches, backpropagation through time after the loop) is
     recognized and not reported; so is anything under `no_grad`, `.item()`, `.detach()` and `.data`.
+    So is a sum made anew for each optimizer step and filled by its micro-batch loop with losses that
+    are each backpropagated (`total = None` ... `loss.backward(); total += loss` ... `step()`): it
+    holds one step's graphs, whose buffers backward() already freed, and does not grow.
     Evaluation code that runs with gradients on is reported here too when its sum keeps the graphs.
 
     ## Why is this bad?
@@ -239,6 +242,8 @@ def train_epoch(model, loader, opt):
             if not acc.outlives or acc.value is None:
                 continue
             value = acc.value
+            if value.graph is False:
+                continue  # computed under no_grad, or detached, on every path
             # derived (by tensor operations sentinel can see) from something that was backpropagated;
             # a value that went through code sentinel cannot see (RPC futures, unknown helpers) is no proof
             # `.backward()` was called on this very value: it certainly carried a graph
