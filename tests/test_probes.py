@@ -1151,3 +1151,37 @@ def test_a_value_overwritten_in_place_is_checked_by_an_eager_replay():
     d = _finite_details(made)
     assert (d["stage"], d["module"], d["value"]) == ("forward", "logf", "nan")
     assert fingerprint(model, None) == before
+
+
+class _TinyPath(nn.Module):
+    """A bias whose gradient is ~1e-9 of the weights': like a bias before batch norm, it cannot move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.shift = nn.Parameter(torch.full((3,), 0.5))
+
+    def forward(self, x):
+        return self.fc(x) + 1e-9 * self.shift
+
+
+def _tiny_path(lr: float) -> tuple:
+    torch.manual_seed(0)
+    model = _TinyPath()
+    batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    return model, nn.CrossEntropyLoss(), batch, torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def test_update_below_float_precision_is_not_reported():
+    model, loss_fn, batch, opt = _tiny_path(0.01)
+    result = check_updates(model, loss_fn, batch, opt)
+    assert result.status == "pass", result.findings
+
+
+def test_learning_rate_zero_still_leaves_parameters_unchanged():
+    model, loss_fn, batch, opt = _tiny_path(0.0)
+    result = check_updates(model, loss_fn, batch, opt)
+    assert [f.code for f in result.findings] == ["SEN102"]
+    reasons = {p["name"]: p["reason"] for p in result.findings[0].details["parameters"]}
+    # a real gradient left unapplied is reported; `shift`'s could not have moved it at any rate
+    assert reasons == {"fc.weight": "unchanged", "fc.bias": "unchanged"}

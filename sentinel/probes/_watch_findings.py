@@ -22,16 +22,12 @@ from torch import nn
 from sentinel.findings import Finding
 from sentinel.probes._watch_replay import unwrap
 from sentinel.probes.report import finding
+from sentinel.probes.state import vanishing
 
 if TYPE_CHECKING:
     from sentinel.probes.watch import Watch
 
 __all__ = ["build_findings"]
-
-# A parameter whose gradient is this small relative to its own magnitude cannot move in float32
-# under SGD-like updates (e.g. the bias of a layer followed by batch norm, whose true gradient is 0):
-# it not changing is expected, not a bug, so it is not reported as "unchanged".
-VANISHING_GRAD = 1e-6
 
 
 def build_findings(w: Watch) -> list[Finding]:
@@ -164,8 +160,7 @@ def _vanishing(st: Any, p: torch.Tensor) -> bool:
     g = st.last_values.get(id(p))
     if g is None:
         return False
-    scale = float(torch.linalg.vector_norm(p.detach().float())) if p.numel() else 0.0
-    return g <= VANISHING_GRAD * scale
+    return vanishing(g, p)  # the bias before a batch norm: not moving is expected, not a bug
 
 
 def _not_updated(w: Watch) -> list[Finding]:

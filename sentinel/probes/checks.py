@@ -26,7 +26,7 @@ from sentinel.probes.mixing import batch_mixing
 from sentinel.probes.nonfinite import checked_step, localize
 from sentinel.probes.overfit import DEFAULT_OVERFIT_STEPS, MAX_OVERFIT_STEPS, overfit
 from sentinel.probes.progress import StepCallback, progress
-from sentinel.probes.state import RNGState, capture_rng, restore_rng, same_bits
+from sentinel.probes.state import BELOW_PRECISION, RNGState, capture_rng, restore_rng, same_bits, vanishing
 from sentinel.probes.workspace import (
     DeviceLike,
     reference_device,
@@ -259,6 +259,8 @@ def _updates(ctx: _Context) -> tuple[list[Finding], dict[str, Any], str]:
             elif in_opt is not None and n not in in_opt:
                 reason = "not-in-optimizer"
             elif same_bits(p.detach(), before[n]):
+                if vanishing(float(torch.linalg.vector_norm(g.detach().float())), before[n], BELOW_PRECISION):
+                    continue  # the bias before a batch norm: its true gradient is 0, rounding leaves a trace
                 reason = "unchanged"
             else:
                 continue

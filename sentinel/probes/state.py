@@ -54,6 +54,23 @@ __all__ = [
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+#: A parameter whose gradient is this small relative to its own magnitude cannot move in float32 under
+#: SGD-like updates (the bias of a layer followed by batch norm, whose true gradient is 0): it not
+#: changing is expected, not a bug.
+VANISHING_GRAD = 1e-6
+
+
+#: For one optimizer step left bit-identical: below this ratio of gradient to weight norm, ``lr * grad``
+#: at common learning rates (<= 1e-2) is under float32's resolution of the weights (~1e-7 relative).
+BELOW_PRECISION = 1e-4
+
+
+def vanishing(grad_norm: float, param: torch.Tensor, ratio: float = VANISHING_GRAD) -> bool:
+    """Is a gradient of norm ``grad_norm`` too small to move ``param`` (see :data:`VANISHING_GRAD`)?"""
+    scale = float(torch.linalg.vector_norm(param.detach().float())) if param.numel() else 0.0
+    return grad_norm <= ratio * scale
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``a`` and ``b`` have the same dtype, shape, device type and identical bits.
 
