@@ -101,7 +101,9 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         "output that does not reach the loss.",
         "The probe runs training steps on a copy and inspects every parameter: `.grad` is None "
         "(`no-grad`), the gradient is all zeros (`zero-grad`), no optimizer param group holds it "
-        "(`not-in-optimizer`), or its value is bit-for-bit the same afterwards (`unchanged`). The loop "
+        "(`not-in-optimizer`), or its value is bit-for-bit the same afterwards (`unchanged`); not when its "
+        "gradient is so small next to its weights (under 1e-4 of their norm) that no step could move them "
+        "in float32, as for the bias of a layer followed by batch norm, whose true gradient is 0. The loop "
         "monitor does the same on the user's own loop with one fused norm reduction per step and a "
         "fingerprint of each parameter at its first step and at the end.",
         """
