@@ -88,7 +88,10 @@ def _layer_sensitive(qual: str, kwargs: dict[str, V], args: list[V] | None = Non
         return False  # einops' layers rearrange, reduce or (EinMix) multiply: the same in both modes
     if not qual.startswith("torch.nn."):
         return True  # zoo models (torchvision, timm, transformers) have dropout and batch norm
-    if "Dropout" in name or "BatchNorm" in name:
+    if "Dropout" in name:
+        p = kwargs.get("p", (args or [None])[0] if args else None)
+        return not (p is not None and p.is_const and p.const == 0)  # `nn.Dropout(0.0)` is the identity
+    if "BatchNorm" in name:
         return True
     if name.startswith("Transformer"):
         d = kwargs.get("dropout")
