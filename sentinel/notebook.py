@@ -3,8 +3,8 @@
 A notebook is linted as one program: its code cells in order. LibCST does not understand IPython
 syntax, so before parsing:
 
-- a cell whose lines all start with the same indentation is dedented, as IPython runs it (a block
-  pasted from inside a function); :meth:`Notebook.column` adds the indentation back to a column;
+- a cell whose first line is indented loses that indentation on every line that has it, as IPython
+  runs it (a block pasted from inside a function); :meth:`Notebook.column` adds it back to a column;
 - a cell whose first line is a cell magic (``%%time``, ``%%bash`` ...) is skipped entirely, as are
   code cells whose language is not Python (``metadata.vscode.languageId``) and every cell of a
   notebook whose kernel language is not Python;
@@ -224,16 +224,14 @@ def _blank(line: str) -> bool:
 
 def cell_program(lines: list[str]) -> tuple[str, list[str]] | None:
     """One code cell as IPython runs it, as Python lines (as many as ``lines``) and the indentation
-    removed from them: the cell dedented (the common leading whitespace of its non-blank lines, as
-    ``textwrap.dedent``), then its IPython lines masked. None for a cell-magic (``%%``) cell."""
+    removed from them: the indentation of its first non-blank line is removed from every line that
+    starts with it (IPython's ``leading_indent``: a block pasted from inside a function, or `` def f():``
+    typed with a stray space), then its IPython lines masked. None for a cell-magic (``%%``) cell."""
     indents = [line[: len(line) - len(line.lstrip(" \t"))] for line in lines if not _blank(line)]
     if not indents:
         return "", ["" for _ in lines]
     margin = indents[0]
-    for indent in indents[1:]:
-        while not indent.startswith(margin):
-            margin = margin[:-1]
-    dedented = ["" if _blank(line) else line[len(margin) :] for line in lines]
+    dedented = ["" if _blank(line) else line[len(margin) :] if line.startswith(margin) else line for line in lines]
     if next(line for line in dedented if line).startswith("%%"):
         return None
     return margin, mask_ipython(dedented)

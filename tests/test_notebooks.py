@@ -247,6 +247,18 @@ def test_a_syntax_error_in_an_indented_cell_is_located_in_the_original_text(tmp_
     assert (err["cell"], err["line"], err["column"]) == (1, 2, 7)  # the '(' in "  b = (1,"
 
 
+def test_a_stray_space_before_a_def_is_removed_as_ipython_does_and_later_cells_are_linted(tmp_path):
+    # IPython strips the first line's indentation from every line that has it: ` def f():` runs
+    helper = " def scale(x):\n    return 2 * x\n\nprint(scale(1))\n"
+    (tmp_path / "h.ipynb").write_text(
+        notebook(cell("code", helper), cell("code", SETUP), cell("code", MODEL), cell("code", LOOP))
+    )
+    concise = run("lint", "--format", "concise", "h.ipynb", cwd=tmp_path)
+    assert concise.exit_code == 1, concise.stdout + concise.stderr
+    assert concise.stdout.startswith("h.ipynb:cell 4:")
+    assert " SEN001 " in concise.stdout
+
+
 def test_unequal_indentation_is_still_a_syntax_error_as_in_ipython(tmp_path):
     (tmp_path / "s.ipynb").write_text(notebook(cell("code", "    a = 1\n  b = 2\n")))
     assert run("lint", "s.ipynb", cwd=tmp_path).exit_code == 2
