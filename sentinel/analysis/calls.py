@@ -564,6 +564,7 @@ class CallsMixin:
     def _sequential(self, node: cst.Call, args: list[V]) -> V:
         act = None
         layers = list(args)
+        named: list[V] | None = None
         if args:
             last = args[-1]
             if last.kind in (SOFTMAX, MODEL) and last.act is not None:
@@ -577,6 +578,7 @@ class CallsMixin:
             elif last.kind == DICT or last.elems:
                 elems = last.elems or ()
                 layers = [e.elems[1] if e.elems and len(e.elems) == 2 else TOP for e in elems]
+                named = layers  # `nn.Sequential(OrderedDict([(name, layer), ...]))`: the layers it names
                 if elems and elems[-1].elems and len(elems[-1].elems) == 2:
                     mod = elems[-1].elems[1]
                     if mod.kind == SOFTMAX:
@@ -589,7 +591,7 @@ class CallsMixin:
             ident=Ident(next(self.seq)),
             act=act,
             origin=node,
-            sensitive=_any_sensitive([self._layers_known(a) for a in args]),
+            sensitive=_any_sensitive([self._layers_known(a) for a in (named if named is not None else args)]),
             shape=self.sequential_shape(layers),
         )
 

@@ -35,6 +35,8 @@ class Frame:
     unrolled: bool = False
     cond_depth: int = 0  # conditions already open when the loop started
     over_layers: bool = False  # iterates a model's layers (`for layer in self.blocks`): one forward pass
+    #: models each iteration binds anew (`for net in ensemble`, a list of models built by a comprehension)
+    each: frozenset = frozenset()
 
 
 _GRAD_PRESENT = re.compile(r"[\w.\[\]]+\.grad is not None|not [\w.\[\]]+\.grad is None")

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 from sentinel.analysis import torchapi as api
 from sentinel.analysis.values import MODEL, Alt
 
+#: the condition key of ``if i == len(batches) - 1:`` on a loop's own target: ``LAST_ITERATION <frame id>``
+LAST_ITERATION = "last-iteration-of"
+
 if TYPE_CHECKING:
     from sentinel.analysis.facts import Event, ForwardEvent, ModeEvent
 
@@ -335,10 +338,12 @@ class RegionsMixin:
             return None
         if fw.modes == frozenset({"eval"}):
             return last_eval
-        # possibly eval: only when the eval() ran in an earlier iteration of a loop around the step
+        # possibly eval: only when the eval() ran in an earlier iteration of a loop around the step, not
+        # in that loop's last one (`if i == len(batches) - 1: model.eval(); validate()`)
         for fid in fw.frames:
             if fid in last_eval.frames and not self._same_pass(fw, last_eval, fid):
-                return last_eval
+                if f"{LAST_ITERATION} {fid}" not in last_eval.conds:
+                    return last_eval
         return None
 
 

@@ -19,7 +19,9 @@ from sentinel.analysis.facts import (
     ResetEvent,
     SnapshotEvent,
 )
+from sentinel.analysis.idioms import element_of
 from sentinel.analysis.objects import ClassInfo, Ctx, FuncInfo, Instance, State, join_states
+from sentinel.analysis.regions import LAST_ITERATION
 from sentinel.analysis.syntax import (
     _MISSING,
     _code,
@@ -192,6 +194,9 @@ class StatementsMixin:
         first = self._first_iteration_of(node.test)
         if first is not None:
             key = f"{FIRST_ITERATION} {first}"  # `if i == 0:` in `for i, mb in enumerate(...)`
+        last = self._last_iteration_of(node.test)
+        if last is not None:
+            key = f"{LAST_ITERATION} {last}"  # `if i == len(batches) - 1:`: no iteration of that loop follows
         a = state.copy()
         none_name, none_in_body = _none_test(node.test)
         if none_name is not None and none_in_body and none_name in a.env:
@@ -231,6 +236,33 @@ class StatementsMixin:
                 a.env[name] = va.with_(sensitive=self.sensitivity(va))
             if vb.sensitive is None:
                 b.env[name] = vb.with_(sensitive=self.sensitivity(vb))
+
+    def _last_iteration_of(self, test: cst.BaseExpression) -> int | None:
+        """The loop (frame id) whose last iteration ``test`` selects: ``i == len(xs) - 1`` or ``i + 1 ==
+        len(xs)``, where ``i`` is (part of) the target of an enclosing ``for``."""
+        if not (
+            type(test) is cst.Comparison
+            and len(test.comparisons) == 1
+            and type(test.comparisons[0].operator) is cst.Equal
+        ):
+            return None
+        name = None
+        for one, other in ((test.left, test.comparisons[0].comparator), (test.comparisons[0].comparator, test.left)):
+            if not (type(other) is cst.BinaryOperation and _is_len_call(other.left)):
+                if _is_len_call(other) and type(one) is cst.BinaryOperation and type(one.operator) is cst.Add:
+                    if type(one.left) is cst.Name and type(one.right) is cst.Integer and one.right.value == "1":
+                        name = one.left.value  # `i + 1 == len(xs)`
+                continue
+            if type(other.operator) is cst.Subtract and type(other.right) is cst.Integer and other.right.value == "1":
+                if type(one) is cst.Name:
+                    name = one.value  # `i == len(xs) - 1`
+        if name is None:
+            return None
+        for fid in reversed(self.frame_stack):
+            frame = self.facts.frames[fid]
+            if isinstance(frame.node, cst.For) and not frame.unrolled and name in _target_names(frame.node.target):
+                return fid
+        return None
 
     def _first_iteration_of(self, test: cst.BaseExpression) -> int | None:
         """The loop (frame id) whose first iteration ``test`` selects: ``i == 0`` (or ``not i``) where
@@ -350,6 +382,8 @@ class StatementsMixin:
             element = self.iter_element(it, node.iter, state, ctx)
             frame = self._push_frame(node, ctx, label)
             frame.over_layers = it.kind == MODEL or self._counts_layers(node.iter, state, ctx)
+            if element.kind == MODEL and element.ident is not None and element_of(it) is not None:
+                frame.each = frozenset({element.ident})  # one member of an ensemble per iteration
             if sampled is not None:
                 sampled.frame_id = frame.id
             try:
@@ -774,6 +808,18 @@ class StatementsMixin:
             graph=False if no_grad else graph_of(old, value),
             taints=old.taints | value.taints | (frozenset() if no_grad else {acc_id}),
         )
+
+
+def _is_len_call(node: cst.BaseExpression) -> bool:
+    return type(node) is cst.Call and type(node.func) is cst.Name and node.func.value == "len"
+
+
+def _target_names(target: cst.BaseExpression) -> set[str]:
+    if type(target) is cst.Name:
+        return {target.value}
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return {n for e in target.elements for n in _target_names(e.value)}
+    return set()
 
 
 _MOCK_PATCH = ("unittest.mock.patch", "mock.patch")

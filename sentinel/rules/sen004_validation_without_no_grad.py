@@ -159,9 +159,10 @@ print(evaluate(model, data))
         regions: set[tuple] = set()
         for ev in first_per_region(candidates, facts):
             region = facts.region_key(ev)[:2]
-            if region in regions:
-                continue  # one `no_grad` covers the region, whichever models run in it (model and loss module)
-            regions.add(region)
+            if region[0] is not None:  # a loop or an evaluation function, not a script's straight-line code
+                if region in regions:
+                    continue  # one `no_grad` covers the region, whichever models run in it (model, loss module)
+                regions.add(region)
             node, stmt = facts.site_lacking_no_grad(ev)
             yield Violation(
                 node,

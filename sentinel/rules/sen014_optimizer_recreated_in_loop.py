@@ -14,6 +14,8 @@ from sentinel.rules.base import Rule, Violation
 
 def _outlives(facts: Facts, model: Any, loop: Frame, ctor: CtorEvent) -> bool:
     """Was ``model`` created before ``loop`` began (so the same model trains in every iteration)?"""
+    if model in loop.each:
+        return False  # `for net in ensemble`: each iteration trains another member
     created = getattr(model, "created", None)
     if isinstance(created, int):
         return created < loop.start
