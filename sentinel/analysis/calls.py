@@ -18,7 +18,7 @@ from sentinel.analysis.facts import (
     SamplerEvent,
     SetEpochEvent,
 )
-from sentinel.analysis.idioms import BoundModelMethod, Candidates, Framework, Registry
+from sentinel.analysis.idioms import BoundModelMethod, Candidates, Framework, Registry, element_of
 from sentinel.analysis.objects import EVAL, MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.syntax import (
     _JOIN_FUNCS,
@@ -648,6 +648,8 @@ class CallsMixin:
                 return V(CONST, const=True, graph=False)  # every tensor is a `Variable` (the pre-0.4 name)
             return V(CONST, graph=False)
         if name in ("enumerate",):
+            if x.kind in (LIST, TUPLE) and (x.elems or element_of(x) is not None):
+                return V(UNKNOWN, ref=("enumerate", x), label=x.label)  # `for j, model in enumerate(models)`
             return (
                 V(
                     UNKNOWN,

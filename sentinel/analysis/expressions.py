@@ -548,6 +548,8 @@ class ExpressionsMixin:
             return element.with_(label=it.label, origin=None)
         if it.ref == "batches":  # a chunk of a tensor's rows: a tensor, batched along dim 0
             return V(TENSOR, graph=it.graph, taints=it.taints, shape=it.shape)
+        if isinstance(it.ref, tuple) and it.ref[0] == "enumerate":
+            return V(TUPLE, elems=(V(CONST), self.iter_element(it.ref[1], node, state, ctx)))
         if isinstance(it.ref, tuple) and it.ref[0] == "zip":
             return V(TUPLE, elems=tuple(self.iter_element(a, node, state, ctx) for a in it.ref[1]))
         if it.elems is not None:

@@ -35,6 +35,19 @@ from sentinel.analysis.values import (
     merge_taints,
 )
 
+
+def _operand_names(expr: cst.BaseExpression) -> str:
+    """The names an arithmetic argument is made of (``test_set.data / 255.``): what the data is."""
+    parts: list[str] = []
+    while type(expr) is cst.BinaryOperation:
+        right = _dotted(expr.right)
+        if right:
+            parts.append(right)
+        expr = expr.left
+    left = _dotted(expr)
+    return " ".join([left, *parts] if left else parts)
+
+
 #: a keyword that asks the model's own forward for gradients (``model(x, y, make_adv=True)`` runs an
 #: adversarial attack on its input)
 _WANTS_GRAD = re.compile(r"^(make_)?adv(ersarial)?(_\w+)?$|attack|with_grad|saliency|input_grad", re.I)
@@ -152,7 +165,7 @@ class InliningMixin:
         model_expr = _dotted(called) or "the model"
         fid = next(self.ids)
         input_labels = " ".join(a.label for a in args if a.label)
-        arg_text = " ".join(_dotted(a.value) or "" for a in node.args)
+        arg_text = " ".join(_dotted(a.value) or _operand_names(a.value) for a in node.args)
         fn_names = ctx.names()
         frames = [self.facts.frames[f] for f in self.frame_stack]
         evalish = (
