@@ -26,8 +26,13 @@ from sentinel.analysis.syntax import (
     _MISSING,
     _code,
     _cond_key,
+    _counter,
     _dotted,
+    _first_index,
+    _last_index_of,
+    _none_test,
     _self_add,
+    _target_names,
     _target_text,
     extended_tail,
     negated,
@@ -191,12 +196,7 @@ class StatementsMixin:
         key = _cond_key(node.test)
         if isinstance(node.test, cst.Name) and isinstance(test.origin, cst.Comparison):
             key = _cond_key(test.origin)  # a parameter bound to the caller's condition
-        first = self._first_iteration_of(node.test)
-        if first is not None:
-            key = f"{FIRST_ITERATION} {first}"  # `if i == 0:` in `for i, mb in enumerate(...)`
-        last = self._last_iteration_of(node.test)
-        if last is not None:
-            key = f"{LAST_ITERATION} {last}"  # `if i == len(batches) - 1:`: no iteration of that loop follows
+        key = self._iteration_key(node.test) or key  # `if i == 0:` in `for i, mb in enumerate(...)`
         a = state.copy()
         none_name, none_in_body = _none_test(node.test)
         if none_name is not None and none_in_body and none_name in a.env:
@@ -237,57 +237,20 @@ class StatementsMixin:
             if vb.sensitive is None:
                 b.env[name] = vb.with_(sensitive=self.sensitivity(vb))
 
-    def _last_iteration_of(self, test: cst.BaseExpression) -> int | None:
-        """The loop (frame id) whose last iteration ``test`` selects: ``i == len(xs) - 1`` or ``i + 1 ==
-        len(xs)``, where ``i`` is (part of) the target of an enclosing ``for``."""
-        if not (
-            type(test) is cst.Comparison
-            and len(test.comparisons) == 1
-            and type(test.comparisons[0].operator) is cst.Equal
-        ):
-            return None
-        name = None
-        for one, other in ((test.left, test.comparisons[0].comparator), (test.comparisons[0].comparator, test.left)):
-            if not (type(other) is cst.BinaryOperation and _is_len_call(other.left)):
-                if _is_len_call(other) and type(one) is cst.BinaryOperation and type(one.operator) is cst.Add:
-                    if type(one.left) is cst.Name and type(one.right) is cst.Integer and one.right.value == "1":
-                        name = one.left.value  # `i + 1 == len(xs)`
+    def _iteration_key(self, test: cst.BaseExpression) -> str | None:
+        """``if i == 0:`` / ``if i == len(xs) - 1:`` on the index of an enclosing loop: the condition key
+        of that loop's first iteration (its body runs once per run of the loop: a reset there clears
+        every step that follows the loop) or of its last (no iteration of that loop follows it)."""
+        first = _first_index(test)
+        last = _last_index_of(test) if first is None else None
+        for fid in reversed(self.frame_stack):
+            loop = self.facts.frames[fid]
+            if not isinstance(loop.node, cst.For):
                 continue
-            if type(other.operator) is cst.Subtract and type(other.right) is cst.Integer and other.right.value == "1":
-                if type(one) is cst.Name:
-                    name = one.value  # `i == len(xs) - 1`
-        if name is None:
-            return None
-        for fid in reversed(self.frame_stack):
-            frame = self.facts.frames[fid]
-            if isinstance(frame.node, cst.For) and not frame.unrolled and name in _target_names(frame.node.target):
-                return fid
-        return None
-
-    def _first_iteration_of(self, test: cst.BaseExpression) -> int | None:
-        """The loop (frame id) whose first iteration ``test`` selects: ``i == 0`` (or ``not i``) where
-        ``i`` counts an enclosing loop from 0 (``enumerate(xs)``, ``range(n)``). Its body then runs
-        once per run of that loop: a reset there clears every step that follows the loop."""
-        name = None
-        if (
-            isinstance(test, cst.Comparison)
-            and len(test.comparisons) == 1
-            and isinstance(test.comparisons[0].operator, cst.Equal)
-        ):
-            left, right = test.left, test.comparisons[0].comparator
-            if isinstance(right, cst.Integer) and right.value == "0" and isinstance(left, cst.Name):
-                name = left.value
-            elif isinstance(left, cst.Integer) and left.value == "0" and isinstance(right, cst.Name):
-                name = right.value
-        elif isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-            if isinstance(test.expression, cst.Name):
-                name = test.expression.value
-        if name is None:
-            return None
-        for fid in reversed(self.frame_stack):
-            loop = self.facts.frames[fid].node
-            if isinstance(loop, cst.For) and _counter(loop) == name:
-                return None if self.facts.frames[fid].unrolled else fid
+            if first is not None and _counter(loop.node) == first:
+                return None if loop.unrolled else f"{FIRST_ITERATION} {fid}"
+            if last is not None and not loop.unrolled and last in _target_names(loop.node.target):
+                return f"{LAST_ITERATION} {fid}"
         return None
 
     def _counts_layers(self, it: cst.BaseExpression, state: State, ctx: Ctx) -> bool:
@@ -810,46 +773,4 @@ class StatementsMixin:
         )
 
 
-def _is_len_call(node: cst.BaseExpression) -> bool:
-    return type(node) is cst.Call and type(node.func) is cst.Name and node.func.value == "len"
-
-
-def _target_names(target: cst.BaseExpression) -> set[str]:
-    if type(target) is cst.Name:
-        return {target.value}
-    if isinstance(target, (cst.Tuple, cst.List)):
-        return {n for e in target.elements for n in _target_names(e.value)}
-    return set()
-
-
 _MOCK_PATCH = ("unittest.mock.patch", "mock.patch")
-
-
-def _counter(loop: cst.For) -> str | None:
-    """The name counting ``loop``'s iterations from 0: ``i`` of ``for i, x in enumerate(xs)`` (no
-    ``start``) or of ``for i in range(n)`` / ``range(0, n)``."""
-    it = loop.iter
-    if not isinstance(it, cst.Call) or not isinstance(it.func, cst.Name):
-        return None
-    target = loop.target
-    if it.func.value == "enumerate" and len(it.args) == 1 and isinstance(target, cst.Tuple) and target.elements:
-        first = target.elements[0].value
-        return first.value if isinstance(first, cst.Name) else None
-    if it.func.value == "range" and isinstance(target, cst.Name) and it.args:
-        if len(it.args) == 1 or (isinstance(it.args[0].value, cst.Integer) and it.args[0].value.value == "0"):
-            if all(a.keyword is None for a in it.args):
-                return target.value
-    return None
-
-
-def _none_test(test: cst.BaseExpression) -> tuple[str | None, bool]:
-    """``(name, True)`` for ``if name is None:``, ``(name, False)`` for ``if name is not None:``: the
-    branch where ``name`` is None (the body, or what runs when the test fails); ``(None, False)`` else."""
-    if type(test) is cst.Comparison and type(test.left) is cst.Name and len(test.comparisons) == 1:
-        comp = test.comparisons[0]
-        if type(comp.comparator) is cst.Name and comp.comparator.value == "None":
-            if type(comp.operator) is cst.Is:
-                return test.left.value, True
-            if type(comp.operator) is cst.IsNot:
-                return test.left.value, False
-    return None, False

@@ -311,3 +311,83 @@ def _is_scaled(node: cst.BaseExpression, text: str) -> bool:
     if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, (cst.Multiply, cst.Divide)):
         return _dotted(node.left) == text or (isinstance(node.operator, cst.Multiply) and _dotted(node.right) == text)
     return False
+
+
+def _is_len_call(node: cst.BaseExpression) -> bool:
+    return type(node) is cst.Call and type(node.func) is cst.Name and node.func.value == "len"
+
+
+def _is_one(node: cst.BaseExpression) -> bool:
+    return type(node) is cst.Integer and node.value == "1"
+
+
+def _first_index(test: cst.BaseExpression) -> str | None:
+    """``i`` of ``if i == 0:`` / ``if not i:``."""
+    if type(test) is cst.UnaryOperation and type(test.operator) is cst.Not:
+        return test.expression.value if type(test.expression) is cst.Name else None
+    if not (type(test) is cst.Comparison and len(test.comparisons) == 1):
+        return None
+    left, right = test.left, test.comparisons[0].comparator
+    if type(test.comparisons[0].operator) is not cst.Equal:
+        return None
+    for zero, name in ((right, left), (left, right)):
+        if type(zero) is cst.Integer and zero.value == "0" and type(name) is cst.Name:
+            return name.value
+    return None
+
+
+def _last_index_of(test: cst.BaseExpression) -> str | None:
+    """``i`` of ``if i == len(xs) - 1:`` / ``if i + 1 == len(xs):``."""
+    if not (type(test) is cst.Comparison and len(test.comparisons) == 1):
+        return None
+    left, right = test.left, test.comparisons[0].comparator
+    if type(test.comparisons[0].operator) is not cst.Equal:
+        return None
+    return _last_index(left, right) or _last_index(right, left)
+
+
+def _last_index(index: cst.BaseExpression, bound: cst.BaseExpression) -> str | None:
+    """``i`` of ``i == len(xs) - 1`` or ``i + 1 == len(xs)`` (``index`` the side that holds ``i``)."""
+    if type(index) is cst.Name and type(bound) is cst.BinaryOperation and type(bound.operator) is cst.Subtract:
+        return index.value if _is_len_call(bound.left) and _is_one(bound.right) else None
+    if type(index) is cst.BinaryOperation and type(index.operator) is cst.Add and _is_len_call(bound):
+        return index.left.value if type(index.left) is cst.Name and _is_one(index.right) else None
+    return None
+
+
+def _target_names(target: cst.BaseExpression) -> set[str]:
+    if type(target) is cst.Name:
+        return {target.value}
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return {n for e in target.elements for n in _target_names(e.value)}
+    return set()
+
+
+def _counter(loop: cst.For) -> str | None:
+    """The name counting ``loop``'s iterations from 0: ``i`` of ``for i, x in enumerate(xs)`` (no
+    ``start``) or of ``for i in range(n)`` / ``range(0, n)``."""
+    it = loop.iter
+    if not isinstance(it, cst.Call) or not isinstance(it.func, cst.Name):
+        return None
+    target = loop.target
+    if it.func.value == "enumerate" and len(it.args) == 1 and isinstance(target, cst.Tuple) and target.elements:
+        first = target.elements[0].value
+        return first.value if isinstance(first, cst.Name) else None
+    if it.func.value == "range" and isinstance(target, cst.Name) and it.args:
+        if len(it.args) == 1 or (isinstance(it.args[0].value, cst.Integer) and it.args[0].value.value == "0"):
+            if all(a.keyword is None for a in it.args):
+                return target.value
+    return None
+
+
+def _none_test(test: cst.BaseExpression) -> tuple[str | None, bool]:
+    """``(name, True)`` for ``if name is None:``, ``(name, False)`` for ``if name is not None:``: the
+    branch where ``name`` is None (the body, or what runs when the test fails); ``(None, False)`` else."""
+    if type(test) is cst.Comparison and type(test.left) is cst.Name and len(test.comparisons) == 1:
+        comp = test.comparisons[0]
+        if type(comp.comparator) is cst.Name and comp.comparator.value == "None":
+            if type(comp.operator) is cst.Is:
+                return test.left.value, True
+            if type(comp.operator) is cst.IsNot:
+                return test.left.value, False
+    return None, False
