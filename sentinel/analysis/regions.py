@@ -79,15 +79,19 @@ class RegionsMixin:
 
     def _parameter_free(self, ev: ForwardEvent) -> bool:
         """Is the model an ``nn.Module`` subclass of the project that holds nothing autograd tracks (its
-        weights plain tensors, updated by its own ``backward()``/``optimize()`` methods)? Its forwards
-        record no graph, so they are no evaluation ``no_grad`` would help. Read once per class."""
+        weights plain tensors, updated by its own ``backward()``/``optimize()`` methods; a metric holding
+        only an activation)? Its forwards record no graph, so they are no evaluation ``no_grad`` would
+        help. Read once per class."""
+        return self._holds_no_parameters(ev.model.ref if ev.model is not None else None, 0)
+
+    def _holds_no_parameters(self, inst: Any, depth: int) -> bool:
         from sentinel.analysis.objects import Instance
 
-        inst = ev.model.ref if ev.model is not None else None
-        if not isinstance(inst, Instance) or not inst.cls.is_module:
+        if not isinstance(inst, Instance) or not inst.cls.is_module or depth > 4:
             return False
-        if any(v.kind == MODEL and v.ref != "stateless" for v in inst.attrs.values()):
-            return False  # it holds a layer with parameters (an `nn.Identity()` activation holds none)
+        for v in inst.attrs.values():
+            if v.kind == MODEL and v.ref != "stateless" and not self._holds_no_parameters(v.ref, depth + 1):
+                return False  # it holds a layer with parameters (an `nn.Identity()` activation holds none)
         cls = inst.cls
         memo = self._cache.setdefault("parameter_free", {})
         found = memo.get(id(cls))
@@ -367,7 +371,9 @@ _TEST_CASE = re.compile(r"^test_(?!(one_)?(epoch|loop|step)$)")
 
 
 #: building a torch.nn layer that holds no parameters (``nn.Identity()``, ``nn.Sigmoid()``)
-_STATELESS_LAYER = re.compile(r"\b(?:torch\.)?nn\.(?:" + "|".join(sorted(api.STATELESS_LAYERS)) + r")\(")
+_STATELESS_LAYER = re.compile(
+    r"\b(?:torch\.)?nn\.(?:" + "|".join(sorted({*api.STATELESS_LAYERS, "Softmax", "LogSoftmax", "Softmax2d"})) + r")\("
+)
 # what gives a module class something autograd tracks: parameters, tensors that require grad, layers
 _LEARNABLE = re.compile(r"Parameter|requires_grad|nn\.|torch\.nn|Linear|Conv|Embedding|LSTM|GRU|RNN")
 
