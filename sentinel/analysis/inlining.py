@@ -15,7 +15,7 @@ from sentinel.analysis.facts import (
 from sentinel.analysis.idioms import generated
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.shapes import apply_shape
-from sentinel.analysis.syntax import _dotted, _is_factory
+from sentinel.analysis.syntax import _dotted, _is_factory, mock_patched
 from sentinel.analysis.values import (
     CLASS,
     CONST,
@@ -305,7 +305,7 @@ class InliningMixin:
         name: str | None = None,
     ) -> V:
         self.executed.add(id(info.node))
-        if info in self.active or ctx.depth >= MAX_DEPTH:
+        if info in self.active or ctx.depth >= MAX_DEPTH or mock_patched(info.node):
             return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()))
         callee_state = State(state.default_mode, state.parents)
         callee_state.modes = state.modes  # mode changes inside the callee are visible after the call

@@ -391,3 +391,16 @@ def _none_test(test: cst.BaseExpression) -> tuple[str | None, bool]:
             if type(comp.operator) is cst.IsNot:
                 return test.left.value, False
     return None, False
+
+
+#: ``@mock.patch(...)``, ``@patch.object(...)``, ``@unittest.mock.patch.dict(...)``
+_MOCK_PATCH = re.compile(r"^(unittest\.)?(mock\.)?patch(\.(object|dict|multiple))?$")
+
+
+def mock_patched(func: cst.FunctionDef) -> bool:
+    """Is ``func`` a test decorated with ``mock.patch(...)``: run with parts of the program as fakes?"""
+    for d in func.decorators:
+        callee = d.decorator.func if isinstance(d.decorator, cst.Call) else d.decorator
+        if _MOCK_PATCH.match(_dotted(callee) or ""):
+            return True
+    return False
