@@ -483,7 +483,9 @@ class ExpressionsMixin:
             )
         if base.kind == LOADER:
             return V(LOADER, label=label, shape=base.shape)
-        return V(UNKNOWN, taints=base.taints, label=label, shape=self.subscript_shape(base, node, index))
+        # an item of a value computed without a graph (under no_grad) has none either
+        graph = False if base.graph is False and base.kind == UNKNOWN else None
+        return V(UNKNOWN, graph=graph, taints=base.taints, label=label, shape=self.subscript_shape(base, node, index))
 
     def eval_comprehension(self, node, state: State, ctx: Ctx) -> V:
         s = state.copy()
