@@ -227,10 +227,10 @@ def cell_program(lines: list[str]) -> tuple[str, list[str]] | None:
     removed from them: the indentation of its first non-blank line is removed from every line that
     starts with it (IPython's ``leading_indent``: a block pasted from inside a function, or `` def f():``
     typed with a stray space), then its IPython lines masked. None for a cell-magic (``%%``) cell."""
-    indents = [line[: len(line) - len(line.lstrip(" \t"))] for line in lines if not _blank(line)]
-    if not indents:
+    first = next((line for line in lines if not _blank(line)), None)
+    if first is None:
         return "", ["" for _ in lines]
-    margin = indents[0]
+    margin = first[: len(first) - len(first.lstrip(" \t"))]
     dedented = ["" if _blank(line) else line[len(margin) :] if line.startswith(margin) else line for line in lines]
     if next(line for line in dedented if line).startswith("%%"):
         return None

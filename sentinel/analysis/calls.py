@@ -57,6 +57,7 @@ from sentinel.analysis.values import (
     TRAINABLE,
     TUPLE,
     UNKNOWN,
+    Alt,
     V,
     graph_of,
     is_param,
@@ -344,14 +345,11 @@ class CallsMixin:
         if qual == "torch.nn.Sequential":
             return self._sequential(node, args)
         if qual in ("torch.nn.ModuleList", "torch.nn.ModuleDict"):
+            heads: tuple | None = None
             if x.kind == DICT and x.items is not None:  # nn.ModuleDict({...}) / nn.ModuleDict(dict(...))
                 sensitive = _any_sensitive([self._layers_known(v) for _, v in x.items])
-                if all(key is not None for key, _ in x.items):  # `self.heads["cls"](h)` runs that very head
-                    heads = V(MODEL, ident=object(), origin=node, sensitive=sensitive, items=x.items)
-                    for _, v in x.items:
-                        if v.kind == MODEL:
-                            self._part_of(v.ident, heads.ident)  # `model.eval()` switches each head
-                    return heads
+                if all(key is not None for key, _ in x.items):
+                    heads = x.items  # `self.heads["cls"](h)` runs that very head
             elif x.elems is not None:
                 sensitive = _any_sensitive([self._layers_known(v) for v in x.elems])
             elif not args and not kwargs:  # `nn.ModuleList()`, filled by `.append(...)` later
@@ -360,7 +358,11 @@ class CallsMixin:
                 return V(MODEL, ident=ident, origin=node)
             else:  # a comprehension / loop-built list of layers
                 sensitive = list_sensitive(x) if x.kind == LIST else None
-            return V(MODEL, ident=object(), origin=node, sensitive=sensitive)
+            container = V(MODEL, ident=object(), origin=node, sensitive=sensitive, items=heads)
+            for _, head in heads or ():
+                if head.kind == MODEL:
+                    self._part_of(head.ident, container.ident)  # `model.eval()` switches each head
+            return container
         if api.is_module_class(qual):
             model = V(
                 MODEL,
@@ -443,9 +445,8 @@ class CallsMixin:
             if x.kind == MODEL:
                 copied = Ident(next(self.seq))
                 self.copies.add(copied)
-                if x.ident is not None and x.ident in self.facts.frozen_all and x.ident not in self.facts.thawed:
-                    self.facts.frozen_all.add(copied)  # a copy of a frozen model is frozen too (an EMA copy)
-                    self.facts.freezes.append((next(self.seq), copied, True))
+                if x.ident is not None and not isinstance(x.ident, Alt) and self.facts.frozen_at(x.ident, 1 << 62):
+                    self.facts.freezes.append((next(self.seq), copied, True))  # a copy of a frozen model (an EMA)
                 return x.with_(ident=copied)
             if x.kind == UNKNOWN and x.ref is None:
                 return x.with_(alias=None, ref="copy")  # a copy of an object we cannot see (a model, maybe)

@@ -240,10 +240,8 @@ class Facts(RegionsMixin):
     mode_switches: list[ModeEvent] = field(default_factory=list)
     ctx_names: dict[int, str] = field(default_factory=dict)  # function activation id -> function name
     frozen: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=False
-    frozen_all: set = field(default_factory=set)  # ... every one of them (no condition picked which)
-    thawed: set = field(default_factory=set)  # models some of whose parameters were set requires_grad=True
-    #: in program order, ``(seq, model, True)`` when every parameter of a model was frozen, ``(seq, model,
-    #: False)`` when some were thawed again: whether a forward ran frozen depends on which came last
+    #: in program order, ``(seq, model, True)`` when every parameter of a model was frozen (no condition
+    #: picked which), ``(seq, model, False)`` when some were thawed again: see ``frozen_at``
     freezes: list = field(default_factory=list)
     fresh_layers: set = field(default_factory=set)  # torch.nn layers built here (random weights)
     call_sites: dict[int, tuple] = field(default_factory=dict)  # activation id -> (call node, its statement)

@@ -4,8 +4,6 @@ methods and classes are inlined with their arguments bound, so every call site g
 
 from __future__ import annotations
 
-import re
-
 import libcst as cst
 
 from sentinel.analysis import torchapi as api
@@ -15,7 +13,7 @@ from sentinel.analysis.facts import (
 from sentinel.analysis.idioms import generated
 from sentinel.analysis.objects import MAX_DEPTH, ClassInfo, Ctx, FuncInfo, Ident, Instance, State
 from sentinel.analysis.shapes import apply_shape
-from sentinel.analysis.syntax import _dotted, _is_factory, mock_patched
+from sentinel.analysis.syntax import _dotted, _is_factory
 from sentinel.analysis.values import (
     CLASS,
     CONST,
@@ -46,11 +44,6 @@ def _operand_names(expr: cst.BaseExpression) -> str:
         expr = expr.left
     left = _dotted(expr)
     return " ".join([left, *parts] if left else parts)
-
-
-#: a keyword that asks the model's own forward for gradients (``model(x, y, make_adv=True)`` runs an
-#: adversarial attack on its input)
-_WANTS_GRAD = re.compile(r"^(make_)?adv(ersarial)?(_\w+)?$|attack|with_grad|saliency|input_grad", re.I)
 
 
 class InliningMixin:
@@ -135,7 +128,8 @@ class InliningMixin:
 
         if ctx.model_method or ctx.name == "forward":
             return output(frozenset())
-        wants_grad = any(_WANTS_GRAD.match(k) and not (v.is_const and not v.const) for k, v in kwargs.items())
+        # `model(x, y, make_adv=True)`: a keyword asking the model's own forward for an input gradient
+        wants_grad = any(api.gradish(k) and not (v.is_const and not v.const) for k, v in kwargs.items())
         return output(frozenset({self._forward_event(model, node, args, state, ctx, wants_grad=wants_grad)}))
 
     def _forward_event(
@@ -305,7 +299,7 @@ class InliningMixin:
         name: str | None = None,
     ) -> V:
         self.executed.add(id(info.node))
-        if info in self.active or ctx.depth >= MAX_DEPTH or mock_patched(info.node):
+        if info in self.active or ctx.depth >= MAX_DEPTH or info.mocked:
             return V(UNKNOWN, taints=merge_taints(*args, *kwargs.values()))
         callee_state = State(state.default_mode, state.parents)
         callee_state.modes = state.modes  # mode changes inside the callee are visible after the call

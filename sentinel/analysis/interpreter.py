@@ -48,7 +48,7 @@ from sentinel.analysis.objects import (
 from sentinel.analysis.project import Project
 from sentinel.analysis.shapes import ShapesMixin
 from sentinel.analysis.statements import StatementsMixin
-from sentinel.analysis.syntax import _CALLED, _dotted, mock_patched
+from sentinel.analysis.syntax import _CALLED, _dotted
 from sentinel.analysis.values import (
     CONST,
     INSTANCE,
@@ -218,7 +218,7 @@ class Interpreter(
         """Is ``info`` worth analysing on its own? Not a model's own method (run as the model's code, with
         :attr:`Ctx.model_method`) when no enabled rule can fire there. Not a test that runs with parts
         of the program replaced by fakes (``@mock.patch(...)``): what it drives is not what trains."""
-        if mock_patched(info.node):
+        if info.mocked:
             return False
         return self.model_methods or info.cls is None or not info.cls.is_module or info.cls.is_lightning
 

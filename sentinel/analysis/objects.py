@@ -67,6 +67,8 @@ class FuncInfo:
     grad: str | None = None  # "off" when decorated with @torch.no_grad()
     #: a method whose project decorator puts the model in eval mode for the call (`@eval_decorator`)
     evaluates: bool = False
+    #: a test decorated with ``@mock.patch(...)``: it runs parts of the program as fakes
+    mocked: bool = False
     kind: str = "function"  # function | staticmethod | classmethod | property
     globals: Any = None  # the State of the module defining it: its body looks names up there
     wrapper: Any = None  # the FuncInfo a project decorator replaced it with (analysed in its place)

@@ -39,7 +39,7 @@ class RegionsMixin:
                 continue  # plain tensors, or every parameter frozen (an EMA copy): it records no graph
             if ev.seq < first_training and self._never_trained(ev):
                 continue  # a shape check (one batch, then `break`) of a model nothing trains or loads into
-            if ev.wants_grad or any(_GRADISH.search(self.ctx_names.get(c, "")) for c in ev.stack):
+            if ev.wants_grad or any(api.gradish(self.ctx_names.get(c, "")) for c in ev.stack):
                 continue  # saliency, attacks, `..._with_grad`: the graph is what the code is after
             if ev.deliberate_train and ev.ctx not in self.training_activations:
                 continue  # recomputing batch-norm statistics (update_bn): train mode on purpose
@@ -102,15 +102,17 @@ class RegionsMixin:
         return found
 
     def _frozen_whole(self, ev: ForwardEvent) -> bool:
-        """When ``ev`` ran, were all of the model's parameters set ``requires_grad=False`` (its own, or
-        a model it is part of), with no part of it thawed again since (fine-tuning a head, or the
-        training loop turning gradients back on after a validation that froze them)?"""
+        """Did ``ev`` run a model all of whose parameters were frozen at the time (see :meth:`frozen_at`)?"""
         model = ev.model.ident if ev.model is not None else None
-        if model is None or isinstance(model, Alt) or not self.frozen_all:
-            return False
+        return model is not None and not isinstance(model, Alt) and self.frozen_at(model, ev.seq)
+
+    def frozen_at(self, model: Any, seq: int) -> bool:
+        """Before event ``seq``, were all of ``model``'s parameters set ``requires_grad=False`` (its own, or
+        a model it is part of), with no part of it thawed again since (fine-tuning a head, or the training
+        loop turning gradients back on after a validation that froze them)?"""
         frozen = False
-        for seq, target, freeze in self.freezes:
-            if seq > ev.seq:
+        for at, target, freeze in self.freezes:
+            if at > seq:
                 break
             if freeze and self._within(model, frozenset({target})):
                 frozen = True
@@ -358,7 +360,6 @@ _ADAPTISH = re.compile(
 )
 #: code that chooses the grad mode itself
 _GRAD_MODE = re.compile(r"no_grad|enable_grad|set_grad_enabled|inference_mode")
-_GRADISH = re.compile(r"with_grad|saliency|grad_?cam|attribut|integrated_grad|adversar|attack|fgsm|pgd", re.I)
 _ACTING = re.compile(r"^_*(act|(select|choose|get|sample|pick|take)_actions?|explore|epsilon_greedy|policy_action)$")
 _TRAINISH = re.compile(r"train|(^|_)fit(_|$)|learn|optimi[sz]", re.IGNORECASE)
 _EVAL_FUNCTION = re.compile(

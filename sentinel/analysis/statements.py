@@ -400,10 +400,9 @@ class StatementsMixin:
             state.modes.update(after)
 
     def _mock_patch(self, expr, state: State, ctx: Ctx) -> bool:
-        """Is ``expr`` ``unittest.mock.patch(...)`` / ``patch.object(...)`` (or the ``mock`` package's)?"""
-        if type(expr) is not cst.Call:
-            return False
-        fv = self.eval(expr.func, state, ctx, record=False)
+        """Is ``expr`` ``unittest.mock.patch(...)`` / ``patch.object(...)`` (or the ``mock`` package's), as a
+        context manager or a decorator?"""
+        fv = self.eval(expr.func if type(expr) is cst.Call else expr, state, ctx, record=False)
         return fv.kind == QUAL and isinstance(fv.const, str) and fv.const.startswith(_MOCK_PATCH)
 
     def _local_contextmanager(self, expr, state: State, ctx: Ctx) -> FuncInfo | None:
@@ -469,6 +468,9 @@ class StatementsMixin:
                 continue
             if name and name.rsplit(".", 1)[-1] in ("contextmanager", "asynccontextmanager"):
                 info.kind = "contextmanager"
+                continue
+            if self._mock_patch(d, state, ctx):
+                info.mocked = True
                 continue
             v = self.eval(d, state, ctx)
             g = self._grad_of_ctx(v)
@@ -648,12 +650,10 @@ class StatementsMixin:
         if not models:
             return
         if flag is None or flag.is_const and flag.const is True:
-            self.facts.thawed.update(models)
             self.facts.freezes.extend((next(self.seq), m, False) for m in models)
         elif flag.is_const and flag.const is False:
             self.facts.frozen.update(models)
             if not self._picked_in_loop():
-                self.facts.frozen_all.update(models)
                 self.facts.freezes.extend((next(self.seq), m, True) for m in models)
 
     def _mark_trainable(self, name_node, owner: V, flag: V | None, state: State, ctx: Ctx) -> None:

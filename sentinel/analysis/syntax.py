@@ -321,16 +321,19 @@ def _is_one(node: cst.BaseExpression) -> bool:
     return type(node) is cst.Integer and node.value == "1"
 
 
+def _equality(test: cst.BaseExpression) -> tuple[cst.BaseExpression, cst.BaseExpression] | None:
+    """The two sides of ``a == b``."""
+    if type(test) is cst.Comparison and len(test.comparisons) == 1 and type(test.comparisons[0].operator) is cst.Equal:
+        return test.left, test.comparisons[0].comparator
+    return None
+
+
 def _first_index(test: cst.BaseExpression) -> str | None:
     """``i`` of ``if i == 0:`` / ``if not i:``."""
     if type(test) is cst.UnaryOperation and type(test.operator) is cst.Not:
         return test.expression.value if type(test.expression) is cst.Name else None
-    if not (type(test) is cst.Comparison and len(test.comparisons) == 1):
-        return None
-    left, right = test.left, test.comparisons[0].comparator
-    if type(test.comparisons[0].operator) is not cst.Equal:
-        return None
-    for zero, name in ((right, left), (left, right)):
+    sides = _equality(test)
+    for zero, name in (sides, sides[::-1]) if sides else ():
         if type(zero) is cst.Integer and zero.value == "0" and type(name) is cst.Name:
             return name.value
     return None
@@ -338,12 +341,8 @@ def _first_index(test: cst.BaseExpression) -> str | None:
 
 def _last_index_of(test: cst.BaseExpression) -> str | None:
     """``i`` of ``if i == len(xs) - 1:`` / ``if i + 1 == len(xs):``."""
-    if not (type(test) is cst.Comparison and len(test.comparisons) == 1):
-        return None
-    left, right = test.left, test.comparisons[0].comparator
-    if type(test.comparisons[0].operator) is not cst.Equal:
-        return None
-    return _last_index(left, right) or _last_index(right, left)
+    sides = _equality(test)
+    return (_last_index(*sides) or _last_index(*sides[::-1])) if sides else None
 
 
 def _last_index(index: cst.BaseExpression, bound: cst.BaseExpression) -> str | None:
@@ -391,16 +390,3 @@ def _none_test(test: cst.BaseExpression) -> tuple[str | None, bool]:
             if type(comp.operator) is cst.IsNot:
                 return test.left.value, False
     return None, False
-
-
-#: ``@mock.patch(...)``, ``@patch.object(...)``, ``@unittest.mock.patch.dict(...)``
-_MOCK_PATCH = re.compile(r"^(unittest\.)?(mock\.)?patch(\.(object|dict|multiple))?$")
-
-
-def mock_patched(func: cst.FunctionDef) -> bool:
-    """Is ``func`` a test decorated with ``mock.patch(...)``: run with parts of the program as fakes?"""
-    for d in func.decorators:
-        callee = d.decorator.func if isinstance(d.decorator, cst.Call) else d.decorator
-        if _MOCK_PATCH.match(_dotted(callee) or ""):
-            return True
-    return False

@@ -406,6 +406,18 @@ def metricish(name: str) -> bool:
     return bool(_METRICISH.search(name))
 
 
+#: code after a gradient of its input (saliency maps, adversarial attacks), or a keyword asking for one
+#: (`model(x, y, make_adv=True)`): the graph is what it wants
+_GRADISH = re.compile(
+    r"with_grad|input_grad|saliency|grad_?cam|attribut|integrated_grad|adversar|attack|fgsm|pgd|^(make_)?adv(_|$)",
+    re.I,
+)
+
+
+def gradish(name: str) -> bool:
+    return bool(_GRADISH.search(name))
+
+
 _RESETISH = re.compile(r"zero_?grad|clear_?grad|reset_?grad|grad_?reset|zero_?gradients", re.IGNORECASE)
 
 
