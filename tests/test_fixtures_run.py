@@ -207,7 +207,9 @@ def _read_log(log: Path) -> tuple[dict, str | None]:
     outcomes: dict = {}
     running = None
     if log.exists():
-        for line in log.read_text(encoding="utf-8").splitlines():
+        text = log.read_text(encoding="utf-8")
+        # a line the worker is still writing (a long `output`) has no newline yet: read it next time
+        for line in text[: text.rfind("\n") + 1].splitlines():
             event = json.loads(line)
             if "start" in event:
                 running = event["start"]
